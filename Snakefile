@@ -1,0 +1,23 @@
+# snowcloud: Sentinel-2 L1C scenes + DEM -> snow / cloud / water masks.
+# Run the demo:   snakemake --cores all
+# On Slurm:       snakemake --profile profiles/slurm
+# A preset:       snakemake --cores all --configfile config/presets/a82e3cd.yaml
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/shards.smk"
+include: "workflow/rules/dataset.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/infer.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    input:
+        final_targets(),
+    default_target: True

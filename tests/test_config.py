@@ -1,0 +1,53 @@
+import copy
+
+import pytest
+import yaml
+
+from snowcloud.config import ConfigError, load_config, merge_into, validate_config
+
+
+@pytest.fixture
+def default_config(repo):
+    with open(repo / "config" / "config.yaml") as handle:
+        return yaml.safe_load(handle)
+
+
+def test_default_config_is_valid_and_gets_defaults(default_config):
+    config = validate_config(copy.deepcopy(default_config))
+    assert config["preprocess"]["clip"]["method"] == "none"
+    assert config["datasets"]["demo"]["split"]["seed"] == 42
+    assert config["experiments"]["demo"]["training"]["optimizer"]["betas"] == [0.9, 0.999]
+    assert config["evaluation"]["ndsi"]["snow_ndsi"] == 0.4
+
+
+def test_unknown_key_is_named_with_a_suggestion(default_config):
+    default_config["preprocess"]["resampeling"] = "cubic"
+    with pytest.raises(ConfigError, match=r"unknown key 'preprocess.resampeling' \(did you mean 'resampling'\?\)"):
+        validate_config(default_config)
+
+
+def test_wrong_type_and_value_are_named(default_config):
+    default_config["datasets"]["demo"]["patch_size"] = "256"
+    default_config["preprocess"]["resampling"] = "bicubic"
+    with pytest.raises(ConfigError) as error:
+        validate_config(default_config)
+    assert "datasets.demo.patch_size: '256' should be of type integer" in str(error.value)
+    assert "preprocess.resampling: 'bicubic' is not one of" in str(error.value)
+
+
+def test_experiment_must_name_a_known_dataset(default_config):
+    default_config["experiments"]["demo"]["dataset"] = "nope"
+    with pytest.raises(ConfigError, match="experiments.demo.dataset: 'nope' is not a key of datasets"):
+        validate_config(default_config)
+
+
+def test_presets_are_valid(repo):
+    presets = sorted((repo / "config" / "presets").glob("*.yaml"))
+    for preset in presets:
+        load_config(repo / "config" / "config.yaml", preset)
+
+
+def test_merge_is_deep_like_snakemake_configfile():
+    base = {"a": {"b": 1, "c": 2}, "d": [1, 2]}
+    merge_into(base, {"a": {"b": 5}, "d": [3]})
+    assert base == {"a": {"b": 5, "c": 2}, "d": [3]}

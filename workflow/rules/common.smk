@@ -1,0 +1,64 @@
+# Configuration check, scene discovery and target lists shared by every rule file.
+from pathlib import Path
+
+from snowcloud import demo
+from snowcloud.config import experiments_to_run, load_schema, validate_config
+from snowcloud.inventory import find_products, scene_path
+
+
+validate_config(config, load_schema(Path(workflow.basedir) / "config" / "schema.yaml"))
+
+
+wildcard_constraints:
+    tile=r"\d{2}[A-Z]{3}",
+    date=r"\d{8}T\d{6}",
+    dataset=r"[A-Za-z0-9_.-]+",
+    experiment=r"[A-Za-z0-9_.-]+",
+
+
+if config["demo"]["enabled"]:
+    PRODUCTS = demo.planned_products(
+        config["demo"], config["raw_data"], config["tiles"], config["dates"]
+    )
+else:
+    PRODUCTS = find_products(config["raw_data"], config["tiles"], config["dates"])
+
+SCENES = list(PRODUCTS)
+
+
+def dem_path(wildcards):
+    return str(scene_path(config["dem"], wildcards.tile))
+
+
+def label_path(wildcards):
+    return str(scene_path(config["labels"], wildcards.tile, wildcards.date))
+
+
+def has_label(tile, date):
+    return config["demo"]["enabled"] or scene_path(config["labels"], tile, date).exists()
+
+
+LABELLED = [(tile, date) for tile, date in SCENES if has_label(tile, date)]
+
+
+def shards_of(dataset):
+    return [f"results/shards/{dataset}/{tile}/{date}.h5" for tile, date in LABELLED]
+
+
+def experiment_dataset(wildcards):
+    return config["experiments"][wildcards.experiment]["dataset"]
+
+
+def final_targets():
+    targets = []
+    for experiment in experiments_to_run(config):
+        targets += [
+            f"results/predictions/{experiment}/{tile}/{date}.tif"
+            for tile, date in SCENES
+        ]
+        targets += [
+            f"results/quicklooks/{experiment}/{tile}/{date}.png"
+            for tile, date in SCENES
+        ]
+        targets.append(f"results/evaluation/{experiment}/summary.csv")
+    return targets

@@ -1,0 +1,21 @@
+# The embedded demo: synthetic Sentinel-2 L1C products, DEMs and label masks.
+
+if config["demo"]["enabled"]:
+
+    rule demo_data:
+        output:
+            products=[str(product.path) for product in PRODUCTS.values()],
+            dems=sorted({str(scene_path(config["dem"], tile)) for tile, _ in SCENES}),
+            labels=[str(scene_path(config["labels"], *scene)) for scene in SCENES],
+        params:
+            demo=config["demo"],
+            raw_data=config["raw_data"],
+            dem=config["dem"],
+            labels=config["labels"],
+        log:
+            "logs/demo_data.log",
+        threads: workflow.cores
+        conda:
+            "../../envs/snowcloud.yaml"
+        script:
+            "../scripts/demo_data.py"

@@ -1,0 +1,37 @@
+# Model + scene raster -> class mask (COG with colour table) and a quicklook.
+
+
+rule infer:
+    input:
+        model="results/models/{experiment}/model.pt",
+        scene="results/scenes/{tile}/{date}.tif",
+    output:
+        "results/predictions/{experiment}/{tile}/{date}.tif",
+    params:
+        options=lambda wildcards: config["experiments"][wildcards.experiment]["inference"],
+    log:
+        "logs/infer/{experiment}/{tile}/{date}.log",
+    threads: 2
+    conda:
+        "../../envs/snowcloud.yaml"
+    script:
+        "../scripts/infer.py"
+
+
+rule quicklook:
+    input:
+        scene="results/scenes/{tile}/{date}.tif",
+        prediction="results/predictions/{experiment}/{tile}/{date}.tif",
+    output:
+        report(
+            "results/quicklooks/{experiment}/{tile}/{date}.png",
+            caption="../report/quicklook.rst",
+            category="Predictions",
+            subcategory="{experiment}",
+        ),
+    log:
+        "logs/quicklook/{experiment}/{tile}/{date}.log",
+    conda:
+        "../../envs/snowcloud.yaml"
+    script:
+        "../scripts/quicklook.py"

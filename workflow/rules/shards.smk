@@ -1,0 +1,21 @@
+# Scene raster + label mask -> one HDF5 shard of normalised patches per dataset, tile and date.
+
+SHARD_KEYS = ("normalisation", "elevation", "patch_size", "sampler")
+
+
+rule shard:
+    input:
+        scene="results/scenes/{tile}/{date}.tif",
+        label=label_path,
+    output:
+        "results/shards/{dataset}/{tile}/{date}.h5",
+    params:
+        options=lambda wildcards: {
+            key: config["datasets"][wildcards.dataset][key] for key in SHARD_KEYS
+        },
+    log:
+        "logs/shard/{dataset}/{tile}/{date}.log",
+    conda:
+        "../../envs/snowcloud.yaml"
+    script:
+        "../scripts/shard.py"

@@ -1,0 +1,36 @@
+# Shards + dataset stats -> a trained model. The resumable training state lives in
+# results/models/{experiment}/state/ (not an output): rerunning a killed job continues from it.
+
+
+def train_inputs(wildcards):
+    dataset = experiment_dataset(wildcards)
+    return {
+        "stats": f"results/datasets/{dataset}/stats.json",
+        "shards": shards_of(dataset),
+    }
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        model="results/models/{experiment}/model.pt",
+        history="results/models/{experiment}/history.csv",
+        curves=report(
+            "results/models/{experiment}/curves.png",
+            caption="../report/curves.rst",
+            category="Training",
+        ),
+    params:
+        options=lambda wildcards: {
+            key: config["experiments"][wildcards.experiment][key]
+            for key in ("dataset", "model", "training")
+        },
+        state_dir=lambda wildcards: f"results/models/{wildcards.experiment}/state",
+    log:
+        "logs/train/{experiment}.log",
+    threads: 4
+    conda:
+        "../../envs/snowcloud.yaml"
+    script:
+        "../scripts/train.py"

@@ -1,0 +1,12 @@
+from snowcloud.evaluate import evaluate_scene
+from snowcloud.workflow import logged
+
+logged(
+    snakemake.log[0],
+    evaluate_scene,
+    prediction=snakemake.input.prediction,
+    label=snakemake.input.label,
+    scene=snakemake.input.scene,
+    output=snakemake.output[0],
+    options=snakemake.params.options,
+)

@@ -1,0 +1,11 @@
+from snowcloud.evaluate import summarise
+from snowcloud.workflow import logged
+
+logged(
+    snakemake.log[0],
+    summarise,
+    evaluations=list(snakemake.input.evaluations),
+    stats_path=snakemake.input.stats,
+    summary_path=snakemake.output.summary,
+    confusion_path=snakemake.output.confusion,
+)
