@@ -21,3 +21,24 @@ rule all:
     input:
         final_targets(),
     default_target: True
+
+
+# Stage targets: `snakemake --cores all scenes` stops after the scene rasters, and so on.
+rule scenes:
+    input:
+        [f"results/scenes/{tile}/{date}.tif" for tile, date in SCENES],
+
+
+rule shards:
+    input:
+        [path for dataset in datasets_to_build() for path in shards_of(dataset)],
+
+
+rule datasets:
+    input:
+        [f"results/datasets/{dataset}/stats.json" for dataset in datasets_to_build()],
+
+
+rule models:
+    input:
+        [f"results/models/{name}/model.pt" for name in experiments_to_run(config)],

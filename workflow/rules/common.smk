@@ -49,6 +49,12 @@ def experiment_dataset(wildcards):
     return config["experiments"][wildcards.experiment]["dataset"]
 
 
+def datasets_to_build():
+    return sorted(
+        {config["experiments"][name]["dataset"] for name in experiments_to_run(config)}
+    )
+
+
 def final_targets():
     targets = []
     for experiment in experiments_to_run(config):
