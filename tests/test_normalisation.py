@@ -1,0 +1,221 @@
+"""Normalisation specs: thesis constants, numerics, bounds, streaming statistics, errors.
+
+Also holds the scene-raster writer the other shard/loader tests import (`write_scene`, `synthetic_scene`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+
+from snowcloud import normalisation
+from snowcloud.bands import BANDS, ELEVATION
+from snowcloud.normalisation import NODATA, NormalisationError
+
+ORIGIN = (499980.0, 5200020.0)  # upper-left corner of tile 32TNS
+CRS = "EPSG:32632"
+
+
+def write_scene(path: Path, values: np.ndarray, resolution: float = 10.0, origin=ORIGIN, crs: str = CRS) -> Path:
+    """A scene raster as the preprocess stage writes it: int16, band names, nodata -32768, tiled GeoTIFF."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count, height, width = values.shape
+    profile = {
+        "driver": "GTiff", "dtype": "int16", "count": count, "height": height, "width": width, "crs": crs,
+        "transform": Affine(resolution, 0, origin[0], 0, -resolution, origin[1]), "nodata": NODATA, "tiled": True,
+        "blockxsize": 64, "blockysize": 64, "compress": "deflate",
+    }  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(values.astype(np.int16))
+        dst.descriptions = [*BANDS, ELEVATION][:count]
+    return path
+
+
+def synthetic_scene(rng: np.random.Generator, height: int, width: int, elevation: bool = True) -> np.ndarray:
+    """Plausible offset-corrected DN: dark land, bright snow/cloud blobs, a few negative values, elevation in m."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    bright = (np.sin(yy / 9.0) + np.cos(xx / 7.0)) > 0.8
+    base = np.where(bright, 8000, 900)[None] + rng.normal(0, 300, (len(BANDS), height, width))
+    base[:, ::17, ::13] = -40  # very dark pixels after the -1000 offset
+    bands = np.clip(base, -999, 32767)
+    if not elevation:
+        return bands.astype(np.int16)
+    dem = 400 + 3 * yy + 2 * xx + rng.normal(0, 5, (height, width))
+    return np.concatenate([bands, dem[None]]).astype(np.int16)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(7)
+
+
+def test_every_spec_is_json_serialisable_named_and_fresh():
+    for name in normalisation.names():
+        spec = normalisation.spec(name)
+        assert spec["name"] == name and spec["version"] == 1
+        assert json.loads(json.dumps(spec)) == spec
+        spec["version"] = 99
+        assert normalisation.spec(name)["version"] == 1
+    assert normalisation.DEFAULT == "snowcloud-v1"
+
+
+def test_unknown_name_or_version_is_an_error():
+    with pytest.raises(NormalisationError, match="unknown normalisation 'dn'"):
+        normalisation.spec("dn")
+    spec = normalisation.spec("legacy-dn10000") | {"version": 2}
+    with pytest.raises(NormalisationError, match="version 2"):
+        normalisation.apply(spec, np.zeros((13, 2, 2), np.float32), np.ones((2, 2), bool), {})
+
+
+def test_dynamic_world_offsets_match_the_thesis():
+    thesis = [0.5245, 0.5470, 0.5728, 0.6057, 0.6024, 0.5964, 0.6009, 0.6063, 0.6095, 0.6049, 0.6064, 0.6829, 0.6716]
+    offsets = normalisation.dynamic_world_offsets(normalisation.spec("dynamic-world-percentile"))
+    np.testing.assert_allclose(offsets, thesis, atol=5e-5)
+
+
+def test_dynamic_world_maps_percentiles_to_the_sigmoid_anchors_and_floors_dark_values():
+    spec = normalisation.spec("dynamic-world-percentile")
+    offsets = normalisation.dynamic_world_offsets(spec)
+    p30, p70 = np.array(spec["p30"], np.float32), np.array(spec["p70"], np.float32)
+    window = np.stack([p30, p70, np.zeros(13), np.full(13, -500.0), np.ones(13)], axis=1)[:, :, None]
+    window = np.concatenate([window, np.array([1862.78, 1862.78 + 3913, 0, 0, 0])[None, :, None]]).astype(np.float32)
+    out = normalisation.apply(spec, window, np.ones((5, 1), bool), {})
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    np.testing.assert_allclose(out[:13, 0, 0], sigmoid(-1.7346) - offsets, atol=1e-5)
+    np.testing.assert_allclose(out[:13, 1, 0], sigmoid(1.7346) - offsets, atol=1e-5)
+    # thesis: l = 0 where x == 0; after the offset x <= 0 is floored to 1, whose log10 is the same 0
+    expected_zero = sigmoid(-np.log10(p30) * (2 * 1.7346) / (np.log10(p70) - np.log10(p30)) - 1.7346) - offsets
+    for column in (2, 3, 4):
+        np.testing.assert_allclose(out[:13, column, 0], expected_zero, atol=1e-5)
+    np.testing.assert_allclose(out[13, :2, 0], [0.0, 1.0], atol=1e-6)
+    assert np.all(out[:13] > -1) and np.all(out[:13] < 1)
+
+
+def test_legacy_divides_bands_and_elevation_by_10000():
+    window = np.stack([np.full((3, 4), v, np.float32) for v in [*range(0, 13000, 1000), 3913]])
+    out = normalisation.apply(normalisation.spec("legacy-dn10000"), window, np.ones((3, 4), bool), {})
+    np.testing.assert_allclose(out[:, 0, 0], [*np.arange(13) / 10, 0.3913], rtol=1e-6)
+
+
+def test_snowcloud_v1_constants_derive_from_the_thesis_percentiles():
+    spec = normalisation.spec("snowcloud-v1")
+    t = lambda dn: np.arcsinh(np.asarray(dn) / spec["band_scale"] / spec["asinh_scale"])  # noqa: E731
+    low, high = t(normalisation.DW_P30), t(normalisation.DW_P70)
+    quantile_70 = 0.5244  # of the standard normal
+    np.testing.assert_allclose(spec["centre"], (low + high) / 2, atol=5e-5)
+    np.testing.assert_allclose(spec["scale"], (high - low) / (2 * quantile_70), atol=5e-5)
+
+
+@pytest.mark.parametrize("name", normalisation.names())
+def test_every_spec_fits_float16_and_is_monotonic_over_the_whole_int16_range(name, rng):
+    values = np.arange(-32767, 32768, 7, dtype=np.float32)
+    window = np.broadcast_to(values, (14, 1, values.size)).copy()
+    statistics = {}
+    if name == "sigma-clip":
+        statistics = {"low": [100.0] * 13, "high": [9000.0] * 13, "elevation_max": 4000.0}
+    out = normalisation.apply(normalisation.spec(name), window, np.ones((1, values.size), bool), statistics)
+    assert out.dtype == np.float32
+    assert np.isfinite(out.astype(np.float16)).all()
+    assert np.all(np.diff(out[:, 0], axis=1) >= 0), "normalisation must keep the order of values"
+    if name == "snowcloud-v1":
+        assert np.abs(out).max() <= normalisation.spec(name)["clip"]
+        realistic = out[:13, 0, (values >= -999) & (values <= 20000)]
+        assert realistic.min() > -5 and realistic.max() < 3, "v1 keeps real reflectances in a few units"
+
+
+@pytest.mark.parametrize("name", normalisation.names())
+def test_invalid_pixels_become_zero_and_the_input_is_untouched(name, rng):
+    window = synthetic_scene(rng, 8, 9).astype(np.float32)
+    window[:, 2, 3] = NODATA
+    before = window.copy()
+    valid = np.all(window != NODATA, axis=0)
+    statistics = {"low": [0.0] * 13, "high": [9000.0] * 13, "elevation_max": 900.0} if name == "sigma-clip" else {}
+    out = normalisation.apply(normalisation.spec(name), window, valid, statistics)
+    assert np.all(out[:, 2, 3] == 0)
+    assert np.count_nonzero(out[:, valid]) > 0.9 * out[:, valid].size
+    np.testing.assert_array_equal(window, before)
+
+
+def test_nan_input_is_an_error_naming_the_source():
+    window = np.full((13, 2, 2), 500, np.float32)
+    window[4, 1, 0] = np.nan
+    with pytest.raises(NormalisationError, match=r"scene\.tif.*NaN.*channel 4, row 1, col 0"):
+        normalisation.apply(normalisation.spec("legacy-dn10000"), window, np.ones((2, 2), bool), {}, source="scene.tif")
+
+
+def test_bad_shapes_and_missing_statistics_are_errors():
+    spec = normalisation.spec("sigma-clip")
+    with pytest.raises(NormalisationError, match="expected"):
+        normalisation.apply(spec, np.zeros((3, 2, 2), np.float32), np.ones((2, 2), bool), {})
+    with pytest.raises(NormalisationError, match="does not match"):
+        normalisation.apply(spec, np.zeros((13, 2, 2), np.float32), np.ones((3, 2), bool), {})
+    with pytest.raises(NormalisationError, match="needs the scene statistics"):
+        normalisation.apply(spec, np.zeros((13, 2, 2), np.float32), np.ones((2, 2), bool), {})
+
+
+def test_fixed_methods_need_no_statistics(tmp_path, rng):
+    scene = write_scene(tmp_path / "scene.tif", synthetic_scene(rng, 16, 16))
+    for name in ("legacy-dn10000", "dynamic-world-percentile", "snowcloud-v1"):
+        assert normalisation.scene_statistics(normalisation.spec(name), scene) == {}
+
+
+def test_sigma_clip_statistics_stream_over_valid_pixels_and_scale_to_unit_range(tmp_path, rng):
+    values = synthetic_scene(rng, 70, 50)
+    values[:, :5, :] = NODATA
+    values[:, 30:33, 10:20] = NODATA
+    scene = write_scene(tmp_path / "scene.tif", values)
+    spec = normalisation.spec("sigma-clip")
+    statistics = normalisation.scene_statistics(spec, scene, strip_rows=16)  # strips cross the no-data rows
+    valid = np.all(values != NODATA, axis=0)
+    bands = values[:13, valid].astype(np.float64)
+    mean, std = bands.mean(axis=1), bands.std(axis=1)
+    np.testing.assert_allclose(statistics["mean"], mean, rtol=1e-10)
+    np.testing.assert_allclose(statistics["std"], std, rtol=1e-10)
+    assert statistics["valid_pixels"] == valid.sum()
+    np.testing.assert_allclose(statistics["low"], np.maximum.reduce([mean - 2 * std, np.zeros(13), bands.min(axis=1)]))
+    np.testing.assert_allclose(statistics["high"], np.minimum(mean + 2 * std, bands.max(axis=1)))
+    assert statistics["elevation_max"] == values[13, valid].max()
+    assert json.loads(json.dumps(statistics)) == statistics
+
+    out = normalisation.apply(spec, values.astype(np.float32), valid, statistics)
+    assert out[:13, valid].min() == 0.0 and out[:13, valid].max() == pytest.approx(1.0)
+    np.testing.assert_allclose(out[13, valid], values[13, valid] / values[13, valid].max(), rtol=1e-6)
+
+
+def test_sigma_clip_on_a_scene_without_valid_pixels_names_the_file(tmp_path):
+    scene = write_scene(tmp_path / "empty.tif", np.full((14, 8, 8), NODATA, np.int16))
+    with pytest.raises(NormalisationError, match=r"empty\.tif: the scene has no valid pixel"):
+        normalisation.scene_statistics(normalisation.spec("sigma-clip"), scene)
+
+
+def test_scene_channels_checks_the_raster(tmp_path, rng):
+    with rasterio.open(write_scene(tmp_path / "s13.tif", synthetic_scene(rng, 8, 8, elevation=False))) as src:
+        assert normalisation.scene_channels(src, elevation=False, source="s13") == list(BANDS)
+        with pytest.raises(NormalisationError, match="s13: elevation is requested but the scene has no ELEVATION"):
+            normalisation.scene_channels(src, elevation=True, source="s13")
+    bad = tmp_path / "float.tif"
+    with rasterio.open(bad, "w", driver="GTiff", dtype="float32", count=13, height=4, width=4) as dst:
+        dst.write(np.zeros((13, 4, 4), np.float32))
+    with rasterio.open(bad) as src, pytest.raises(NormalisationError, match="not a scene raster"):
+        normalisation.scene_channels(src, elevation=False, source=str(bad))
+
+
+def test_normalise_scene_window_equals_apply_on_the_same_values(tmp_path, rng):
+    values = synthetic_scene(rng, 40, 30)
+    values[:, 12, 7] = NODATA
+    scene = write_scene(tmp_path / "scene.tif", values)
+    spec = normalisation.spec("snowcloud-v1")
+    window = Window(5, 10, 20, 8)
+    with rasterio.open(scene) as src:
+        out, valid = normalisation.normalise_scene_window(spec, src, window, 14, {})
+    expected_values = values[:, 10:18, 5:25]
+    expected_valid = np.all(expected_values != NODATA, axis=0)
+    np.testing.assert_array_equal(valid, expected_valid)
+    np.testing.assert_array_equal(out, normalisation.apply(spec, expected_values.astype(np.float32), expected_valid, {}))
+    assert not valid[2, 2] and np.all(out[:, 2, 2] == 0)
