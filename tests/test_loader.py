@@ -1,0 +1,151 @@
+"""ShardDataset over HDF5 shards, per-process handles, deterministic epoch order and augmentation."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from snowcloud.loader import EpochSampler, ShardDataset, epoch_order, read_patch
+
+
+def make_shard(path: Path, n: int, channels: int = 3, size: int = 8, seed: int = 0, compression=None) -> Path:
+    """A shard with the contract's layout: image (N, C, P, P) float16 chunked per patch, label (N, P, P) uint8."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as shard:
+        shard.create_dataset(
+            "image", data=rng.normal(size=(n, channels, size, size)).astype(np.float16),
+            chunks=(1, channels, size, size), compression=compression,
+        )  # fmt: skip
+        label = rng.choice(np.array([0, 1, 2, 3, 255], np.uint8), size=(n, size, size))
+        shard.create_dataset("label", data=label, chunks=(1, size, size), compression=compression)
+    return path
+
+
+def stored(path: Path, index: int) -> tuple[np.ndarray, np.ndarray]:
+    with h5py.File(path, "r") as shard:
+        return shard["image"][index].astype(np.float32), shard["label"][index].astype(np.int64)
+
+
+def flip_and_mark(image: np.ndarray, label: np.ndarray, rng: np.random.Generator):
+    """A test augmentation whose result depends on the generator."""
+    return image[:, ::-1] + rng.integers(0, 1000), label[::-1]
+
+
+@pytest.fixture
+def shards(tmp_path: Path) -> list[Path]:
+    return [make_shard(tmp_path / "a.h5", 5, seed=1), make_shard(tmp_path / "b.h5", 7, seed=2, compression="lzf")]
+
+
+def test_items_are_the_stored_patches_of_the_members_in_order(shards):
+    dataset = ShardDataset([(shards[0], None), (shards[1], [6, 0, 3])])
+    assert len(dataset) == 8 and dataset.channels == 3 and dataset.patch_size == 8
+    expected = [(shards[0], i) for i in range(5)] + [(shards[1], i) for i in (6, 0, 3)]
+    for index, (path, local) in enumerate(expected):
+        image, label = dataset[index]
+        assert image.dtype == torch.float32 and image.shape == (3, 8, 8)
+        assert label.dtype == torch.int64 and label.shape == (8, 8)
+        want_image, want_label = stored(path, local)
+        np.testing.assert_array_equal(image.numpy(), want_image)
+        np.testing.assert_array_equal(label.numpy(), want_label)
+    with pytest.raises(IndexError):
+        dataset[8]
+
+
+def test_direct_chunk_read_equals_hdf5_slicing(shards):
+    with h5py.File(shards[0], "r") as unfiltered, h5py.File(shards[1], "r") as compressed:
+        for shard in (unfiltered, compressed):
+            for name in ("image", "label"):
+                for index in (0, 3):
+                    np.testing.assert_array_equal(read_patch(shard[name], index), shard[name][index])
+
+
+def test_bad_members_are_errors_naming_the_shard(shards, tmp_path):
+    with pytest.raises(ValueError, match=r"b\.h5: patch indices outside 0\.\.6"):
+        ShardDataset([(shards[1], [7])])
+    other = make_shard(tmp_path / "other.h5", 2, channels=4)
+    with pytest.raises(ValueError, match=r"other\.h5: patches \(4, 8, 8\) differ"):
+        ShardDataset([(shards[0], None), (other, None)])
+    with pytest.raises(ValueError, match="at least one shard"):
+        ShardDataset([])
+
+
+def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
+    order = epoch_order(100, seed=3, epoch=2)
+    assert sorted(order) == list(range(100))
+    np.testing.assert_array_equal(order, epoch_order(100, seed=3, epoch=2))
+    assert not np.array_equal(order, epoch_order(100, seed=3, epoch=3))
+    assert not np.array_equal(order, epoch_order(100, seed=4, epoch=2))
+    assert len(epoch_order(5, seed=-1, epoch=0)) == 5
+
+
+def test_epoch_sampler_resumes_inside_an_epoch_and_caps_items():
+    sampler = EpochSampler(20, seed=5, limit=12)
+    sampler.set_epoch(4)
+    full = list(sampler)
+    assert len(sampler) == 12 and [epoch for _, epoch in full] == [4] * 12
+    assert [index for index, _ in full] == list(epoch_order(20, 5, 4)[:12])
+    sampler.set_epoch(4, skip=5)
+    assert list(sampler) == full[5:] and len(sampler) == 7
+    plain = EpochSampler(4, seed=5, shuffle=False)
+    assert list(plain) == [(0, 0), (1, 0), (2, 0), (3, 0)]
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_index(shards):
+    dataset = ShardDataset([(shards[0], None), (shards[1], None)], augment=flip_and_mark, seed=9)
+    image, label = dataset[(3, 1)]
+    raw_image, raw_label = dataset.read(3)
+    np.testing.assert_array_equal(label.numpy(), raw_label[::-1])
+    shift = image.numpy() - raw_image[:, ::-1]
+    assert np.allclose(shift, shift.flat[0]) and shift.flat[0] != 0
+    np.testing.assert_array_equal(dataset[(3, 1)][0], image)
+    assert not torch.equal(dataset[(3, 2)][0], image)
+    dataset.set_epoch(1)
+    np.testing.assert_array_equal(dataset[3][0], image)
+
+
+def _batches(dataset: ShardDataset, workers: int, epoch: int) -> list[torch.Tensor]:
+    sampler = EpochSampler(len(dataset), seed=1)
+    sampler.set_epoch(epoch)
+    loader = DataLoader(dataset, batch_size=3, sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
+    return [torch.cat([images.flatten(), labels.flatten().float()]) for images, labels in loader]
+
+
+def test_workers_open_their_own_handles_and_give_the_same_batches(shards):
+    dataset = ShardDataset([(shards[0], None), (shards[1], [1, 2, 4, 5])], augment=flip_and_mark, seed=2)
+    dataset[0]  # the parent opens a handle before the workers fork
+    assert dataset._pid == os.getpid() and list(dataset._files) == [0]
+    single = _batches(dataset, workers=0, epoch=3)
+    parallel = _batches(dataset, workers=2, epoch=3)
+    assert len(single) == 3
+    for a, b in zip(single, parallel, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    clone = pickle.loads(pickle.dumps(dataset))  # what a spawned worker gets: no handles
+    assert clone._files == {} and clone._pid is None
+    torch.testing.assert_close(clone[(4, 3)][0], dataset[(4, 3)][0], rtol=0, atol=0)
+    dataset.close()
+    assert dataset._files == {}
+
+
+def test_batched_reading_returns_items_in_the_order_asked(shards):
+    dataset = ShardDataset([(shards[0], None), (shards[1], None)])
+    keys = [9, 0, (4, 0), 11, 2]
+    batch = dataset.__getitems__(keys)
+    for key, (image, label) in zip(keys, batch, strict=True):
+        torch.testing.assert_close(image, dataset[key][0], rtol=0, atol=0)
+        torch.testing.assert_close(label, dataset[key][1], rtol=0, atol=0)
+
+
+def test_a_process_with_another_pid_never_reuses_inherited_handles(shards):
+    dataset = ShardDataset([(shards[0], None)])
+    dataset[1]
+    inherited = dataset._files[0]
+    dataset._pid = -1  # what a forked worker sees: handles that belong to another process
+    dataset[2]
+    assert dataset._pid == os.getpid() and dataset._files[0] is not inherited
