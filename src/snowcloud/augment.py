@@ -1,29 +1,21 @@
 """On-the-fly augmentation of training patches, reproducible per sample.
 
-Every random choice for a patch comes from its own generator seeded by (seed, epoch, global index), so the
-result does not depend on which loader worker fetches the patch, nor on whether the run was interrupted
-and resumed. The operations (thesis order): flip along H, flip along W (each with `flip_p`), zero each
-channel with `channel_dropout_p`, and with `erase_p` erase one square of side in `erase_size` (image 0,
-label 255 so the loss and metrics ignore it; the thesis set the label to background).
+`Augmentation` is the `augment` callable of `loader.ShardDataset`: it gets one patch as numpy arrays (float32
+(C, P, P), int64 (P, P)) and a generator that the loader seeds from (seed, epoch, global index), so the result
+depends neither on which worker fetches the patch nor on whether the run was interrupted and resumed.
+The operations (thesis order): flip along H, flip along W (each with `flip_p`), zero each channel with
+`channel_dropout_p`, and with `erase_p` erase one square of side in `erase_size` (image 0, label 255 so loss
+and metrics ignore it; the thesis set the label to background there).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from snowcloud.bands import IGNORE_INDEX
-
-Item = tuple[torch.Tensor, torch.Tensor]
-
-
-def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    """The generator for one patch in one epoch; the same (seed, epoch, index) always gives the same stream."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed % 2**64, epoch, index])))
 
 
 @dataclass(frozen=True)
@@ -53,7 +45,7 @@ class Augmentation:
     def active(self) -> bool:
         return bool(self.flip_p or self.channel_dropout_p or self.erase_p)
 
-    def __call__(self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator) -> Item:
+    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Augmented copies of a (C, H, W) image and its (H, W) label; the inputs are left untouched."""
         channels, height, width = image.shape
         # Draw every number up front, in a fixed layout, whatever the probabilities.
@@ -61,36 +53,13 @@ class Augmentation:
         side = min(int(rng.integers(self.erase_size[0], self.erase_size[1] + 1)), height, width)
         top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
 
-        image, label = image.clone(), label.clone()
         if flip_h < self.flip_p:
-            image, label = image.flip(-2), label.flip(-2)
+            image, label = image[:, ::-1], label[::-1]
         if flip_w < self.flip_p:
-            image, label = image.flip(-1), label.flip(-1)
-        image[torch.from_numpy(np.asarray(dropped) < self.channel_dropout_p)] = 0
+            image, label = image[:, :, ::-1], label[:, ::-1]
+        image, label = image.copy(), label.copy()
+        image[np.asarray(dropped) < self.channel_dropout_p] = 0
         if erase < self.erase_p:
             image[:, top : top + side, left : left + side] = 0
             label[top : top + side, left : left + side] = IGNORE_INDEX
         return image, label
-
-
-class EpochItems(Dataset):
-    """Items addressed by (epoch, index): `dataset[index]`, augmented with the generator of (seed, epoch, index).
-
-    A batch sampler yields these keys, so workers need no shared epoch counter and the augmentation of every
-    patch is fixed by the seed alone.
-    """
-
-    def __init__(self, dataset: Dataset, augmentation: Augmentation | None = None, seed: int = 0) -> None:
-        self.dataset = dataset
-        self.augmentation = augmentation if augmentation is not None and augmentation.active else None
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: Sequence[int]) -> Item:
-        epoch, index = key
-        image, label = self.dataset[index]
-        if self.augmentation is None:
-            return image, label
-        return self.augmentation(image, label, sample_rng(self.seed, epoch, index))
