@@ -1,0 +1,104 @@
+"""Label masks onto the scene grid: same grid, coarser aligned grids, thesis folders, and the errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+from test_normalisation import CRS, ORIGIN, synthetic_scene, write_scene
+
+from snowcloud.labels import LabelError, read_label
+
+
+def write_label(
+    path: Path, values: np.ndarray, resolution: float = 10.0, origin=ORIGIN, crs: str = CRS, driver: str = "GTiff",
+    **options,
+) -> Path:  # fmt: skip
+    """A uint8 label raster (the thesis wrote nodata=0 into its masks; kept here to check it is ignored)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile = {
+        "driver": driver, "dtype": values.dtype.name, "count": 1, "height": values.shape[0], "width": values.shape[1],
+        "crs": crs, "transform": Affine(resolution, 0, origin[0], 0, -resolution, origin[1]), "nodata": 0, **options,
+    }  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(values, 1)
+    return path
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> Path:
+    return write_scene(tmp_path / "scene.tif", synthetic_scene(np.random.default_rng(0), 24, 30))
+
+
+@pytest.fixture
+def classes() -> np.ndarray:
+    return np.random.default_rng(1).choice(np.array([0, 1, 2, 3, 255], np.uint8), size=(24, 30))
+
+
+def test_a_label_on_the_scene_grid_reads_back_unchanged(tmp_path, scene, classes):
+    label = write_label(tmp_path / "label.tif", classes)
+    np.testing.assert_array_equal(read_label(label, scene), classes)
+    np.testing.assert_array_equal(read_label(label, scene, Window(3, 5, 10, 7)), classes[5:12, 3:13])
+
+
+def test_a_coarser_aligned_label_is_resampled_nearest_and_255_outside_its_extent(tmp_path, scene):
+    coarse = np.random.default_rng(2).choice(np.array([0, 1, 2, 3], np.uint8), size=(8, 10))
+    # 30 m pixels starting 2 scene pixels right of and 4 below the scene's corner
+    origin = (ORIGIN[0] + 20, ORIGIN[1] - 40)
+    label = write_label(tmp_path / "coarse.tif", coarse, resolution=30, origin=origin)
+    expected = np.full((24, 30), 255, np.uint8)
+    expected[4:24, 2:30] = np.repeat(np.repeat(coarse, 3, axis=0), 3, axis=1)[:20, :28]
+    np.testing.assert_array_equal(read_label(label, scene), expected)
+    np.testing.assert_array_equal(read_label(label, scene, Window(0, 10, 7, 9)), expected[10:19, 0:7])
+    np.testing.assert_array_equal(read_label(label, scene, Window(0, 0, 2, 3)), np.full((3, 2), 255))
+
+
+def test_another_crs_a_shift_a_finer_grid_or_another_dtype_are_errors_naming_the_file(tmp_path, scene, classes):
+    cases = {
+        "utm33.tif": (dict(crs="EPSG:32633"), "CRS"),
+        "shifted.tif": (dict(origin=(ORIGIN[0] + 5, ORIGIN[1])), "not aligned.*0.500 scene pixels along the columns"),
+        "fine.tif": (dict(resolution=5), "not a whole multiple"),
+        "odd.tif": (dict(resolution=15), "not a whole multiple"),
+    }
+    for name, (options, message) in cases.items():
+        label = write_label(tmp_path / name, classes, **options)
+        with pytest.raises(LabelError, match=rf"{name}: .*{message}"):
+            read_label(label, scene)
+    wide = write_label(tmp_path / "uint16.tif", classes.astype(np.uint16))
+    with pytest.raises(LabelError, match=r"uint16\.tif: a label mask must be uint8"):
+        read_label(wide, scene)
+    with pytest.raises(LabelError, match="label mask not found"):
+        read_label(tmp_path / "missing.tif", scene)
+
+
+def test_unexpected_class_values_are_an_error(tmp_path, scene, classes):
+    classes[3, 3] = 7
+    label = write_label(tmp_path / "seven.tif", classes)
+    with pytest.raises(LabelError, match=r"seven\.tif: unexpected label values \[7\]"):
+        read_label(label, scene)
+
+
+@pytest.mark.parametrize("driver", ["GTiff", "JP2OpenJPEG"])
+def test_a_thesis_folder_uses_coverage_and_drops_semi_transparent_clouds(tmp_path, scene, driver):
+    """The thesis wrote GeoTIFFs named .jp2; real (lossless) JPEG 2000 is read the same way."""
+    rng = np.random.default_rng(3)
+    mask = rng.integers(0, 5, size=(24, 30)).astype(np.uint8)
+    coverage = (rng.random((24, 30)) > 0.3).astype(np.uint8)
+    mask[~coverage.astype(bool)] = 9  # anything outside the coverage is ignored
+    options = {"QUALITY": 100, "REVERSIBLE": "YES"} if driver == "JP2OpenJPEG" else {}
+    folder = tmp_path / "20210720T101559"
+    write_label(folder / "mask.jp2", mask, driver=driver, **options)
+    write_label(folder / "mask_coverage.jp2", coverage, driver=driver, **options)
+    expected = np.where((coverage == 1) & (mask != 4), mask, 255)
+    np.testing.assert_array_equal(read_label(folder, scene), expected)
+
+
+def test_a_thesis_folder_without_its_coverage_is_an_error(tmp_path, scene, classes):
+    folder = tmp_path / "20210720T101559"
+    write_label(folder / "mask.jp2", classes)
+    with pytest.raises(LabelError, match=r"needs mask\.jp2 and mask_coverage\.jp2; missing \['mask_coverage\.jp2'\]"):
+        read_label(folder, scene)
