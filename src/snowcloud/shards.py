@@ -1,0 +1,189 @@
+"""HDF5 patch shards: one per (dataset, tile, date), normalised patches ready to train, with class counts.
+
+Layout (docs/architecture.md): ``image`` (N, C, P, P) float16 chunked one patch per chunk, ``label`` (N, P, P)
+uint8 (255 = ignore), ``origin`` (N, 2) int32 row/col in the scene, ``class_counts`` (N, 5) int32 pixels of
+classes 0..3 and 255 per patch, ``class_fraction`` (N, 4) float32 (classes 0..3 over the labelled pixels of the
+patch); attributes are scalars or JSON text (see :func:`read_attributes`). The scene is normalised row block by
+row block (each row once, bounded memory) and patches are written in batches to a temporary file that is
+renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+from tqdm import tqdm
+
+import snowcloud
+from snowcloud import labels, normalisation, sampling
+from snowcloud.atomic import atomic_output
+from snowcloud.bands import CLASSES, IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+FORMAT = "snowcloud-shard/1"
+CLASS_COLUMNS = (*range(len(CLASSES)), IGNORE_INDEX)
+BLOCK_ROWS = 256  # scene rows normalised at once (memory: channels x (BLOCK_ROWS + P) x width x 2 bytes)
+WRITE_BATCH = 64  # patches per HDF5 write
+JSON_ATTRIBUTES = ("bands", "normalisation", "normalisation_statistics", "sampler", "class_pixel_counts",
+                   "class_fraction_mean", "inputs", "scene_shape")  # fmt: skip
+
+
+class ShardError(ValueError):
+    """Inputs that cannot make a shard; the message names the file."""
+
+
+def file_identity(path: str | Path) -> dict:
+    """Path, size, mtime_ns and blake2b content hash of a file."""
+    path = Path(path)
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    stat = path.stat()
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "blake2b": digest.hexdigest()}
+
+
+def valid_mask(src: rasterio.DatasetReader, channels: int, strip_rows: int = 512) -> np.ndarray:
+    """bool (H, W): pixels where every one of the first `channels` bands holds data, read strip by strip."""
+    valid = np.empty((src.height, src.width), dtype=bool)
+    for window in normalisation.row_strips(src.height, src.width, strip_rows):
+        rows = slice(window.row_off, window.row_off + window.height)
+        strip = src.read(indexes=list(range(1, channels + 1)), window=window)
+        np.all(strip != normalisation.NODATA, axis=0, out=valid[rows])
+    return valid
+
+
+def build_shard(scene: str | Path, label: str | Path, output: str | Path, dataset: str, options: dict) -> None:
+    """Scene raster + label mask -> results/shards/{dataset}/{tile}/{date}.h5 (tile and date from the path)."""
+    output = Path(output)
+    tile, date = output.parent.name, output.stem
+    size = options["patch_size"]
+    spec = normalisation.spec(options["normalisation"])
+    with rasterio.open(scene) as src:
+        bands = normalisation.scene_channels(src, options["elevation"], str(scene))
+        valid = valid_mask(src, len(bands))
+    if not valid.any():
+        raise ShardError(f"{scene}: the scene has no valid pixel")
+    label_array = labels.read_label(label, scene)
+    label_array[~valid] = IGNORE_INDEX
+    del valid
+    origins = sampling.sample_origins(
+        label_array != IGNORE_INDEX, label_array, size, options["sampler"], key=f"{tile}/{date}", source=str(scene)
+    )
+    statistics = normalisation.scene_statistics(spec, scene)
+    log.info("%s: %d patches of %d x %d, %s", output, len(origins), size, size, normalisation.describe(spec))
+    attributes = {
+        "format": FORMAT, "dataset": dataset, "tile": tile, "date": date, "bands": bands, "normalisation": spec,
+        "normalisation_statistics": statistics, "patch_size": size, "sampler": options["sampler"],
+        "scene_shape": list(label_array.shape), "package_version": snowcloud.__version__,
+        "inputs": {"scene": file_identity(scene), "label": [file_identity(f) for f in labels.label_files(label)]},
+    }  # fmt: skip
+    with atomic_output(output) as tmp, h5py.File(tmp, "w") as shard:
+        counts = _write_patches(shard, scene, spec, statistics, len(bands), origins, label_array, size)
+        _write_class_statistics(shard, counts)
+        for key, value in attributes.items():
+            shard.attrs[key] = json.dumps(value) if key in JSON_ATTRIBUTES else value
+
+
+def _write_patches(
+    shard: h5py.File, scene: str | Path, spec: dict, statistics: dict, channels: int, origins: np.ndarray,
+    label: np.ndarray, size: int,
+) -> np.ndarray:  # fmt: skip
+    """Write image, label and origin; return the per-patch class counts (N, 5)."""
+    n = len(origins)
+    image = shard.create_dataset(
+        "image", shape=(n, channels, size, size), dtype=np.float16, chunks=(1, channels, size, size), track_times=False
+    )
+    labels_out = shard.create_dataset(
+        "label", shape=(n, size, size), dtype=np.uint8, chunks=(1, size, size), track_times=False
+    )
+    shard.create_dataset("origin", data=origins, dtype=np.int32, track_times=False)
+    counts = np.zeros((n, len(CLASS_COLUMNS)), dtype=np.int32)
+    with rasterio.open(scene) as src, tqdm(total=n, desc=f"patches {Path(scene).name}", unit="patch") as progress:
+        batches = patch_batches(src, spec, statistics, channels, origins, size, BLOCK_ROWS, WRITE_BATCH)
+        for start, images in batches:
+            stop = start + len(images)
+            patch_labels = np.stack([label[r : r + size, c : c + size] for r, c in origins[start:stop]])
+            image[start:stop] = images
+            labels_out[start:stop] = patch_labels
+            counts[start:stop] = class_counts(patch_labels)
+            progress.update(len(images))
+    return counts
+
+
+def patch_batches(
+    src: rasterio.DatasetReader, spec: dict, statistics: dict, channels: int, origins: np.ndarray, size: int,
+    block_rows: int = BLOCK_ROWS, batch: int = WRITE_BATCH,
+) -> Iterator[tuple[int, np.ndarray]]:  # fmt: skip
+    """(first index, float16 (n, C, P, P)) batches of normalised patches at `origins` (sorted by row).
+
+    A float16 buffer holds the normalised scene rows [top, top + rows); rows are appended block by block as the
+    origins move down and dropped once no later patch needs them, so each scene row is normalised once.
+    """
+    buffer = np.empty((channels, 0, src.width), dtype=np.float16)
+    top = 0
+    start = 0
+    while start < len(origins):
+        first_row = int(origins[start, 0])
+        stop = min(int(np.searchsorted(origins[:, 0], first_row + block_rows)), start + batch)
+        needed_end = int(origins[start:stop, 0].max()) + size
+        if first_row >= top + buffer.shape[1]:
+            buffer, top = buffer[:, :0], first_row
+        elif first_row > top:
+            buffer, top = buffer[:, first_row - top :], first_row
+        end = top + buffer.shape[1]
+        if needed_end > end:
+            rows = max(needed_end - end, min(block_rows, src.height - end))
+            window = Window(0, end, src.width, rows)
+            values, valid = normalisation.read_scene_window(src, window, channels)
+            fresh = normalisation.apply(spec, values, valid, statistics, source=f"{src.name} rows {end}..{end + rows}")
+            buffer = np.concatenate([buffer, fresh.astype(np.float16)], axis=1)
+        yield start, np.stack([buffer[:, r - top : r - top + size, c : c + size] for r, c in origins[start:stop]])
+        start = stop
+
+
+def class_counts(patch_labels: np.ndarray) -> np.ndarray:
+    """int32 (n, 5): pixels of classes 0..3 and 255 in each (P, P) label patch."""
+    per_value = np.stack([np.bincount(patch.ravel(), minlength=256) for patch in patch_labels])
+    unexpected = per_value.sum(axis=1) - per_value[:, list(CLASS_COLUMNS)].sum(axis=1)
+    if unexpected.any():
+        raise ShardError(f"label patches hold values outside {list(CLASS_COLUMNS)}")
+    return per_value[:, list(CLASS_COLUMNS)].astype(np.int32)
+
+
+def class_fractions(counts: np.ndarray) -> np.ndarray:
+    """float64 (n, 4): classes 0..3 over the labelled pixels of each patch (0 for a patch without any)."""
+    labelled = counts[:, : len(CLASSES)].sum(axis=1, keepdims=True)
+    return np.divide(counts[:, : len(CLASSES)], labelled, out=np.zeros(labelled.shape[:1] + (len(CLASSES),)),
+                     where=labelled > 0)  # fmt: skip
+
+
+def _write_class_statistics(shard: h5py.File, counts: np.ndarray) -> None:
+    fractions = class_fractions(counts)
+    labelled = counts[:, : len(CLASSES)].sum(axis=1) > 0
+    shard.create_dataset("class_counts", data=counts, track_times=False)
+    shard.create_dataset("class_fraction", data=fractions.astype(np.float32), track_times=False)
+    totals = counts.sum(axis=0, dtype=np.int64)
+    shard.attrs["class_pixel_counts"] = json.dumps({str(c): int(t) for c, t in zip(CLASS_COLUMNS, totals)})
+    mean = fractions[labelled].mean(axis=0) if labelled.any() else np.zeros(len(CLASSES))
+    shard.attrs["class_fraction_mean"] = json.dumps(mean.tolist())
+    shard.attrs["patches"] = len(counts)
+
+
+def read_attributes(path: str | Path) -> dict:
+    """A shard's attributes with the JSON ones decoded."""
+    with h5py.File(path, "r") as shard:
+        return {key: json.loads(value) if key in JSON_ATTRIBUTES else _plain(value) for key, value in shard.attrs.items()}
+
+
+def _plain(value: object) -> object:
+    return value.item() if isinstance(value, np.generic) else value
