@@ -1,0 +1,68 @@
+import numpy as np
+from snowcloud.baselines import BASELINES, ndsi_rule, normalised_difference
+from snowcloud.bands import IGNORE_INDEX
+
+OPTIONS = {"snow_ndsi": 0.4, "snow_green": 0.1, "cloud_blue": 0.25, "water_ndwi": 0.2}
+
+# Hand-made top-of-atmosphere reflectances (B02, B03, B08, B11) of typical surfaces, and the class each must get.
+SPECTRA = {
+    # NDSI (0.85-0.10)/(0.95) = 0.79 > 0.4, green 0.85 > 0.1; bright in blue but snow-like in the SWIR
+    "fresh snow": ((0.90, 0.85, 0.75, 0.10), 1),
+    # shaded snow: dark, NDSI (0.15-0.02)/0.17 = 0.76, green 0.15; NDWI (0.15-0.12)/0.27 = 0.11
+    "shaded snow": ((0.20, 0.15, 0.12, 0.02), 1),
+    # cloud: bright in blue, bright in the SWIR: NDSI (0.6-0.5)/1.1 = 0.09
+    "cloud": ((0.60, 0.60, 0.65, 0.50), 2),
+    # clear lake: dark, NDWI (0.06-0.02)/0.08 = 0.5; NDSI high (0.06-0.01)/0.07 = 0.71 but green 0.06 < 0.1
+    "lake": ((0.07, 0.06, 0.02, 0.01), 3),
+    # vegetation: NDWI (0.08-0.35)/0.43 < 0, NDSI (0.08-0.18)/0.26 < 0, blue 0.05
+    "meadow": ((0.05, 0.08, 0.35, 0.18), 0),
+    # bare rock: NDSI (0.15-0.25)/0.4 < 0, blue 0.12 < 0.25
+    "rock": ((0.12, 0.15, 0.22, 0.25), 0),
+}
+
+
+def bands_of(reflectances: list[tuple[float, float, float, float]]) -> dict[str, np.ndarray]:
+    """Scene values (reflectance * 10000, int16 like the scene raster) of a row of pixels."""
+    values = np.rint(np.asarray(reflectances) * 10000).astype(np.int16)
+    return {name: values[None, :, i] for i, name in enumerate(("B02", "B03", "B08", "B11"))}
+
+
+def test_typical_surfaces_get_their_class():
+    names = list(SPECTRA)
+    bands = bands_of([SPECTRA[name][0] for name in names])
+    classes = ndsi_rule(bands, OPTIONS, np.ones((1, len(names)), bool))
+    assert dict(zip(names, classes[0].tolist())) == {name: SPECTRA[name][1] for name in names}
+    assert classes.dtype == np.uint8
+
+
+def test_thresholds_come_from_the_options():
+    bands = bands_of([SPECTRA["shaded snow"][0]])
+    assert ndsi_rule(bands, {**OPTIONS, "snow_green": 0.2}, np.ones((1, 1), bool))[0, 0] != 1
+    assert ndsi_rule(bands, {**OPTIONS, "snow_ndsi": 0.8}, np.ones((1, 1), bool))[0, 0] != 1
+
+
+def test_precedence_cloud_then_snow_then_water():
+    # Snow that also passes the water test (NDWI (0.5-0.3)/0.8 = 0.25 > 0.2): snow wins.
+    wet_snow = (0.55, 0.50, 0.30, 0.05)
+    # Bright pixel passing the cloud test and the water test (NDWI 0.33): cloud wins.
+    bright_watery = (0.40, 0.40, 0.20, 0.35)
+    classes = ndsi_rule(bands_of([wet_snow, bright_watery]), OPTIONS, np.ones((1, 2), bool))
+    assert classes[0].tolist() == [1, 2]
+
+
+def test_invalid_pixels_and_dark_offset_pixels():
+    # Negative values (DN below the -1000 offset) count as reflectance 0 and give no NaN; invalid -> 255.
+    bands = {name: np.array([[-5, 0, -32768]], np.int16) for name in ("B02", "B03", "B08", "B11")}
+    valid = np.array([[True, True, False]])
+    classes = ndsi_rule(bands, OPTIONS, valid)
+    assert classes[0].tolist() == [0, 0, IGNORE_INDEX]
+
+
+def test_normalised_difference_is_zero_where_both_are_zero():
+    a, b = np.array([0.0, 0.3, 0.1], np.float32), np.array([0.0, 0.1, 0.3], np.float32)
+    np.testing.assert_allclose(normalised_difference(a, b), [0.0, 0.5, -0.5], rtol=1e-6)
+
+
+def test_registry_lists_the_bands_the_rule_reads():
+    assert set(BASELINES["ndsi"].bands) == {"B02", "B03", "B08", "B11"}
+    assert BASELINES["ndsi"].rule is ndsi_rule
