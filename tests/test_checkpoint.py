@@ -20,6 +20,7 @@ def _metadata(**extra):
         "classes": ("background", "snow", "cloud", "water"),
         "patch_size": np.int64(32),
         "validation_metrics": {"iou": {"snow": 0.5, "water": None}},
+        "torch_version": torch.__version__,  # a str subclass that weights_only would refuse
         **extra,
     }
 
@@ -46,6 +47,7 @@ def test_round_trip_restores_weights_buffers_and_metadata(tmp_path):
     assert metadata["classes"] == ["background", "snow", "cloud", "water"]
     assert metadata["patch_size"] == 32 and type(metadata["patch_size"]) is int
     assert metadata["validation_metrics"]["iou"]["water"] is None
+    assert metadata["torch_version"] == str(torch.__version__) and type(metadata["torch_version"]) is str
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
     x = torch.randn(1, 3, 32, 32)

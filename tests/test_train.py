@@ -245,3 +245,44 @@ def test_history_csv_and_curves_png(tmp_path):
     image = matplotlib.image.imread(tmp_path / "curves.png")
     assert image.shape[0] > 300 and image.shape[1] > 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "history.csv"]  # no temporary leftovers
+
+
+def test_train_experiment_writes_a_self_describing_model_history_and_curves(tmp_path):
+    from training_shards import real_dataset
+
+    from snowcloud.checkpoint import load_model
+    from snowcloud.datasets import load_stats
+    from snowcloud.train import train_experiment
+
+    stats_path = real_dataset(tmp_path / "data")
+    stats = load_stats(stats_path)
+    out = tmp_path / "results" / "models" / "toy"
+    options = experiment_options(epochs=2, batch_size=8, workers=0, augmentation={"flip_p": 0.5, "erase_p": 0.3})
+    train_experiment(
+        stats_path, out / "model.pt", out / "history.csv", out / "curves.png", out / "state", "toy", options
+    )
+
+    raw = torch.load(out / "model.pt", weights_only=True)
+    metadata = raw["metadata"]
+    assert metadata["bands"] == stats["bands"] and len(metadata["bands"]) == 14
+    assert metadata["normalisation"] == stats["normalisation"] and metadata["normalisation"]["name"] == "snowcloud-v1"
+    assert metadata["patch_size"] == 16 and metadata["classes"] == ["background", "snow", "cloud", "water"]
+    assert metadata["model_args"] == {"in_channels": 14, "n_classes": 4, "base_channels": 4}
+    assert metadata["stats_digest"] == stats["digest"] and metadata["dataset"] == "toy"
+    assert metadata["class_weights"] == stats["class_weights"]["values"]
+    assert metadata["epochs_trained"] == 2 and metadata["best_epoch"] in (1, 2)
+    assert metadata["training"]["optimizer"]["lr"] == 0.001 and metadata["package_version"]
+    assert set(metadata["validation_metrics"]["iou"]) == {"background", "snow", "cloud", "water"}
+
+    model, loaded = load_model(out / "model.pt", "cpu")
+    assert loaded["best_epoch"] == metadata["best_epoch"]
+    with torch.no_grad():
+        assert model(torch.zeros(1, 14, 16, 16)).shape == (1, 4, 16, 16)
+
+    with open(out / "history.csv") as handle:
+        history = list(csv.DictReader(handle))
+    assert [int(row["epoch"]) for row in history] == [1, 2]
+    best = history[metadata["best_epoch"] - 1]
+    assert float(best["val_loss"]) == metadata["validation_loss"]
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "state").exists()  # done: the state was removed

@@ -51,3 +51,20 @@ def experiment_options(model: dict | None = None, **training) -> dict:
     }
     experiment = validate_config(config)["experiments"]["toy"]
     return {key: experiment[key] for key in ("dataset", "model", "training")}
+
+
+def real_dataset(root: Path, dates: int = 3, patches: int = 12, patch_size: int = 16) -> Path:
+    """Real shards (scene raster + label through `shards.build_shard`) and their stats.json; the last date
+    validates. Returns the stats path."""
+    from test_datasets import build, stats_options
+
+    from snowcloud.datasets import build_dataset_stats
+
+    names = [f"202107{day:02d}T101559" for day in range(10, 10 + dates)]
+    shard_paths = [
+        build(root, "32TNS", date, seed, patches=patches, patch_size=patch_size) for seed, date in enumerate(names)
+    ]
+    stats_path = root / "stats.json"
+    options = stats_options(validation_dates=names[-1:])
+    build_dataset_stats(shard_paths, stats_path, root / "class_distribution.png", "toy", options)
+    return stats_path

@@ -30,8 +30,11 @@ class CheckpointError(ValueError):
 
 def plain(value: Any, where: str = "metadata") -> Any:
     """`value` as weights_only-safe plain data: tuples become lists, numpy scalars Python numbers, paths str."""
-    if value is None or isinstance(value, (str, bool, int, float, torch.Tensor)):
+    if value is None or isinstance(value, torch.Tensor):
         return value
+    for kind in (bool, int, float, str):  # subclasses too (torch.__version__, IntEnum) become the plain type
+        if isinstance(value, kind):
+            return kind(value)
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, Path):
