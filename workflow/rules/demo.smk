@@ -10,8 +10,9 @@ if config["demo"]["enabled"]:
         params:
             demo=config["demo"],
             raw_data=config["raw_data"],
-            dem=config["dem"],
-            labels=config["labels"],
+            # Patterns with {tile} / {date}: a function keeps Snakemake from expanding them as wildcards.
+            dem=lambda wildcards: config["dem"],
+            labels=lambda wildcards: config["labels"],
         log:
             "logs/demo_data.log",
         threads: workflow.cores

@@ -1,0 +1,235 @@
+import xml.etree.ElementTree as ET
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.warp import transform
+
+from snowcloud.bands import BANDS, RESOLUTION_M
+from snowcloud.demo import make_demo_data, planned_products, product as demo_product, tiles
+from snowcloud.demo.landscape import Landscape
+from snowcloud.demo.product import make_scene, write_scene
+from snowcloud.inventory import find_products
+
+DEMO = {"enabled": True, "tiles": ["32TNS", "32TMS"], "dates": ["20211208T102421", "20220201T102209"], "size": 120, "seed": 2023}
+
+
+def band_members(zip_path: Path) -> dict[str, str]:
+    """GDAL paths of the band files inside a product zip, by band name."""
+    names = zipfile.ZipFile(zip_path).namelist()
+    return {name.rsplit("_", 1)[1][:-4]: f"/vsizip/{zip_path}/{name}" for name in names if "/IMG_DATA/" in name and name.endswith(".jp2")}
+
+
+def read_metadata(zip_path: Path, name: str) -> ET.Element:
+    with zipfile.ZipFile(zip_path) as archive:
+        member = next(n for n in archive.namelist() if n.endswith(name))
+        return ET.fromstring(archive.read(member))
+
+
+def local(element: ET.Element, tag: str) -> list[ET.Element]:
+    return [e for e in element.iter() if e.tag.rsplit("}", 1)[-1] == tag]
+
+
+def reflectance_stack(zip_path: Path) -> np.ndarray:
+    """All 13 bands as TOA reflectance on the 10 m grid (nearest), NaN where DN is 0."""
+    offset = -1000 if "_N0400_" in zip_path.name else 0
+    members = band_members(zip_path)
+    with rasterio.open(members["B02"]) as reference:
+        shape = reference.shape
+    stack = []
+    for band in BANDS:
+        with rasterio.open(members[band]) as source:
+            dn = source.read(1, out_shape=shape, resampling=Resampling.nearest).astype(float)
+        stack.append(np.where(dn > 0, (dn + offset) / 10000, np.nan))
+    return np.stack(stack)
+
+
+def test_planned_products_are_pure_and_follow_the_naming_rules(tmp_path):
+    raw = tmp_path / "raw"
+    planned = planned_products(DEMO, raw)
+    assert not raw.exists()
+    assert list(planned) == [(t, d) for t in ("32TMS", "32TNS") for d in DEMO["dates"]]
+    old, new = planned[("32TNS", "20211208T102421")], planned[("32TNS", "20220201T102209")]
+    assert (old.baseline, new.baseline) == ("0301", "0400")
+    assert old.path == raw / "T32TNS" / old.path.name and old.path.name.endswith(".SAFE.zip")
+    assert old.orbit == "065" and old.mission in ("S2A", "S2B")
+    assert old.generated > old.date and old.generated[:8] == old.date[:8]  # a few hours after sensing
+    assert list(planned_products(DEMO, raw, tiles=["32TMS"], dates=["20220201T102209"])) == [("32TMS", "20220201T102209")]
+    # Both Sentinel-2 units appear over a season (5-day alternation).
+    season = {**DEMO, "dates": [f"202201{day:02d}T102209" for day in range(1, 31, 5)]}
+    assert {p.mission for p in planned_products(season, raw).values()} == {"S2A", "S2B"}
+
+
+def test_tile_grids_sit_at_the_real_corners_and_the_derivation_agrees(monkeypatch):
+    grid = tiles.tile_grid("32TNS", 10980)
+    assert (grid.epsg, grid.x0, grid.y0) == (32632, 499980.0, 5200020.0)
+    assert grid.bounds == (499980.0, 5090220.0, 609780.0, 5200020.0)
+    assert tiles.tile_grid("32TMS", 120).x0 == 399960.0
+    monkeypatch.setattr(tiles, "KNOWN_CORNERS", {})
+    assert tiles.upper_left_corner("32TNS") == (499980.0, 5200020.0)
+    assert tiles.upper_left_corner("32TMS") == (399960.0, 5200020.0)
+    assert tiles.utm_epsg("33HYD") == 32733  # southern hemisphere
+    with pytest.raises(ValueError, match="multiple of 6"):
+        tiles.tile_grid("32TNS", 320)
+    with pytest.raises(ValueError, match="not an MGRS tile id"):
+        tiles.tile_grid("32INS", 120)
+
+
+def test_products_have_the_safe_layout_and_metadata_of_their_baseline(tiny_demo):
+    products = tiny_demo["products"]
+    assert find_products(tiny_demo["raw_data"]) == products
+    for (tile, date), product in products.items():
+        names = zipfile.ZipFile(product.path).namelist()
+        safe = product.path.name.removesuffix(".zip")
+        assert f"{safe}/MTD_MSIL1C.xml" in names and f"{safe}/manifest.safe" in names
+        assert sum(n.endswith("/MTD_TL.xml") and f"/GRANULE/L1C_T{tile}_" in n for n in names) == 1
+        members = band_members(product.path)
+        assert set(members) == {*BANDS, "TCI"}
+        for band in BANDS:
+            assert f"/IMG_DATA/T{tile}_{date}_{band}.jp2" in members[band]
+            with rasterio.open(members[band]) as source:
+                resolution = RESOLUTION_M[band]
+                assert source.driver == "JP2OpenJPEG" and source.dtypes == ("uint16",)
+                assert source.crs.to_epsg() == 32632
+                assert source.shape == (120 * 10 // resolution,) * 2
+                assert source.transform == tiles.tile_grid(tile, 120).transform(resolution)
+        mtd = read_metadata(product.path, "MTD_MSIL1C.xml")
+        assert local(mtd, "PROCESSING_BASELINE")[0].text == product.processing_baseline
+        assert local(mtd, "QUANTIFICATION_VALUE")[0].text == "10000"
+        offsets = {e.get("band_id"): int(e.text) for e in local(mtd, "RADIO_ADD_OFFSET")}
+        assert offsets == ({str(i): -1000 for i in range(13)} if product.baseline == "0400" else {})
+        tile_xml = read_metadata(product.path, "MTD_TL.xml")
+        assert local(tile_xml, "HORIZONTAL_CS_CODE")[0].text == "EPSG:32632"
+        assert [int(e.find("ULX").text) for e in local(tile_xml, "Geoposition")] == [int(tiles.tile_grid(tile, 120).x0)] * 3
+
+
+def test_offset_products_store_reflectance_plus_1000(tiny_demo):
+    """The same landscape under both baselines: DN of the N0400 product are shifted by the offset."""
+    old = tiny_demo["products"][("32TNS", "20211208T102421")]
+    new = tiny_demo["products"][("32TNS", "20220201T102209")]
+    with rasterio.open(band_members(old.path)["B12"]) as a, rasterio.open(band_members(new.path)["B12"]) as b:
+        dn_old, dn_new = a.read(1), b.read(1)
+    # Dark clear ground (B12 reflectance < 0.1) shows as DN < 1000 only without the offset.
+    assert (dn_old[dn_old > 0] < 1000).any()
+    assert dn_new[dn_new > 0].min() > 1000 - 200  # reflectance never far below 0
+
+
+def test_class_spectra_differ_the_way_real_ones_do(tiny_demo):
+    product = tiny_demo["products"][("32TNS", "20220201T102209")]
+    with rasterio.open(tiny_demo["labels"].format(tile="32TNS", date="20220201T102209")) as source:
+        label = source.read(1)
+    toa = reflectance_stack(product.path)
+    index = {band: i for i, band in enumerate(BANDS)}
+
+    def mean(band: str, cls: int) -> float:
+        return float(np.nanmean(toa[index[band]][label == cls]))
+
+    snow, cloud, water, ground = 1, 2, 3, 0
+    ndsi = lambda cls: (mean("B03", cls) - mean("B11", cls)) / (mean("B03", cls) + mean("B11", cls))  # noqa: E731
+    assert ndsi(snow) > 0.6 and mean("B03", snow) > 0.5 and mean("B11", snow) < 0.2  # bright visible, dark SWIR
+    assert ndsi(cloud) < 0.3 and mean("B11", cloud) > 0.35 and mean("B03", cloud) > 0.5  # bright in both
+    assert mean("B08", water) < min(0.1, mean("B08", ground) / 3) and mean("B12", water) < mean("B12", ground) / 3
+    assert mean("B03", ground) < 0.25 < mean("B03", snow)
+    assert mean("B10", cloud) > 3 * mean("B10", ground)  # cirrus band sees clouds, hardly the ground
+
+
+def test_clouds_move_and_snow_follows_the_season(tiny_demo):
+    labels = {d: rasterio.open(tiny_demo["labels"].format(tile="32TNS", date=d)).read(1) for d in DEMO["dates"]}
+    clouds = [labels[d] == 2 for d in DEMO["dates"]]
+    assert all(c.any() for c in clouds)
+    assert (clouds[0] & clouds[1]).sum() / (clouds[0] | clouds[1]).sum() < 0.5
+    landscape = Landscape(DEMO["seed"], DEMO["size"])
+    grid = tiles.tile_grid("32TNS", DEMO["size"])
+    x = grid.x0 + 10 * (np.arange(grid.size) + 0.5)
+    y = grid.y0 - 10 * (np.arange(grid.size) + 0.5)
+    elevation = landscape.elevation_at(*np.meshgrid(x, y))
+    for label in labels.values():
+        assert np.median(elevation[label == 1]) > np.median(elevation[label == 0]) + 200  # snow lies higher up
+
+
+def test_swath_edge_is_no_data_in_every_band_and_unlabelled(tmp_path):
+    product = planned_products(DEMO, tmp_path)[("32TNS", "20220201T102209")]
+    grid = tiles.tile_grid("32TNS", 120)
+    landscape = Landscape(DEMO["seed"], 120)
+    centre_x = (grid.bounds[0] + grid.bounds[2]) / 2
+    scene = make_scene(product, grid, DEMO["seed"], landscape, swath_edge=(1.0, 0.0, centre_x))  # east half outside
+    write_scene(scene, landscape, tmp_path / "label.tif")
+    members = band_members(product.path)
+    invalid = {}
+    for band in BANDS:
+        with rasterio.open(members[band]) as source:
+            dn = source.read(1)
+        k = RESOLUTION_M[band] // 10
+        cols = grid.x0 + 10 * k * (np.arange(dn.shape[1]) + 0.5)
+        assert (dn[:, cols > centre_x + 60] == 0).all() and (dn[:, cols < centre_x - 60] > 0).all()
+        invalid[band] = np.repeat(np.repeat(dn == 0, k, 0), k, 1)
+    with rasterio.open(tmp_path / "label.tif") as source:
+        label = source.read(1)
+    any_invalid = np.logical_or.reduce(list(invalid.values()))
+    assert (label[any_invalid] == 255).all()
+    assert len({int(mask.sum()) for mask in invalid.values()}) > 1  # bands see the edge at different places
+
+
+def test_unzipped_product_holds_the_same_files(tmp_path, tiny_demo):
+    product = planned_products(DEMO, tmp_path)[("32TMS", "20211208T102421")]
+    landscape = Landscape(DEMO["seed"], 120)
+    write_scene(make_scene(product, tiles.tile_grid("32TMS", 120), DEMO["seed"], landscape), landscape, None, zipped=False)
+    folder = product.path.with_suffix("")
+    assert folder.name.endswith(".SAFE") and folder.is_dir() and not product.path.exists()
+    original = tiny_demo["products"][("32TMS", "20211208T102421")].path
+    with zipfile.ZipFile(original) as archive:
+        for name in archive.namelist():
+            if not name.endswith("/"):
+                assert (folder.parent / name).read_bytes() == archive.read(name), name
+
+
+def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path, tiny_demo):
+    demo = {**DEMO, "tiles": ["32TMS"], "dates": ["20220201T102209"]}
+    make_demo_data(demo, tmp_path / "raw", str(tmp_path / "T{tile}.tif"), str(tmp_path / "{tile}_{date}.tif"), threads=2)
+    product = planned_products(demo, tmp_path / "raw")[("32TMS", "20220201T102209")]
+    assert product.path.read_bytes() == tiny_demo["products"][("32TMS", "20220201T102209")].path.read_bytes()
+    assert (tmp_path / "T32TMS.tif").read_bytes() == Path(tiny_demo["dem"].format(tile="32TMS")).read_bytes()
+    other = {**demo, "seed": 7}
+    make_demo_data(other, tmp_path / "raw7", str(tmp_path / "7_T{tile}.tif"), str(tmp_path / "7_{tile}_{date}.tif"))
+    assert planned_products(other, tmp_path / "raw7")[("32TMS", "20220201T102209")].path.read_bytes() != product.path.read_bytes()
+
+
+def test_dem_is_geographic_covers_the_tile_and_holds_the_terrain(tiny_demo):
+    grid = tiles.tile_grid("32TNS", 120)
+    landscape = Landscape(DEMO["seed"], 120)
+    with rasterio.open(tiny_demo["dem"].format(tile="32TNS")) as dem:
+        assert dem.crs.to_epsg() == 4326 and dem.dtypes == ("float32",)
+        assert dem.res == pytest.approx((1 / 3600, 1 / 3600))
+        corners_x, corners_y = transform(grid.crs, dem.crs, [grid.bounds[0], grid.bounds[2]], [grid.bounds[1], grid.bounds[3]])
+        assert dem.bounds.left < min(corners_x) and dem.bounds.right > max(corners_x)
+        assert dem.bounds.bottom < min(corners_y) and dem.bounds.top > max(corners_y)
+        values = dem.read(1)
+        rows, cols = np.array([3, 20, 40]), np.array([5, 30, 60])
+        lon, lat = rasterio.transform.xy(dem.transform, rows, cols)
+    x, y = transform("EPSG:4326", grid.crs, lon, lat)
+    np.testing.assert_allclose(values[rows, cols], landscape.elevation_at(np.array(x), np.array(y)), atol=0.01)
+    assert 300 < values.min() and values.max() < 4500
+
+
+def test_labels_lie_on_the_tile_grid(tiny_demo):
+    for tile, date in tiny_demo["products"]:
+        with rasterio.open(tiny_demo["labels"].format(tile=tile, date=date)) as source:
+            assert source.dtypes == ("uint8",) and source.shape == (120, 120)
+            assert source.transform == tiles.tile_grid(tile, 120).transform() and source.crs.to_epsg() == 32632
+            assert set(np.unique(source.read(1))) <= {0, 1, 2, 3, 255}
+
+
+def test_a_failure_leaves_no_product_and_no_temporary_files(tmp_path, monkeypatch):
+    product = planned_products(DEMO, tmp_path / "raw")[("32TNS", "20211208T102421")]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(demo_product.rasterio.shutil, "copy", broken)
+    with pytest.raises(RuntimeError, match="killed"):
+        make_demo_data(DEMO | {"tiles": ["32TNS"], "dates": ["20211208T102421"]}, tmp_path / "raw", str(tmp_path / "T{tile}.tif"), str(tmp_path / "{date}.tif"))
+    assert list(product.path.parent.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["T32TNS.tif", "raw"]  # the DEM came first and is whole
