@@ -1,0 +1,288 @@
+"""Sliding-window inference and quicklooks on scene GeoTIFFs and model.pt checkpoints the tests write."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+from torch import nn
+
+from snowcloud import checkpoint, infer, normalisation
+from snowcloud import model as model_registry
+from snowcloud.bands import BANDS, CLASS_COLOURS, ELEVATION, IGNORE_INDEX
+from snowcloud.infer import InferenceError, blending_weights, predict_scene, quicklook, window_starts
+
+NODATA = -32768
+CRS = "EPSG:32632"
+TRANSFORM = from_origin(600000.0, 5200020.0, 10.0, 10.0)
+CLASS_BANDS = ("B04", "B03", "B02", "B08")  # the band whose value decides each class in PixelRule
+GAIN = 10.0
+OPTIONS = {"batch_size": 3, "overlap": 0.5, "tta": True, "probabilities": True, "device": "cpu", "amp": True}
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def write_scene(path: Path, values: np.ndarray, transform=TRANSFORM) -> Path:
+    """A scene raster as the preprocess stage writes it: int16, named bands, nodata -32768, tiled GeoTIFF."""
+    names = [*BANDS, ELEVATION][: len(values)]
+    profile = {
+        "driver": "GTiff", "width": values.shape[2], "height": values.shape[1], "count": len(values),
+        "dtype": "int16", "nodata": NODATA, "crs": CRS, "transform": transform, "tiled": True,
+        "blockxsize": 64, "blockysize": 64, "compress": "deflate",
+    }  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(values.astype(np.int16))
+        for i, name in enumerate(names, start=1):
+            dst.set_band_description(i, name)
+    return path
+
+
+def synthetic_values(height: int, width: int, elevation: bool = True, seed: int = 0) -> np.ndarray:
+    """Random band values in which the four CLASS_BANDS are at least 1000 DN apart at every pixel (no ties)."""
+    rng = np.random.default_rng(seed)
+    values = rng.integers(100, 9000, size=(len(BANDS) + elevation, height, width)).astype(np.int16)
+    ranks = np.argsort(rng.random((4, height, width)), axis=0)
+    for k, band in enumerate(CLASS_BANDS):
+        values[BANDS.index(band)] = 1000 + 2000 * ranks[k] + rng.integers(0, 1000, size=(height, width))
+    if elevation:
+        values[-1] = rng.integers(400, 4000, size=(height, width))
+    return values
+
+
+def invalidate(values: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
+    values = values.copy()
+    values[:, rows, cols] = NODATA
+    return values
+
+
+class PixelRule(nn.Module):
+    """Per-pixel model: logit of class k = GAIN x the input channel of CLASS_BANDS[k]."""
+
+    def __init__(self, in_channels: int, n_classes: int, bands: list[str]):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, n_classes, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+            for k, band in enumerate(CLASS_BANDS):
+                self.conv.weight[k, bands.index(band)] = GAIN
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@pytest.fixture
+def pixel_rule(monkeypatch):
+    """Register PixelRule as an architecture so real checkpoints can hold it."""
+    monkeypatch.setitem(model_registry.ARCHITECTURES, "pixel-rule", PixelRule)
+
+
+def save_checkpoint(path: Path, network: nn.Module, architecture: str, model_args: dict, bands: list[str],
+                    spec: dict, patch_size: int = 64) -> Path:  # fmt: skip
+    metadata = {
+        "architecture": architecture, "model_args": model_args, "bands": bands, "normalisation": spec,
+        "patch_size": patch_size, "classes": ["background", "snow", "cloud", "water"], "experiment": "exp1",
+        "dataset": "demo",
+    }  # fmt: skip
+    checkpoint.save_model(path, network, metadata)
+    return path
+
+
+def pixel_rule_checkpoint(path: Path, bands: list[str], spec_name: str = "legacy-dn10000", patch_size: int = 64) -> Path:
+    args = {"in_channels": len(bands), "n_classes": 4, "bands": bands}
+    return save_checkpoint(path, PixelRule(**args), "pixel-rule", args, bands, normalisation.spec(spec_name), patch_size)
+
+
+def expected_probabilities(values: np.ndarray, spec: dict, bands: list[str]) -> np.ndarray:
+    """softmax over classes of GAIN x the normalised CLASS_BANDS (what every window must agree on)."""
+    valid = np.all(values != NODATA, axis=0)
+    normalised = normalisation.apply(spec, values[: len(bands)].astype(np.float32), valid, {})
+    logits = GAIN * np.stack([normalised[bands.index(band)] for band in CLASS_BANDS]).astype(np.float64)
+    exp = np.exp(logits - logits.max(axis=0))
+    return exp / exp.sum(axis=0)
+
+
+def read(path: Path) -> tuple[np.ndarray, dict]:
+    with rasterio.open(path) as src:
+        return src.read(), {"crs": src.crs, "transform": src.transform, "tags": src.tags(), "nodata": src.nodata,
+                            "colormap": src.colormap(1) if src.count == 1 else None, "overviews": src.overviews(1), "count": src.count,
+                            "layout": src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT"),
+                            "mask": src.dataset_mask()}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- windows
+
+
+@pytest.mark.parametrize(("length", "patch", "stride"), [(150, 64, 32), (203, 64, 32), (128, 64, 64), (100, 64, 48),
+                                                          (64, 64, 32), (40, 64, 32), (10980, 256, 128)])  # fmt: skip
+def test_windows_cover_every_pixel_and_end_on_the_border(length, patch, stride):
+    starts = window_starts(length, patch, stride)
+    covered = np.zeros(length, int)
+    for start in starts:
+        covered[start : start + patch] += 1
+    assert covered.min() >= 1, "a pixel without any window"
+    assert starts[0] == 0 and starts[-1] == max(0, length - patch), "the last window must end on the border"
+    assert all(0 < b - a <= stride for a, b in zip(starts, starts[1:])), "steps larger than the stride leave gaps"
+
+
+def test_blending_weights_sum_is_positive_everywhere_in_two_dimensions():
+    height, width, patch, stride = 150, 203, 64, 32
+    weights = blending_weights(patch)
+    total = np.zeros((height, width))
+    for row in window_starts(height, patch, stride):
+        for col in window_starts(width, patch, stride):
+            total[row : row + patch, col : col + patch] += weights
+    assert total.min() > 0
+    assert weights.max() <= 1 and weights.min() > 0
+    np.testing.assert_allclose(weights, weights[::-1, ::-1])  # symmetric: flips see the same weights
+
+
+# ----------------------------------------------------------------------------------------------- predict_scene
+
+
+@pytest.mark.parametrize("tta", [True, False])
+def test_per_pixel_model_gives_the_known_mask_everywhere(tmp_path, pixel_rule, tta):
+    """Windows overlap unevenly (203 = 5 strides + a shifted last window); every pixel including the last row
+    and column gets the rule's class, invalid pixels 255, and the blended probabilities equal the per-window
+    softmax (which only holds if blending divides by the summed weights)."""
+    bands = [*BANDS, ELEVATION]
+    values = invalidate(synthetic_values(150, 203), slice(10, 20), slice(30, 45))
+    values = invalidate(values, slice(70, 150), slice(0, 70))  # whole windows without data are skipped
+    scene = write_scene(tmp_path / "scenes" / "32TNS" / "20210116T102351.tif", values)
+    model_path = pixel_rule_checkpoint(tmp_path / "models" / "exp1" / "model.pt", bands)
+    output = tmp_path / "predictions" / "exp1" / "32TNS" / "20210116T102351.tif"
+
+    predict_scene(str(model_path), str(scene), str(output), {**OPTIONS, "tta": tta})
+
+    probabilities = expected_probabilities(values, normalisation.spec("legacy-dn10000"), bands)
+    valid = np.all(values != NODATA, axis=0)
+    expected = np.where(valid, probabilities.argmax(axis=0), IGNORE_INDEX)
+    mask, info = read(output)
+    np.testing.assert_array_equal(mask[0], expected)
+    assert mask[0, :, -1].max() < IGNORE_INDEX or not valid[:, -1].any()
+    assert info["crs"] == rasterio.crs.CRS.from_string(CRS) and info["transform"] == TRANSFORM
+    assert info["nodata"] == IGNORE_INDEX and info["layout"] == "COG"
+    assert info["colormap"][1][:3] == CLASS_COLOURS[1] and info["colormap"][IGNORE_INDEX][3] == 0
+    tags = info["tags"]
+    assert tags["model_sha256"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
+    assert tags["experiment"] == "exp1" and json.loads(tags["classes"]) == ["background", "snow", "cloud", "water"]
+    assert json.loads(tags["normalisation"])["name"] == "legacy-dn10000"
+
+    proba, proba_info = read(output.with_name("20210116T102351_proba.tif"))
+    assert proba.shape == (4, 150, 203) and proba_info["layout"] == "COG"
+    assert np.abs(proba[:, valid].astype(float) - 255 * probabilities[:, valid]).max() <= 1.0
+    np.testing.assert_array_equal(proba_info["mask"] > 0, valid)
+
+
+def test_scene_smaller_than_a_patch_is_padded(tmp_path, pixel_rule):
+    bands = list(BANDS)
+    values = synthetic_values(40, 50, elevation=False)
+    scene = write_scene(tmp_path / "32TNS" / "20210116T102351.tif", values)
+    model_path = pixel_rule_checkpoint(tmp_path / "model.pt", bands, patch_size=64)
+    output = tmp_path / "out.tif"
+    predict_scene(str(model_path), str(scene), str(output), {**OPTIONS, "probabilities": False})
+    expected = expected_probabilities(values, normalisation.spec("legacy-dn10000"), bands).argmax(axis=0)
+    np.testing.assert_array_equal(read(output)[0][0], expected)
+
+
+def test_normalisation_is_the_checkpoints(tmp_path, pixel_rule):
+    """Two checkpoints with the same weights and different specs see different inputs, each its own spec's."""
+    bands = [*BANDS, ELEVATION]
+    values = synthetic_values(70, 90, seed=3)
+    scene = write_scene(tmp_path / "32TNS" / "20210116T102351.tif", values)
+    probabilities = {}
+    for name in ("legacy-dn10000", "snowcloud-v1"):
+        model_path = pixel_rule_checkpoint(tmp_path / name / "model.pt", bands, spec_name=name)
+        output = tmp_path / name / "prediction.tif"
+        predict_scene(str(model_path), str(scene), str(output), {**OPTIONS, "tta": False})
+        probabilities[name] = read(output.with_name("prediction_proba.tif"))[0].astype(float)
+        expected = 255 * expected_probabilities(values, normalisation.spec(name), bands)
+        assert np.abs(probabilities[name] - expected).max() <= 1.0, name
+    assert np.abs(probabilities["legacy-dn10000"] - probabilities["snowcloud-v1"]).mean() > 10
+
+
+def test_scene_lacking_a_band_of_the_model_is_an_error_naming_both(tmp_path, pixel_rule):
+    scene = write_scene(tmp_path / "32TNS" / "20210116T102351.tif", synthetic_values(64, 64, elevation=False))
+    model_path = pixel_rule_checkpoint(tmp_path / "model.pt", [*BANDS, ELEVATION])
+    output = tmp_path / "out.tif"
+    with pytest.raises(InferenceError, match="ELEVATION") as error:
+        predict_scene(str(model_path), str(scene), str(output), OPTIONS)
+    assert str(scene) in str(error.value) and str(model_path) in str(error.value)
+    assert not output.exists()
+
+
+def test_scene_without_valid_pixels_is_an_error_and_writes_nothing(tmp_path, pixel_rule):
+    values = np.full((14, 80, 80), NODATA, np.int16)
+    scene = write_scene(tmp_path / "32TNS" / "20210116T102351.tif", values)
+    model_path = pixel_rule_checkpoint(tmp_path / "model.pt", [*BANDS, ELEVATION])
+    with pytest.raises(InferenceError, match="no valid pixel"):
+        predict_scene(str(model_path), str(scene), str(tmp_path / "out.tif"), OPTIONS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["32TNS", "model.pt"]  # no temporary left over
+
+
+def test_thesis_unet_checkpoint_end_to_end_with_overviews(tmp_path):
+    """The real U-Net through a real checkpoint: a full mask (classes 0..3, 255 only where invalid), overviews
+    in the COG, and a stale probability file from an earlier run removed when probabilities are off."""
+    bands = [*BANDS, ELEVATION]
+    torch.manual_seed(0)
+    network = model_registry.build_model("unet", in_channels=len(bands), n_classes=4, base_channels=4)
+    model_args = {"in_channels": len(bands), "n_classes": 4, "base_channels": 4}
+    model_path = save_checkpoint(tmp_path / "model.pt", network, "unet", model_args, bands,
+                                 normalisation.spec("snowcloud-v1"))  # fmt: skip
+    values = invalidate(synthetic_values(600, 560, seed=5), slice(0, 600), slice(500, 560))
+    scene = write_scene(tmp_path / "32TNS" / "20210116T102351.tif", values)
+    output = tmp_path / "prediction.tif"
+    stale = output.with_name("prediction_proba.tif")
+    stale.write_bytes(b"from an earlier run")
+    predict_scene(str(model_path), str(scene), str(output), {**OPTIONS, "tta": False, "probabilities": False,
+                                                            "batch_size": 16}, threads=2)  # fmt: skip
+    mask, info = read(output)
+    assert (mask[0, :, 500:] == IGNORE_INDEX).all() and (mask[0, :, :500] <= 3).all()
+    assert info["overviews"], "a COG this size has overviews"
+    assert not stale.exists()
+
+
+def test_cuda_without_a_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(InferenceError, match="CUDA"):
+        infer.run_settings({**OPTIONS, "device": "cuda"})
+
+
+# ----------------------------------------------------------------------------------------------- quicklook
+
+
+def test_quicklook_shows_scene_and_mask_and_checks_the_grid(tmp_path, pixel_rule):
+    values = synthetic_values(300, 1400, seed=7)
+    scene = write_scene(tmp_path / "32TNS" / "20210116T102351.tif", values)
+    prediction = tmp_path / "prediction.tif"
+    classes = np.zeros((300, 1400), np.uint8)
+    classes[:, 700:] = 1  # half snow
+    classes[:50] = IGNORE_INDEX
+    profile = {"driver": "GTiff", "width": 1400, "height": 300, "count": 1, "dtype": "uint8", "crs": CRS,
+               "transform": TRANSFORM, "nodata": IGNORE_INDEX}  # fmt: skip
+    with rasterio.open(prediction, "w", **profile) as dst:
+        dst.write(classes, 1)
+    output = tmp_path / "quicklook.png"
+    quicklook(str(scene), str(prediction), str(output))
+
+    from matplotlib.image import imread
+
+    image = imread(output)
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert image.shape[1] <= 1000
+    colours = {tuple(np.rint(pixel[:3] * 255).astype(int)) for pixel in image.reshape(-1, image.shape[2])}
+    assert CLASS_COLOURS[0] in colours and CLASS_COLOURS[1] in colours
+
+    shifted = write_scene(tmp_path / "32TMS" / "20210116T102351.tif", values, transform=from_origin(600010.0, 5200020.0, 10, 10))
+    with pytest.raises(InferenceError, match="same grid"):
+        quicklook(str(shifted), str(prediction), str(tmp_path / "other.png"))
+    assert not (tmp_path / "other.png").exists()
