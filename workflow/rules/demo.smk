@@ -15,7 +15,9 @@ if config["demo"]["enabled"]:
             labels=lambda wildcards: config["labels"],
         log:
             "logs/demo_data.log",
-        threads: workflow.cores
+        # Not workflow.cores: it is undefined under a cluster executor (--profile profiles/slurm). Locally
+        # Snakemake scales this down to --cores.
+        threads: min(8, len(PRODUCTS))
         conda:
             "../../envs/snowcloud.yaml"
         script:
