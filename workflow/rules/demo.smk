@@ -17,7 +17,7 @@ if config["demo"]["enabled"]:
             "logs/demo_data.log",
         # Not workflow.cores: it is undefined under a cluster executor (--profile profiles/slurm). Locally
         # Snakemake scales this down to --cores.
-        threads: min(8, len(PRODUCTS))
+        threads: max(1, min(8, len(PRODUCTS)))
         conda:
             "../../envs/snowcloud.yaml"
         script:
