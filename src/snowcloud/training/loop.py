@@ -209,14 +209,14 @@ class Trainer:
         self.validation_sampler = EpochSampler(
             len(validation_set), self.seed, shuffle=False, limit=self.validation_steps * self.batch_size  # type: ignore[arg-type]
         )
-        self.train_loader = self._loader(train_set, self.train_sampler)
-        self.validation_loader = self._loader(validation_set, self.validation_sampler)
+        self.datasets = {"train": train_set, "validation": validation_set}
+        self.loaders: dict[str, DataLoader] = {}  # while `run` runs
         self.network = self.model  # compiled after a resumed state is loaded
 
-    def _loader(self, dataset: Dataset, sampler: EpochSampler) -> DataLoader:
+    def _loader(self, part: str, sampler: EpochSampler) -> DataLoader:
         workers = self.runtime.workers
         return DataLoader(
-            dataset,
+            self.datasets[part],
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=workers,
@@ -292,13 +292,22 @@ class Trainer:
             "%d epochs of %d training steps and %d validation steps, batch %d",
             self.epochs, self.train_steps, self.validation_steps, self.batch_size,
         )  # fmt: skip
-        with stop_signals() as stop:
-            while not self.progress.finished:
-                self._train_pass(stop)
-                self._validation_pass(stop)
-                epoch = self.progress.epoch
-                self._end_epoch()
-                self._stop_if_requested(stop, epoch, "at its end")
+        self.loaders = {
+            "train": self._loader("train", self.train_sampler),
+            "validation": self._loader("validation", self.validation_sampler),
+        }
+        try:
+            with stop_signals() as stop:
+                while not self.progress.finished:
+                    self._train_pass(stop)
+                    self._validation_pass(stop)
+                    epoch = self.progress.epoch
+                    self._end_epoch()
+                    self._stop_if_requested(stop, epoch, "at its end")
+        finally:
+            # Dropping the loaders shuts their persistent workers down now. They ignore SIGTERM, so they must be
+            # told to exit (a terminate() at interpreter exit would not end them).
+            self.loaders.clear()
         if self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
         assert self.stopper.best_epoch is not None
@@ -354,7 +363,7 @@ class Trainer:
             rate = patches_now / max(time.perf_counter() - started, 1e-9)
             bar.set_postfix(loss=f"{value:.4f}", patches_s=f"{rate:.1f}", refresh=False)
 
-        for image, label in self.train_loader:
+        for image, label in self.loaders["train"]:
             loss = self._train_step(image, label)
             if pending is not None:
                 record(*pending)
@@ -392,7 +401,7 @@ class Trainer:
         bar = self._bar(self.validation_steps, p.validation_step, "validation")
         started = time.perf_counter()
         with torch.no_grad():
-            for image, label in self.validation_loader:
+            for image, label in self.loaders["validation"]:
                 image, label = self.runtime.to_device(image, label)
                 with self.runtime.autocast():
                     logits = self.network(image)

@@ -1,0 +1,111 @@
+"""Resume after a kill: SIGTERM (as Slurm sends it to every process of the job) in the middle of epoch 3, then the
+rule's function runs again and ends with the weights and history of an uninterrupted run."""
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from training_shards import experiment_options, real_dataset
+
+from snowcloud.checkpoint import load_model
+from snowcloud.train import train_experiment
+from snowcloud.training.history import TIMING_COLUMNS
+
+# The training process of the rule, with one change: training batches of epoch 3 are slow (0.3 s each), and the
+# first one leaves a marker file, so the test knows when epoch 3 is under way and has time to send the signal.
+CHILD = """
+import json, pathlib, sys, time
+from snowcloud.loader import ShardDataset
+from snowcloud.train import train_experiment
+from snowcloud.workflow import logged
+
+marker = pathlib.Path(sys.argv[1])
+read_batch = ShardDataset.__getitems__
+
+def slow_in_epoch_3(self, keys):
+    if self.augment is not None and keys[0][1] == 3:
+        marker.touch()
+        time.sleep(0.3)
+    return read_batch(self, keys)
+
+ShardDataset.__getitems__ = slow_in_epoch_3
+logged(None, train_experiment, **json.loads(sys.argv[2]))
+"""
+
+
+def outputs(folder):
+    return {
+        "model_path": str(folder / "model.pt"),
+        "history_path": str(folder / "history.csv"),
+        "curves_path": str(folder / "curves.png"),
+        "state_dir": str(folder / "state"),
+    }
+
+
+def read_history(path):
+    with open(path) as handle:
+        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(handle)]
+
+
+def test_sigterm_in_epoch_3_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    stats_path = real_dataset(tmp_path / "data", dates=3, patches=12)
+    augmentation = {"flip_p": 0.5, "channel_dropout_p": 0.2, "erase_p": 0.5, "erase_size": [2, 8]}
+    options = experiment_options(epochs=4, batch_size=4, augmentation=augmentation)
+    common = {"stats_path": str(stats_path), "experiment": "toy", "threads": 1}
+
+    reference = tmp_path / "reference"
+    train_experiment(
+        **common, **outputs(reference), options=options | {"training": options["training"] | {"workers": 0}}
+    )
+
+    run = tmp_path / "run"
+    marker = tmp_path / "epoch-3-started"
+    # one loader worker: Slurm signals the whole process group, and the worker must leave the signal to the trainer
+    child_options = options | {"training": options["training"] | {"workers": 1}}
+    arguments = json.dumps({**common, **outputs(run), "options": child_options})
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(marker), arguments],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert marker.exists(), "the training process never reached epoch 3"
+    os.killpg(child.pid, signal.SIGTERM)
+    _, stderr = child.communicate(timeout=120)
+
+    assert child.returncode != 0
+    found = re.search(
+        r"training interrupted by SIGTERM at epoch 3 training step (\d+)/(\d+); state saved to (\S+);", stderr
+    )
+    assert found, stderr[-3000:]
+    step, steps = int(found[1]), int(found[2])
+    assert 1 <= step < steps  # in the middle of epoch 3
+    assert found[3] == str(run / "state" / "state.pt")
+    assert "rerun to continue" in stderr
+    assert "DataLoader worker" not in stderr  # the worker ignored the signal
+    assert not (run / "model.pt").exists()
+    state = torch.load(run / "state" / "state.pt", weights_only=True)
+    assert (state["progress"]["epoch"], state["progress"]["train_step"]) == (3, step)
+    assert len(state["history"]) == 2
+
+    # the rule runs again (here in this process, without workers: the worker count does not matter)
+    train_experiment(**common, **outputs(run), options=options | {"training": options["training"] | {"workers": 0}})
+
+    resumed_model, resumed = load_model(run / "model.pt")
+    reference_model, expected = load_model(reference / "model.pt")
+    for name, tensor in reference_model.state_dict().items():
+        assert torch.equal(resumed_model.state_dict()[name], tensor), name
+    assert read_history(run / "history.csv") == read_history(reference / "history.csv")
+    assert len(read_history(run / "history.csv")) == 4
+    assert (resumed["best_epoch"], resumed["validation_metrics"]) == (
+        expected["best_epoch"],
+        expected["validation_metrics"],
+    )
+    assert not (run / "state").exists()
