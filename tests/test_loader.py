@@ -12,15 +12,17 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from snowcloud.loader import EpochSampler, ShardDataset, epoch_order, read_patch
+from snowcloud.loader import EpochSampler, ShardDataset, batch_loader, epoch_order, is_direct, read_patch
 
 
-def make_shard(path: Path, n: int, channels: int = 3, size: int = 8, seed: int = 0, compression=None) -> Path:
+def make_shard(
+    path: Path, n: int, channels: int = 3, size: int = 8, seed: int = 0, compression=None, dtype=np.float16
+) -> Path:
     """A shard with the contract's layout: image (N, C, P, P) float16 chunked per patch, label (N, P, P) uint8."""
     rng = np.random.default_rng(seed)
     with h5py.File(path, "w") as shard:
         shard.create_dataset(
-            "image", data=rng.normal(size=(n, channels, size, size)).astype(np.float16),
+            "image", data=rng.normal(size=(n, channels, size, size)).astype(dtype),
             chunks=(1, channels, size, size), compression=compression,
         )  # fmt: skip
         label = rng.choice(np.array([0, 1, 2, 3, 255], np.uint8), size=(n, size, size))
@@ -60,10 +62,14 @@ def test_items_are_the_stored_patches_of_the_members_in_order(shards):
 
 def test_direct_chunk_read_equals_hdf5_slicing(shards):
     with h5py.File(shards[0], "r") as unfiltered, h5py.File(shards[1], "r") as compressed:
+        assert is_direct(unfiltered["image"]) and not is_direct(compressed["image"])
         for shard in (unfiltered, compressed):
             for name in ("image", "label"):
+                out = np.empty(shard[name].shape[1:], shard[name].dtype)
                 for index in (0, 3):
                     np.testing.assert_array_equal(read_patch(shard[name], index), shard[name][index])
+                    assert read_patch(shard[name], index, out=out) is out
+                    np.testing.assert_array_equal(out, shard[name][index])
 
 
 def test_bad_members_are_errors_naming_the_shard(shards, tmp_path):
@@ -120,17 +126,17 @@ def _batches(dataset: ShardDataset, workers: int, epoch: int) -> list[torch.Tens
 def test_workers_open_their_own_handles_and_give_the_same_batches(shards):
     dataset = ShardDataset([(shards[0], None), (shards[1], [1, 2, 4, 5])], augment=flip_and_mark, seed=2)
     dataset[0]  # the parent opens a handle before the workers fork
-    assert dataset._pid == os.getpid() and list(dataset._files) == [0]
+    assert dataset._pid == os.getpid() and list(dataset._handles) == [0]
     single = _batches(dataset, workers=0, epoch=3)
     parallel = _batches(dataset, workers=2, epoch=3)
     assert len(single) == 3
     for a, b in zip(single, parallel, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     clone = pickle.loads(pickle.dumps(dataset))  # what a spawned worker gets: no handles
-    assert clone._files == {} and clone._pid is None
+    assert clone._handles == {} and clone._pid is None
     torch.testing.assert_close(clone[(4, 3)][0], dataset[(4, 3)][0], rtol=0, atol=0)
     dataset.close()
-    assert dataset._files == {}
+    assert dataset._handles == {}
 
 
 def test_batched_reading_returns_items_in_the_order_asked(shards):
@@ -145,7 +151,38 @@ def test_batched_reading_returns_items_in_the_order_asked(shards):
 def test_a_process_with_another_pid_never_reuses_inherited_handles(shards):
     dataset = ShardDataset([(shards[0], None)])
     dataset[1]
-    inherited = dataset._files[0]
+    inherited = dataset._handles[0]
     dataset._pid = -1  # what a forked worker sees: handles that belong to another process
     dataset[2]
-    assert dataset._pid == os.getpid() and dataset._files[0] is not inherited
+    assert dataset._pid == os.getpid() and dataset._handles[0] is not inherited
+
+
+def test_items_never_alias_the_read_buffers(tmp_path):
+    for dtype in (np.float16, np.float32):
+        path = make_shard(tmp_path / f"{np.dtype(dtype).name}.h5", 3, dtype=dtype)
+        dataset = ShardDataset([(path, None)])
+        first, second = dataset[0], dataset[1]
+        np.testing.assert_array_equal(first[0].numpy(), stored(path, 0)[0])
+        np.testing.assert_array_equal(first[1].numpy(), stored(path, 0)[1])
+        assert not torch.equal(first[0], second[0])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_batch_loader_gives_the_default_loaders_batches(shards, workers):
+    dataset = ShardDataset([(shards[0], [4, 1, 0]), (shards[1], None)], augment=flip_and_mark, seed=3)
+    sampler = EpochSampler(len(dataset), seed=8)
+    sampler.set_epoch(2)
+    plain = list(DataLoader(dataset, batch_size=4, sampler=sampler))
+    batched = list(batch_loader(dataset, sampler, 4, num_workers=workers, persistent_workers=workers > 0))
+    assert len(plain) == len(batched) == 3
+    for (image, label), (batch_image, batch_label) in zip(plain, batched, strict=True):
+        assert batch_image.dtype == torch.float32 and batch_label.dtype == torch.int64
+        torch.testing.assert_close(batch_image, image, rtol=0, atol=0)
+        torch.testing.assert_close(batch_label, label, rtol=0, atol=0)
+    dataset.augment = None
+    images, labels = dataset.read_batch([(7, 0), 2])
+    np.testing.assert_array_equal(images[0].numpy(), stored(shards[1], 4)[0])
+    np.testing.assert_array_equal(labels[1].numpy(), stored(shards[0], 0)[1])
+    half = next(iter(batch_loader(dataset, sampler, 4, image_dtype=torch.float16, num_workers=workers)))[0]
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), next(iter(DataLoader(dataset, batch_size=4, sampler=sampler)))[0])

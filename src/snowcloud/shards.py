@@ -33,6 +33,7 @@ FORMAT = "snowcloud-shard/1"
 CLASS_COLUMNS = (*range(len(CLASSES)), IGNORE_INDEX)
 BLOCK_ROWS = 256  # scene rows normalised at once (memory: channels x (BLOCK_ROWS + P) x width x 2 bytes)
 WRITE_BATCH = 64  # patches per HDF5 write
+IMAGE_COMPRESSION = None  # benchmarks/bench_shards.py: lzf saves little on normalised float16, costs read speed
 JSON_ATTRIBUTES = ("bands", "normalisation", "normalisation_statistics", "sampler", "class_pixel_counts",
                    "class_fraction_mean", "inputs", "scene_shape")  # fmt: skip
 
@@ -100,12 +101,7 @@ def _write_patches(
 ) -> np.ndarray:  # fmt: skip
     """Write image, label and origin; return the per-patch class counts (N, 5)."""
     n = len(origins)
-    image = shard.create_dataset(
-        "image", shape=(n, channels, size, size), dtype=np.float16, chunks=(1, channels, size, size), track_times=False
-    )
-    labels_out = shard.create_dataset(
-        "label", shape=(n, size, size), dtype=np.uint8, chunks=(1, size, size), track_times=False
-    )
+    image, labels_out = create_patch_datasets(shard, n, channels, size)
     shard.create_dataset("origin", data=origins, dtype=np.int32, track_times=False)
     counts = np.zeros((n, len(CLASS_COLUMNS)), dtype=np.int32)
     with rasterio.open(scene) as src, tqdm(total=n, desc=f"patches {Path(scene).name}", unit="patch") as progress:
@@ -118,6 +114,21 @@ def _write_patches(
             counts[start:stop] = class_counts(patch_labels)
             progress.update(len(images))
     return counts
+
+
+def create_patch_datasets(
+    shard: h5py.File, n: int, channels: int, size: int, compression: str | None = IMAGE_COMPRESSION
+) -> tuple[h5py.Dataset, h5py.Dataset]:
+    """The empty ``image`` (n, C, P, P) float16 and ``label`` (n, P, P) uint8 datasets, one patch per chunk."""
+    image = shard.create_dataset(
+        "image", shape=(n, channels, size, size), dtype=np.float16, chunks=(1, channels, size, size),
+        compression=compression, track_times=False,
+    )  # fmt: skip
+    label = shard.create_dataset(
+        "label", shape=(n, size, size), dtype=np.uint8, chunks=(1, size, size), compression=compression,
+        track_times=False,
+    )  # fmt: skip
+    return image, label
 
 
 def patch_batches(
