@@ -248,7 +248,7 @@ def row_strips(height: int, width: int, rows: int) -> Iterator[Window]:
         yield Window(0, row, width, min(rows, height - row))
 
 
-def scene_statistics(spec: dict, scene_path: str | Path, strip_rows: int = 512) -> dict:
+def scene_statistics(spec: dict, scene_path: str | Path, strip_rows: int = 64) -> dict:
     """Per-scene statistics the spec needs, over the valid pixels of the scene, computed strip by strip; {} when
     the method has fixed constants. sigma-clip: per band mean, std, min, max and the clip bounds low/high,
     plus the elevation maximum when the scene has an elevation band."""

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "snowcloud-shard/1"
 CLASS_COLUMNS = (*range(len(CLASSES)), IGNORE_INDEX)
-BLOCK_ROWS = 256  # scene rows normalised at once (memory: channels x (BLOCK_ROWS + P) x width x 2 bytes)
+BLOCK_ROWS = 256  # scene rows read ahead (float16 buffer: channels x (BLOCK_ROWS + P) x width x 2 bytes)
+STRIP_ROWS = 32  # scene rows read and normalised at once (float32 temporaries: a few x channels x 32 x width x 4 B)
 WRITE_BATCH = 64  # patches per HDF5 write
 IMAGE_COMPRESSION = None  # benchmarks/bench_shards.py: lzf saves little on normalised float16, costs read speed
 JSON_ATTRIBUTES = ("bands", "normalisation", "normalisation_statistics", "sampler", "class_pixel_counts",
@@ -53,7 +54,7 @@ def file_identity(path: str | Path) -> dict:
     return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "blake2b": digest.hexdigest()}
 
 
-def valid_mask(src: rasterio.DatasetReader, channels: int, strip_rows: int = 512) -> np.ndarray:
+def valid_mask(src: rasterio.DatasetReader, channels: int, strip_rows: int = 128) -> np.ndarray:
     """bool (H, W): pixels where every one of the first `channels` bands holds data, read strip by strip."""
     valid = np.empty((src.height, src.width), dtype=bool)
     for window in normalisation.row_strips(src.height, src.width, strip_rows):
@@ -154,12 +155,24 @@ def patch_batches(
         end = top + buffer.shape[1]
         if needed_end > end:
             rows = max(needed_end - end, min(block_rows, src.height - end))
-            window = Window(0, end, src.width, rows)
-            values, valid = normalisation.read_scene_window(src, window, channels)
-            fresh = normalisation.apply(spec, values, valid, statistics, source=f"{src.name} rows {end}..{end + rows}")
-            buffer = np.concatenate([buffer, fresh.astype(np.float16)], axis=1)
+            buffer = np.concatenate([buffer, normalised_rows(src, spec, statistics, channels, end, rows)], axis=1)
         yield start, np.stack([buffer[:, r - top : r - top + size, c : c + size] for r, c in origins[start:stop]])
         start = stop
+
+
+def normalised_rows(
+    src: rasterio.DatasetReader, spec: dict, statistics: dict, channels: int, top: int, rows: int
+) -> np.ndarray:
+    """float16 (C, rows, W): scene rows top..top+rows normalised, STRIP_ROWS at a time (bounded temporaries)."""
+    out = np.empty((channels, rows, src.width), dtype=np.float16)
+    for window in normalisation.row_strips(rows, src.width, STRIP_ROWS):
+        window = Window(0, top + window.row_off, src.width, window.height)
+        values, valid = normalisation.read_scene_window(src, window, channels)
+        source = f"{src.name} rows {window.row_off}..{window.row_off + window.height}"
+        out[:, window.row_off - top : window.row_off - top + window.height] = normalisation.apply(
+            spec, values, valid, statistics, source=source
+        )
+    return out
 
 
 def class_counts(patch_labels: np.ndarray) -> np.ndarray:
