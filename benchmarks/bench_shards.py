@@ -135,7 +135,9 @@ class ItemByItemShardDataset(ShardDataset):
     __getitems__ = None
 
 
-def read_rate(dataset: Dataset, workers: int, files: list[Path] | None = None, batched: torch.dtype | None = None) -> float:
+def read_rate(
+    dataset: Dataset, workers: int, files: list[Path] | None = None, batched: torch.dtype | None = None
+) -> float:
     """Patches per second over one epoch in a random order (DataLoader, or `batch_loader` giving images of the
     dtype `batched`); with `files`, their pages are dropped from the page cache first."""
     sampler = EpochSampler(len(dataset), seed=1)
@@ -210,9 +212,11 @@ def full_scene_build(root: Path, side: int, patches: int, size: int) -> None:
     command = [sys.executable, "-c", BUILD, str(scene), str(label), str(output), json.dumps(options)]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     seconds, peak = map(float, result.stdout.split())
-    print(f"\nbuild_shard on a {side} x {side} x 14 scene, {patches} patches of {size}: {seconds:.1f} s, "
-          f"peak RSS {peak / 2**30:.2f} GiB, shard {output.stat().st_size / 2**30:.2f} GiB "
-          f"(scene raster {scene.stat().st_size / 2**30:.2f} GiB on disk)")
+    print(
+        f"\nbuild_shard on a {side} x {side} x 14 scene, {patches} patches of {size}: {seconds:.1f} s, "
+        f"peak RSS {peak / 2**30:.2f} GiB, shard {output.stat().st_size / 2**30:.2f} GiB "
+        f"(scene raster {scene.stat().st_size / 2**30:.2f} GiB on disk)"
+    )
     shutil.rmtree(root / "full")
 
 
@@ -235,16 +239,18 @@ def main() -> None:
             full_scene_build(root, args.scene_size, args.scene_patches, p)
         plain, lzf, thesis = root / "plain.h5", root / "lzf.h5", root / "thesis"
         write = {
-            "shard (unfiltered)": (write_shard(plain, n, c, p, None), plain.stat().st_size),
-            "shard (lzf)": (write_shard(lzf, n, c, p, "lzf"), lzf.stat().st_size),
-            "thesis .npy + .png": (write_thesis_layout(thesis, n, c, p), sum(f.stat().st_size for f in thesis_files(thesis))),
-        }  # fmt: skip
+            "shard (unfiltered)": (write_shard(plain, n, c, p, None), [plain]),
+            "shard (lzf)": (write_shard(lzf, n, c, p, "lzf"), [lzf]),
+            "thesis .npy + .png": (write_thesis_layout(thesis, n, c, p), thesis_files(thesis)),
+        }
+        write = {name: (seconds, sum(f.stat().st_size for f in files)) for name, (seconds, files) in write.items()}
         print("\nwrite (including fsync)")
         for name, (seconds, size) in write.items():
             print(f"  {name:20s} {seconds:7.2f} s  {size / 2**30:6.3f} GiB  {n / seconds:8.1f} patches/s")
         base_time, base_size = write["thesis .npy + .png"]
         for name in ("shard (unfiltered)", "shard (lzf)"):
-            print(f"  {name} vs thesis: {base_time / write[name][0]:.2f}x faster, {base_size / write[name][1]:.2f}x smaller")
+            faster, smaller = base_time / write[name][0], base_size / write[name][1]
+            print(f"  {name} vs thesis: {faster:.2f}x faster, {smaller:.2f}x smaller")
 
         readers = {  # name: (dataset, its files, image dtype through batch_loader or None for a plain DataLoader)
             "shard, batch_loader": (ShardDataset([(plain, None)]), [plain], torch.float32),

@@ -217,5 +217,7 @@ def test_normalise_scene_window_equals_apply_on_the_same_values(tmp_path, rng):
     expected_values = values[:, 10:18, 5:25]
     expected_valid = np.all(expected_values != NODATA, axis=0)
     np.testing.assert_array_equal(valid, expected_valid)
-    np.testing.assert_array_equal(out, normalisation.apply(spec, expected_values.astype(np.float32), expected_valid, {}))
+    np.testing.assert_array_equal(
+        out, normalisation.apply(spec, expected_values.astype(np.float32), expected_valid, {})
+    )
     assert not valid[2, 2] and np.all(out[:, 2, 2] == 0)

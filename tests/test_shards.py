@@ -212,7 +212,9 @@ def test_bad_inputs_are_errors_naming_the_file(tmp_path):
     empty = write_scene(tmp_path / "empty" / TILE / f"{DATE}.tif", np.full((14, 40, 40), NODATA, np.int16))
     with pytest.raises(ShardError, match=r"empty.*\.tif: the scene has no valid pixel"):
         build_shard(empty, label, shard_path(tmp_path), "demo", shard_options())
-    flat = write_scene(tmp_path / "flat" / TILE / f"{DATE}.tif", synthetic_scene(np.random.default_rng(1), 80, 72, False))
+    flat = write_scene(
+        tmp_path / "flat" / TILE / f"{DATE}.tif", synthetic_scene(np.random.default_rng(1), 80, 72, False)
+    )
     with pytest.raises(NormalisationError, match=r"flat.*no ELEVATION band"):
         build_shard(flat, label, shard_path(tmp_path), "demo", shard_options())
     other_crs = write_label(tmp_path / "utm33.tif", read_labels(label), crs="EPSG:32633")

@@ -201,7 +201,11 @@ def _content_hashes(inputs: dict) -> dict:
 
 
 def _split(entries: list[dict], options: dict) -> dict:
-    split = {"method": options["method"], "seed": options["seed"], "validation_fraction": options["validation_fraction"]}
+    split = {
+        "method": options["method"],
+        "seed": options["seed"],
+        "validation_fraction": options["validation_fraction"],
+    }
     if options["method"] == "date":
         chosen = validation_dates([entry["date"] for entry in entries], options)
         split["validation_dates"] = sorted(chosen)
@@ -224,7 +228,9 @@ def _split(entries: list[dict], options: dict) -> dict:
 def digest(stats: dict) -> str:
     """blake2b of the canonical JSON of everything but the digest itself."""
     content = {key: value for key, value in stats.items() if key != "digest"}
-    return hashlib.blake2b(json.dumps(content, sort_keys=True, separators=(",", ":")).encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(
+        json.dumps(content, sort_keys=True, separators=(",", ":")).encode(), digest_size=16
+    ).hexdigest()
 
 
 def load_stats(stats_path: str | Path) -> dict:

@@ -53,7 +53,9 @@ def label_files(label_path: str | Path) -> list[Path]:
         files = [path / THESIS_MASK, path / THESIS_COVERAGE]
         missing = [file.name for file in files if not file.exists()]
         if missing:
-            raise LabelError(f"{path}: a thesis label folder needs {THESIS_MASK} and {THESIS_COVERAGE}; missing {missing}")
+            raise LabelError(
+                f"{path}: a thesis label folder needs {THESIS_MASK} and {THESIS_COVERAGE}; missing {missing}"
+            )
         return files
     if not path.exists():
         raise LabelError(f"{path}: label mask not found")
@@ -106,7 +108,9 @@ def read_on_grid(path: str | Path, grid: Grid, window: Window) -> np.ndarray:
                 first_col, first_row, cols[inside_cols[-1]] - first_col + 1, rows[inside_rows[-1]] - first_row + 1
             ),
         )
-        out[np.ix_(inside_rows, inside_cols)] = block[np.ix_(rows[inside_rows] - first_row, cols[inside_cols] - first_col)]
+        out[np.ix_(inside_rows, inside_cols)] = block[
+            np.ix_(rows[inside_rows] - first_row, cols[inside_cols] - first_col)
+        ]
     return out
 
 

@@ -51,7 +51,9 @@ def is_direct(dataset: h5py.Dataset) -> bool:
     return dataset.chunks == (1, *dataset.shape[1:]) and dataset.id.get_create_plist().get_nfilters() == 0
 
 
-def read_patch(dataset: h5py.Dataset, index: int, out: np.ndarray | None = None, direct: bool | None = None) -> np.ndarray:
+def read_patch(
+    dataset: h5py.Dataset, index: int, out: np.ndarray | None = None, direct: bool | None = None
+) -> np.ndarray:
     """Patch `index` of a (N, ...) dataset, into `out` (C-contiguous, the patch's shape and dtype) if given."""
     if out is None:
         out = np.empty(dataset.shape[1:], dtype=dataset.dtype)

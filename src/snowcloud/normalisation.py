@@ -175,9 +175,7 @@ def _method(spec: dict) -> Callable[[dict, np.ndarray, dict], np.ndarray]:
     return METHODS[key]
 
 
-def apply(
-    spec: dict, window: np.ndarray, valid: np.ndarray, statistics: dict, source: str = "window"
-) -> np.ndarray:
+def apply(spec: dict, window: np.ndarray, valid: np.ndarray, statistics: dict, source: str = "window") -> np.ndarray:
     """Normalise scene values (C, H, W) (13 bands, then elevation if C == 14) -> float32 (C, H, W).
 
     Pure: `window` is not modified. Invalid pixels (``valid`` False) become 0. Raises NormalisationError naming
@@ -290,7 +288,9 @@ def _sigma_clip_statistics(spec: dict, moments: dict, source: str) -> dict:
     mean = moments["mean"][:N_BANDS]
     std = np.sqrt(moments["m2"][:N_BANDS] / moments["count"])
     # The clip bounds, tightened to the scene's range: the per-scene min-max after clipping.
-    low = np.maximum.reduce([mean - spec["n_sigma"] * std, np.full(N_BANDS, spec["lower_bound"]), moments["min"][:N_BANDS]])
+    low = np.maximum.reduce(
+        [mean - spec["n_sigma"] * std, np.full(N_BANDS, spec["lower_bound"]), moments["min"][:N_BANDS]]
+    )
     high = np.minimum(mean + spec["n_sigma"] * std, moments["max"][:N_BANDS])
     statistics = {
         "valid_pixels": int(moments["count"]),

@@ -99,9 +99,7 @@ def draw_windows(
     return flat[~np.isin(flat, exclude)][:k]
 
 
-def sample_origins(
-    good: np.ndarray, label: np.ndarray, size: int, options: dict, key: str, source: str
-) -> np.ndarray:
+def sample_origins(good: np.ndarray, label: np.ndarray, size: int, options: dict, key: str, source: str) -> np.ndarray:
     """Top-left (row, col) int32 (N, 2) of the patches of one scene, sorted.
 
     `good`: labelled and valid pixels; `label`: classes (255 not labelled); `options`: the `sampler` config;
@@ -135,10 +133,11 @@ def _draw_rare(
     source: str,
 ) -> np.ndarray:  # fmt: skip
     """The class-balanced share: windows holding a rare class, or none when the scene has no such window."""
-    holding_rare = admissible & windows_with_at_least(np.isin(label, options["rare_classes"]), size, 1)
     n_rare = round(options["rare_fraction"] * count)
-    if not holding_rare.any() or n_rare == 0:
+    holding_rare = admissible & windows_with_at_least(np.isin(label, options["rare_classes"]), size, 1)
+    if not holding_rare.any():
         log.info("%s: no admissible window holds a class of %s", source, options["rare_classes"])
+    if n_rare == 0 or not holding_rare.any():
         return np.empty(0, dtype=np.int64)
     available = int(holding_rare.sum())
     if available < n_rare:

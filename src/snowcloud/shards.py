@@ -206,7 +206,9 @@ def _write_class_statistics(shard: h5py.File, counts: np.ndarray) -> None:
 def read_attributes(path: str | Path) -> dict:
     """A shard's attributes with the JSON ones decoded."""
     with h5py.File(path, "r") as shard:
-        return {key: json.loads(value) if key in JSON_ATTRIBUTES else _plain(value) for key, value in shard.attrs.items()}
+        return {
+            key: json.loads(value) if key in JSON_ATTRIBUTES else _plain(value) for key, value in shard.attrs.items()
+        }
 
 
 def _plain(value: object) -> object:
