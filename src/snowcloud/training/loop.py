@@ -140,6 +140,57 @@ def confusion_on_device(prediction: torch.Tensor, label: torch.Tensor, n_classes
     return torch.bincount(pairs, minlength=n_classes * n_classes).view(n_classes, n_classes)
 
 
+def make_optimizer(model: nn.Module, options: Mapping[str, Any]) -> torch.optim.AdamW:
+    """AdamW with the `training.optimizer` options."""
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=options["lr"],
+        betas=tuple(options["betas"]),
+        eps=options["eps"],
+        weight_decay=options["weight_decay"],
+        amsgrad=options["amsgrad"],
+    )
+
+
+def make_loader(dataset: Dataset, sampler: EpochSampler, batch_size: int, runtime: Runtime) -> DataLoader:
+    """Batches in the sampler's order; pinned memory on a GPU; persistent workers that leave stop signals alone."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=runtime.workers,
+        pin_memory=runtime.cuda,
+        persistent_workers=runtime.workers > 0,
+        worker_init_fn=ignore_stop_signals_in_worker if runtime.workers else None,
+    )
+
+
+def train_step(
+    runtime: Runtime,
+    network: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    image: torch.Tensor,
+    label: torch.Tensor,
+    gradient_clip: float | None,
+) -> torch.Tensor:
+    """One optimisation step (forward under autocast, loss in float32, scaled backward, clipping); the loss,
+    still on the device."""
+    image, label = runtime.to_device(image, label)
+    with runtime.autocast():
+        logits = network(image)
+    loss = loss_fn(logits, label)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if gradient_clip:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(network.parameters(), gradient_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
 class Trainer:
     """One training run over a training and a validation dataset whose items are addressed by (index, epoch)."""
 
@@ -183,15 +234,7 @@ class Trainer:
         torch.manual_seed(self.seed)
         self.model = runtime.prepare_model(build_model(self.architecture, **self.model_args))
         self.loss_fn = build_loss(training["loss"], class_weights, training["dice_weight"]).to(runtime.device)
-        optimizer = training["optimizer"]
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=optimizer["lr"],
-            betas=tuple(optimizer["betas"]),
-            eps=optimizer["eps"],
-            weight_decay=optimizer["weight_decay"],
-            amsgrad=optimizer["amsgrad"],
-        )
+        self.optimizer = make_optimizer(self.model, training["optimizer"])
         scheduler = training["scheduler"]
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=scheduler["factor"], patience=scheduler["patience"]
@@ -212,18 +255,6 @@ class Trainer:
         self.datasets = {"train": train_set, "validation": validation_set}
         self.loaders: dict[str, DataLoader] = {}  # while `run` runs
         self.network = self.model  # compiled after a resumed state is loaded
-
-    def _loader(self, part: str, sampler: EpochSampler) -> DataLoader:
-        workers = self.runtime.workers
-        return DataLoader(
-            self.datasets[part],
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            pin_memory=self.runtime.cuda,
-            persistent_workers=workers > 0,
-            worker_init_fn=ignore_stop_signals_in_worker if workers else None,
-        )
 
     # --- state -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -293,8 +324,10 @@ class Trainer:
             self.epochs, self.train_steps, self.validation_steps, self.batch_size,
         )  # fmt: skip
         self.loaders = {
-            "train": self._loader("train", self.train_sampler),
-            "validation": self._loader("validation", self.validation_sampler),
+            "train": make_loader(self.datasets["train"], self.train_sampler, self.batch_size, self.runtime),
+            "validation": make_loader(
+                self.datasets["validation"], self.validation_sampler, self.batch_size, self.runtime
+            ),
         }
         try:
             with stop_signals() as stop:
@@ -364,7 +397,10 @@ class Trainer:
             bar.set_postfix(loss=f"{value:.4f}", patches_s=f"{rate:.1f}", refresh=False)
 
         for image, label in self.loaders["train"]:
-            loss = self._train_step(image, label)
+            loss = train_step(
+                self.runtime, self.network, self.loss_fn, self.optimizer, self.scaler, image, label,
+                self.training["gradient_clip"],
+            )  # fmt: skip
             if pending is not None:
                 record(*pending)
             p.train_step += 1
@@ -377,20 +413,6 @@ class Trainer:
         p.train_seconds += time.perf_counter() - started
         bar.close()
         self._stop_if_requested(stop, p.epoch, f"training step {p.train_step}/{self.train_steps}")
-
-    def _train_step(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        image, label = self.runtime.to_device(image, label)
-        with self.runtime.autocast():
-            logits = self.network(image)
-        loss = self.loss_fn(logits, label)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.training["gradient_clip"]:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.training["gradient_clip"])
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return loss.detach()
 
     def _validation_pass(self, stop: StopRequest) -> None:
         p = self.progress
