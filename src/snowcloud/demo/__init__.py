@@ -71,7 +71,8 @@ def make_demo_data(demo: dict, raw_data: str | Path, dem_pattern: str, labels_pa
     ]
     # Forked workers: "spawn" would re-run the calling script (a Snakemake script has no __main__ guard).
     workers = max(1, min(threads, len(tasks))) if "fork" in get_all_start_methods() else 1
-    gdal_threads = max(1, threads // workers)
+    scenes = len(tasks) - len(demo["tiles"])
+    gdal_threads = max(1, threads // max(1, min(workers, scenes)))  # threads of each scene's JP2 encoding
     log.info("making %d demo files of size %d with %d worker(s)", len(tasks), demo["size"], workers)
     if workers == 1:
         results = (_make(demo, task, gdal_threads) for task in tasks)

@@ -98,13 +98,29 @@ class WaveField:
         return (rows @ cols.T).astype(np.float32)
 
     def points(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Values at points (x, y) of any (equal) shape."""
+        """Values at points (x, y) of any (equal) shape.
+
+        Coordinates are taken relative to the points' first one (the phases absorb the shift, in float64), so
+        the per-point work runs in float32 with phase errors below 1e-4 radians.
+        """
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
-        out = np.zeros(np.broadcast(x, y).shape)
-        for kx, ky, phase, amplitude in zip(self.kx, self.ky, self.phase, self.amplitude):
-            out += amplitude * np.cos(kx * x + ky * y + phase)
-        return out.astype(np.float32)
+        if not x.size:
+            return np.zeros(np.broadcast(x, y).shape, dtype=np.float32)
+        x0, y0 = float(x.flat[0]), float(y.flat[0])
+        dx = (x - x0).astype(np.float32)
+        dy = (y - y0).astype(np.float32)
+        phases = np.mod(self.phase + self.kx * x0 + self.ky * y0, 2 * np.pi)
+        out = np.zeros(np.broadcast(dx, dy).shape, dtype=np.float32)
+        argument = np.empty_like(out)
+        for kx, ky, phase, amplitude in zip(self.kx, self.ky, phases, self.amplitude):
+            np.multiply(dx, np.float32(kx), out=argument)
+            argument += np.float32(ky) * dy
+            argument += np.float32(phase)
+            np.cos(argument, out=argument)
+            argument *= np.float32(amplitude)
+            out += argument
+        return out
 
 
 @dataclass(frozen=True)
@@ -177,7 +193,7 @@ class Landscape:
 
     def lakes_near(self, left: float, bottom: float, right: float, top: float) -> list[Lake]:
         """Lakes whose surroundings (1.6 radii) reach into the box."""
-        reach = 0.07 * self.extent  # >= 1.6 x the largest radius x the largest shoreline bulge
+        reach = 0.09 * self.extent  # >= 1.6 x the largest radius x the largest shoreline bulge
         cells_x = range(math.floor((left - reach) / self.lake_spacing), math.floor((right + reach) / self.lake_spacing) + 1)
         cells_y = range(math.floor((bottom - reach) / self.lake_spacing), math.floor((top + reach) / self.lake_spacing) + 1)
         lakes = [self.lake_in_cell(i, j) for i in cells_x for j in cells_y]
@@ -186,29 +202,33 @@ class Landscape:
     def with_lakes(
         self, elevation: np.ndarray, x: np.ndarray, y: np.ndarray, lakes: list[Lake]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Cut the lakes into the raw elevation: (elevation, water fraction, lake level or NaN).
+        """Cut the lakes into the raw elevation at points (x, y) (arrays broadcasting to its shape):
+        (elevation, water fraction, lake level or NaN).
 
         Inside the shoreline the surface is the flat lake level; around it the terrain is lowered smoothly
         towards the level, so each lake lies in a depression. The water fraction falls from 1 to 0 over one
         pixel at the shore (mixed pixels).
         """
-        elevation = elevation.copy()
+        elevation = elevation.astype(np.float32)  # a copy
         water = np.zeros(elevation.shape, dtype=np.float32)
         level = np.full(elevation.shape, np.nan, dtype=np.float32)
         for lake in lakes:
-            distance, shore = lake.distance_and_shore(x, y)
-            near = distance < 1.6 * shore
-            if not near.any():
+            reach = 1.6 * lake.radius * np.prod([1 + amplitude for _, amplitude, _ in lake.harmonics])
+            box = np.nonzero((np.abs(x - lake.x) < reach) & (np.abs(y - lake.y) < reach))
+            if not box[0].size:
                 continue
-            ramp = np.clip((distance - shore) / (0.6 * shore), 0, 1)
-            ramp = ramp * ramp * (3 - 2 * ramp)
-            lowered = np.maximum(lake.level + (elevation - lake.level) * ramp, lake.level)
-            elevation = np.where(near, np.minimum(elevation, lowered), elevation)
-            elevation = np.where(distance < shore, lake.level, elevation)
-            fraction = np.clip((shore - distance) / SHORE_WIDTH_M + 0.5, 0, 1).astype(np.float32)
-            level = np.where(fraction > 0, np.float32(lake.level), level)
-            water = np.maximum(water, fraction)
-        return elevation.astype(np.float32), water, level
+            px = np.broadcast_to(x, elevation.shape)[box]
+            py = np.broadcast_to(y, elevation.shape)[box]
+            height = elevation[box]
+            distance, shore = lake.distance_and_shore(px, py)
+            ramp = smoothstep((distance - shore) / (0.6 * shore))
+            lowered = np.maximum(lake.level + (height - lake.level) * ramp, lake.level)
+            height = np.where(distance < 1.6 * shore, np.minimum(height, lowered), height)
+            elevation[box] = np.where(distance < shore, lake.level, height)
+            fraction = np.clip((shore - distance) / SHORE_WIDTH_M + 0.5, 0, 1)
+            level[box] = np.where(fraction > 0, lake.level, level[box])
+            water[box] = np.maximum(water[box], fraction)
+        return elevation, water, level
 
     def elevation_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Elevation (m) at map coordinates (metres in the tile's UTM zone), lakes included: what the DEM holds."""
@@ -312,27 +332,28 @@ class Surface:
     def toa(self) -> np.ndarray:
         """TOA reflectance of all 13 bands, shape (13, rows, cols), float32."""
         clear_part = (1 - self.cirrus) * (1 - self.cloud)
-        land = (1 - self.water) * (1 - self.snow) * self.texture
         lit = clear_part * self.illumination
-        basis = np.stack(
-            [
-                clear_part,
-                lit * self.water,
-                lit * (1 - self.water) * self.snow,
-                lit * land * self.vegetation,
-                lit * land * (1 - self.vegetation),
-                (1 - self.cirrus) * self.cloud * self.cloud_brightness,
-                self.cirrus,
-            ]
+        land = lit * (1 - self.water) * (1 - self.snow) * self.texture
+        components = (  # (spectrum, weight map) pairs whose sum is the TOA reflectance
+            (PATH_TOA, clear_part),
+            (TRANSMISSION * WATER, lit * self.water),
+            (TRANSMISSION * SNOW, lit * (1 - self.water) * self.snow),
+            (TRANSMISSION * VEGETATION, land * self.vegetation),
+            (TRANSMISSION * ROCK, land * (1 - self.vegetation)),
+            (CLOUD_TOA, (1 - self.cirrus) * self.cloud * self.cloud_brightness),
+            (CIRRUS_TOA, self.cirrus),
         )
-        spectra = np.stack(
-            [PATH_TOA, TRANSMISSION * WATER, TRANSMISSION * SNOW, TRANSMISSION * VEGETATION, TRANSMISSION * ROCK, CLOUD_TOA, CIRRUS_TOA],
-            axis=1,
-        ).astype(np.float32)
-        toa = np.tensordot(spectra, basis, axes=1)
         # B10 (1375 nm): water vapour hides the ground except high up, where snow and rock show faintly.
-        vapour_window = (0.01 + 0.25 * np.clip((self.elevation - 1000) / 2500, 0, 1)).astype(np.float32)
-        toa[B10] += vapour_window * np.tensordot(np.stack([WATER, SNOW, VEGETATION, ROCK])[:, B10].astype(np.float32), basis[1:5], axes=1)
+        vapour_window = 0.01 + 0.25 * np.clip((self.elevation - 1000) / 2500, 0, 1)
+        surfaces = (WATER, SNOW, VEGETATION, ROCK)
+        ground_b10 = sum(np.float32(surface[B10]) * weights for surface, (_, weights) in zip(surfaces, components[1:5]))
+        toa = np.zeros((len(BANDS), *self.water.shape), dtype=np.float32)
+        term = np.empty(self.water.shape, dtype=np.float32)
+        for band in range(len(BANDS)):
+            for spectrum, weights in components:
+                if spectrum[band]:
+                    toa[band] += np.multiply(weights, np.float32(spectrum[band]), out=term)
+        toa[B10] += vapour_window * ground_b10
         return toa
 
     def labels(self) -> np.ndarray:
@@ -389,15 +410,17 @@ def render_surface(landscape: Landscape, conditions: Conditions, x: np.ndarray, 
     frozen = level > conditions.snowline_m + 150
     snow = np.where(frozen & (water > 0), np.maximum(snow, water), snow)
     water = np.where(frozen, 0, water)
-    f32 = np.float32
+    def f32(array: np.ndarray) -> np.ndarray:
+        return array.astype(np.float32, copy=False)
+
     return Surface(
-        elevation=elevation.astype(f32),
-        water=water.astype(f32),
-        snow=snow.astype(f32),
-        vegetation=vegetation.astype(f32),
-        texture=texture.astype(f32),
-        illumination=illumination.astype(f32),
-        cloud=cloud.astype(f32),
-        cloud_brightness=brightness.astype(f32),
-        cirrus=cirrus.astype(f32),
+        elevation=f32(elevation),
+        water=f32(water),
+        snow=f32(snow),
+        vegetation=f32(vegetation),
+        texture=f32(texture),
+        illumination=f32(illumination),
+        cloud=f32(cloud),
+        cloud_brightness=f32(brightness),
+        cirrus=f32(cirrus),
     )

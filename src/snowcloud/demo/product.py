@@ -34,6 +34,7 @@ from snowcloud.inventory import Product
 log = logging.getLogger(__name__)
 
 GENERATION_ROWS = 366  # 10 m rows rendered at once (a multiple of 6); it fixes the random streams: keep it
+GDAL_CACHE_MB = 256  # bounds the blocks GDAL keeps while the temporary band files are written
 JP2_OPTIONS = dict(QUALITY=100, REVERSIBLE="YES", YCC="NO", BLOCKXSIZE=1024, BLOCKYSIZE=1024)
 LABEL_CLOUD = 2
 
@@ -64,20 +65,26 @@ def write_scene(
 ) -> None:
     """Write the product at scene.product.path (a .SAFE.zip, or the .SAFE folder with zipped=False) and,
     when given, the label mask; both appear whole or not at all."""
-    target = scene.product.path if zipped else scene.product.path.with_suffix("")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    scene.product.path.parent.mkdir(parents=True, exist_ok=True)
     label_output = atomic_output(label_path) if label_path is not None else contextlib.nullcontext(None)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".demo-") as tmp, label_output as label_tmp:
-        work = Path(tmp)
-        band_files, counts = _render_bands(scene, landscape, work, label_tmp)
-        info = _product_info(scene, counts)
-        safe = work / info.name
-        with rasterio.Env(GDAL_NUM_THREADS=gdal_threads):
+    with tempfile.TemporaryDirectory(dir=scene.product.path.parent, prefix=".demo-") as tmp, label_output as label_tmp:
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+            band_files, counts = _render_bands(scene, landscape, Path(tmp), label_tmp)
+        write_safe(scene.product.path, _product_info(scene, counts), band_files, zipped, gdal_threads)
+
+
+def write_safe(path: Path, info: ProductInfo, band_files: dict[str, Path], zipped: bool = True, gdal_threads: int = 1) -> Path:
+    """Assemble a SAFE product from one raster per band (any GDAL format; encoded to lossless JP2), its
+    metadata XML and manifest: at `path` (.SAFE.zip) or, with zipped=False, the .SAFE folder beside it.
+    Returns the path written."""
+    target = path if zipped else path.with_suffix("")
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".safe-") as tmp:
+        safe = Path(tmp) / info.name
+        with rasterio.Env(GDAL_NUM_THREADS=str(gdal_threads)):
             for band, source in band_files.items():
                 jp2 = safe / f"{info.band_file(band)}.jp2"
                 jp2.parent.mkdir(parents=True, exist_ok=True)
                 rasterio.shutil.copy(source, jp2, driver="JP2OpenJPEG", **JP2_OPTIONS)
-                source.unlink()
         (safe / "MTD_MSIL1C.xml").write_bytes(metadata.product_metadata(info))
         (safe / "GRANULE" / info.granule / "MTD_TL.xml").write_bytes(metadata.tile_metadata(info))
         for folder in ("DATASTRIP", "AUX_DATA", "HTML", "rep_info", f"GRANULE/{info.granule}/QI_DATA", f"GRANULE/{info.granule}/AUX_DATA"):
@@ -85,11 +92,12 @@ def write_scene(
         (safe / "manifest.safe").write_bytes(metadata.manifest(info, _checksums(safe)))
         if zipped:
             with atomic_output(target) as partial:
-                _zip_folder(safe, partial, scene.product.generated)
+                _zip_folder(safe, partial, info.generated)
         else:
             shutil.rmtree(target, ignore_errors=True)
             safe.rename(target)
     log.info("wrote %s", target)
+    return target
 
 
 def _render_bands(scene: Scene, landscape: Landscape, work: Path, label_path: Path | None) -> tuple[dict[str, Path], dict[str, int]]:
@@ -224,10 +232,10 @@ def _checksums(folder: Path) -> dict[str, tuple[int, str]]:
     return sums
 
 
-def _zip_folder(safe: Path, target: Path, generated: str) -> None:
+def _zip_folder(safe: Path, target: Path, generated: datetime) -> None:
     """Zip the SAFE folder (as ESA does: the folder itself at the top), reproducibly: fixed order and times.
     JP2 files are stored (they are compressed already), XML is deflated."""
-    when = datetime.strptime(generated, "%Y%m%dT%H%M%S").timetuple()[:6]
+    when = generated.timetuple()[:6]
     with zipfile.ZipFile(target, "w") as archive:
         for path in sorted([safe, *safe.rglob("*")]):
             name = path.relative_to(safe.parent).as_posix()

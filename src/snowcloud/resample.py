@@ -1,0 +1,97 @@
+"""Upsampling of the 20 m and 60 m bands onto the 10 m grid: pixel-centre aligned, integer factors, separable.
+
+Output pixel j (10 m) lies at native coordinate s = (j + 0.5) / k - 0.5, so every output phase p = j mod k
+has one fixed set of taps (offsets from native pixel j // k) and weights. Kernels: nearest (the native pixel
+the output pixel lies in), bilinear (triangle), cubic (cubic convolution with parameter a: -0.5 is Keys and
+GDAL's cubic, -0.75 OpenCV's INTER_CUBIC). Beyond the raster's edge the border pixel is replicated.
+
+No-data (invalid native pixels, DN 0) never leaks into valid values: an output pixel's value is computed from
+the valid taps only, with their weights renormalised to sum to 1; where the valid taps carry less than
+MIN_VALID_WEIGHT of the kernel (possible only right beside no-data), it takes the value of the native pixel it
+lies in. Which output pixels are valid is decided by the caller (the native pixel they lie in, i.e. nearest).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+METHODS = ("nearest", "bilinear", "cubic")
+MARGIN = 2  # native pixels of context needed on each side by every kernel (cubic reaches 2)
+MIN_VALID_WEIGHT = 0.5
+
+
+def cubic_weight(x: float, a: float) -> float:
+    """The cubic convolution kernel W(x) with free parameter a (Keys 1981)."""
+    x = abs(x)
+    if x <= 1:
+        return (a + 2) * x**3 - (a + 3) * x**2 + 1
+    if x < 2:
+        return a * (x**3 - 5 * x**2 + 8 * x - 4)
+    return 0.0
+
+
+def phase_taps(factor: int, method: str, cubic_a: float = -0.5) -> list[list[tuple[int, float]]]:
+    """For each output phase p = 0..factor-1: (offset from the native pixel j // factor, weight) pairs."""
+    if method not in METHODS:
+        raise ValueError(f"resampling {method!r} is not one of {METHODS}")
+    taps = []
+    for phase in range(factor):
+        position = (phase + 0.5) / factor - 0.5  # relative to the centre of the native pixel j // factor
+        base = math.floor(position)
+        fraction = position - base
+        if method == "nearest":
+            pairs = [(0, 1.0)]
+        elif method == "bilinear":
+            pairs = [(base, 1 - fraction), (base + 1, fraction)]
+        else:
+            pairs = [(base + i, cubic_weight(fraction - i, cubic_a)) for i in (-1, 0, 1, 2)]
+        taps.append([(offset, weight) for offset, weight in pairs if weight != 0])
+    return taps
+
+
+def upsample_axis(values: np.ndarray, factor: int, taps: list[list[tuple[int, float]]], axis: int) -> np.ndarray:
+    """Upsample float32 `values` along `axis`, where they hold MARGIN extra native pixels at both ends:
+    n + 2 * MARGIN native pixels give n * factor output pixels."""
+    n = values.shape[axis] - 2 * MARGIN
+    shape = list(values.shape)
+    shape[axis] = n * factor
+    out = np.empty(shape, dtype=np.float32)
+    source = np.moveaxis(values, axis, 0)
+    target = np.moveaxis(out, axis, 0)
+    scratch = np.empty((n, *source.shape[1:]), dtype=np.float32)
+    for phase, pairs in enumerate(taps):
+        destination = target[phase::factor]
+        for index, (offset, weight) in enumerate(pairs):
+            window = source[MARGIN + offset : MARGIN + offset + n]
+            if index == 0:
+                np.multiply(window, np.float32(weight), out=destination)
+            else:
+                np.multiply(window, np.float32(weight), out=scratch)
+                destination += scratch
+    return out
+
+
+def upsample(values: np.ndarray, valid: np.ndarray, factor: int, taps: list[list[tuple[int, float]]]) -> np.ndarray:
+    """Upsample a native window with MARGIN extra pixels on all four sides to float32 (rows * k, cols * k),
+    computing each output pixel from valid input only (see the module docstring)."""
+
+    def separable(array: np.ndarray) -> np.ndarray:
+        return upsample_axis(upsample_axis(array, factor, taps, axis=1), factor, taps, axis=0)
+
+    if valid.all():
+        return separable(values.astype(np.float32))
+    weighted = separable(np.where(valid, values, 0).astype(np.float32))
+    weight = separable(valid.astype(np.float32))
+    inner = values[MARGIN:-MARGIN, MARGIN:-MARGIN].astype(np.float32)
+    nearest = np.repeat(np.repeat(inner, factor, axis=0), factor, axis=1)
+    enough = weight >= MIN_VALID_WEIGHT
+    np.divide(weighted, weight, out=weighted, where=enough)
+    return np.where(enough, weighted, nearest)
+
+
+def pad_edges(values: np.ndarray, before: int, after: int, margin: int) -> np.ndarray:
+    """Pad a window read at the raster's edge: `before`/`after` missing rows are replicated from the
+    border row, and `margin` columns are replicated on both sides."""
+    return np.pad(values, ((before, after), (margin, margin)), mode="edge")

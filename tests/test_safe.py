@@ -1,0 +1,166 @@
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+import rasterio
+from safe_factory import band_shape, constant_bands, make_product
+
+from snowcloud.bands import BANDS
+from snowcloud.safe import SafeError, open_safe, parse_metadata
+
+
+def rezip(source, target, drop=(), replace=None, compression=None):
+    """Copy a product zip, leaving out members ending with any of `drop`, replacing members by suffix."""
+    replace = replace or {}
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as copy:
+        for info in original.infolist():
+            if any(info.filename.endswith(suffix) for suffix in drop):
+                continue
+            data = next((value for suffix, value in replace.items() if info.filename.endswith(suffix)), None)
+            data = original.read(info) if data is None else data
+            info.compress_type = compression if compression is not None else info.compress_type
+            copy.writestr(info, data)
+    return target
+
+
+def jp2_bytes(tmp_path, shape, crs="EPSG:32632", transform=None):
+    path = tmp_path / "replacement.jp2"
+    transform = transform or rasterio.transform.from_origin(499980, 5200020, 20, 20)
+    with rasterio.open(
+        path, "w", driver="JP2OpenJPEG", width=shape[1], height=shape[0], count=1, dtype="uint16", crs=crs,
+        transform=transform, QUALITY=100, REVERSIBLE="YES",
+    ) as out:  # fmt: skip
+        out.write(np.full(shape, 1234, dtype=np.uint16), 1)
+    return path.read_bytes()
+
+
+def test_reads_both_baselines_of_the_demo(tiny_demo):
+    for (tile, date), product in tiny_demo["products"].items():
+        safe = open_safe(product.path)
+        assert (safe.tile, safe.date, safe.name) == (tile, date, product.path.name.removesuffix(".zip"))
+        assert safe.processing_baseline == product.processing_baseline
+        assert safe.quantification_value == 10000
+        assert safe.offsets == dict.fromkeys(BANDS, -1000 if product.baseline == "0400" else 0)
+        assert list(safe.band_paths) == list(BANDS)
+        assert all(path.startswith(f"/vsizip/{product.path.resolve()}/") for path in safe.band_paths.values())
+        assert (safe.width, safe.height, safe.crs.to_epsg()) == (120, 120, 32632)
+        assert "T32" in safe.band_source("B05") and str(product.path) in safe.band_source("B05")
+
+
+def test_folder_and_deflated_zip_read_like_the_original(tmp_path, tiny_demo):
+    original = tiny_demo["products"][("32TNS", "20220201T102209")].path
+    with zipfile.ZipFile(original) as archive:
+        archive.extractall(tmp_path / "unpacked")
+    folder = next((tmp_path / "unpacked").iterdir())
+    deflated = rezip(original, tmp_path / original.name, compression=zipfile.ZIP_DEFLATED)
+    reference = open_safe(original)
+    for other in (open_safe(folder), open_safe(deflated)):
+        assert (other.name, other.offsets, other.transform) == (reference.name, reference.offsets, reference.transform)
+        for band in ("B02", "B8A", "B10"):
+            with rasterio.open(other.band_paths[band]) as a, rasterio.open(reference.band_paths[band]) as b:
+                np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+ESA_LIKE = b"""<?xml version="1.0" encoding="UTF-8"?>
+<n1:Level-1C_User_Product xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-1C.xsd">
+ <n1:General_Info><Product_Info><PRODUCT_URI>S2A_MSIL1C_20230101T101421_N0509_R022_T32TNS_20230101T120000.SAFE</PRODUCT_URI>
+  <PROCESSING_BASELINE>05.09</PROCESSING_BASELINE></Product_Info>
+  <Product_Image_Characteristics><QUANTIFICATION_VALUE unit="none">10000</QUANTIFICATION_VALUE>
+   <Radiometric_Offset_List><RADIO_ADD_OFFSET band_id="0">-1000</RADIO_ADD_OFFSET><RADIO_ADD_OFFSET band_id="8">-900</RADIO_ADD_OFFSET>
+    <RADIO_ADD_OFFSET band_id="12">-1100</RADIO_ADD_OFFSET></Radiometric_Offset_List>
+   <Spectral_Information_List><Spectral_Information bandId="0" physicalBand="B1"/><Spectral_Information bandId="8" physicalBand="B8A"/>
+    <Spectral_Information bandId="12" physicalBand="B12"/></Spectral_Information_List>
+  </Product_Image_Characteristics></n1:General_Info></n1:Level-1C_User_Product>"""
+
+
+def test_metadata_is_parsed_by_local_names_with_band_ids_mapped():
+    metadata = parse_metadata(ESA_LIKE, "MTD_MSIL1C.xml")
+    assert metadata["baseline"] == "05.09" and metadata["quantification"] == 10000.0
+    assert metadata["name"].startswith("S2A_MSIL1C_20230101T101421")
+    assert (metadata["offsets"]["B01"], metadata["offsets"]["B8A"], metadata["offsets"]["B12"]) == (-1000, -900, -1100)
+    assert metadata["offsets"]["B02"] == 0  # not in the XML: no offset, whatever the date
+    plain = ESA_LIKE.replace(b"n1:", b"").replace(b' xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-1C.xsd"', b"")
+    assert parse_metadata(plain, "x") == metadata
+    with pytest.raises(SafeError, match="x: no QUANTIFICATION_VALUE"):
+        parse_metadata(ESA_LIKE.replace(b"QUANTIFICATION_VALUE", b"SOMETHING_ELSE"), "x")
+    with pytest.raises(SafeError, match="not valid XML"):
+        parse_metadata(ESA_LIKE[:200], "x")
+
+
+def test_not_a_zip_and_truncated_zip_are_named(tmp_path, tiny_demo):
+    original = tiny_demo["products"][("32TNS", "20211208T102421")].path
+    text = tmp_path / original.name
+    text.write_text("<html>Service unavailable</html>")
+    with pytest.raises(SafeError, match=f"{text}: not a zip file, or a truncated one"):
+        open_safe(text)
+    truncated = tmp_path / "truncated" / original.name
+    truncated.parent.mkdir()
+    truncated.write_bytes(original.read_bytes()[: original.stat().st_size // 2])
+    with pytest.raises(SafeError, match=f"{truncated}: not a zip file, or a truncated one"):
+        open_safe(truncated)
+    with pytest.raises(SafeError, match="no such product"):
+        open_safe(tmp_path / "missing.SAFE.zip")
+
+
+def test_zip_whose_member_runs_past_the_end_is_truncated(tmp_path, tiny_demo):
+    original = tiny_demo["products"][("32TNS", "20211208T102421")].path
+    data = bytearray(original.read_bytes())
+    with zipfile.ZipFile(original) as archive:
+        last_band = max((i for i in archive.infolist() if i.filename.endswith(".jp2")), key=lambda i: i.header_offset)
+    # Cut bytes out of the last band but keep the directory at the end: the offsets now point too far.
+    cut = tmp_path / original.name
+    cut.write_bytes(bytes(data[: last_band.header_offset + 100] + data[last_band.header_offset + 100 + last_band.compress_size :]))
+    with pytest.raises(SafeError, match=f"{cut}: (truncated|corrupt) zip"):
+        open_safe(cut)
+
+
+def test_missing_metadata_and_missing_band_are_named(tmp_path, tiny_demo):
+    original = tiny_demo["products"][("32TNS", "20211208T102421")].path
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    no_metadata = rezip(original, tmp_path / "a" / original.name, drop=["MTD_MSIL1C.xml"])
+    with pytest.raises(SafeError, match=f"{no_metadata}: no MTD_MSIL1C.xml"):
+        open_safe(no_metadata)
+    no_band = rezip(original, tmp_path / "b" / original.name, drop=["_B05.jp2", "_B09.jp2"])
+    with pytest.raises(SafeError, match=r"band file\(s\) B05, B09 missing \(expected GRANULE/L1C_T32TNS_\w+/IMG_DATA/"):
+        open_safe(no_band)
+
+
+def test_band_of_wrong_size_or_crs_is_named(tmp_path):
+    size = 12
+    product = make_product(tmp_path / "ok", constant_bands(size))
+    wrong_size = rezip(product, tmp_path / "size.zip", replace={"_B05.jp2": jp2_bytes(tmp_path, (5, 6))})
+    with pytest.raises(SafeError, match=r"size.zip: band B05 is 6 x 5 pixels; at 20 m it must be 6 x 6"):
+        open_safe(wrong_size)
+    wrong_crs = rezip(product, tmp_path / "crs.zip", replace={"_B11.jp2": jp2_bytes(tmp_path, band_shape("B11", size), crs="EPSG:32633")})
+    with pytest.raises(SafeError, match=r"crs.zip: band B11 is in EPSG:32633, B02 in EPSG:32632"):
+        open_safe(wrong_crs)
+    shifted = rasterio.transform.from_origin(499980 + 20, 5200020, 20, 20)
+    misaligned = rezip(product, tmp_path / "shift.zip", replace={"_B12.jp2": jp2_bytes(tmp_path, band_shape("B12", size), transform=shifted)})
+    with pytest.raises(SafeError, match="shift.zip: band B12 is not aligned with B02"):
+        open_safe(misaligned)
+
+
+def test_unpacked_product_missing_a_band_is_named(tmp_path):
+    folder = make_product(tmp_path, constant_bands(12), zipped=False)
+    next(folder.rglob("*_B8A.jp2")).unlink()
+    with pytest.raises(SafeError, match="B8A missing"):
+        open_safe(folder)
+    shutil.rmtree(folder / "GRANULE")
+    with pytest.raises(SafeError, match=r"B01, B02, .* missing \(expected GRANULE/\*/IMG_DATA/"):
+        open_safe(folder)
+
+
+def test_damaged_band_data_fails_the_crc_check(tmp_path, tiny_demo):
+    """A JP2 with damaged bytes decodes without error into wrong pixels: the zip's CRC must catch it."""
+    original = tiny_demo["products"][("32TNS", "20220201T102209")].path
+    with zipfile.ZipFile(original) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith("_B04.jp2"))
+    data = bytearray(original.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + info.compress_size // 2
+    data[start : start + 100] = bytes(100)
+    damaged = tmp_path / original.name
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(SafeError, match=rf"{damaged}: corrupt zip file \(.*_B04.jp2: Bad CRC-32"):
+        open_safe(damaged)
