@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "slurm" / "config.yaml"
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 MARKER = "# Written by snowcloud's tests/slurm_cluster.py for a throw-away test cluster."
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo", "scontrol", "srun")
@@ -32,6 +34,25 @@ INSTALL_HINT = "apt-get install slurmctld slurmd slurm-client munge (as .ci/run 
 PARTITION = "debug"
 # Set by .ci/run where the packages are installed: a cluster that does not start is then a failure, not a skip.
 REQUIRE_ENV = "SNOWCLOUD_REQUIRE_SLURM"
+
+
+# What this cluster needs from the profile's SITE block: its one partition, no account, no GPU.
+LOCAL_SITE = {"CPU_PARTITION": repr(PARTITION), "GPU_PARTITION": repr(PARTITION), "ACCOUNT": "None", "GPUS": "0"}
+# ... and from the plugin: status from squeue (no accounting database), a quick first status check.
+LOCAL_OPTIONS = ("--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2")
+
+
+def site_profile(folder: Path, site: dict[str, str] = LOCAL_SITE) -> Path:
+    """A copy of profiles/slurm in `folder` with the given SITE definitions (Python expressions) replaced;
+    every other line is the repository's."""
+    text = PROFILE.read_text()
+    for name, value in site.items():
+        text, count = re.subn(rf"^(  - {name} = ).*?(\s+#.*)?$", rf"\g<1>{value}\g<2>", text, count=1, flags=re.M)
+        if count != 1:
+            raise KeyError(f"{PROFILE} has no SITE definition {name}")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(text)
+    return folder
 
 
 class SlurmUnavailable(RuntimeError):
@@ -126,7 +147,7 @@ class SlurmCluster:
     """One throw-away Slurm: `start()` brings it up (about a second), `stop()` cancels its jobs and ends it."""
 
     cpus: int = 16
-    memory_mb: int = 64000
+    memory_mb: int = 128000
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="snowcloud-slurm-")))
     start_seconds: float | None = None
     partition: str = PARTITION
