@@ -24,6 +24,7 @@ from snowcloud.training.loop import (
     validation_steps,
 )
 from snowcloud.training.runtime import loader_workers, resolve_runtime
+from snowcloud.training.state import trajectory_options
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def make_trainer(state_dir, train, validation, model=None, threads=1, **training
         class_weights=[1.0, 1.5, 1.5, 2.0],
         runtime=resolve_runtime(training, threads),
         state_path=state_dir / "state.pt",
-        fingerprint_inputs={"training": training, "model": options["model"]},
+        fingerprint_inputs={"training": trajectory_options(training), "model": options["model"]},
     )
 
 
@@ -174,6 +175,24 @@ def test_a_stop_signal_saves_the_state_and_the_rerun_continues_exactly(shards, t
     assert_same_weights(resumed.model, reference.model)
     assert without_timing(resumed.history) == without_timing(reference.history)
     assert resumed.best_epoch == reference.best_epoch
+
+
+def test_a_signal_during_the_last_step_of_an_epoch_stops_after_saving_that_epoch(shards, tmp_path, caplog):
+    trainer = make_trainer(tmp_path, shards["train"], shards["validation"], epochs=3, batch_size=4)
+    # 4 training + 2 validation batches per epoch: call 6 is the last validation batch of epoch 1
+    trainer.loss_fn = SignalAtCall(trainer.loss_fn, call=6, signum=signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted, match="by SIGTERM at epoch 1 validation step 2/2; state saved"):
+        trainer.run()
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    # the validation pass was complete: the rerun only closes epoch 1 (scheduler, early stopping, history)
+    assert (state["progress"]["epoch"], state["progress"]["validation_step"]) == (1, 2)
+    assert state["history"] == []
+    # `epochs` does not change the trajectory: lowered to 1, the state is resumed and the run ends after epoch 1
+    caplog.set_level(logging.INFO, logger="snowcloud")
+    resumed = make_trainer(tmp_path, shards["train"], shards["validation"], epochs=1, batch_size=4).run()
+    assert "resuming from" in caplog.text and "epoch 1, training step 4/4, validation step 2/2" in caplog.text
+    assert not list(tmp_path.glob("*set-aside*"))
+    assert [row["epoch"] for row in resumed.history] == [1]
 
 
 def test_a_state_of_other_settings_is_set_aside_not_resumed(shards, tmp_path, caplog):

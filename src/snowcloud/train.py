@@ -24,7 +24,7 @@ from snowcloud.loader import ShardDataset
 from snowcloud.training.history import plot_curves, write_history
 from snowcloud.training.loop import Trainer
 from snowcloud.training.runtime import resolve_runtime
-from snowcloud.training.state import RESUME_NEUTRAL_OPTIONS
+from snowcloud.training.state import trajectory_options
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def train_experiment(
     validation_set = ShardDataset(split["validation"])
     fingerprint_inputs = {
         "model": dict(model_options),
-        "training": {key: value for key, value in training.items() if key not in RESUME_NEUTRAL_OPTIONS},
+        "training": trajectory_options(training),
         "dataset": options["dataset"],
         "stats_digest": stats["digest"],
         "shards": [shard_identity(path) for path in shards],

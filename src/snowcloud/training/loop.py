@@ -47,9 +47,9 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class EarlyStopping:
-    """Thesis semantics: the counter grows when the loss is worse than the best by more than `min_delta`'s
-    shortfall (gain < min_delta), stays on an equal loss (gain == min_delta; with min_delta 0: the same loss),
-    resets on an improvement (gain > min_delta); stop when counter > patience."""
+    """The thesis's early stopping. With gain = best loss - loss: gain > min_delta is a new best (counter reset);
+    gain < min_delta adds one to the counter; gain == min_delta (with min_delta 0: an equal loss) leaves it.
+    Stop when the counter exceeds `patience`."""
 
     patience: int
     min_delta: float = 0.0
@@ -134,10 +134,14 @@ def validation_steps(n: int, batch_size: int, cap: int | None) -> int:
 
 
 def confusion_on_device(prediction: torch.Tensor, label: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Counts[t, p] over pixels whose label is a class (255 and anything else left out), without a host sync."""
-    valid = label < n_classes
-    pairs = label[valid] * n_classes + prediction[valid]
-    return torch.bincount(pairs, minlength=n_classes * n_classes).view(n_classes, n_classes)
+    """Counts[t, p] over pixels whose label is a class (255 and anything else left out). Fixed-size output, no
+    boolean indexing: no host synchronisation on a GPU."""
+    cells = n_classes * n_classes
+    pairs = torch.where(label < n_classes, label * n_classes + prediction, cells).flatten()
+    counts = torch.zeros(cells + 1, dtype=torch.int64, device=pairs.device).scatter_add_(
+        0, pairs, torch.ones_like(pairs)
+    )
+    return counts[:cells].view(n_classes, n_classes)
 
 
 def make_optimizer(model: nn.Module, options: Mapping[str, Any]) -> torch.optim.AdamW:
@@ -208,11 +212,9 @@ class Trainer:
         fingerprint_inputs: Mapping[str, Any],
         class_names: Sequence[str] = CLASSES,
     ) -> None:
-        if not len(train_set) or not len(validation_set):  # type: ignore[arg-type]
-            raise ValueError(
-                f"training needs patches in both parts of the split: {len(train_set)} training, "  # type: ignore[arg-type]
-                f"{len(validation_set)} validation"  # type: ignore[arg-type]
-            )
+        n_train, n_validation = len(train_set), len(validation_set)  # type: ignore[arg-type]
+        if not n_train or not n_validation:
+            raise ValueError(f"training needs patches in both parts: {n_train} training, {n_validation} validation")
         if len(class_weights) != len(class_names):
             raise ValueError(f"{len(class_weights)} class weights for {len(class_names)} classes")
         self.architecture = str(model_options["architecture"])
@@ -246,11 +248,11 @@ class Trainer:
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.best_metrics: dict[str, Any] = {}
 
-        self.train_steps = train_steps(len(train_set), self.batch_size, training["steps_per_epoch"])  # type: ignore[arg-type]
-        self.validation_steps = validation_steps(len(validation_set), self.batch_size, training["validation_steps"])  # type: ignore[arg-type]
-        self.train_sampler = EpochSampler(len(train_set), self.seed, shuffle=True, limit=self.train_steps * self.batch_size)  # type: ignore[arg-type]
+        self.train_steps = train_steps(n_train, self.batch_size, training["steps_per_epoch"])
+        self.validation_steps = validation_steps(n_validation, self.batch_size, training["validation_steps"])
+        self.train_sampler = EpochSampler(n_train, self.seed, shuffle=True, limit=self.train_steps * self.batch_size)
         self.validation_sampler = EpochSampler(
-            len(validation_set), self.seed, shuffle=False, limit=self.validation_steps * self.batch_size  # type: ignore[arg-type]
+            n_validation, self.seed, shuffle=False, limit=self.validation_steps * self.batch_size
         )
         self.datasets = {"train": train_set, "validation": validation_set}
         self.loaders: dict[str, DataLoader] = {}  # while `run` runs
@@ -336,7 +338,7 @@ class Trainer:
                     self._validation_pass(stop)
                     epoch = self.progress.epoch
                     self._end_epoch()
-                    self._stop_if_requested(stop, epoch, "at its end")
+                    self._stop_if_requested(stop, f"at the end of epoch {epoch}", saved=True)
         finally:
             # Dropping the loaders shuts their persistent workers down now. They ignore SIGTERM, so they must be
             # told to exit (a terminate() at interpreter exit would not end them).
@@ -346,12 +348,14 @@ class Trainer:
         assert self.stopper.best_epoch is not None
         return FitResult(self.model, self.history, self.stopper.best_epoch, self.best_metrics, len(self.history))
 
-    def _stop_if_requested(self, stop: StopRequest, epoch: int, where: str) -> None:
+    def _stop_if_requested(self, stop: StopRequest, where: str, saved: bool = False) -> None:
+        """After a stop signal: save the state (unless just saved) and end the run with TrainingInterrupted."""
         if not stop.requested or self.progress.finished:
             return
-        self.save()
+        if not saved:
+            self.save()
         raise TrainingInterrupted(
-            f"training interrupted by {stop.signal_name} at epoch {epoch} {where}; "
+            f"training interrupted by {stop.signal_name} {where}; "
             f"state saved to {self.state_path}; rerun to continue"
         )
 
@@ -412,7 +416,7 @@ class Trainer:
             record(*pending)
         p.train_seconds += time.perf_counter() - started
         bar.close()
-        self._stop_if_requested(stop, p.epoch, f"training step {p.train_step}/{self.train_steps}")
+        self._stop_if_requested(stop, f"at epoch {p.epoch} training step {p.train_step}/{self.train_steps}")
 
     def _validation_pass(self, stop: StopRequest) -> None:
         p = self.progress
@@ -437,7 +441,7 @@ class Trainer:
                     break
         p.validation_seconds += time.perf_counter() - started
         bar.close()
-        self._stop_if_requested(stop, p.epoch, f"validation step {p.validation_step}/{self.validation_steps}")
+        self._stop_if_requested(stop, f"at epoch {p.epoch} validation step {p.validation_step}/{self.validation_steps}")
 
     def _end_epoch(self) -> None:
         p = self.progress

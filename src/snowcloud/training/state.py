@@ -29,6 +29,11 @@ STATE_FORMAT = "snowcloud-training-state/1"
 RESUME_NEUTRAL_OPTIONS = ("epochs", "workers", "device", "compile")
 
 
+def trajectory_options(training: Mapping[str, Any]) -> dict[str, Any]:
+    """The training options that change what a run computes (all but RESUME_NEUTRAL_OPTIONS)."""
+    return {key: value for key, value in training.items() if key not in RESUME_NEUTRAL_OPTIONS}
+
+
 def fingerprint(inputs: Mapping[str, Any]) -> str:
     """A stable digest of the settings and data identities behind a run."""
     return hashlib.sha256(json.dumps(plain(dict(inputs)), sort_keys=True).encode()).hexdigest()
