@@ -1,0 +1,214 @@
+"""Incremental reruns: after a complete run, Snakemake schedules exactly what a change makes stale.
+
+The scenarios run on real downloaded-style inputs, not the demo rule: the test makes demo products once, puts
+three dates under raw_data and keeps a fourth "download" aside, as a user adds a new SAFE during a season
+(`demo.enabled: false`; the demo rule makes every demo product in one job, so a new demo date would remake
+them all). The tests share one work directory and run in file order; a test that only plans restores what it
+changed, a test that runs leaves a complete tree for the next one. docs/slurm.md has the resulting table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from workflow_runs import DATES, TILE, jobs_by_rule, planned_jobs, snakemake, tiny_config, write_config
+
+from snowcloud.demo import make_demo_data, planned_products
+
+pytestmark = pytest.mark.workflow
+
+NEW_DATE = "20220113T102341"
+EXPERIMENT = "demo"
+STATS = "results/datasets/demo/stats.json"
+MODEL = f"results/models/{EXPERIMENT}/model.pt"
+SUMMARY = f"results/evaluation/{EXPERIMENT}/summary.csv"
+INPUTS = {"demo": {"enabled": False}, "raw_data": "raw", "dem": "dem/T{tile}.tif", "labels": "labels/T{tile}/{date}.tif"}
+ONE_EPOCH = {"experiments": {EXPERIMENT: {"training": {"epochs": 1}}}}
+
+
+def scene(date: str) -> str:
+    return f"results/scenes/{TILE}/{date}.tif"
+
+
+def shard(date: str) -> str:
+    return f"results/shards/demo/{TILE}/{date}.h5"
+
+
+def per_date(rule_outputs: dict[str, str], dates: list[str]) -> dict[str, list[str]]:
+    return {rule: sorted(pattern.format(date=date) for date in dates) for rule, pattern in rule_outputs.items()}
+
+
+def after_model(dates: list[str]) -> dict[str, list[str]]:
+    """What a new model.pt makes stale: every prediction, its quicklook and evaluation, and the summary."""
+    return {
+        **per_date(
+            {
+                "infer": f"results/predictions/{EXPERIMENT}/{TILE}/{{date}}.tif",
+                "quicklook": f"results/quicklooks/{EXPERIMENT}/{TILE}/{{date}}.png",
+                "evaluate": f"results/evaluation/{EXPERIMENT}/{TILE}/{{date}}.json",
+            },
+            dates,
+        ),
+        "evaluation_summary": [SUMMARY],
+    }
+
+
+def after_stats(dates: list[str]) -> dict[str, list[str]]:
+    return {"dataset_stats": [STATS], "train": [MODEL], **after_model(dates)}
+
+
+class Season:
+    """The shared work directory: inputs of the dates in `dates`, one more product waiting in downloads/."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.dates = list(DATES)
+        self.overrides: list[dict] = [INPUTS, ONE_EPOCH]
+
+    def product(self, date: str, folder: str = "raw") -> Path:
+        demo = {**tiny_config()["demo"], "dates": [date]}
+        (product,) = planned_products(demo, self.root / folder).values()
+        return product.path
+
+    def label(self, date: str, folder: str = ".") -> Path:
+        return self.root / folder / "labels" / f"T{TILE}" / f"{date}.tif"
+
+    def write_config(self, *changes: dict) -> None:
+        write_config(self.root, tiny_config(*self.overrides, *changes))
+
+    def plan(self) -> dict[str, list[str]]:
+        return jobs_by_rule(planned_jobs(self.root))
+
+    def mtimes(self, paths: list[str]) -> dict[str, int]:
+        return {path: (self.root / path).stat().st_mtime_ns for path in paths}
+
+
+@pytest.fixture(scope="module")
+def season(tmp_path_factory) -> Season:
+    season = Season(tmp_path_factory.mktemp("incremental"))
+    root = season.root
+    demo = {**tiny_config()["demo"], "dates": [*DATES, NEW_DATE]}
+    make_demo_data(demo, root / "raw", str(root / "dem" / "T{tile}.tif"), str(root / "labels" / "T{tile}" / "{date}.tif"))
+    for path in (season.product(NEW_DATE), season.label(NEW_DATE)):  # not downloaded yet
+        move(path, root / "downloads" / path.relative_to(root))
+    # Other content for the same dates (another seed): a reprocessed product, a corrected label.
+    other = root / "other"
+    make_demo_data({**demo, "seed": demo["seed"] + 1}, other / "raw", str(other / "dem" / "T{tile}.tif"),
+                   str(other / "labels" / "T{tile}" / "{date}.tif"))  # fmt: skip
+    season.write_config()
+    snakemake(root, "--cores", "2")
+    return season
+
+
+def move(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(source, target)
+
+
+@contextlib.contextmanager
+def replaced(path: Path, other: Path) -> Iterator[None]:
+    """`path` holds the content of `other` inside the block; its own content and mtime are restored after."""
+    kept = path.with_name(path.name + ".kept")
+    shutil.copy2(path, kept)
+    shutil.copyfile(other, path)
+    try:
+        yield
+    finally:
+        shutil.copy2(kept, path)
+        kept.unlink()
+
+
+def test_unchanged_tree_schedules_nothing(season):
+    assert season.plan() == {}
+
+
+def test_new_date_runs_its_chain_and_what_aggregates_all_dates(season):
+    before = season.mtimes([scene(d) for d in DATES] + [shard(d) for d in DATES] + [MODEL])
+    for path in (season.product(NEW_DATE), season.label(NEW_DATE)):  # the user downloads a new date
+        move(season.root / "downloads" / path.relative_to(season.root), path)
+    season.dates = sorted([*DATES, NEW_DATE])
+
+    assert season.plan() == {
+        "preprocess": [scene(NEW_DATE)],
+        "shard": [shard(NEW_DATE)],
+        **after_stats(season.dates),
+    }
+    snakemake(season.root, "--cores", "2")
+    after = season.mtimes(list(before))
+    assert {path for path in before if after[path] != before[path]} == {MODEL}
+    assert (season.root / scene(NEW_DATE)).exists() and (season.root / shard(NEW_DATE)).exists()
+    assert season.plan() == {}
+
+
+def test_changed_safe_reruns_that_date(season):
+    date = DATES[0]
+    with replaced(season.product(date), season.product(date, "other/raw")):  # a reprocessed product
+        assert season.plan() == {"preprocess": [scene(date)], "shard": [shard(date)], **after_stats(season.dates)}
+    assert season.plan() == {}
+
+
+def test_touched_small_input_with_same_content_reruns_nothing(season):
+    """Snakemake compares checksums of inputs up to --max-checksum-file-size (1 MB) before their mtimes."""
+    label = season.label(DATES[1])
+    assert label.stat().st_size < 1_000_000
+    os.utime(label)
+    assert season.plan() == {}
+
+
+def test_changed_label_reshards_that_date(season):
+    date = DATES[1]
+    with replaced(season.label(date), season.label(date, "other")):
+        assert season.plan() == {"shard": [shard(date)], **after_stats(season.dates)}
+    assert season.plan() == {}
+
+
+def test_inference_option_reruns_inference_and_evaluation_only(season):
+    inference = {"experiments": {EXPERIMENT: {"inference": {"tta": True}}}}
+    season.write_config(inference)
+    assert season.plan() == after_model(season.dates)
+    kept = season.mtimes([MODEL, STATS] + [shard(d) for d in season.dates] + [scene(d) for d in season.dates])
+    snakemake(season.root, "--cores", "2")
+    assert season.mtimes(list(kept)) == kept
+    season.overrides.append(inference)
+    assert season.plan() == {}
+
+
+@pytest.mark.parametrize(
+    ("change", "stale"),
+    [
+        ({"experiments": {EXPERIMENT: {"training": {"optimizer": {"lr": 0.0005}}}}}, "train"),
+        ({"experiments": {EXPERIMENT: {"model": {"base_channels": 6}}}}, "train"),
+        ({"datasets": {"demo": {"class_weights": "inverse"}}}, "dataset_stats"),
+        ({"datasets": {"demo": {"split": {"validation_dates": [DATES[0]]}}}}, "dataset_stats"),
+        ({"datasets": {"demo": {"sampler": {"seed": 1}}}}, "shard"),
+        ({"datasets": {"demo": {"normalisation": "legacy-dn10000"}}}, "shard"),
+        ({"preprocess": {"resampling": "cubic"}}, "preprocess"),
+        ({"evaluation": {"margin_pixels": 2}}, "evaluate"),
+    ],
+    ids=["training", "model", "class_weights", "split", "sampler", "normalisation", "preprocess", "evaluation"],
+)
+def test_config_key_reruns_its_stage_and_what_follows(season, change, stale):
+    """The rule whose `params` hold the changed key reruns for every date, then everything downstream of it."""
+    dates = season.dates
+    downstream = {
+        "evaluate": {"evaluate": after_model(dates)["evaluate"], "evaluation_summary": [SUMMARY]},
+        "train": {"train": [MODEL], **after_model(dates)},
+        "dataset_stats": after_stats(dates),
+        "shard": {"shard": sorted(shard(d) for d in dates), **after_stats(dates)},
+        "preprocess": {
+            "preprocess": sorted(scene(d) for d in dates),
+            "shard": sorted(shard(d) for d in dates),
+            **after_stats(dates),
+        },
+    }
+    season.write_config(change)
+    try:
+        assert season.plan() == downstream[stale]
+    finally:
+        season.write_config()
+    assert season.plan() == {}
