@@ -139,11 +139,12 @@ def test_workers_open_their_own_handles_and_give_the_same_batches(shards):
     assert dataset._handles == {}
 
 
-def test_batched_reading_returns_items_in_the_order_asked(shards):
+def test_a_batch_read_in_shard_order_returns_items_in_the_order_asked(shards):
     dataset = ShardDataset([(shards[0], None), (shards[1], None)])
     keys = [9, 0, (4, 0), 11, 2]
-    batch = dataset.__getitems__(keys)
-    for key, (image, label) in zip(keys, batch, strict=True):
+    images, labels = dataset.read_batch(keys)
+    assert images.shape == (5, 3, 8, 8) and labels.shape == (5, 8, 8)
+    for key, image, label in zip(keys, images, labels, strict=True):
         torch.testing.assert_close(image, dataset[key][0], rtol=0, atol=0)
         torch.testing.assert_close(label, dataset[key][1], rtol=0, atol=0)
 

@@ -5,10 +5,10 @@ are opened lazily in the process that reads (keyed by its pid), so no handle ope
 its workers is used by them. An unfiltered one-patch chunk is read with one direct chunk read into a reused
 float16 buffer and converted once into the output.
 
-Two ways to batch, giving the same batches: a plain ``DataLoader(dataset, batch_size, sampler=...)`` (items are
-read a batch at a time in shard order through ``__getitems__`` and stacked by the default collate), or
-:func:`batch_loader`, where each worker writes a whole batch straight into shared memory (no per-item tensors,
-no second copy): the faster one (benchmarks/bench_shards.py).
+Two ways to batch, giving the same batches: a plain ``DataLoader(dataset, batch_size, sampler=...)`` (item by
+item, stacked by the default collate), or :func:`batch_loader`, where each worker reads a whole batch in shard
+order straight into shared memory (no per-item tensors, no second copy): about twice as fast
+(benchmarks/bench_shards.py).
 """
 
 from __future__ import annotations
@@ -210,11 +210,6 @@ class ShardDataset(Dataset):
             images[position].copy_(torch.from_numpy(image))
             labels[position].copy_(torch.from_numpy(label))
         return images, labels
-
-    def __getitems__(self, keys: Sequence[Key]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """A batch for the default collate: read in shard order, returned in the order asked for."""
-        images, labels = self.read_batch(keys)
-        return list(zip(images, labels))
 
     def close(self) -> None:
         """Close this process's handles (call before forking workers if the parent read items)."""

@@ -34,6 +34,7 @@ CLASS_COLUMNS = (*range(len(CLASSES)), IGNORE_INDEX)
 BLOCK_ROWS = 256  # scene rows read ahead (float16 buffer: channels x (BLOCK_ROWS + P) x width x 2 bytes)
 STRIP_ROWS = 32  # scene rows read and normalised at once (float32 temporaries: a few x channels x 32 x width x 4 B)
 WRITE_BATCH = 64  # patches per HDF5 write
+GDAL_CACHE_MB = 512  # GDAL block cache: holds a row of 512 x 512 tiles of a 14-band 10980-wide scene (161 MB)
 IMAGE_COMPRESSION = None  # benchmarks/bench_shards.py: lzf saves little on normalised float16, costs read speed
 JSON_ATTRIBUTES = ("bands", "normalisation", "normalisation_statistics", "sampler", "class_pixel_counts",
                    "class_fraction_mean", "inputs", "scene_shape")  # fmt: skip
@@ -66,16 +67,21 @@ def valid_mask(src: rasterio.DatasetReader, channels: int, strip_rows: int = 128
 
 def build_shard(scene: str | Path, label: str | Path, output: str | Path, dataset: str, options: dict) -> None:
     """Scene raster + label mask -> results/shards/{dataset}/{tile}/{date}.h5 (tile and date from the path)."""
-    output = Path(output)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        _build_shard(scene, label, Path(output), dataset, options)
+
+
+def _build_shard(scene: str | Path, label: str | Path, output: Path, dataset: str, options: dict) -> None:
     tile, date = output.parent.name, output.stem
     size = options["patch_size"]
     spec = normalisation.spec(options["normalisation"])
     with rasterio.open(scene) as src:
         bands = normalisation.scene_channels(src, options["elevation"], str(scene))
+    label_array = labels.read_label(label, scene)
+    with rasterio.open(scene) as src:
         valid = valid_mask(src, len(bands))
     if not valid.any():
         raise ShardError(f"{scene}: the scene has no valid pixel")
-    label_array = labels.read_label(label, scene)
     label_array[~valid] = IGNORE_INDEX
     del valid
     origins = sampling.sample_origins(
