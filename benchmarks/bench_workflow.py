@@ -1,0 +1,100 @@
+"""Wall time of the demo workflow run locally versus through a real single-node Slurm with profiles/slurm,
+and the time to bring that Slurm up and down.
+
+    python benchmarks/bench_workflow.py [--config tiny|default] [--cores 2] [--keep DIR]
+
+`tiny` is the demo the tests run (tests/workflow_runs.py: one tile, three dates, 96 x 96 pixels, two epochs);
+`default` is config/config.yaml as shipped. Both runs use the same configuration in fresh work directories.
+The Slurm run needs root and the Debian packages slurmctld slurmd slurm-client munge (tests/slurm_cluster.py
+starts and stops the cluster); without them only the local figure is printed, with the reason. The cluster's
+node advertises 16 CPUs, so Slurm may run more jobs at once than --cores allows locally: the figures compare
+the two ways a user runs the workflow, not equal parallelism. Prints every figure and the ratio measured in
+this run; on a shared machine run it twice and compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from slurm_cluster import LOCAL_OPTIONS, SlurmCluster, SlurmUnavailable, site_profile, unavailable_reason  # noqa: E402
+from workflow_runs import REPO, snakemake, tiny_config, write_config  # noqa: E402
+
+
+def configuration(name: str) -> dict:
+    if name == "tiny":
+        return tiny_config()
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def timed_run(workdir: Path, *arguments: str) -> float:
+    began = time.perf_counter()
+    snakemake(workdir, *arguments, timeout=3600)
+    return time.perf_counter() - began
+
+
+def run_locally(root: Path, config: dict, cores: int) -> float:
+    workdir = root / "local"
+    write_config(workdir, config)
+    return timed_run(workdir, "--cores", str(cores))
+
+
+def run_on_slurm(root: Path, config: dict) -> dict[str, float]:
+    """Start a test cluster, run the workflow through the profile, stop the cluster: each one timed."""
+    cluster = SlurmCluster()
+    cluster.start()
+    try:
+        workdir = root / "slurm"
+        write_config(workdir, config)
+        profile = site_profile(root / "profile")
+        first_job = cluster.max_job_id()
+        wall = timed_run(workdir, "--profile", str(profile), *LOCAL_OPTIONS)
+        jobs = cluster.jobs(first_job)
+    finally:
+        began = time.perf_counter()
+        cluster.stop()
+        stop_seconds = time.perf_counter() - began
+    return {"start": cluster.start_seconds, "wall": wall, "jobs": len(jobs), "stop": stop_seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=("tiny", "default"), default="tiny")
+    parser.add_argument("--cores", type=int, default=2, help="--cores of the local run")
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
+    args = parser.parse_args()
+    config = configuration(args.config)
+    root = args.keep or Path(tempfile.mkdtemp(prefix="bench-workflow-"))
+    root.mkdir(parents=True, exist_ok=True)
+    demo = config["demo"]
+    print(f"demo workflow ({args.config}): {len(demo['tiles'])} tile(s) x {len(demo['dates'])} dates, "
+          f"{demo['size']} px, {config['experiments']['demo']['training']['epochs']} epochs; work in {root}")  # fmt: skip
+
+    local = run_locally(root, config, args.cores)
+    print(f"local   --cores {args.cores}: {local:8.1f} s")
+    reason = unavailable_reason()
+    if reason:
+        print(f"slurm: not measured ({reason})")
+        return
+    try:
+        slurm = run_on_slurm(root, config)
+    except SlurmUnavailable as error:
+        print(f"slurm: not measured ({error})")
+        return
+    per_job = (slurm["wall"] - local) / slurm["jobs"]
+    print(f"slurm   --profile     : {slurm['wall']:8.1f} s for {slurm['jobs']} Slurm jobs")
+    print(f"ratio slurm / local   : {slurm['wall'] / local:8.2f}")
+    print(f"extra time per job    : {per_job:8.1f} s (submission, status polling, Snakemake start-up in the job)")
+    print(f"Slurm start-up        : {slurm['start']:8.2f} s (munged, slurmctld, slurmd until the node is idle)")
+    print(f"Slurm shut-down       : {slurm['stop']:8.2f} s")
+
+
+if __name__ == "__main__":
+    main()
