@@ -178,6 +178,20 @@ def test_inference_option_reruns_inference_and_evaluation_only(season):
     assert season.plan() == {}
 
 
+def test_performance_only_change_is_recorded_with_touch(season):
+    """Every key of a rule's options is a rerun trigger, loader workers included; `snakemake --touch` records a
+    change that cannot alter results without recomputing anything (docs/slurm.md)."""
+    model = season.root / MODEL
+    content = model.read_bytes()
+    workers = {"experiments": {EXPERIMENT: {"training": {"workers": 0}}}}
+    season.write_config(workers)
+    assert season.plan() == {"train": [MODEL], **after_model(season.dates)}
+    snakemake(season.root, "--touch", "--cores", "1")
+    assert season.plan() == {}
+    assert model.read_bytes() == content
+    season.overrides.append(workers)
+
+
 @pytest.mark.parametrize(
     ("change", "stale"),
     [
