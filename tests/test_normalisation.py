@@ -171,7 +171,7 @@ def test_sigma_clip_statistics_stream_over_valid_pixels_and_scale_to_unit_range(
     values[:, 30:33, 10:20] = NODATA
     scene = write_scene(tmp_path / "scene.tif", values)
     spec = normalisation.spec("sigma-clip")
-    statistics = normalisation.scene_statistics(spec, scene, strip_rows=16)  # strips cross the no-data rows
+    statistics = normalisation.scene_statistics(spec, scene, sub_rows=16)  # strips cross the no-data rows
     valid = np.all(values != NODATA, axis=0)
     bands = values[:13, valid].astype(np.float64)
     mean, std = bands.mean(axis=1), bands.std(axis=1)
@@ -221,3 +221,12 @@ def test_normalise_scene_window_equals_apply_on_the_same_values(tmp_path, rng):
         out, normalisation.apply(spec, expected_values.astype(np.float32), expected_valid, {})
     )
     assert not valid[2, 2] and np.all(out[:, 2, 2] == 0)
+
+
+def test_block_strips_cover_the_rows_cut_at_block_rows(tmp_path, rng):
+    scene = write_scene(tmp_path / "scene.tif", synthetic_scene(rng, 150, 20))  # 64-row blocks
+    with rasterio.open(scene) as src:
+        whole = [(w.row_off, w.height, w.width) for w in normalisation.block_strips(src)]
+        part = [(w.row_off, w.height) for w in normalisation.block_strips(src, 10, 130)]
+    assert whole == [(0, 64, 20), (64, 64, 20), (128, 22, 20)]
+    assert part == [(10, 54), (64, 64), (128, 2)]

@@ -227,9 +227,12 @@ def scene_channels(src: rasterio.DatasetReader, elevation: bool, source: str) ->
 
 def read_scene_window(src: rasterio.DatasetReader, window: Window, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """The first `channels` bands in `window` as float32 (C, H, W), and where every one of them is valid."""
-    raw = src.read(indexes=list(range(1, channels + 1)), window=window)
-    valid = np.all(raw != NODATA, axis=0)
-    return raw.astype(np.float32), valid
+    return values_and_valid(src.read(indexes=list(range(1, channels + 1)), window=window))
+
+
+def values_and_valid(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scene raster values (C, H, W) as float32, and where every channel holds data."""
+    return raw.astype(np.float32), np.all(raw != NODATA, axis=0)
 
 
 def normalise_scene_window(
@@ -240,13 +243,29 @@ def normalise_scene_window(
     return apply(spec, values, valid, statistics, source=f"{src.name} {window}"), valid
 
 
-def row_strips(height: int, width: int, rows: int) -> Iterator[Window]:
-    """Full-width windows of `rows` rows covering the raster top to bottom."""
-    for row in range(0, height, rows):
-        yield Window(0, row, width, min(rows, height - row))
+def block_strips(src: rasterio.DatasetReader, top: int = 0, bottom: int | None = None) -> Iterator[Window]:
+    """Full-width windows covering rows top..bottom, cut at the raster's block rows.
+
+    Read this way every block is decompressed once: full-width reads that split a row of blocks make GDAL
+    decompress those blocks again for the next read (measured: 16 reads of 32 rows of a pixel-interleaved,
+    512-row-block GeoTIFF take 25 times one read of the 512 rows).
+    """
+    bottom = src.height if bottom is None else bottom
+    block_height = src.block_shapes[0][0]
+    row = top
+    while row < bottom:
+        end = min((row // block_height + 1) * block_height, bottom)
+        yield Window(0, row, src.width, end - row)
+        row = end
 
 
-def scene_statistics(spec: dict, scene_path: str | Path, strip_rows: int = 64) -> dict:
+def sub_strips(rows: int, step: int) -> Iterator[slice]:
+    """Row slices of `step` rows covering 0..rows (to bound the temporaries of work on a strip)."""
+    for row in range(0, rows, step):
+        yield slice(row, min(row + step, rows))
+
+
+def scene_statistics(spec: dict, scene_path: str | Path, sub_rows: int = 64) -> dict:
     """Per-scene statistics the spec needs, over the valid pixels of the scene, computed strip by strip; {} when
     the method has fixed constants. sigma-clip: per band mean, std, min, max and the clip bounds low/high,
     plus the elevation maximum when the scene has an elevation band."""
@@ -255,32 +274,35 @@ def scene_statistics(spec: dict, scene_path: str | Path, strip_rows: int = 64) -
         return {}
     with rasterio.open(scene_path) as src:
         scene_channels(src, elevation=False, source=str(scene_path))
-        moments = _streamed_moments(src, strip_rows)
+        moments = _streamed_moments(src, sub_rows)
     if moments["count"] == 0:
         raise NormalisationError(f"{scene_path}: the scene has no valid pixel to compute {spec['name']} statistics")
     log.info("%s: %s statistics over %d valid pixels", scene_path, spec["name"], moments["count"])
     return _sigma_clip_statistics(spec, moments, str(scene_path))
 
 
-def _streamed_moments(src: rasterio.DatasetReader, strip_rows: int) -> dict:
-    """Count, mean, M2 (sum of squared deviations), min and max per band over the valid pixels (Chan's merge)."""
+def _streamed_moments(src: rasterio.DatasetReader, sub_rows: int) -> dict:
+    """Count, mean, M2 (sum of squared deviations), min and max per band over the valid pixels, block row by
+    block row and `sub_rows` rows at a time (Chan's parallel merge)."""
     count, mean = 0, np.zeros(src.count)
     m2, low, high = np.zeros(src.count), np.full(src.count, np.inf), np.full(src.count, -np.inf)
-    for window in row_strips(src.height, src.width, strip_rows):
-        raw = src.read(window=window)
-        valid = np.all(raw != NODATA, axis=0)
-        n = int(valid.sum())
-        if n == 0:
-            continue
-        values = raw[:, valid].astype(np.float64)
-        strip_mean = values.mean(axis=1)
-        strip_m2 = ((values - strip_mean[:, None]) ** 2).sum(axis=1)
-        delta = strip_mean - mean
-        total = count + n
-        mean = mean + delta * n / total
-        m2 = m2 + strip_m2 + delta**2 * count * n / total
-        count = total
-        low, high = np.minimum(low, values.min(axis=1)), np.maximum(high, values.max(axis=1))
+    for window in block_strips(src):
+        block = src.read(window=window)
+        for rows in sub_strips(window.height, sub_rows):
+            raw = block[:, rows]
+            valid = np.all(raw != NODATA, axis=0)
+            n = int(valid.sum())
+            if n == 0:
+                continue
+            values = raw[:, valid].astype(np.float64)
+            strip_mean = values.mean(axis=1)
+            strip_m2 = ((values - strip_mean[:, None]) ** 2).sum(axis=1)
+            delta = strip_mean - mean
+            total = count + n
+            mean = mean + delta * n / total
+            m2 = m2 + strip_m2 + delta**2 * count * n / total
+            count = total
+            low, high = np.minimum(low, values.min(axis=1)), np.maximum(high, values.max(axis=1))
     return {"count": count, "mean": mean, "m2": m2, "min": low, "max": high}
 
 

@@ -19,7 +19,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import rasterio
-from rasterio.windows import Window
 from tqdm import tqdm
 
 import snowcloud
@@ -55,10 +54,10 @@ def file_identity(path: str | Path) -> dict:
     return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "blake2b": digest.hexdigest()}
 
 
-def valid_mask(src: rasterio.DatasetReader, channels: int, strip_rows: int = 128) -> np.ndarray:
-    """bool (H, W): pixels where every one of the first `channels` bands holds data, read strip by strip."""
+def valid_mask(src: rasterio.DatasetReader, channels: int) -> np.ndarray:
+    """bool (H, W): pixels where every one of the first `channels` bands holds data, read block row by block row."""
     valid = np.empty((src.height, src.width), dtype=bool)
-    for window in normalisation.row_strips(src.height, src.width, strip_rows):
+    for window in normalisation.block_strips(src):
         rows = slice(window.row_off, window.row_off + window.height)
         strip = src.read(indexes=list(range(1, channels + 1)), window=window)
         np.all(strip != normalisation.NODATA, axis=0, out=valid[rows])
@@ -144,8 +143,9 @@ def patch_batches(
 ) -> Iterator[tuple[int, np.ndarray]]:  # fmt: skip
     """(first index, float16 (n, C, P, P)) batches of normalised patches at `origins` (sorted by row).
 
-    A float16 buffer holds the normalised scene rows [top, top + rows); rows are appended block by block as the
-    origins move down and dropped once no later patch needs them, so each scene row is normalised once.
+    A float16 buffer holds the normalised scene rows [top, top + rows); rows are appended up to the end of a
+    block row of the raster as the origins move down, and dropped once no later patch needs them, so each scene
+    row is read and normalised once. `block_rows` of patch top rows are cut per buffer extension.
     """
     buffer = np.empty((channels, 0, src.width), dtype=np.float16)
     top = 0
@@ -160,24 +160,28 @@ def patch_batches(
             buffer, top = buffer[:, first_row - top :], first_row
         end = top + buffer.shape[1]
         if needed_end > end:
-            rows = max(needed_end - end, min(block_rows, src.height - end))
-            buffer = np.concatenate([buffer, normalised_rows(src, spec, statistics, channels, end, rows)], axis=1)
+            block_height = src.block_shapes[0][0]
+            read_end = min(-(-needed_end // block_height) * block_height, src.height)
+            buffer = np.concatenate([buffer, normalised_rows(src, spec, statistics, channels, end, read_end)], axis=1)
         yield start, np.stack([buffer[:, r - top : r - top + size, c : c + size] for r, c in origins[start:stop]])
         start = stop
 
 
 def normalised_rows(
-    src: rasterio.DatasetReader, spec: dict, statistics: dict, channels: int, top: int, rows: int
+    src: rasterio.DatasetReader, spec: dict, statistics: dict, channels: int, top: int, bottom: int
 ) -> np.ndarray:
-    """float16 (C, rows, W): scene rows top..top+rows normalised, STRIP_ROWS at a time (bounded temporaries)."""
-    out = np.empty((channels, rows, src.width), dtype=np.float16)
-    for window in normalisation.row_strips(rows, src.width, STRIP_ROWS):
-        window = Window(0, top + window.row_off, src.width, window.height)
-        values, valid = normalisation.read_scene_window(src, window, channels)
-        source = f"{src.name} rows {window.row_off}..{window.row_off + window.height}"
-        out[:, window.row_off - top : window.row_off - top + window.height] = normalisation.apply(
-            spec, values, valid, statistics, source=source
-        )
+    """float16 (C, bottom - top, W): scene rows top..bottom, read block row by block row and normalised
+    STRIP_ROWS rows at a time (bounded float32 temporaries)."""
+    out = np.empty((channels, bottom - top, src.width), dtype=np.float16)
+    for window in normalisation.block_strips(src, top, bottom):
+        raw = src.read(indexes=list(range(1, channels + 1)), window=window)
+        for rows in normalisation.sub_strips(window.height, STRIP_ROWS):
+            first = window.row_off + rows.start
+            source = f"{src.name} rows {first}..{first + rows.stop - rows.start}"
+            values, valid = normalisation.values_and_valid(raw[:, rows])
+            out[:, first - top : first - top + values.shape[1]] = normalisation.apply(
+                spec, values, valid, statistics, source=source
+            )
     return out
 
 
