@@ -230,3 +230,4 @@ def test_block_strips_cover_the_rows_cut_at_block_rows(tmp_path, rng):
         part = [(w.row_off, w.height) for w in normalisation.block_strips(src, 10, 130)]
     assert whole == [(0, 64, 20), (64, 64, 20), (128, 22, 20)]
     assert part == [(10, 54), (64, 64), (128, 2)]
+    assert [(w.row_off, w.height) for w in normalisation.row_strips(150, 20, 64)] == [(0, 64), (64, 64), (128, 22)]

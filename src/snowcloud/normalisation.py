@@ -243,6 +243,13 @@ def normalise_scene_window(
     return apply(spec, values, valid, statistics, source=f"{src.name} {window}"), valid
 
 
+def row_strips(height: int, width: int, rows: int) -> Iterator[Window]:
+    """Full-width windows of `rows` rows covering a raster top to bottom (see :func:`block_strips` for reads of
+    a tiled multi-band scene raster)."""
+    for row in range(0, height, rows):
+        yield Window(0, row, width, min(rows, height - row))
+
+
 def block_strips(src: rasterio.DatasetReader, top: int = 0, bottom: int | None = None) -> Iterator[Window]:
     """Full-width windows covering rows top..bottom, cut at the raster's block rows.
 
