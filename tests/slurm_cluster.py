@@ -68,6 +68,19 @@ def unavailable_reason() -> str | None:
         return "starting slurmctld/slurmd with SlurmUser=root needs root"
     if SLURM_CONF.exists() and MARKER not in SLURM_CONF.read_text():
         return f"{SLURM_CONF} already exists and was not written by these tests: not touching a real cluster"
+    other = recorded_cluster()
+    if other and daemon_pid(other.root / "slurmctld.pid"):
+        return f"the test cluster of another test session is running (state in {other.root})"
+    return None
+
+
+def recorded_cluster() -> SlurmCluster | None:
+    """The test cluster that /etc/slurm/slurm.conf was written for, if these tests wrote it."""
+    if not SLURM_CONF.exists() or MARKER not in SLURM_CONF.read_text():
+        return None
+    for line in SLURM_CONF.read_text().splitlines():
+        if line.startswith("StateSaveLocation="):
+            return SlurmCluster(root=Path(line.split("=", 1)[1]).parent)
     return None
 
 
@@ -94,10 +107,23 @@ def process_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def stop_process(pid_file: Path, timeout: float = 15.0) -> None:
-    """SIGTERM the daemon named by a PID file, then SIGKILL it if it is still there after `timeout` s."""
+def daemon_pid(pid_file: Path) -> int | None:
+    """The PID in a daemon's PID file while that daemon (named like the file) runs; None otherwise, also when
+    the PID now belongs to another program."""
     pid = read_pid(pid_file)
     if pid is None or not process_alive(pid):
+        return None
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+    return pid if name == pid_file.stem else None
+
+
+def stop_daemon(pid_file: Path, timeout: float = 15.0) -> None:
+    """SIGTERM the daemon named by a PID file, then SIGKILL it if it is still there after `timeout` s."""
+    pid = daemon_pid(pid_file)
+    if pid is None:
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -160,6 +186,7 @@ class SlurmCluster:
     def start(self, timeout: float = 60.0) -> None:
         reason = unavailable_reason()
         if reason:
+            shutil.rmtree(self.root, ignore_errors=True)
             raise SlurmUnavailable(reason)
         stop_stale_cluster()
         began = time.perf_counter()
@@ -228,11 +255,11 @@ class SlurmCluster:
     def stop(self) -> None:
         """Cancel every job, stop slurmd, slurmctld and munged by their PID files, remove the configuration."""
         ours = SLURM_CONF.exists() and str(self.root) in SLURM_CONF.read_text()
-        if ours and process_alive(read_pid(self.root / "slurmctld.pid") or -1):
+        if ours and daemon_pid(self.root / "slurmctld.pid"):
             run_slurm("scancel", "--full", "--user=root", check=False)
             wait_until(lambda: not run_slurm("squeue", "--noheader", "--format=%i", check=False).strip(), 60)
         for pid_file in self.pid_files:
-            stop_process(pid_file)
+            stop_daemon(pid_file)
         if ours:
             SLURM_CONF.unlink()
         shutil.rmtree(self.root, ignore_errors=True)
@@ -284,13 +311,12 @@ def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 
 
 
 def stop_stale_cluster() -> None:
-    """Stop an earlier test cluster that was left running (a killed test session), found from its slurm.conf."""
-    if not SLURM_CONF.exists() or MARKER not in SLURM_CONF.read_text():
-        return
-    for line in SLURM_CONF.read_text().splitlines():
-        if line.startswith("StateSaveLocation="):
-            SlurmCluster(root=Path(line.split("=", 1)[1]).parent).stop()
-    SLURM_CONF.unlink(missing_ok=True)
+    """Clean up after a test cluster whose session was killed: its leftover daemons, configuration and files."""
+    stale = recorded_cluster()
+    if stale:
+        stale.stop()
+    if SLURM_CONF.exists() and MARKER in SLURM_CONF.read_text():
+        SLURM_CONF.unlink()
 
 
 _SHARED: list[SlurmCluster] = []

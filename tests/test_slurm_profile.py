@@ -106,8 +106,8 @@ def job_details(job_id: int) -> dict[str, str]:
 @pytest.mark.workflow
 def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster: SlurmCluster, tmp_path):
     workdir = tmp_path / "work"
-    # Enough epochs that the training job is still running when the test cancels it after the first one.
-    write_config(workdir, tiny_config({"experiments": {"demo": {"training": {"epochs": 4}}}}))
+    # Small batches and enough epochs that the training is still running when it is cancelled after epoch 1.
+    write_config(workdir, tiny_config({"experiments": {"demo": {"training": {"epochs": 6, "batch_size": 4}}}}))
     profile = site_profile(tmp_path / "profile")
     first_job = slurm_cluster.max_job_id()
     command = [
@@ -128,7 +128,7 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster: SlurmCluste
     def running_train_job() -> SlurmJob | None:
         return next((j for j in slurm_cluster.jobs(first_job) if j.rule == "train" and j.state == "RUNNING"), None)
 
-    assert wait_until(lambda: state.exists() and running_train_job() is not None or run.poll() is not None, 600)
+    assert wait_until(lambda: state.exists() and running_train_job() is not None or run.poll() is not None, 600, 0.2)
     assert run.poll() is None, f"snakemake ended before training saved a state:\n{output()[-4000:]}"
     cancelled = running_train_job()
     run_slurm("scancel", str(cancelled.id))
