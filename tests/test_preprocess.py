@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import rasterio.shutil
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.warp import transform, transform_bounds
@@ -13,6 +14,7 @@ from safe_factory import band_shape, constant_bands, make_product
 
 from snowcloud import preprocess
 from snowcloud.bands import BANDS, RESOLUTION_M
+from snowcloud.cog import average_2x2, write_cog
 from snowcloud.config import ConfigError
 from snowcloud.demo.landscape import Landscape
 from snowcloud.demo.tiles import tile_grid
@@ -168,7 +170,7 @@ def test_scene_raster_is_a_cog_with_names_scales_and_provenance(tmp_path, tiny_d
     preprocess_scene(product.path, tiny_demo["dem"].format(tile="32TNS"), output, {"resampling": "cubic"})
     with rasterio.open(output) as scene:
         assert scene.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
-        assert scene.compression.name == "zstd" and scene.is_tiled
+        assert scene.compression.name == "zstd" and scene.block_shapes[0] == (512, 512)
         assert scene.dtypes == ("int16",) * 14 and scene.nodatavals == (NODATA,) * 14
         assert scene.descriptions == (*BANDS, "ELEVATION")
         assert scene.scales == (1e-4,) * 13 + (1.0,)
@@ -331,3 +333,37 @@ def test_a_failure_leaves_neither_output_nor_temporary_files(tmp_path, tiny_demo
     with pytest.raises(KeyboardInterrupt):
         preprocess_scene(tiny_demo["products"][("32TNS", "20211208T102421")].path, None, output, NO_DEM)
     assert list(output.parent.iterdir()) == []
+
+
+def test_average_overviews_match_gdal_and_skip_no_data():
+    values = np.array([[[1, 2, 5, NODATA, 7], [3, 4, 6, 8, 9], [NODATA, NODATA, 10, 11, 12]]], dtype=np.int16)
+    mean = average_2x2(values, NODATA)
+    # 2 x 2 blocks: (1+2+3+4)/4 = 2.5 -> 3; (5+6+8)/3 = 6.33 -> 6; (7+9)/2 = 8; bottom row: none; (10+11)/2; 12.
+    np.testing.assert_array_equal(mean, [[[3, 6, 8], [NODATA, 11, 12]]])
+
+
+def test_scene_overviews_are_gdal_averages(tmp_path, tiny_demo):
+    product = tiny_demo["products"][("32TNS", "20220201T102209")].path
+    output = tmp_path / "scene.tif"
+    preprocess_scene(product, None, output, {"dem": False, "block_rows": 60})
+    with rasterio.open(output) as scene:
+        base = scene.read()
+        assert scene.overviews(1) == []  # 120 pixels fit in one 512 block
+    stack = tmp_path / "stack.tif"
+    with rasterio.open(output) as scene:
+        profile = dict(scene.profile, driver="GTiff", tiled=False, blockysize=8, compress=None)
+        profile.pop("blockxsize")
+        wide = np.concatenate([base] * 5, axis=2)  # 120 x 600: one overview level
+        with rasterio.open(stack, "w", **dict(profile, width=600)) as out:
+            out.write(wide)
+            out.update_tags(**scene.tags())
+            out.descriptions = scene.descriptions
+    write_cog(stack, tmp_path / "ours.tif", NODATA, True, 1, COMPRESS="ZSTD", BLOCKSIZE=512)
+    rasterio.shutil.copy(stack, tmp_path / "gdal.tif", driver="COG", COMPRESS="ZSTD", BLOCKSIZE=512, OVERVIEW_RESAMPLING="AVERAGE")
+    with rasterio.open(tmp_path / "ours.tif", overview_level=0) as ours, rasterio.open(tmp_path / "gdal.tif", overview_level=0) as gdal:
+        assert ours.shape == gdal.shape == (60, 300)
+        assert np.abs(ours.read().astype(int) - gdal.read()).max() <= 1  # rounding of negative means
+    with rasterio.open(tmp_path / "ours.tif") as ours:
+        assert ours.tags()["PRODUCT"] == product.name.removesuffix(".zip") and ours.descriptions[0] == "B01"
+        assert ours.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gdal.tif", "ours.tif", "scene.tif", "stack.tif"]

@@ -10,23 +10,24 @@ is missing). The work is done in strips of `block_rows` 10 m rows, so memory doe
    histograms (np.bincount over the int16 values of valid pixels) are gathered on the way when clipping;
 2. clipping (percentile / sigma) limits come from those histograms: statistics of the 10 m values of the
    whole scene, exact, and without decoding the JP2 files twice; the temporary file is clipped in place;
-3. GDAL's COG driver turns the temporary file into the tiled, compressed COG with overviews, under a
-   temporary name that is renamed to the output at the end.
+3. average overviews are made from it in numpy (snowcloud.cog), and GDAL's COG driver turns it into the
+   tiled, compressed COG with those overviews, under a temporary name renamed to the output at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import rasterio
-import rasterio.shutil
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
@@ -37,6 +38,7 @@ from tqdm import tqdm
 import snowcloud
 from snowcloud.atomic import atomic_output
 from snowcloud.bands import BANDS, RESOLUTION_M, channel_names
+from snowcloud.cog import write_cog
 from snowcloud.config import load_schema, validate_config
 from snowcloud.resample import MARGIN, pad_edges, phase_taps, upsample
 from snowcloud.safe import SafeProduct, open_safe
@@ -48,7 +50,10 @@ VALUE_RANGE = (-32767, 32767)  # valid values saturate here; -32768 is reserved 
 HISTOGRAM_SIZE = 65536  # one bin per int16 value
 COG_BLOCK_SIZE = 512
 ZSTD_LEVEL = 1  # 5x faster than GDAL's default 9 for ~10 % larger files (with the horizontal predictor)
-GDAL_CACHE_MB = 512  # holds the JP2 tiles a strip shares with the next one, so none is decoded twice
+# GDAL's block cache must hold the JP2 tiles a strip shares with the next one (one 1024-row tile row of all
+# 13 bands of a full tile: 170 MB) beside the tiles being decoded, or they are decoded twice (256 MB is too
+# little, 384 MB enough on a full tile; the margin is for the output and DEM). rasterio takes bytes.
+GDAL_CACHE_BYTES = 512 * 2**20
 COVERAGE_CHECK_PIXELS = 512  # the DEM pre-check samples the tile on a grid of about this many pixels a side
 
 
@@ -70,7 +75,7 @@ def preprocess_scene(safe, dem: str | None, output, options: dict, threads: int 
     product = open_safe(safe)
     if options["dem"] and not dem:
         raise PreprocessError(f"preprocess.dem is on but no DEM was given for {product.path}")
-    with rasterio.Env(GDAL_NUM_THREADS=str(threads), GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+    with rasterio.Env(GDAL_NUM_THREADS=str(threads), GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
         elevation = DemOnGrid(dem, product, options, threads) if options["dem"] else None
         with atomic_output(output) as final:
             stack = final.with_name(f"{final.stem}.strips.tif")
@@ -172,49 +177,48 @@ def _write_strips(product: SafeProduct, elevation: DemOnGrid | None, path: Path,
     summary = StripSummary(pixels=product.width * product.height)
     if want_histograms:
         summary.histograms = {band: np.zeros(HISTOGRAM_SIZE, dtype=np.int64) for band in BANDS}
-    sources = {}
-    try:
-        for band in BANDS:
-            sources[band] = rasterio.open(product.band_paths[band])
-        with rasterio.open(path, "w", **profile) as out:
-            rows_iter = range(0, product.height, block_rows)
-            for row in tqdm(rows_iter, desc=f"preprocess {product.tile} {product.date}", unit="strip", disable=None):
-                rows = min(block_rows, product.height - row)
-                stack, valid = _strip(product, sources, taps, row, rows)
-                if elevation is not None:
-                    heights = elevation.strip(row, rows)
-                    covered = ~np.isnan(heights)
-                    summary.dem_missing += int((~covered).sum())
-                    valid &= covered
-                    stack = np.concatenate([stack, np.clip(np.rint(np.nan_to_num(heights)), *VALUE_RANGE).astype(np.int16)[None]])
-                stack[:, ~valid] = NODATA
-                summary.valid += int(valid.sum())
-                for band, values in zip(BANDS, stack) if want_histograms else ():
-                    summary.histograms[band] += np.bincount(values[valid].astype(np.int64) - NODATA, minlength=HISTOGRAM_SIZE)
-                out.write(stack, window=Window(0, row, product.width, rows))
-    finally:
-        for source in sources.values():
-            source.close()
+    buffer = np.empty((len(names), min(block_rows, product.height), product.width), dtype=np.int16)
+    with contextlib.ExitStack() as stack:
+        sources = {band: stack.enter_context(rasterio.open(product.band_paths[band])) for band in BANDS}
+        out = stack.enter_context(rasterio.open(path, "w", **profile))
+        pool = stack.enter_context(ThreadPoolExecutor(threads))
+        strips = range(0, product.height, block_rows)
+        for row in tqdm(strips, desc=f"preprocess {product.tile} {product.date}", unit="strip", disable=None):
+            rows = min(block_rows, product.height - row)
+            values = buffer[:, :rows]
+            valid = np.ones((rows, product.width), dtype=bool)
+            for band_valid in pool.map(lambda index: _fill_band(product, sources, taps, row, rows, index, values[index]), range(len(BANDS))):
+                valid &= band_valid
+            if elevation is not None:
+                heights = elevation.strip(row, rows)
+                covered = ~np.isnan(heights)
+                summary.dem_missing += int((~covered).sum())
+                valid &= covered
+                values[-1] = np.clip(np.rint(np.nan_to_num(heights)), *VALUE_RANGE)
+            np.copyto(values, np.int16(NODATA), where=~valid)
+            summary.valid += int(valid.sum())
+            if want_histograms:
+                for band, band_values in zip(BANDS, values):
+                    summary.histograms[band] += np.bincount(band_values[valid].astype(np.int64) - NODATA, minlength=HISTOGRAM_SIZE)
+            out.write(values, window=Window(0, row, product.width, rows))
     return summary
 
 
-def _strip(product: SafeProduct, sources: dict, taps: dict, row: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """The 13 bands of one strip on the 10 m grid as int16 (offset applied, saturated), and where all are valid."""
-    stack = np.empty((len(BANDS), rows, product.width), dtype=np.int16)
-    valid = np.ones((rows, product.width), dtype=bool)
-    for index, band in enumerate(BANDS):
-        k = RESOLUTION_M[band] // 10
-        dn, band_valid = _read_band(product, sources[band], band, row // k, rows // k, margin=MARGIN if k > 1 else 0)
-        if k == 1:
-            values = dn.astype(np.int32)
-        else:
-            values = np.rint(upsample(dn, band_valid, k, taps[k]))
-            band_valid = np.repeat(np.repeat(band_valid[MARGIN:-MARGIN, MARGIN:-MARGIN], k, axis=0), k, axis=1)
-        values += product.offsets[band]
-        np.clip(values, *VALUE_RANGE, out=values)
-        stack[index] = values
-        valid &= band_valid
-    return stack, valid
+def _fill_band(product: SafeProduct, sources: dict, taps: dict, row: int, rows: int, index: int, out: np.ndarray) -> np.ndarray:
+    """One band of a strip on the 10 m grid into `out` (int16, offset applied, saturated); returns where it is
+    valid. Bands run in parallel threads: GDAL decoding and the numpy work release the GIL."""
+    band = BANDS[index]
+    k = RESOLUTION_M[band] // 10
+    dn, valid = _read_band(product, sources[band], band, row // k, rows // k, margin=MARGIN if k > 1 else 0)
+    if k == 1:
+        values = dn.astype(np.int32)
+    else:
+        values = np.rint(upsample(dn, valid, k, taps[k]))
+        valid = np.repeat(np.repeat(valid[MARGIN:-MARGIN, MARGIN:-MARGIN], k, axis=0), k, axis=1)
+    values += product.offsets[band]
+    np.clip(values, *VALUE_RANGE, out=values)
+    out[...] = values
+    return valid
 
 
 def _read_band(product: SafeProduct, source, band: str, first: int, count: int, margin: int) -> tuple[np.ndarray, np.ndarray]:
@@ -310,12 +314,8 @@ def _describe(dataset, product: SafeProduct, elevation: DemOnGrid | None, option
 
 
 def _write_cog(source: Path, target: Path, options: dict, threads: int) -> None:
-    """Pass 3: the temporary GeoTIFF as a tiled, compressed Cloud Optimized GeoTIFF."""
-    settings = dict(
-        COMPRESS=options["compress"].upper(), PREDICTOR="YES", BLOCKSIZE=COG_BLOCK_SIZE, NUM_THREADS=str(threads),
-        OVERVIEWS="AUTO" if options["overviews"] else "NONE", OVERVIEW_RESAMPLING="AVERAGE", BIGTIFF="IF_SAFER",
-    )  # fmt: skip
+    """Pass 3: the temporary GeoTIFF as a tiled, compressed Cloud Optimized GeoTIFF (average overviews)."""
+    creation = dict(COMPRESS=options["compress"].upper(), PREDICTOR="YES", BLOCKSIZE=COG_BLOCK_SIZE, BIGTIFF="IF_SAFER")
     if options["compress"] == "zstd":
-        settings["LEVEL"] = ZSTD_LEVEL
-    rasterio.shutil.copy(source, target, driver="COG", **settings)
-
+        creation["LEVEL"] = ZSTD_LEVEL
+    write_cog(source, target, NODATA, options["overviews"], threads, **creation)

@@ -75,20 +75,49 @@ def upsample_axis(values: np.ndarray, factor: int, taps: list[list[tuple[int, fl
 
 def upsample(values: np.ndarray, valid: np.ndarray, factor: int, taps: list[list[tuple[int, float]]]) -> np.ndarray:
     """Upsample a native window with MARGIN extra pixels on all four sides to float32 (rows * k, cols * k),
-    computing each output pixel from valid input only (see the module docstring)."""
+    computing each output pixel from valid input only (see the module docstring).
 
-    def separable(array: np.ndarray) -> np.ndarray:
-        return upsample_axis(upsample_axis(array, factor, taps, axis=1), factor, taps, axis=0)
-
+    The plain kernel runs everywhere; the columns whose kernel reaches invalid input (a swath edge crosses a
+    strip in a narrow band of columns) are then recomputed with the renormalised kernel, run by run.
+    """
+    out = _separable(values.astype(np.float32), factor, taps)
     if valid.all():
-        return separable(values.astype(np.float32))
-    weighted = separable(np.where(valid, values, 0).astype(np.float32))
-    weight = separable(valid.astype(np.float32))
+        return out
+    for first, last in _runs(_columns_to_fix(valid)):
+        columns = slice(first, last + 2 * MARGIN)  # native columns, margins included
+        fixed = _renormalised(values[:, columns], valid[:, columns], factor, taps)
+        out[:, first * factor : last * factor] = fixed
+    return out
+
+
+def _separable(array: np.ndarray, factor: int, taps: list[list[tuple[int, float]]]) -> np.ndarray:
+    return upsample_axis(upsample_axis(array, factor, taps, axis=1), factor, taps, axis=0)
+
+
+def _renormalised(values: np.ndarray, valid: np.ndarray, factor: int, taps: list[list[tuple[int, float]]]) -> np.ndarray:
+    """The kernel over valid taps only, weights renormalised; nearest where they carry too little weight."""
+    weighted = _separable(np.where(valid, values, 0).astype(np.float32), factor, taps)
+    weight = _separable(valid.astype(np.float32), factor, taps)
     inner = values[MARGIN:-MARGIN, MARGIN:-MARGIN].astype(np.float32)
     nearest = np.repeat(np.repeat(inner, factor, axis=0), factor, axis=1)
     enough = weight >= MIN_VALID_WEIGHT
     np.divide(weighted, weight, out=weighted, where=enough)
     return np.where(enough, weighted, nearest)
+
+
+def _columns_to_fix(valid: np.ndarray) -> np.ndarray:
+    """For each inner native column: does its kernel (MARGIN columns either side, all rows) hold both valid
+    and invalid pixels? Columns with only invalid input give no-data pixels anyway."""
+    reach = 2 * MARGIN + 1
+    any_invalid = np.convolve((~valid).any(axis=0), np.ones(reach), mode="valid") > 0
+    any_valid = np.convolve(valid.any(axis=0), np.ones(reach), mode="valid") > 0
+    return any_invalid & any_valid
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last + 1) of each run of True."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
 
 
 def pad_edges(values: np.ndarray, before: int, after: int, margin: int) -> np.ndarray:

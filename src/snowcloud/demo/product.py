@@ -34,7 +34,7 @@ from snowcloud.inventory import Product
 log = logging.getLogger(__name__)
 
 GENERATION_ROWS = 366  # 10 m rows rendered at once (a multiple of 6); it fixes the random streams: keep it
-GDAL_CACHE_MB = 256  # bounds the blocks GDAL keeps while the temporary band files are written
+GDAL_CACHE_BYTES = 256 * 2**20  # bounds the blocks GDAL keeps while the temporary band files are written (rasterio takes bytes)
 JP2_OPTIONS = dict(QUALITY=100, REVERSIBLE="YES", YCC="NO", BLOCKXSIZE=1024, BLOCKYSIZE=1024)
 LABEL_CLOUD = 2
 
@@ -68,7 +68,7 @@ def write_scene(
     scene.product.path.parent.mkdir(parents=True, exist_ok=True)
     label_output = atomic_output(label_path) if label_path is not None else contextlib.nullcontext(None)
     with tempfile.TemporaryDirectory(dir=scene.product.path.parent, prefix=".demo-") as tmp, label_output as label_tmp:
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
             band_files, counts = _render_bands(scene, landscape, Path(tmp), label_tmp)
         write_safe(scene.product.path, _product_info(scene, counts), band_files, zipped, gdal_threads)
 
