@@ -165,6 +165,33 @@ def direct_versus_slicing(path: Path, n: int) -> tuple[float, float]:
     return rates[0], rates[1]
 
 
+def write_large_scene(root: Path, side: int, rows: int = 512) -> tuple[Path, Path]:
+    """A side x side scene raster (14 bands, tiled zstd GeoTIFF) and its label, written block by block."""
+    scene = root / "results" / "scenes" / "32TNS" / "20210720T101559.tif"
+    label = root / "labels" / "20210720T101559.tif"
+    scene.parent.mkdir(parents=True)
+    label.parent.mkdir(parents=True)
+    common = {"driver": "GTiff", "height": side, "width": side, "crs": "EPSG:32632", "tiled": True,
+              "blockxsize": 512, "blockysize": 512, "compress": "zstd",
+              "transform": Affine(10, 0, 499980, 0, -10, 5200020)}  # fmt: skip
+    rng = np.random.default_rng(0)
+    with rasterio.open(scene, "w", dtype="int16", count=14, nodata=normalisation.NODATA, **common) as dst, \
+            rasterio.open(label, "w", dtype="uint8", count=1, **common) as labels:  # fmt: skip
+        dst.descriptions = [*BANDS, ELEVATION]
+        xx = np.arange(side)[None, :] / 700
+        for top in range(0, side, rows):
+            height = min(rows, side - top)
+            yy = np.arange(top, top + height)[:, None] / 700
+            bright = np.sin(3 * yy) + np.cos(2 * xx) > 0.6
+            bands = np.where(bright, 8000, 900)[None] + rng.integers(-300, 300, (13, height, side))
+            dem = (800 + 900 * yy + 300 * xx).astype(np.int16)
+            window = Window(0, top, side, height)
+            dst.write(np.concatenate([bands, np.broadcast_to(dem, (1, height, side))]).astype(np.int16), window=window)
+            classes = bright.astype(np.uint8) + (np.sin(9 * yy + xx) > 0.99) * 2
+            labels.write(classes.astype(np.uint8)[None], window=window)
+    return scene, label
+
+
 BUILD = """
 import json, resource, sys, time
 from snowcloud import shards
