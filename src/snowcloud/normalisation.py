@@ -2,10 +2,10 @@
 
 A spec is a JSON-serialisable dict ``{"name", "version", ...constants}`` from :func:`spec`. It is stored in every
 shard and checkpoint; :func:`apply` reads the constants from the dict it is given, so a stored spec is applied
-exactly as stored. Methods that need per-scene statistics get them from :func:`scene_statistics` (streamed over
-the scene in row strips, bounded memory); the others get ``{}``. Every method maps invalid pixels to 0 and never
-returns NaN, inf or a value outside the float16 range (checked, with the source named). docs/normalisation.md
-describes each spec, its constants and the thesis commits that use it.
+exactly as stored. Methods that need per-scene statistics get them from :func:`scene_statistics` (streamed
+over the scene block row by block row, bounded memory); the others get ``{}``. Every method maps invalid
+pixels to 0 and never returns NaN, inf or a value outside the float16 range (checked, with the source named).
+docs/normalisation.md describes each spec, its constants and the thesis commits that use it.
 """
 
 from __future__ import annotations
@@ -273,9 +273,9 @@ def sub_strips(rows: int, step: int) -> Iterator[slice]:
 
 
 def scene_statistics(spec: dict, scene_path: str | Path, sub_rows: int = 64) -> dict:
-    """Per-scene statistics the spec needs, over the valid pixels of the scene, computed strip by strip; {} when
-    the method has fixed constants. sigma-clip: per band mean, std, min, max and the clip bounds low/high,
-    plus the elevation maximum when the scene has an elevation band."""
+    """Per-scene statistics the spec needs, over the valid pixels of the scene, computed block row by block
+    row; {} when the method has fixed constants. sigma-clip: per band mean, std, min, max and the clip bounds
+    low/high, plus the elevation maximum when the scene has an elevation band."""
     _method(spec)
     if spec["name"] not in NEEDS_STATISTICS:
         return {}
