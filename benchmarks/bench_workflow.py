@@ -64,15 +64,7 @@ def run_on_slurm(root: Path, config: dict) -> dict[str, float]:
     return {"start": cluster.start_seconds, "wall": wall, "jobs": len(jobs), "stop": stop_seconds}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=("tiny", "default"), default="tiny")
-    parser.add_argument("--cores", type=int, default=2, help="--cores of the local run")
-    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
-    args = parser.parse_args()
-    config = configuration(args.config)
-    root = args.keep or Path(tempfile.mkdtemp(prefix="bench-workflow-"))
-    root.mkdir(parents=True, exist_ok=True)
+def measure(config: dict, args: argparse.Namespace, root: Path) -> None:
     demo = config["demo"]
     print(f"demo workflow ({args.config}): {len(demo['tiles'])} tile(s) x {len(demo['dates'])} dates, "
           f"{demo['size']} px, {config['experiments']['demo']['training']['epochs']} epochs; work in {root}")  # fmt: skip
@@ -94,6 +86,20 @@ def main() -> None:
     print(f"extra time per job    : {per_job:8.1f} s (submission, status polling, Snakemake start-up in the job)")
     print(f"Slurm start-up        : {slurm['start']:8.2f} s (munged, slurmctld, slurmd until the node is idle)")
     print(f"Slurm shut-down       : {slurm['stop']:8.2f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=("tiny", "default"), default="tiny")
+    parser.add_argument("--cores", type=int, default=2, help="--cores of the local run")
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
+    args = parser.parse_args()
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        measure(configuration(args.config), args, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-workflow-") as root:
+            measure(configuration(args.config), args, Path(root))
 
 
 if __name__ == "__main__":
