@@ -288,6 +288,7 @@ def test_dem_not_covering_the_tile_is_refused_with_the_missing_share(tmp_path):
     assert (values[:, uncovered] == NODATA).all() and (values[:, ~uncovered] == 500).any()
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_unreadable_dem_and_dem_without_crs_are_named(tmp_path):
     safe = make_product(tmp_path, constant_bands(12))
     not_a_raster = tmp_path / "dem.tif"

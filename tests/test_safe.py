@@ -4,6 +4,7 @@ import zipfile
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 from safe_factory import band_shape, constant_bands, make_product
 
 from snowcloud.bands import BANDS
@@ -26,7 +27,7 @@ def rezip(source, target, drop=(), replace=None, compression=None):
 
 def jp2_bytes(tmp_path, shape, crs="EPSG:32632", transform=None):
     path = tmp_path / "replacement.jp2"
-    transform = transform or rasterio.transform.from_origin(499980, 5200020, 20, 20)
+    transform = transform or Affine(20, 0, 499980, 0, -20, 5200020)
     with rasterio.open(
         path, "w", driver="JP2OpenJPEG", width=shape[1], height=shape[0], count=1, dtype="uint16", crs=crs,
         transform=transform, QUALITY=100, REVERSIBLE="YES",
@@ -136,7 +137,7 @@ def test_band_of_wrong_size_or_crs_is_named(tmp_path):
     wrong_crs = rezip(product, tmp_path / "crs.zip", replace={"_B11.jp2": jp2_bytes(tmp_path, band_shape("B11", size), crs="EPSG:32633")})
     with pytest.raises(SafeError, match=r"crs.zip: band B11 is in EPSG:32633, B02 in EPSG:32632"):
         open_safe(wrong_crs)
-    shifted = rasterio.transform.from_origin(499980 + 20, 5200020, 20, 20)
+    shifted = Affine(20, 0, 499980 + 20, 0, -20, 5200020)
     misaligned = rezip(product, tmp_path / "shift.zip", replace={"_B12.jp2": jp2_bytes(tmp_path, band_shape("B12", size), transform=shifted)})
     with pytest.raises(SafeError, match="shift.zip: band B12 is not aligned with B02"):
         open_safe(misaligned)

@@ -198,8 +198,7 @@ def _write_strips(product: SafeProduct, elevation: DemOnGrid | None, path: Path,
             np.copyto(values, np.int16(NODATA), where=~valid)
             summary.valid += int(valid.sum())
             if want_histograms:
-                for band, band_values in zip(BANDS, values):
-                    summary.histograms[band] += np.bincount(band_values[valid].astype(np.int64) - NODATA, minlength=HISTOGRAM_SIZE)
+                _count_values(values, int((~valid).sum()), summary.histograms)
             out.write(values, window=Window(0, row, product.width, rows))
     return summary
 
@@ -233,6 +232,15 @@ def _read_band(product: SafeProduct, source, band: str, first: int, count: int, 
     if margin:
         dn = pad_edges(dn, top - (first - margin), first + count + margin - bottom, margin)
     return dn, dn > 0
+
+
+def _count_values(values: np.ndarray, invalid: int, histograms: dict[str, np.ndarray]) -> None:
+    """Add each band's values to its histogram (bin = value + 32768); the invalid pixels, all -32768, are
+    taken out of bin 0 again (valid values never reach -32768)."""
+    for band, band_values in zip(BANDS, values):
+        counts = np.bincount((band_values.view(np.uint16) ^ 0x8000).ravel(), minlength=HISTOGRAM_SIZE)
+        counts[0] -= invalid
+        histograms[band] += counts
 
 
 def _check_summary(product: SafeProduct, elevation: DemOnGrid | None, summary: StripSummary, options: dict) -> None:
@@ -277,8 +285,10 @@ def _clip_in_place(path: Path, limits: dict[str, tuple[int, int]], block_rows: i
         for row in range(0, dataset.height, block_rows):
             window = Window(0, row, dataset.width, min(block_rows, dataset.height - row))
             values = dataset.read(indexes, window=window)
-            clipped = np.where(values == NODATA, values, np.clip(values, low, high))
-            dataset.write(clipped, indexes=indexes, window=window)
+            invalid = values[0] == NODATA  # no data is the same in every band
+            np.clip(values, low, high, out=values)
+            np.copyto(values, np.int16(NODATA), where=invalid)
+            dataset.write(values, indexes=indexes, window=window)
 
 
 def _describe(dataset, product: SafeProduct, elevation: DemOnGrid | None, options: dict, limits: dict, summary: StripSummary) -> None:
