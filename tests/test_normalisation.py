@@ -200,7 +200,10 @@ def test_scene_channels_checks_the_raster(tmp_path, rng):
         with pytest.raises(NormalisationError, match="s13: elevation is requested but the scene has no ELEVATION"):
             normalisation.scene_channels(src, elevation=True, source="s13")
     bad = tmp_path / "float.tif"
-    with rasterio.open(bad, "w", driver="GTiff", dtype="float32", count=13, height=4, width=4) as dst:
+    transform = Affine(10, 0, ORIGIN[0], 0, -10, ORIGIN[1])
+    with rasterio.open(
+        bad, "w", driver="GTiff", dtype="float32", count=13, height=4, width=4, crs=CRS, transform=transform
+    ) as dst:
         dst.write(np.zeros((13, 4, 4), np.float32))
     with rasterio.open(bad) as src, pytest.raises(NormalisationError, match="not a scene raster"):
         normalisation.scene_channels(src, elevation=False, source=str(bad))
