@@ -30,10 +30,10 @@ log = logging.getLogger(__name__)
 
 FORMAT = "snowcloud-shard/1"
 CLASS_COLUMNS = (*range(len(CLASSES)), IGNORE_INDEX)
-BLOCK_ROWS = 256  # scene rows read ahead (float16 buffer: channels x (BLOCK_ROWS + P) x width x 2 bytes)
+BLOCK_ROWS = 256  # patch corner rows per buffer extension (buffer: C x (BLOCK_ROWS + P + block height) x W x 2 B)
 STRIP_ROWS = 32  # scene rows read and normalised at once (float32 temporaries: a few x channels x 32 x width x 4 B)
 WRITE_BATCH = 64  # patches per HDF5 write
-GDAL_CACHE_MB = 512  # GDAL block cache: holds a row of 512 x 512 tiles of a 14-band 10980-wide scene (161 MB)
+GDAL_CACHE_MB = 256  # GDAL block cache: holds a row of 512 x 512 tiles of a 14-band 10980-wide scene (161 MB)
 IMAGE_COMPRESSION = None  # benchmarks/bench_shards.py: lzf saves little on normalised float16, costs read speed
 JSON_ATTRIBUTES = ("bands", "normalisation", "normalisation_statistics", "sampler", "class_pixel_counts",
                    "class_fraction_mean", "inputs", "scene_shape")  # fmt: skip
@@ -143,37 +143,43 @@ def patch_batches(
 ) -> Iterator[tuple[int, np.ndarray]]:  # fmt: skip
     """(first index, float16 (n, C, P, P)) batches of normalised patches at `origins` (sorted by row).
 
-    A float16 buffer holds the normalised scene rows [top, top + rows); rows are appended up to the end of a
-    block row of the raster as the origins move down, and dropped once no later patch needs them, so each scene
-    row is read and normalised once. `block_rows` of patch top rows are cut per buffer extension.
+    A preallocated float16 buffer holds the normalised scene rows [top, top + filled): rows are added up to the
+    end of a block row of the raster as the origins move down, and dropped once no later patch needs them, so
+    each scene row is read and normalised once. `block_rows` rows of patch corners are served per extension.
     """
-    buffer = np.empty((channels, 0, src.width), dtype=np.float16)
-    top = 0
+    block_height = src.block_shapes[0][0]
+    buffer = np.empty((channels, block_rows + size + block_height, src.width), dtype=np.float16)
+    top = filled = 0
     start = 0
     while start < len(origins):
         first_row = int(origins[start, 0])
         stop = min(int(np.searchsorted(origins[:, 0], first_row + block_rows)), start + batch)
         needed_end = int(origins[start:stop, 0].max()) + size
-        if first_row >= top + buffer.shape[1]:
-            buffer, top = buffer[:, :0], first_row
-        elif first_row > top:
-            buffer, top = buffer[:, first_row - top :], first_row
-        end = top + buffer.shape[1]
-        if needed_end > end:
-            block_height = src.block_shapes[0][0]
+        keep = max(top + filled - first_row, 0)
+        _move_rows_up(buffer, first_row - top, keep)
+        top, filled = first_row, keep
+        if needed_end > top + filled:
             read_end = min(-(-needed_end // block_height) * block_height, src.height)
-            buffer = np.concatenate([buffer, normalised_rows(src, spec, statistics, channels, end, read_end)], axis=1)
+            normalise_rows(src, spec, statistics, top + filled, buffer[:, filled : read_end - top])
+            filled = read_end - top
         yield start, np.stack([buffer[:, r - top : r - top + size, c : c + size] for r, c in origins[start:stop]])
         start = stop
 
 
-def normalised_rows(
-    src: rasterio.DatasetReader, spec: dict, statistics: dict, channels: int, top: int, bottom: int
-) -> np.ndarray:
-    """float16 (C, bottom - top, W): scene rows top..bottom, read block row by block row and normalised
-    STRIP_ROWS rows at a time (bounded float32 temporaries)."""
-    out = np.empty((channels, bottom - top, src.width), dtype=np.float16)
-    for window in normalisation.block_strips(src, top, bottom):
+def _move_rows_up(buffer: np.ndarray, shift: int, keep: int) -> None:
+    """Move buffer rows shift..shift+keep to 0..keep in place, in chunks that do not overlap (no temporary)."""
+    if shift == 0:
+        return
+    for row in range(0, keep, shift):
+        n = min(shift, keep - row)
+        buffer[:, row : row + n] = buffer[:, row + shift : row + shift + n]
+
+
+def normalise_rows(src: rasterio.DatasetReader, spec: dict, statistics: dict, top: int, out: np.ndarray) -> None:
+    """Scene rows top..top + out.shape[1] normalised into `out` (C, rows, W), read block row by block row and
+    normalised STRIP_ROWS rows at a time (bounded float32 temporaries)."""
+    channels = out.shape[0]
+    for window in normalisation.block_strips(src, top, top + out.shape[1]):
         raw = src.read(indexes=list(range(1, channels + 1)), window=window)
         for rows in normalisation.sub_strips(window.height, STRIP_ROWS):
             first = window.row_off + rows.start
@@ -182,7 +188,6 @@ def normalised_rows(
             out[:, first - top : first - top + values.shape[1]] = normalisation.apply(
                 spec, values, valid, statistics, source=source
             )
-    return out
 
 
 def class_counts(patch_labels: np.ndarray) -> np.ndarray:
