@@ -11,7 +11,7 @@ from affine import Affine
 from rasterio.windows import Window
 from test_normalisation import CRS, ORIGIN, synthetic_scene, write_scene
 
-from snowcloud.labels import LabelError, read_label
+from snowcloud.labels import LabelError, read_label, value_counts
 
 def write_label(
     path: Path, values: np.ndarray, resolution: float = 10.0, origin=ORIGIN, crs: str = CRS, driver: str = "GTiff",
@@ -101,3 +101,8 @@ def test_a_thesis_folder_without_its_coverage_is_an_error(tmp_path, scene, class
     write_label(folder / "mask.jp2", classes)
     with pytest.raises(LabelError, match=r"needs mask\.jp2 and mask_coverage\.jp2; missing \['mask_coverage\.jp2'\]"):
         read_label(folder, scene)
+
+
+def test_value_counts_in_chunks_equal_a_bincount():
+    values = np.random.default_rng(5).integers(0, 256, size=(37, 11)).astype(np.uint8)
+    np.testing.assert_array_equal(value_counts(values, chunk=7), np.bincount(values.ravel(), minlength=256))

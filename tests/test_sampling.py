@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from snowcloud.sampling import SamplingError, draw_windows, sample_origins, window_sums, windows_with_at_least
+from snowcloud.sampling import (
+    SamplingError,
+    class_mask,
+    draw_windows,
+    sample_origins,
+    window_sums,
+    windows_with_at_least,
+)
 
 
 def options(**overrides) -> dict:
@@ -108,3 +115,8 @@ def test_fewer_admissible_windows_than_patches_draws_with_replacement(caplog):
     assert "drawing with replacement" in caplog.text
     distinct = draw_windows(admissible, 1, np.random.default_rng(0), exclude=np.array([7]))
     assert list(distinct) == [15]
+
+
+def test_class_mask_is_membership_in_the_classes(scene):
+    _, label = scene
+    np.testing.assert_array_equal(class_mask(label, [3, 255]), np.isin(label, [3, 255]))
