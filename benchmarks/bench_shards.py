@@ -205,7 +205,7 @@ def full_scene_build(root: Path, side: int, patches: int, size: int) -> None:
     """Build one shard in a fresh interpreter (its peak RSS is the build's alone) and print time and memory."""
     scene, label = write_large_scene(root / "full", side)
     output = root / "full" / "results" / "shards" / "bench" / "32TNS" / "20210720T101559.h5"
-    sampler = {"method": "random", "patches_per_date": patches, "seed": 0, "stride": None,
+    sampler = {"method": "class-balanced", "patches_per_date": patches, "seed": 0, "stride": None,
                "min_labelled_fraction": 1.0, "rare_classes": [3], "rare_fraction": 0.5}  # fmt: skip
     options = {"normalisation": "snowcloud-v1", "elevation": True, "patch_size": size, "sampler": sampler}
     command = [sys.executable, "-c", BUILD, str(scene), str(label), str(output), json.dumps(options)]
