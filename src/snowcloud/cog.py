@@ -9,6 +9,7 @@ GeoTIFFs and handed to the COG driver as the overviews of a VRT over the source.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import rasterio
 import rasterio.shutil
 from rasterio.windows import Window
 
-STRIP_ROWS = 1024  # rows of the finer level read at once (even)
+STRIP_ROWS = 512  # rows of the finer level averaged at once (even)
 
 
 def average_2x2(values: np.ndarray, nodata: int) -> np.ndarray:
@@ -41,25 +42,34 @@ def average_2x2(values: np.ndarray, nodata: int) -> np.ndarray:
     return mean.astype(values.dtype)
 
 
-def build_overviews(source: Path, nodata: int, smallest: int) -> list[Path]:
-    """Average overview levels of `source` (factors 2, 4, ...) beside it, until one fits in `smallest` pixels."""
+def build_overviews(source: Path, nodata: int, smallest: int, threads: int = 1) -> list[Path]:
+    """Average overview levels of `source` (factors 2, 4, ...) beside it, until one fits in `smallest` pixels.
+    Strips of the finer level are averaged in `threads` parallel threads (numpy and GDAL release the GIL)."""
     levels: list[Path] = []
     finer = source
-    while True:
-        with rasterio.open(finer) as src:
-            if max(src.width, src.height) <= smallest:
-                return levels
-            width, height = (src.width + 1) // 2, (src.height + 1) // 2
-            profile = {key: value for key, value in src.profile.items() if key not in ("blockxsize", "blockysize", "compress")}
-            profile.update(width=width, height=height, tiled=False, blockysize=8)
+    with ThreadPoolExecutor(threads) as pool:
+        while True:
+            with rasterio.open(finer) as src:
+                if max(src.width, src.height) <= smallest:
+                    return levels
+                width, height = (src.width + 1) // 2, (src.height + 1) // 2
+                profile = {key: value for key, value in src.profile.items() if key not in ("blockxsize", "blockysize", "compress")}
+                profile.update(width=width, height=height, tiled=False, blockysize=8)
             target = source.with_name(f"{source.stem}.ovr{len(levels) + 1}.tif")
             with rasterio.open(target, "w", **profile) as dst:
-                for row in range(0, src.height, STRIP_ROWS):
-                    rows = min(STRIP_ROWS, src.height - row)
-                    coarse = average_2x2(src.read(window=Window(0, row, src.width, rows)), nodata)
-                    dst.write(coarse, window=Window(0, row // 2, width, coarse.shape[1]))
-        levels.append(target)
-        finer = target
+                rows = range(0, 2 * height, STRIP_ROWS)
+                for first in range(0, len(rows), threads):  # `threads` strips at a time bound the memory
+                    batch = rows[first : first + threads]
+                    for row, coarse in zip(batch, pool.map(lambda row: _averaged_strip(finer, row, nodata), batch)):
+                        dst.write(coarse, window=Window(0, row // 2, width, coarse.shape[1]))
+            levels.append(target)
+            finer = target
+
+
+def _averaged_strip(path: Path, row: int, nodata: int) -> np.ndarray:
+    """average_2x2 of STRIP_ROWS rows of a raster from `row` on (a handle of its own: one per thread)."""
+    with rasterio.open(path) as src:
+        return average_2x2(src.read(window=Window(0, row, src.width, min(STRIP_ROWS, src.height - row))), nodata)
 
 
 def overview_vrt(source: Path, levels: list[Path], path: Path) -> Path:
@@ -102,7 +112,7 @@ def write_cog(source: Path, target: Path, nodata: int, overviews: bool, threads:
     """Write `source` (an uncompressed GeoTIFF) as a COG at `target`, with average overviews when asked;
     `creation` holds the COG driver's options (COMPRESS, BLOCKSIZE, ...). Intermediate files are removed."""
     block_size = int(creation.get("BLOCKSIZE", 512))
-    levels = build_overviews(source, nodata, block_size) if overviews else []
+    levels = build_overviews(source, nodata, block_size, threads) if overviews else []
     vrt = source.with_suffix(".vrt")
     try:
         overview_vrt(source, levels, vrt)

@@ -75,13 +75,16 @@ def preprocess_scene(safe, dem: str | None, output, options: dict, threads: int 
     product = open_safe(safe)
     if options["dem"] and not dem:
         raise PreprocessError(f"preprocess.dem is on but no DEM was given for {product.path}")
-    with rasterio.Env(GDAL_NUM_THREADS=str(threads), GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
-        elevation = DemOnGrid(dem, product, options, threads) if options["dem"] else None
+    gdal = rasterio.Env(GDAL_NUM_THREADS=str(threads), GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
+    with gdal, contextlib.ExitStack() as resources:
+        elevation = resources.enter_context(DemOnGrid(dem, product, options, threads)) if options["dem"] else None
+        if elevation is not None:
+            elevation.check_coverage_estimate()
         with atomic_output(output) as final:
             stack = final.with_name(f"{final.stem}.strips.tif")
             try:
                 summary = _write_strips(product, elevation, stack, options, threads)
-                _check_summary(product, elevation, summary, options)
+                _check_summary(product, elevation, summary)
                 limits = clip_limits(summary.histograms, options["clip"])
                 if limits:
                     _clip_in_place(stack, limits, options["block_rows"])
@@ -106,21 +109,34 @@ class StripSummary:
     histograms: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-class DemOnGrid:
+class DemOnGrid(contextlib.AbstractContextManager):
     """A DEM of any CRS, reprojected strip by strip onto the scene's 10 m grid (NaN where it has no value)."""
 
     def __init__(self, path: str, product: SafeProduct, options: dict, threads: int) -> None:
         self.path, self.product, self.threads = str(path), product, threads
         self.resampling = Resampling[options["dem_resampling"]]
+        self.allowed_missing = options["dem_max_missing_fraction"]
         try:
             self.dataset = rasterio.open(self.path)
         except RasterioError as error:
             raise PreprocessError(f"cannot read DEM {self.path}: {error}") from error
         if self.dataset.crs is None:
+            self.dataset.close()
             raise PreprocessError(f"DEM {self.path} has no coordinate reference system")
+
+    def __exit__(self, *error: object) -> None:
+        self.dataset.close()
+
+    def check_coverage_estimate(self) -> None:
+        """Refuse a DEM that leaves too much of the tile uncovered, measured on a coarse grid: before the
+        heavy work (the strip pass counts exactly and checks again)."""
         missing = self.missing_fraction_estimate()
-        if missing > options["dem_max_missing_fraction"]:
-            raise PreprocessError(self.coverage_message(missing, options["dem_max_missing_fraction"], estimate=True))
+        if missing > self.allowed_missing:
+            raise PreprocessError(self.coverage_message(missing, estimate=True))
+
+    def check_coverage(self, missing: float) -> None:
+        if missing > self.allowed_missing:
+            raise PreprocessError(self.coverage_message(missing))
 
     def reproject(self, transform: Affine, width: int, height: int, resampling: Resampling | None = None) -> np.ndarray:
         destination = np.full((height, width), np.nan, dtype=np.float32)
@@ -151,11 +167,11 @@ class DemOnGrid:
         )
         return float(np.isnan(coarse).mean())
 
-    def coverage_message(self, missing: float, allowed: float, estimate: bool = False) -> str:
+    def coverage_message(self, missing: float, estimate: bool = False) -> str:
         about = "about " if estimate else ""
         return (
             f"DEM {self.path} covers {about}{_percent(1 - missing)} % of tile {self.product.tile} "
-            f"({_percent(missing)} % missing; preprocess.dem_max_missing_fraction allows {_percent(allowed)} %)"
+            f"({_percent(missing)} % missing; preprocess.dem_max_missing_fraction allows {_percent(self.allowed_missing)} %)"
         )
 
 
@@ -243,11 +259,9 @@ def _count_values(values: np.ndarray, invalid: int, histograms: dict[str, np.nda
         histograms[band] += counts
 
 
-def _check_summary(product: SafeProduct, elevation: DemOnGrid | None, summary: StripSummary, options: dict) -> None:
+def _check_summary(product: SafeProduct, elevation: DemOnGrid | None, summary: StripSummary) -> None:
     if elevation is not None:
-        missing = summary.dem_missing / summary.pixels
-        if missing > options["dem_max_missing_fraction"]:
-            raise PreprocessError(elevation.coverage_message(missing, options["dem_max_missing_fraction"]))
+        elevation.check_coverage(summary.dem_missing / summary.pixels)
     if summary.valid == 0:
         reason = "" if elevation is None else " with DEM coverage"
         raise PreprocessError(f"{product.path}: no valid pixel{reason} (every pixel has DN 0 in some band): nothing to process")
