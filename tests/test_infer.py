@@ -96,9 +96,13 @@ def save_checkpoint(path: Path, network: nn.Module, architecture: str, model_arg
     return path
 
 
-def pixel_rule_checkpoint(path: Path, bands: list[str], spec_name: str = "legacy-dn10000", patch_size: int = 64) -> Path:
+def pixel_rule_checkpoint(
+    path: Path, bands: list[str], spec_name: str = "legacy-dn10000", patch_size: int = 64
+) -> Path:
     args = {"in_channels": len(bands), "n_classes": 4, "bands": bands}
-    return save_checkpoint(path, PixelRule(**args), "pixel-rule", args, bands, normalisation.spec(spec_name), patch_size)
+    return save_checkpoint(
+        path, PixelRule(**args), "pixel-rule", args, bands, normalisation.spec(spec_name), patch_size
+    )
 
 
 def expected_probabilities(values: np.ndarray, spec: dict, bands: list[str]) -> np.ndarray:
@@ -282,7 +286,9 @@ def test_quicklook_shows_scene_and_mask_and_checks_the_grid(tmp_path, pixel_rule
     colours = {tuple(np.rint(pixel[:3] * 255).astype(int)) for pixel in image.reshape(-1, image.shape[2])}
     assert CLASS_COLOURS[0] in colours and CLASS_COLOURS[1] in colours
 
-    shifted = write_scene(tmp_path / "32TMS" / "20210116T102351.tif", values, transform=from_origin(600010.0, 5200020.0, 10, 10))
+    shifted = write_scene(
+        tmp_path / "32TMS" / "20210116T102351.tif", values, transform=from_origin(600010.0, 5200020.0, 10, 10)
+    )
     with pytest.raises(InferenceError, match="same grid"):
         quicklook(str(shifted), str(prediction), str(tmp_path / "other.png"))
     assert not (tmp_path / "other.png").exists()

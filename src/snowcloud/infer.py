@@ -35,6 +35,12 @@ FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 # messages to the model input (C, H, W) float32, 0 at invalid pixels.
 Normaliser = Callable[[np.ndarray, np.ndarray, str], np.ndarray]
 
+READ_CHUNK_COLUMNS = 1024  # scene columns read and normalised at once (two 512-pixel COG tiles)
+# GDAL block cache while predicting (GDAL's default is 5 % of the RAM): two rows of 512 x 512 tiles of a 14-band
+# 10980-wide scene (2 x 161 MB), so each tile is decoded once although overlapping strips read it up to 4 times.
+GDAL_CACHE_MB = 512
+INFERENCE_METADATA = ("bands", "normalisation", "patch_size")  # checkpoint metadata predict_scene needs
+
 
 class InferenceError(ValueError):
     """A model and a scene that cannot be run together; the message names both files."""
@@ -91,13 +97,17 @@ def run_settings(options: dict, threads: int = 1) -> RunSettings:
     requested = options.get("device", "auto")
     if requested == "cuda" and not torch.cuda.is_available():
         raise InferenceError("inference.device is 'cuda' but PyTorch sees no CUDA device on this machine")
-    device = torch.device("cuda" if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()) else "cpu")
+    device = torch.device(
+        "cuda" if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     amp_dtype = None
     if device.type == "cuda" and options.get("amp", True):
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu":
         torch.set_num_threads(max(1, threads))
-    return RunSettings(device=device, batch_size=int(options["batch_size"]), tta=bool(options["tta"]), amp_dtype=amp_dtype)
+    return RunSettings(
+        device=device, batch_size=int(options["batch_size"]), tta=bool(options["tta"]), amp_dtype=amp_dtype
+    )
 
 
 def prepare_model(model: torch.nn.Module, settings: RunSettings) -> torch.nn.Module:
@@ -119,8 +129,9 @@ def window_probabilities(model: torch.nn.Module, windows: np.ndarray, settings: 
     with torch.inference_mode():
         for dims in flips:
             flipped = batch.flip(dims) if dims else batch
-            with torch.autocast(settings.device.type, dtype=settings.amp_dtype or torch.float32,
-                                enabled=settings.amp_dtype is not None):
+            with torch.autocast(
+                settings.device.type, dtype=settings.amp_dtype or torch.float32, enabled=settings.amp_dtype is not None
+            ):
                 logits = model(flipped)
             probabilities = torch.softmax(logits.float(), dim=1)
             probabilities = probabilities.flip(dims) if dims else probabilities
@@ -143,13 +154,28 @@ def model_band_indexes(dataset: rasterio.DatasetReader, bands: list[str], scene:
     return [names.index(band) + 1 for band in bands]
 
 
+def valid_pixels(values: np.ndarray, nodata: float | None) -> np.ndarray:
+    """(H, W) mask of the pixels where every band of (C, H, W) scene values holds data."""
+    if nodata is None:
+        return np.ones(values.shape[1:], bool)
+    return np.all(values != nodata, axis=0)
+
+
 def read_strip(
     dataset: rasterio.DatasetReader, indexes: list[int], row: int, height: int, normalise: Normaliser
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows row..row+height of the given bands, normalised, and where all of them hold data."""
-    raw = dataset.read(indexes, window=Window(0, row, dataset.width, height))
-    valid = np.all(raw != dataset.nodata, axis=0) if dataset.nodata is not None else np.ones(raw.shape[1:], bool)
-    return normalise(raw.astype(np.float32), valid, f"{dataset.name} rows {row}..{row + height}"), valid
+    """Rows row..row+height of the given bands, normalised, and where all of them hold data. Read and
+    normalised in column chunks, so the normalisation's temporaries stay small beside the strip."""
+    image = np.empty((len(indexes), height, dataset.width), np.float32)
+    valid = np.empty((height, dataset.width), bool)
+    for col in range(0, dataset.width, READ_CHUNK_COLUMNS):
+        width = min(READ_CHUNK_COLUMNS, dataset.width - col)
+        raw = dataset.read(indexes, window=Window(col, row, width, height))
+        chunk_valid = valid_pixels(raw, dataset.nodata)
+        source = f"{dataset.name} rows {row}..{row + height} columns {col}..{col + width}"
+        image[:, :, col : col + width] = normalise(raw.astype(np.float32), chunk_valid, source)
+        valid[:, col : col + width] = chunk_valid
+    return image, valid
 
 
 # ----------------------------------------------------------------------------------------------- blending
@@ -194,9 +220,10 @@ def predict_blocks(
     def read(row: int) -> tuple[np.ndarray, np.ndarray]:
         return read_strip(dataset, indexes, row, strip_height, normalise)
 
-    with ThreadPoolExecutor(max_workers=1) as reader, tqdm(
-        total=len(rows) * len(cols), unit="window", desc="windows", mininterval=2.0
-    ) as progress:
+    with (
+        ThreadPoolExecutor(max_workers=1) as reader,
+        tqdm(total=len(rows) * len(cols), unit="window", desc="windows", mininterval=2.0) as progress,
+    ):
         upcoming = reader.submit(read, rows[0])
         for i, row in enumerate(rows):
             image, valid = upcoming.result()
@@ -334,7 +361,9 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def provenance_tags(model_path: str | Path, metadata: dict, scene: str | Path, options: dict, settings: RunSettings) -> dict[str, str]:
+def provenance_tags(
+    model_path: str | Path, metadata: dict, scene: str | Path, options: dict, settings: RunSettings
+) -> dict[str, str]:
     """Tags that say which model made a prediction, from which scene, and how."""
     return {
         "model_path": str(model_path),
@@ -354,11 +383,11 @@ def provenance_tags(model_path: str | Path, metadata: dict, scene: str | Path, o
 
 def require_valid_pixels(blocks: Iterator[RowBlock], scene: str | Path) -> Iterator[RowBlock]:
     """Pass the blocks through; fail at the end (before anything is renamed into place) if none had a valid pixel."""
-    valid_pixels = 0
+    valid_count = 0
     for block in blocks:
-        valid_pixels += int(block.valid.sum())
+        valid_count += int(block.valid.sum())
         yield block
-    if valid_pixels == 0:
+    if valid_count == 0:
         raise InferenceError(f"scene {scene} has no valid pixel (every pixel is nodata): nothing to predict")
 
 
@@ -368,14 +397,16 @@ def predict_scene(model_path: str, scene: str, output: str, options: dict, threa
     start = time.perf_counter()
     settings = run_settings(options, threads)
     model, metadata = checkpoint.load_model(model_path, settings.device)
+    missing = [key for key in INFERENCE_METADATA if key not in metadata]
+    if missing:
+        raise InferenceError(f"checkpoint {model_path} lacks {', '.join(missing)} in its metadata: it cannot be run")
     model = prepare_model(model, settings)
     class_names = list(metadata.get("classes", CLASSES))
-    with rasterio.open(scene) as dataset:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(scene) as dataset:
         indexes = model_band_indexes(dataset, list(metadata["bands"]), scene, model_path)
         normalise = checkpoint_normaliser(metadata["normalisation"], scene)
-        blocks = predict_blocks(
-            model, dataset, indexes, normalise, len(class_names), int(metadata["patch_size"]), options["overlap"], settings
-        )
+        patch_size, overlap = int(metadata["patch_size"]), options["overlap"]
+        blocks = predict_blocks(model, dataset, indexes, normalise, len(class_names), patch_size, overlap, settings)
         tags = provenance_tags(model_path, metadata, scene, options, settings)
         write_prediction(require_valid_pixels(blocks, scene), dataset.profile, output, class_names, tags,
                          options["probabilities"])  # fmt: skip
@@ -419,7 +450,7 @@ def false_colour(dataset: rasterio.DatasetReader, out_shape: tuple[int, int]) ->
         raise InferenceError(f"scene {dataset.name} lacks band(s) {', '.join(missing)} needed for the quicklook")
     indexes = [names.index(band) + 1 for band in QUICKLOOK_BANDS]
     values = dataset.read(indexes, out_shape=(len(indexes), *out_shape), resampling=rasterio.enums.Resampling.nearest)
-    valid = np.all(values != dataset.nodata, axis=0) if dataset.nodata is not None else np.ones(out_shape, bool)
+    valid = valid_pixels(values, dataset.nodata)
     rgb = np.clip(values.astype(np.float32) / 10000.0 / QUICKLOOK_REFLECTANCE_MAX, 0.0, 1.0)
     return np.dstack([*rgb, valid.astype(np.float32)])
 
@@ -449,7 +480,7 @@ def quicklook(scene: str, prediction: str, output: str) -> None:
                     layout="constrained")  # fmt: skip
     left, right = figure.subplots(1, 2)
     left.imshow(image, interpolation="nearest")
-    left.set_title(f"{Path(scene).parent.name} {Path(scene).stem}: B11 / B08 / B04", fontsize=9)
+    left.set_title(f"{Path(scene).parent.name} {Path(scene).stem}: {' / '.join(QUICKLOOK_BANDS)}", fontsize=9)
     right.imshow(class_colours_rgba(classes), interpolation="nearest")
     right.set_title(" ".join(["prediction", tags.get("experiment", "")]), fontsize=9)
     for axes in (left, right):
