@@ -184,7 +184,10 @@ def test_summary_rows_per_date_and_aggregates_from_summed_matrices(tmp_path):
 def test_patch_split_dates_are_mixed(tmp_path):
     evaluations = three_evaluations(tmp_path)
     dates = [Path(p).stem for p in evaluations]
-    members = [{"shard": f"results/shards/demo/{TILE}/{d}.h5", "train": [0, 2], "validation": [1]} for d in dates]
+    # The third date's patches all train, but under a patch split it is still no independent validation date.
+    patches = [([0, 2], [1]), ([1], [0, 2]), ([0, 1, 2], [])]
+    members = [{"shard": f"results/shards/demo/{TILE}/{d}.h5", "train": t, "validation": v}
+               for d, (t, v) in zip(dates, patches)]  # fmt: skip
     stats = write_stats(tmp_path / "stats.json", members, dates)
     summary = tmp_path / "summary.csv"
     summarise(evaluations, str(stats), str(summary), str(tmp_path / "confusion.png"))
@@ -199,7 +202,18 @@ def test_evaluations_with_different_methods_are_refused(tmp_path):
     edited = json.loads(Path(evaluations[1]).read_text())
     del edited["methods"]["ndsi"]
     Path(evaluations[1]).write_text(json.dumps(edited))
-    stats = write_stats(tmp_path / "stats.json", [{"shard": "x.h5", "set": "train"}], [])
+    members = [{"shard": f"results/shards/demo/{TILE}/{DATE}.h5", "set": "train"}]
+    stats = write_stats(tmp_path / "stats.json", members, [DATE])
     with pytest.raises(EvaluationError, match=Path(evaluations[1]).name):
         summarise(evaluations, str(stats), str(tmp_path / "s.csv"), str(tmp_path / "c.png"))
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_no_evaluated_dates_give_an_empty_summary(tmp_path):
+    members = [{"shard": f"results/shards/demo/{TILE}/{DATE}.h5", "set": "train"}]
+    stats = write_stats(tmp_path / "stats.json", members, [DATE])
+    summary, confusion = tmp_path / "summary.csv", tmp_path / "confusion.png"
+    summarise([], str(stats), str(summary), str(confusion))
+    lines = summary.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tile,date,split,method,dates,pixels")
+    assert confusion.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -18,7 +18,7 @@ from snowcloud import datasets, labels
 from snowcloud.atomic import atomic_output
 from snowcloud.baselines import BASELINES
 from snowcloud.bands import CLASSES, IGNORE_INDEX
-from snowcloud.infer import check_same_grid
+from snowcloud.infer import check_same_grid, valid_pixels
 from snowcloud.normalisation import row_strips
 from snowcloud.metrics import confusion_matrix, metrics_from_confusion, thesis_metric_lines
 
@@ -47,25 +47,30 @@ def scene_identity(scene: str | Path) -> tuple[str, str]:
 def check_margin(shape: tuple[int, int], margin: int, scene: str | Path) -> None:
     """Raise if the margin leaves no pixel of the scene."""
     if 2 * margin >= min(shape):
-        raise EvaluationError(f"evaluation.margin_pixels = {margin} leaves no pixel of the {shape[0]} x {shape[1]} scene {scene}")
+        raise EvaluationError(
+            f"evaluation.margin_pixels = {margin} leaves no pixel of the {shape[0]} x {shape[1]} scene {scene}"
+        )
 
 
 def inside_margin(window: Window, shape: tuple[int, int], margin: int) -> np.ndarray:
     """True for the pixels of a window that are at least `margin` pixels from every border of the scene."""
     rows = np.arange(window.row_off, window.row_off + window.height)
     cols = np.arange(window.col_off, window.col_off + window.width)
-    return ((rows >= margin) & (rows < shape[0] - margin))[:, None] & ((cols >= margin) & (cols < shape[1] - margin))[None, :]
+    rows_inside = (rows >= margin) & (rows < shape[0] - margin)
+    cols_inside = (cols >= margin) & (cols < shape[1] - margin)
+    return rows_inside[:, None] & cols_inside[None, :]
 
 
-def read_bands(dataset: rasterio.DatasetReader, names: tuple[str, ...], window: Window) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def read_bands(
+    dataset: rasterio.DatasetReader, names: tuple[str, ...], window: Window
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The named bands of a scene in a window, and where all of them hold data."""
     descriptions = list(dataset.descriptions)
     missing = [name for name in names if name not in descriptions]
     if missing:
         raise EvaluationError(f"scene {dataset.name} lacks band(s) {', '.join(missing)} needed by a baseline")
     values = dataset.read([descriptions.index(name) + 1 for name in names], window=window)
-    valid = np.all(values != dataset.nodata, axis=0) if dataset.nodata is not None else np.ones(values.shape[1:], bool)
-    return dict(zip(names, values)), valid
+    return dict(zip(names, values)), valid_pixels(values, dataset.nodata)
 
 
 def evaluate_scene(prediction: str, label: str, scene: str, output: str, options: dict) -> None:
@@ -103,7 +108,9 @@ def evaluate_scene(prediction: str, label: str, scene: str, output: str, options
                     )
                 confusions[name] += confusion_matrix(guess[evaluated], truth[evaluated], n_classes)
     if counts["evaluated"] == 0:
-        log.warning("%s %s: no pixel is labelled, predicted and inside the margin; all metrics are undefined", tile, date)
+        log.warning(
+            "%s %s: no pixel is labelled, predicted and inside the margin; all metrics are undefined", tile, date
+        )
     result = {
         "tile": tile,
         "date": date,
@@ -119,7 +126,9 @@ def evaluate_scene(prediction: str, label: str, scene: str, output: str, options
     with atomic_output(output) as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n")
     model_metrics = result["methods"][MODEL]["metrics"]
-    log.info("%s %s: %d pixels evaluated, model macro IoU %s", tile, date, counts["evaluated"], model_metrics["macro_iou"])
+    log.info(
+        "%s %s: %d pixels evaluated, model macro IoU %s", tile, date, counts["evaluated"], model_metrics["macro_iou"]
+    )
 
 
 def method_result(confusion: np.ndarray) -> dict[str, object]:
@@ -130,7 +139,7 @@ def method_result(confusion: np.ndarray) -> dict[str, object]:
 
 # ----------------------------------------------------------------------------------------------- summary
 
-SPLIT_ORDER = ("train", "validation", "mixed", "unused", "all")
+SPLIT_ORDER = ("train", "validation", "mixed", "unused")
 METRIC_COLUMNS = ("pixel_accuracy", "micro_iou", "macro_iou", "macro_f1", "macro_precision", "macro_recall")
 PER_CLASS_METRICS = ("iou", "f1", "precision", "recall")
 
@@ -153,7 +162,8 @@ def load_evaluations(paths: list[str]) -> list[dict]:
     for path in paths:
         evaluation = json.loads(Path(path).read_text())
         if evaluations and (evaluation["classes"], list(evaluation["methods"])) != (
-            evaluations[0]["classes"], list(evaluations[0]["methods"])
+            evaluations[0]["classes"],
+            list(evaluations[0]["methods"]),
         ):
             raise EvaluationError(
                 f"{path} has classes {evaluation['classes']} and methods {list(evaluation['methods'])}, but "
@@ -163,7 +173,9 @@ def load_evaluations(paths: list[str]) -> list[dict]:
     return evaluations
 
 
-def summary_row(tile: str, date: str, split: str, method: str, dates: int, confusion: np.ndarray, classes: list[str]) -> dict:
+def summary_row(
+    tile: str, date: str, split: str, method: str, dates: int, confusion: np.ndarray, classes: list[str]
+) -> dict:
     """One CSV row: identity, pixel count and the metrics of one confusion matrix."""
     metrics = metrics_from_confusion(confusion, tuple(classes))
     row = {"tile": tile, "date": date, "split": split, "method": method, "dates": dates, "pixels": metrics["pixels"]}
@@ -176,7 +188,7 @@ def summed_confusions(evaluations: list[dict], roles: list[str], split: str) -> 
     """Confusion matrix per method summed over the dates of one split ('all': every date)."""
     methods = list(evaluations[0]["methods"])
     chosen = [e for e, role in zip(evaluations, roles) if split in ("all", role)]
-    return {m: sum((np.asarray(e["methods"][m]["confusion"], np.int64) for e in chosen), np.int64(0)) for m in methods}
+    return {m: np.sum([e["methods"][m]["confusion"] for e in chosen], axis=0, dtype=np.int64) for m in methods}
 
 
 def summarise(evaluations: list[str], stats_path: str, summary_path: str, confusion_path: str) -> None:
@@ -193,9 +205,7 @@ def summarise(evaluations: list[str], stats_path: str, summary_path: str, confus
             confusion = np.asarray(result["confusion"], np.int64)
             rows.append(summary_row(evaluation["tile"], evaluation["date"], role, method, 1, confusion, classes))
     aggregates: dict[str, dict[str, np.ndarray]] = {}
-    for split in (s for s in SPLIT_ORDER if s == "all" or s in roles):
-        if not found:
-            break
+    for split in [s for s in SPLIT_ORDER if s in roles] + (["all"] if found else []):
         aggregates[split] = summed_confusions(found, roles, split)
         dates = len(found) if split == "all" else roles.count(split)
         for method, confusion in aggregates[split].items():
@@ -206,7 +216,9 @@ def summarise(evaluations: list[str], stats_path: str, summary_path: str, confus
     write_confusion_plot(aggregates, classes, confusion_path)
     for row in rows:
         if row["date"] == "all":
-            log.info("%-10s %-6s macro IoU %s over %d dates", row["split"], row["method"], row["macro_iou"], row["dates"])
+            log.info(
+                "%-10s %-6s macro IoU %s over %d dates", row["split"], row["method"], row["macro_iou"], row["dates"]
+            )
 
 
 def write_summary_csv(rows: list[dict], path: str | Path, classes: list[str]) -> None:
@@ -244,10 +256,11 @@ def plot_iou_bars(axes, confusions: dict[str, np.ndarray], classes: list[str], t
         values = [metrics["iou"][c] for c in classes] + [metrics["macro_iou"]]
         axes.bar(np.arange(len(names)) + k * width, [np.nan if v is None else v for v in values], width, label=method)
     axes.set_xticks(np.arange(len(names)) + width * (len(confusions) - 1) / 2, names, fontsize=8)
-    axes.set_ylim(0, 1)
+    axes.set_ylim(0, 1.12)
+    axes.set_yticks(np.linspace(0, 1, 6))
     axes.set_ylabel("IoU")
     axes.set_title(title, fontsize=9)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper center", ncol=len(confusions), frameon=False)
 
 
 def write_confusion_plot(aggregates: dict[str, dict[str, np.ndarray]], classes: list[str], path: str | Path) -> None:
