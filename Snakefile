@@ -18,9 +18,9 @@ include: "workflow/rules/evaluate.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_targets(),
-    default_target: True
 
 
 # Stage targets: `snakemake --cores all scenes` stops after the scene rasters, and so on.

@@ -5,7 +5,6 @@ from snowcloud import demo
 from snowcloud.config import experiments_to_run, load_schema, validate_config
 from snowcloud.inventory import find_products, scene_path
 
-
 validate_config(config, load_schema(Path(workflow.basedir) / "config" / "schema.yaml"))
 
 
@@ -35,7 +34,9 @@ def label_path(wildcards):
 
 
 def has_label(tile, date):
-    return config["demo"]["enabled"] or scene_path(config["labels"], tile, date).exists()
+    return (
+        config["demo"]["enabled"] or scene_path(config["labels"], tile, date).exists()
+    )
 
 
 LABELLED = [(tile, date) for tile, date in SCENES if has_label(tile, date)]
@@ -68,3 +69,29 @@ def final_targets():
         ]
         targets.append(f"results/evaluation/{experiment}/summary.csv")
     return targets
+
+
+# Input functions of the rules.
+def preprocess_inputs(wildcards):
+    inputs = {"safe": str(PRODUCTS[(wildcards.tile, wildcards.date)].path)}
+    if config["preprocess"]["dem"]:
+        inputs["dem"] = dem_path(wildcards)
+    return inputs
+
+
+def train_inputs(wildcards):
+    dataset = experiment_dataset(wildcards)
+    return {
+        "stats": f"results/datasets/{dataset}/stats.json",
+        "shards": shards_of(dataset),
+    }
+
+
+def evaluation_summary_inputs(wildcards):
+    return {
+        "evaluations": [
+            f"results/evaluation/{wildcards.experiment}/{tile}/{date}.json"
+            for tile, date in LABELLED
+        ],
+        "stats": f"results/datasets/{experiment_dataset(wildcards)}/stats.json",
+    }

@@ -13,13 +13,13 @@ rule dataset_stats:
             caption="../report/class_distribution.rst",
             category="Dataset",
         ),
-    params:
-        options=lambda wildcards: {
-            key: config["datasets"][wildcards.dataset][key] for key in STATS_KEYS
-        },
     log:
         "logs/dataset_stats/{dataset}.log",
     conda:
         "../../envs/snowcloud.yaml"
+    params:
+        options=lambda wildcards: {
+            key: config["datasets"][wildcards.dataset][key] for key in STATS_KEYS
+        },
     script:
         "../scripts/dataset_stats.py"

@@ -8,24 +8,14 @@ rule evaluate:
         scene="results/scenes/{tile}/{date}.tif",
     output:
         "results/evaluation/{experiment}/{tile}/{date}.json",
-    params:
-        options=config["evaluation"],
     log:
         "logs/evaluate/{experiment}/{tile}/{date}.log",
     conda:
         "../../envs/snowcloud.yaml"
+    params:
+        options=config["evaluation"],
     script:
         "../scripts/evaluate.py"
-
-
-def evaluation_summary_inputs(wildcards):
-    return {
-        "evaluations": [
-            f"results/evaluation/{wildcards.experiment}/{tile}/{date}.json"
-            for tile, date in LABELLED
-        ],
-        "stats": f"results/datasets/{experiment_dataset(wildcards)}/stats.json",
-    }
 
 
 rule evaluation_summary:

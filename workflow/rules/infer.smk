@@ -7,13 +7,15 @@ rule infer:
         scene="results/scenes/{tile}/{date}.tif",
     output:
         "results/predictions/{experiment}/{tile}/{date}.tif",
-    params:
-        options=lambda wildcards: config["experiments"][wildcards.experiment]["inference"],
     log:
         "logs/infer/{experiment}/{tile}/{date}.log",
-    threads: 2
     conda:
         "../../envs/snowcloud.yaml"
+    threads: 2
+    params:
+        options=lambda wildcards: config["experiments"][wildcards.experiment][
+            "inference"
+        ],
     script:
         "../scripts/infer.py"
 

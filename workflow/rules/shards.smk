@@ -9,13 +9,13 @@ rule shard:
         label=label_path,
     output:
         "results/shards/{dataset}/{tile}/{date}.h5",
-    params:
-        options=lambda wildcards: {
-            key: config["datasets"][wildcards.dataset][key] for key in SHARD_KEYS
-        },
     log:
         "logs/shard/{dataset}/{tile}/{date}.log",
     conda:
         "../../envs/snowcloud.yaml"
+    params:
+        options=lambda wildcards: {
+            key: config["datasets"][wildcards.dataset][key] for key in SHARD_KEYS
+        },
     script:
         "../scripts/shard.py"

@@ -2,14 +2,6 @@
 # results/models/{experiment}/state/ (not an output): rerunning a killed job continues from it.
 
 
-def train_inputs(wildcards):
-    dataset = experiment_dataset(wildcards)
-    return {
-        "stats": f"results/datasets/{dataset}/stats.json",
-        "shards": shards_of(dataset),
-    }
-
-
 rule train:
     input:
         unpack(train_inputs),
@@ -21,16 +13,16 @@ rule train:
             caption="../report/curves.rst",
             category="Training",
         ),
+    log:
+        "logs/train/{experiment}.log",
+    conda:
+        "../../envs/snowcloud.yaml"
+    threads: 4
     params:
         options=lambda wildcards: {
             key: config["experiments"][wildcards.experiment][key]
             for key in ("dataset", "model", "training")
         },
         state_dir=lambda wildcards: f"results/models/{wildcards.experiment}/state",
-    log:
-        "logs/train/{experiment}.log",
-    threads: 4
-    conda:
-        "../../envs/snowcloud.yaml"
     script:
         "../scripts/train.py"
