@@ -1,0 +1,69 @@
+import pytest
+import rasterio
+import yaml
+
+from snowcloud.checkpoint import save_model
+from snowcloud.cli import main
+from snowcloud.model import build_model
+
+
+def test_check_config_accepts_a_preset_and_names_what_runs(repo, capsys):
+    assert main(["check-config", str(repo / "config" / "config.yaml"), str(repo / "config" / "presets" / "a82e3cd.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "configuration OK" in out and "experiments: a82e3cd" in out and "datasets: thesis-dynamic-world" in out
+
+
+def test_check_config_reports_a_typo_and_fails(repo, tmp_path, capsys):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml.safe_dump({"preprocess": {"resamplng": "cubic"}}))
+    assert main(["check-config", str(repo / "config" / "config.yaml"), str(typo)]) == 1
+    assert "unknown key 'preprocess.resamplng' (did you mean 'resampling'?)" in capsys.readouterr().err
+
+
+def test_check_config_show_prints_the_defaults(repo, capsys):
+    assert main(["check-config", "--show", str(repo / "config" / "config.yaml")]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out.split("configuration OK")[0])
+    assert shown["experiments"]["demo"]["training"]["optimizer"]["lr"] == 0.001
+
+
+def test_demo_command_makes_products_dems_and_labels(tmp_path, capsys):
+    assert main(["demo", str(tmp_path), "--size", "60", "--tiles", "32TNS", "--dates", "20220201T102209"]) == 0
+    products = list((tmp_path / "raw" / "T32TNS").glob("S2*_MSIL1C_20220201T102209_N0400_*_T32TNS_*.SAFE.zip"))
+    assert len(products) == 1
+    with rasterio.open(tmp_path / "labels" / "T32TNS" / "20220201T102209.tif") as label:
+        assert (label.width, label.height, label.dtypes[0]) == (60, 60, "uint8")
+    assert (tmp_path / "dem" / "T32TNS.tif").is_file()
+    assert main(["info", str(products[0])]) == 0
+    assert "processing baseline 04.00" in capsys.readouterr().out
+
+
+def test_demo_command_refuses_a_size_that_is_not_a_multiple_of_6(tmp_path, capsys):
+    assert main(["demo", str(tmp_path), "--size", "100"]) == 1
+    assert "demo.size" in capsys.readouterr().err
+
+
+def test_info_describes_a_model(tmp_path, capsys):
+    model = build_model("unet", in_channels=14, n_classes=4, base_channels=4)
+    metadata = {
+        "architecture": "unet",
+        "model_args": {"in_channels": 14, "n_classes": 4, "base_channels": 4},
+        "bands": ["B01", "ELEVATION"],
+        "normalisation": {"name": "legacy-dn10000", "version": 1},
+    }
+    save_model(tmp_path / "model.pt", model, metadata)
+    assert main(["info", str(tmp_path / "model.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "unet" in out and "normalisation: legacy-dn10000 version 1" in out and "bands: B01, ELEVATION" in out
+
+
+def test_info_refuses_an_unknown_file(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["info", str(tmp_path / "notes.txt")]) == 1
+    assert "not a file snowcloud knows" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["info", "--help"]])
+def test_help_exits_cleanly(argv):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 0
