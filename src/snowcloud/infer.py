@@ -25,6 +25,7 @@ import snowcloud
 from snowcloud import checkpoint, normalisation
 from snowcloud.atomic import atomic_output
 from snowcloud.bands import CLASS_COLOURS, CLASSES, IGNORE_INDEX
+from snowcloud.gdal import gdal_env
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ Normaliser = Callable[[np.ndarray, np.ndarray, str], np.ndarray]
 READ_CHUNK_COLUMNS = 1024  # scene columns read and normalised at once (two 512-pixel COG tiles)
 # GDAL block cache while predicting (GDAL's default is 5 % of the RAM): two rows of 512 x 512 tiles of a 14-band
 # 10980-wide scene (2 x 161 MB), so each tile is decoded once although overlapping strips read it up to 4 times.
-GDAL_CACHE_BYTES = 512 * 2**20  # rasterio passes GDAL_CACHEMAX on in bytes
+GDAL_CACHE_MB = 512
 INFERENCE_METADATA = ("bands", "normalisation", "patch_size")  # checkpoint metadata predict_scene needs
 
 
@@ -402,7 +403,7 @@ def predict_scene(model_path: str, scene: str, output: str, options: dict, threa
         raise InferenceError(f"checkpoint {model_path} lacks {', '.join(missing)} in its metadata: it cannot be run")
     model = prepare_model(model, settings)
     class_names = list(metadata.get("classes", CLASSES))
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(scene) as dataset:
+    with gdal_env(GDAL_CACHE_MB), rasterio.open(scene) as dataset:
         indexes = model_band_indexes(dataset, list(metadata["bands"]), scene, model_path)
         normalise = checkpoint_normaliser(metadata["normalisation"], scene)
         patch_size, overlap = int(metadata["patch_size"]), options["overlap"]

@@ -25,6 +25,7 @@ import snowcloud
 from snowcloud import labels, normalisation, sampling
 from snowcloud.atomic import atomic_output
 from snowcloud.bands import CLASSES, IGNORE_INDEX
+from snowcloud.gdal import gdal_env
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def valid_mask(src: rasterio.DatasetReader, channels: int) -> np.ndarray:
 
 def build_shard(scene: str | Path, label: str | Path, output: str | Path, dataset: str, options: dict) -> None:
     """Scene raster + label mask -> results/shards/{dataset}/{tile}/{date}.h5 (tile and date from the path)."""
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    with gdal_env(GDAL_CACHE_MB):
         _build_shard(scene, label, Path(output), dataset, options)
 
 
