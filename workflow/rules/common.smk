@@ -4,6 +4,7 @@ from pathlib import Path
 from snowcloud import demo
 from snowcloud.config import experiments_to_run, load_schema, validate_config
 from snowcloud.inventory import find_products, scene_path
+from snowcloud.labels import label_files
 
 validate_config(config, load_schema(Path(workflow.basedir) / "config" / "schema.yaml"))
 
@@ -31,6 +32,13 @@ def dem_path(wildcards):
 
 def label_path(wildcards):
     return str(scene_path(config["labels"], wildcards.tile, wildcards.date))
+
+
+def label_files_of(wildcards):
+    """The files behind a label (a thesis folder's mask.jp2 and mask_coverage.jp2), so that editing
+    one of them in place reruns what reads the label."""
+    path = Path(label_path(wildcards))
+    return [str(file) for file in label_files(path)] if path.is_dir() else str(path)
 
 
 def has_label(tile, date):

@@ -5,6 +5,7 @@ rule evaluate:
     input:
         prediction="results/predictions/{experiment}/{tile}/{date}.tif",
         label=label_path,
+        label_files=label_files_of,
         scene="results/scenes/{tile}/{date}.tif",
     output:
         "results/evaluation/{experiment}/{tile}/{date}.json",

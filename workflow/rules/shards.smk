@@ -7,6 +7,7 @@ rule shard:
     input:
         scene="results/scenes/{tile}/{date}.tif",
         label=label_path,
+        label_files=label_files_of,
     output:
         "results/shards/{dataset}/{tile}/{date}.h5",
     log:
