@@ -3,7 +3,6 @@
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 
 def test_rule_files_are_snakefmt_formatted(repo):

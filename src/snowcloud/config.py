@@ -6,7 +6,6 @@ import copy
 import difflib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import yaml
