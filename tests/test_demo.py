@@ -1,5 +1,6 @@
 import xml.etree.ElementTree as ET
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,12 @@ from rasterio.enums import Resampling
 from rasterio.warp import transform
 
 from snowcloud.bands import BANDS, RESOLUTION_M
-from snowcloud.demo import make_demo_data, planned_products, product as demo_product, tiles
+from snowcloud.baselines import ndsi_rule
+from snowcloud.config import load_schema
+from snowcloud.demo import make_demo_data, planned_products, product as demo_product, surface, tiles
 from snowcloud.demo.landscape import Landscape
 from snowcloud.demo.product import make_scene, write_scene
+from snowcloud.demo.surface import Conditions, Surface, cast_shadow, render_surface
 from snowcloud.inventory import find_products
 
 DEMO = {"enabled": True, "tiles": ["32TNS", "32TMS"], "dates": ["20211208T102421", "20220201T102209"], "size": 120, "seed": 2023}
@@ -233,3 +237,106 @@ def test_a_failure_leaves_no_product_and_no_temporary_files(tmp_path, monkeypatc
         make_demo_data(DEMO | {"tiles": ["32TNS"], "dates": ["20211208T102421"]}, tmp_path / "raw", str(tmp_path / "T{tile}.tif"), str(tmp_path / "{date}.tif"))
     assert list(product.path.parent.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["T32TNS.tif", "raw"]  # the DEM came first and is whole
+
+
+BACKGROUND, SNOW, CLOUD, WATER = 0, 1, 2, 3
+NDSI_DEFAULTS = {
+    key: spec["default"]
+    for key, spec in load_schema()["properties"]["evaluation"]["properties"]["ndsi"]["properties"].items()
+}
+SUNLIT_FOREST = dict(
+    elevation=1000.0, water=0.0, turbidity=0.0, snow=0.0, ice=0.0, built=0.0, vegetation=1.0, limestone=0.0,
+    texture=1.0, direct=1.0, diffuse=1.0, aerosol=0.05, cloud=0.0, ice_phase=0.0, crystals=0.5,
+    cloud_brightness=1.0, cirrus=0.0,
+)  # fmt: skip
+# (pixel, what an annotator labels it, what the NDSI rule says): the rule's classic failures, and where it is right.
+SCENARIOS = {
+    "snow in the sun": (dict(snow=1.0), SNOW, SNOW),
+    "snow in a terrain shadow": (dict(snow=1.0, direct=0.0, diffuse=0.8), SNOW, SNOW),
+    "forest in a terrain shadow": (dict(direct=0.0, diffuse=0.8), BACKGROUND, WATER),
+    "forest in a cloud shadow": (dict(direct=0.1, diffuse=0.7), BACKGROUND, BACKGROUND),
+    "water cloud over snow": (dict(snow=1.0, cloud=1.0), CLOUD, CLOUD),
+    "ice cloud of large crystals over snow": (dict(snow=1.0, cloud=1.0, ice_phase=1.0, crystals=1.0), CLOUD, SNOW),
+    "ice cloud of small crystals over forest": (dict(cloud=1.0, ice_phase=1.0, crystals=0.0), CLOUD, CLOUD),
+    "cirrus over snow": (dict(snow=1.0, cirrus=0.4), CLOUD, SNOW),
+    "bare limestone": (dict(elevation=1500.0, vegetation=0.0, limestone=1.0), BACKGROUND, CLOUD),
+    "clear lake": (dict(elevation=450.0, water=1.0), WATER, WATER),
+    "turbid lake in valley haze": (dict(elevation=450.0, water=1.0, turbidity=1.0, aerosol=0.2), WATER, SNOW),
+    "bare lake ice": (dict(elevation=1500.0, ice=1.0), SNOW, SNOW),
+}
+
+
+def scenario_surface(pixels: list[dict]) -> Surface:
+    """A 1 x N strip of pixels, each SUNLIT_FOREST changed by its overrides."""
+    fields = {name: np.array([[{**SUNLIT_FOREST, **pixel}[name] for pixel in pixels]], np.float32) for name in SUNLIT_FOREST}
+    return Surface(**fields)
+
+
+def test_the_ndsi_rule_fails_where_it_fails_on_real_winter_scenes():
+    """Ice clouds and cirrus over snow pass for snow, shaded forest for water, bright rock for cloud and a turbid,
+    hazy lake for snow; shaded snow stays snow. Labels follow the annotator: shadow and haze change nothing."""
+    names = list(SCENARIOS)
+    strip = scenario_surface([SCENARIOS[name][0] for name in names])
+    toa = strip.toa()
+    bands = {band: toa[BANDS.index(band)] * 10000 for band in ("B02", "B03", "B08", "B11")}
+    rule = ndsi_rule(bands, NDSI_DEFAULTS, np.ones(strip.water.shape, bool))[0]
+    label = strip.labels()[0]
+    for i, name in enumerate(names):
+        _, annotator, ndsi = SCENARIOS[name]
+        assert (label[i], rule[i]) == (annotator, ndsi), name
+    b10 = toa[BANDS.index("B10")][0]
+    ice_cloud, cirrus, sunlit_snow = (names.index(n) for n in ("ice cloud of large crystals over snow", "cirrus over snow", "snow in the sun"))
+    assert b10[ice_cloud] > 0.2 and b10[cirrus] > 0.1 > 0.01 > b10[sunlit_snow]  # what the model can use
+    blue, nir = toa[BANDS.index("B02")][0], toa[BANDS.index("B08")][0]
+    shade, sun = names.index("forest in a terrain shadow"), names.index("snow in a terrain shadow")
+    assert blue[shade] > nir[shade] and blue[sun] / nir[sun] > 1.2  # sky light is blue
+
+
+def test_thin_cloud_is_cloud_and_its_faint_edge_unlabelled():
+    opacity = [0.05, 0.2, 0.35]
+    label = scenario_surface([dict(snow=1.0, cloud=c) for c in opacity] + [dict(cirrus=c) for c in opacity]).labels()[0]
+    assert list(label) == [SNOW, 255, CLOUD, BACKGROUND, 255, CLOUD]
+
+
+def test_a_low_winter_sun_casts_terrain_shadows_that_join_across_strips(monkeypatch):
+    landscape = Landscape(DEMO["seed"], 384)
+    grid = tiles.tile_grid("32TMS", 384)
+    x = grid.x0 + 10 * (np.arange(384) + 0.5)
+    y = grid.y0 - 10 * (np.arange(300) + 0.5)
+    raw = landscape.raw_elevation_grid(x, y)
+    winter = cast_shadow(landscape, x, y, raw, 75.0, 158.0)
+    spring = cast_shadow(landscape, x, y, raw, 55.0, 158.0)
+    assert 0.05 < winter.mean() < 0.5 and spring.mean() < winter.mean() / 2
+    assert ((winter > 0.5) >= (spring > 0.5)).all()  # a lower sun only adds shadow
+    monkeypatch.setattr(surface, "SHADOW_SAMPLE_M", 1200.0)  # a horizon lattice of 4 pixels
+    coarse = cast_shadow(landscape, x, y, raw, 75.0, 158.0)
+    assert (np.abs(coarse - winter) > 0.5).mean() < 0.03
+    halves = [cast_shadow(landscape, x, y[rows], raw[rows], 75.0, 158.0) for rows in (slice(0, 130), slice(130, None))]
+    np.testing.assert_array_equal(np.vstack(halves), coarse)
+
+
+@pytest.mark.parametrize("snowline_above_level, expected", [(-400, "open"), (50, "freezing"), (400, "frozen")])
+def test_lakes_freeze_from_the_shore_and_the_youngest_ice_is_bare(snowline_above_level, expected):
+    landscape = Landscape(DEMO["seed"], 384)
+    grid = tiles.tile_grid("32TMS", 384)
+    lake = max(landscape.lakes_near(*grid.bounds), key=lambda lake: lake.radius)
+    conditions = replace(
+        Conditions.for_scene(DEMO["seed"], "32TMS", "20211208T102421", landscape, grid.bounds),
+        snowline_m=lake.level - snowline_above_level, cloud_cover=1e-6, cirrus_opacity=0.0, valley_haze=0.0,
+    )  # fmt: skip
+    offsets = 10 * (np.arange(-40, 40) + 0.5)
+    x, y = lake.x + offsets, lake.y - offsets
+    state = render_surface(landscape, conditions, x, y, np.ones((80, 80), np.float32))
+    label, toa = state.labels(), state.toa()
+    distance, shore = lake.distance_and_shore(x[None, :], y[:, None])
+    centre, near_shore = distance < 0.1 * shore, (distance > 0.8 * shore) & (distance < 0.9 * shore)
+    bare = state.ice > 0.9
+    if expected == "open":
+        assert (label[centre] == WATER).all() and (label[near_shore] == WATER).all() and not bare.any()
+    elif expected == "freezing":
+        assert (label[centre] == WATER).all() and (label[near_shore] == SNOW).all() and (state.snow[near_shore] > 0.9).all()
+        assert bare.sum() > 20 and (label[bare] == SNOW).all()
+        swir, green = toa[BANDS.index("B11")], toa[BANDS.index("B03")]
+        assert swir[bare].max() < 0.03 and green[bare].max() < green[near_shore].min()  # dark grey ice
+    else:
+        assert (label[centre] == SNOW).all() and (label[near_shore] == SNOW).all() and not bare.any()

@@ -26,17 +26,23 @@ from rasterio.windows import Window
 from snowcloud.atomic import atomic_output
 from snowcloud.bands import BANDS, CLASS_COLOURS, IGNORE_INDEX, RESOLUTION_M
 from snowcloud.demo import metadata
-from snowcloud.demo.landscape import NOISE, SWATH_EDGE_SHIFT_M, Conditions, Landscape, render_surface, rng_for
+from snowcloud.demo.landscape import Landscape, rng_for
 from snowcloud.demo.metadata import QUANTIFICATION_VALUE, ProductInfo
+from snowcloud.demo.surface import Conditions, render_surface
 from snowcloud.demo.tiles import TileGrid
+from snowcloud.gdal import gdal_env
 from snowcloud.inventory import Product
 
 log = logging.getLogger(__name__)
 
 GENERATION_ROWS = 366  # 10 m rows rendered at once (a multiple of 6); it fixes the random streams: keep it
-GDAL_CACHE_BYTES = 256 * 2**20  # bounds the blocks GDAL keeps while the temporary band files are written (rasterio takes bytes)
+GDAL_CACHE_MB = 256  # bounds the blocks GDAL keeps while the temporary band files are written
 JP2_OPTIONS = dict(QUALITY=100, REVERSIBLE="YES", YCC="NO", BLOCKXSIZE=1024, BLOCKYSIZE=1024)
 LABEL_CLOUD = 2
+# Sensor noise (standard deviation of TOA reflectance) at the native resolution of each band.
+NOISE = np.array([0.003, 0.002, 0.002, 0.002, 0.002, 0.002, 0.002, 0.002, 0.002, 0.003, 0.001, 0.002, 0.002])
+# Where the swath edge lies for each band, relative to B02 (metres across track): detectors see it apart.
+SWATH_EDGE_SHIFT_M = np.array([30, 0, 10, 20, 25, 25, 30, 5, 30, 35, 40, 15, 20], dtype=float)
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,7 @@ def write_scene(
     scene.product.path.parent.mkdir(parents=True, exist_ok=True)
     label_output = atomic_output(label_path) if label_path is not None else contextlib.nullcontext(None)
     with tempfile.TemporaryDirectory(dir=scene.product.path.parent, prefix=".demo-") as tmp, label_output as label_tmp:
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+        with gdal_env(GDAL_CACHE_MB):
             band_files, counts = _render_bands(scene, landscape, Path(tmp), label_tmp)
         write_safe(scene.product.path, _product_info(scene, counts), band_files, zipped, gdal_threads)
 
