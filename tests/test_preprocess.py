@@ -12,9 +12,9 @@ from rasterio.enums import Resampling
 from rasterio.warp import transform, transform_bounds
 from safe_factory import band_shape, constant_bands, make_product
 
-from snowcloud import preprocess
+from snowcloud import cog, preprocess
 from snowcloud.bands import BANDS, RESOLUTION_M
-from snowcloud.cog import average_2x2, write_cog
+from snowcloud.cog import CogWriter, average_2x2
 from snowcloud.config import ConfigError
 from snowcloud.demo.landscape import Landscape
 from snowcloud.demo.tiles import tile_grid
@@ -29,6 +29,38 @@ def run(safe, output: Path, dem_path=None, threads=1, **options) -> tuple[np.nda
     preprocess_scene(safe, dem_path, output, options, threads=threads)
     with rasterio.open(output) as scene:
         return scene.read(), scene.tags()
+
+
+def assert_valid_cog(path: Path) -> None:
+    """The checks of GDAL's validate_cloud_optimized_geotiff.py with --full-check, on GDAL's own view of the
+    file's structure: the IFDs of the image and its overviews (largest first) right after the header and its
+    ghost area, tiles everywhere, tile data from the smallest overview to the full resolution, each band's
+    tiles in row-major order, each tile with its size leader and its repeated last 4 bytes."""
+    raw = path.read_bytes()
+    with rasterio.open(path) as dataset:
+        assert dataset.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        ghost = dataset.get_tag_item("GDAL_STRUCTURAL_METADATA", "TIFF")
+        levels = [None, *range(len(dataset.overviews(1)))]
+        ifds = [int(dataset.get_tag_item("IFD_OFFSET", "TIFF", bidx=1, ovr=level)) for level in levels]
+        header = 16 if raw[2] == 43 else 8  # BigTIFF or classic TIFF
+        assert ifds[0] == header + len(ghost) + (header + len(ghost)) % 2 and ifds == sorted(ifds)
+        first_tiles = []
+        for level in levels:
+            with rasterio.open(path, overview_level=level) if level is not None else rasterio.open(path) as image:
+                rows, cols = (math.ceil(n / 512) for n in image.shape)
+                assert image.block_shapes[0] == (512, 512)
+            for band in dataset.indexes:
+                last = 0
+                for y in range(rows):
+                    for x in range(cols):
+                        offset = int(dataset.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=band, ovr=level))
+                        size = int(dataset.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=band, ovr=level))
+                        assert offset > last and int.from_bytes(raw[offset - 4 : offset], "little") == size
+                        assert raw[offset + size - 4 : offset + size] == raw[offset + size : offset + size + 4]
+                        last = offset
+                        if (band, x, y) == (1, 0, 0):
+                            first_tiles.append(offset)
+        assert first_tiles[-1] > ifds[-1] and first_tiles == sorted(first_tiles, reverse=True)
 
 
 def reference_upsample(native: np.ndarray, k: int, method: str, a: float = -0.5) -> np.ndarray:
@@ -169,8 +201,7 @@ def test_scene_raster_is_a_cog_with_names_scales_and_provenance(tmp_path, tiny_d
     output = tmp_path / "results" / "scenes" / "32TNS" / "20211208T102421.tif"
     preprocess_scene(product.path, tiny_demo["dem"].format(tile="32TNS"), output, {"resampling": "cubic"})
     with rasterio.open(output) as scene:
-        assert scene.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
-        assert scene.compression.name == "zstd" and scene.block_shapes[0] == (512, 512)
+        assert scene.compression.name == "zstd" and scene.interleaving.name == "band"
         assert scene.dtypes == ("int16",) * 14 and scene.nodatavals == (NODATA,) * 14
         assert scene.descriptions == (*BANDS, "ELEVATION")
         assert scene.scales == (1e-4,) * 13 + (1.0,)
@@ -184,6 +215,7 @@ def test_scene_raster_is_a_cog_with_names_scales_and_provenance(tmp_path, tiny_d
     assert tags["DEM"] == tiny_demo["dem"].format(tile="32TNS") and tags["DEM_RESAMPLING"] == "bilinear"
     assert tags["SNOWCLOUD_VERSION"] and json.loads(tags["PREPROCESS_OPTIONS"])["resampling"] == "cubic"
     assert sorted(p.name for p in output.parent.iterdir()) == [output.name]  # no temporary files left
+    assert_valid_cog(output)
 
 
 def test_percentile_and_sigma_clipping_use_exact_scene_statistics(tmp_path, tiny_demo):
@@ -327,14 +359,26 @@ def test_bad_products_and_options_are_named(tmp_path, tiny_demo):
         preprocess_scene(product, None, tmp_path / "scene.tif", {"block_rows": 100, "dem": False})
 
 
-def test_a_failure_leaves_neither_output_nor_temporary_files(tmp_path, tiny_demo, monkeypatch):
+@pytest.mark.parametrize("clip", ["none", "percentile"])
+def test_a_failure_leaves_neither_output_nor_temporary_files(tmp_path, tiny_demo, monkeypatch, clip):
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(preprocess, "_write_cog", killed)
+    monkeypatch.setattr(cog, "assemble_cog", killed)  # every part of the COG written, the COG not yet
     output = tmp_path / "scenes" / "scene.tif"
+    product = tiny_demo["products"][("32TNS", "20211208T102421")].path
     with pytest.raises(KeyboardInterrupt):
-        preprocess_scene(tiny_demo["products"][("32TNS", "20211208T102421")].path, None, output, NO_DEM)
+        preprocess_scene(product, None, output, {"dem": False, "block_rows": 60, "clip": {"method": clip}})
+    assert list(output.parent.iterdir()) == []
+
+
+def test_a_band_that_cannot_be_decoded_is_named_and_leaves_nothing(tmp_path):
+    safe = make_product(tmp_path, random_bands(240), zipped=False)
+    b05 = next(safe.rglob("*_B05.jp2"))
+    b05.write_bytes(b05.read_bytes()[: b05.stat().st_size // 2])  # the second half of the tiles is gone
+    output = tmp_path / "scenes" / "scene.tif"
+    with pytest.raises(PreprocessError, match=f"cannot decode band .*_B05.jp2 in {safe}"):
+        preprocess_scene(safe, None, output, {"dem": False, "block_rows": 60})
     assert list(output.parent.iterdir()) == []
 
 
@@ -352,21 +396,70 @@ def test_scene_overviews_are_gdal_averages(tmp_path, tiny_demo):
     with rasterio.open(output) as scene:
         base = scene.read()
         assert scene.overviews(1) == []  # 120 pixels fit in one 512 block
-    stack = tmp_path / "stack.tif"
-    with rasterio.open(output) as scene:
-        profile = dict(scene.profile, driver="GTiff", tiled=False, blockysize=8, compress=None)
-        profile.pop("blockxsize")
-        wide = np.concatenate([base] * 5, axis=2)  # 120 x 600: one overview level
-        with rasterio.open(stack, "w", **dict(profile, width=600)) as out:
-            out.write(wide)
-            out.update_tags(**scene.tags())
-            out.descriptions = scene.descriptions
-    write_cog(stack, tmp_path / "ours.tif", NODATA, True, 1, COMPRESS="ZSTD", BLOCKSIZE=512)
-    rasterio.shutil.copy(stack, tmp_path / "gdal.tif", driver="COG", COMPRESS="ZSTD", BLOCKSIZE=512, OVERVIEW_RESAMPLING="AVERAGE")
+        profile = dict(scene.profile, width=600)
+    wide = np.concatenate([base] * 5, axis=2)  # 120 x 600: one overview level
+    with CogWriter(tmp_path / "ours.tif", profile, True, threads=2, compress="zstd") as writer:
+        for row in range(0, 120, 42):  # strips that do not fit the 512-row tiles nor each other
+            writer.write(wide[:, row : row + 42], row)
+        writer.finish()
+    with rasterio.open(tmp_path / "stack.tif", "w", **dict(profile, tiled=False, compress=None, blockysize=8)) as stack:
+        stack.write(wide)
+    rasterio.shutil.copy(tmp_path / "stack.tif", tmp_path / "gdal.tif", driver="COG", COMPRESS="ZSTD", BLOCKSIZE=512, OVERVIEW_RESAMPLING="AVERAGE")
     with rasterio.open(tmp_path / "ours.tif", overview_level=0) as ours, rasterio.open(tmp_path / "gdal.tif", overview_level=0) as gdal:
         assert ours.shape == gdal.shape == (60, 300)
         assert np.abs(ours.read().astype(int) - gdal.read()).max() <= 1  # rounding of negative means
     with rasterio.open(tmp_path / "ours.tif") as ours:
-        assert ours.tags()["PRODUCT"] == product.name.removesuffix(".zip") and ours.descriptions[0] == "B01"
-        assert ours.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        np.testing.assert_array_equal(ours.read(), wide)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gdal.tif", "ours.tif", "scene.tif", "stack.tif"]
+
+
+@pytest.mark.parametrize(("strip", "height", "width"), [(100, 1300, 1100), (7, 1025, 1537), (1300, 1300, 513)])
+def test_cog_writer_gives_the_same_image_and_pyramid_for_any_strips(tmp_path, strip, height, width):
+    rng = np.random.default_rng(strip)
+    image = rng.integers(-3000, 12000, (3, height, width)).astype(np.int16)
+    image[:, 100:300, 200:333] = NODATA  # no-data blocks with odd edges
+    image[:, :, -1] = NODATA
+    profile = dict(width=width, height=height, count=3, dtype="int16", nodata=NODATA, crs="EPSG:32632", transform=Affine(10, 0, 499980, 0, -10, 5200020))
+    target = tmp_path / "image.tif"
+    with CogWriter(target, profile, True, threads=2, compress="zstd", predictor=2, zstd_level=1) as writer:
+        for row in range(0, height, strip):
+            writer.write(image[:, row : row + strip], row)
+        writer.finish(lambda dataset: (dataset.update_tags(WHAT="test"), dataset.set_band_description(2, "second")))
+    assert [p.name for p in tmp_path.iterdir()] == ["image.tif"]
+    assert_valid_cog(target)
+    with rasterio.open(target) as cog_file:
+        np.testing.assert_array_equal(cog_file.read(), image)
+        assert cog_file.tags()["WHAT"] == "test" and cog_file.descriptions == (None, "second", None)
+        assert (cog_file.crs, cog_file.transform, cog_file.nodata) == (profile["crs"], profile["transform"], NODATA)
+        factors = cog_file.overviews(1)
+    level = image
+    for index, factor in enumerate(factors):
+        level = average_2x2(level, NODATA).copy()
+        with rasterio.open(target, overview_level=index) as overview:
+            np.testing.assert_array_equal(overview.read(), level, err_msg=f"overview {factor}")
+    assert max(level.shape[1:]) <= 512 < max(level.shape[1:]) * 2
+
+
+def test_cog_beyond_4_gb_is_a_bigtiff(tmp_path, monkeypatch):
+    monkeypatch.setattr(cog, "CLASSIC_LIMIT", 1000)  # as if the file did not fit a classic TIFF
+    image = np.arange(3 * 700 * 600, dtype=np.int32).reshape(3, 700, 600).astype(np.int16)
+    profile = dict(width=600, height=700, count=3, dtype="int16", nodata=NODATA, crs="EPSG:32632", transform=Affine(10, 0, 0, 0, -10, 0))
+    with CogWriter(tmp_path / "big.tif", profile, True, compress="deflate") as writer:
+        writer.write(image, 0)
+        writer.finish()
+    assert (tmp_path / "big.tif").read_bytes()[2:4] == b"+\x00"  # 43: BigTIFF
+    assert_valid_cog(tmp_path / "big.tif")
+    with rasterio.open(tmp_path / "big.tif") as big:
+        np.testing.assert_array_equal(big.read(), image)
+        assert big.compression.name == "deflate" and big.overviews(1) == [2]
+
+
+def test_cog_writer_refuses_strips_out_of_order_and_an_unfinished_image(tmp_path):
+    profile = dict(width=10, height=20, count=1, dtype="int16", nodata=NODATA, crs="EPSG:32632", transform=Affine(10, 0, 0, 0, -10, 0))
+    with CogWriter(tmp_path / "x.tif", profile, False) as writer:
+        writer.write(np.zeros((1, 5, 10), dtype=np.int16), 0)
+        with pytest.raises(ValueError, match="strip at row 10, expected row 5"):
+            writer.write(np.zeros((1, 5, 10), dtype=np.int16), 10)
+        with pytest.raises(ValueError, match="5 of 20 rows written"):
+            writer.finish()
+    assert list(tmp_path.iterdir()) == []

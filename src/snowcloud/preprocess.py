@@ -3,15 +3,17 @@
 The 13 bands on B02's 10 m grid (20 m / 60 m bands upsampled by snowcloud.resample), value = DN +
 RADIO_ADD_OFFSET in a signed type, saturating at 32767, clipped per config; the DEM reprojected onto the
 same grid as band 14 (ELEVATION, metres); nodata -32768 in every band wherever any band has DN 0 (or the DEM
-is missing). The work is done in strips of `block_rows` 10 m rows, so memory does not grow with the tile:
+is missing). The JP2 files are decoded once, in strips of `block_rows` 10 m rows, so memory does not grow
+with the tile:
 
-1. read each band's window for the strip (plus a kernel margin) through GDAL (/vsizip/ for zips), upsample,
-   offset, mask, and write the strip to an uncompressed temporary GeoTIFF beside the output; exact per-band
-   histograms (np.bincount over the int16 values of valid pixels) are gathered on the way when clipping;
-2. clipping (percentile / sigma) limits come from those histograms: statistics of the 10 m values of the
-   whole scene, exact, and without decoding the JP2 files twice; the temporary file is clipped in place;
-3. average overviews are made from it in numpy (snowcloud.cog), and GDAL's COG driver turns it into the
-   tiled, compressed COG with those overviews, under a temporary name renamed to the output at the end.
+1. the bands of a strip (and its DEM rows) are read through GDAL (/vsizip/ for zips), upsampled, offset and
+   saturated in parallel threads, while the main thread masks, counts and hands on the strip before;
+2. without clipping, each strip goes straight to snowcloud.cog.CogWriter, which compresses the COG's tiles
+   (and its average overviews) as soon as they are complete and in the end copies them into COG order;
+3. with clipping, the strips go to an uncompressed temporary GeoTIFF beside the output while exact per-band
+   histograms of the int16 values of the valid pixels are gathered; the limits come from those (statistics
+   of the 10 m values of the whole scene, exact, without decoding the JP2 files twice), and the strips are
+   read back, clipped and handed to the CogWriter.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import copy
 import json
 import logging
 import math
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,16 +35,17 @@ import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
-from rasterio.warp import reproject
-from rasterio.windows import Window
+from rasterio.warp import reproject, transform_bounds
+from rasterio.windows import Window, from_bounds
 from tqdm import tqdm
 
 import snowcloud
 from snowcloud.atomic import atomic_output
 from snowcloud.bands import BANDS, RESOLUTION_M, channel_names
-from snowcloud.cog import write_cog
+from snowcloud.cog import CogWriter
 from snowcloud.config import load_schema, validate_config
-from snowcloud.resample import MARGIN, pad_edges, phase_taps, upsample
+from snowcloud.gdal import gdal_env
+from snowcloud.resample import MARGIN, RESULT, phase_taps, replicate_edges, thread_scratch, upsample
 from snowcloud.safe import SafeProduct, open_safe
 
 log = logging.getLogger(__name__)
@@ -48,13 +53,15 @@ log = logging.getLogger(__name__)
 NODATA = -32768
 VALUE_RANGE = (-32767, 32767)  # valid values saturate here; -32768 is reserved for no data
 HISTOGRAM_SIZE = 65536  # one bin per int16 value
+HISTOGRAM_CHUNK = 1 << 20  # values counted at once (np.bincount makes an int64 copy of what it counts)
 COG_BLOCK_SIZE = 512
 ZSTD_LEVEL = 1  # 5x faster than GDAL's default 9 for ~10 % larger files (with the horizontal predictor)
 # GDAL's block cache must hold the JP2 tiles a strip shares with the next one (one 1024-row tile row of all
 # 13 bands of a full tile: 170 MB) beside the tiles being decoded, or they are decoded twice (256 MB is too
-# little, 384 MB enough on a full tile; the margin is for the output and DEM). rasterio takes bytes.
-GDAL_CACHE_BYTES = 512 * 2**20
+# little, 384 MB enough on a full tile; the margin is for the COG tiles being compressed and the DEM).
+GDAL_CACHE_MB = 512
 COVERAGE_CHECK_PIXELS = 512  # the DEM pre-check samples the tile on a grid of about this many pixels a side
+DEM_MARGIN = 4  # DEM pixels read beyond a strip's footprint (cubic reaches 2)
 
 
 class PreprocessError(ValueError):
@@ -75,28 +82,42 @@ def preprocess_scene(safe, dem: str | None, output, options: dict, threads: int 
     product = open_safe(safe)
     if options["dem"] and not dem:
         raise PreprocessError(f"preprocess.dem is on but no DEM was given for {product.path}")
-    gdal = rasterio.Env(GDAL_NUM_THREADS=str(threads), GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
+    gdal = gdal_env(GDAL_CACHE_MB, GDAL_NUM_THREADS=str(threads), GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
     with gdal, contextlib.ExitStack() as resources:
         elevation = resources.enter_context(DemOnGrid(dem, product, options, threads)) if options["dem"] else None
         if elevation is not None:
             elevation.check_coverage_estimate()
-        with atomic_output(output) as final:
-            stack = final.with_name(f"{final.stem}.strips.tif")
-            try:
-                summary = _write_strips(product, elevation, stack, options, threads)
-                _check_summary(product, elevation, summary)
-                limits = clip_limits(summary.histograms, options["clip"])
-                if limits:
-                    _clip_in_place(stack, limits, options["block_rows"])
-                with rasterio.open(stack, "r+") as dataset:
-                    _describe(dataset, product, elevation, options, limits, summary)
-                _write_cog(stack, final, options, threads)
-            finally:
-                stack.unlink(missing_ok=True)
+        final = resources.enter_context(atomic_output(output))
+        writer = resources.enter_context(CogWriter(final, _profile(product, elevation), options["overviews"], threads, COG_BLOCK_SIZE, **_compression(options)))
+        if options["clip"]["method"] == "none":
+            summary = _read_strips(product, elevation, options, threads, writer.write)
+            _check_summary(product, elevation, summary)
+            limits = {}
+        else:
+            stack = resources.enter_context(_TemporaryStrips(final.with_name(f"{final.stem}.strips.tif"), _profile(product, elevation)))
+            summary = _read_strips(product, elevation, options, threads, stack.write)
+            _check_summary(product, elevation, summary)
+            limits = clip_limits(summary.histograms, options["clip"])
+            _write_clipped(stack, limits, options["block_rows"], writer.write)
+        writer.finish(lambda dataset: _describe(dataset, product, elevation, options, limits, summary))
     log.info(
         "%s -> %s: %.1f %% valid, %s clipping, %.1f s",
         product.name, output, 100 * summary.valid / summary.pixels, options["clip"]["method"], time.perf_counter() - start,
     )  # fmt: skip
+
+
+def _profile(product: SafeProduct, elevation: DemOnGrid | None) -> dict:
+    """The scene raster's size, type, no-data value and georeference."""
+    count = len(channel_names(elevation is not None))
+    return dict(width=product.width, height=product.height, count=count, dtype="int16", nodata=NODATA, crs=product.crs, transform=product.transform)
+
+
+def _compression(options: dict) -> dict:
+    """GTiff creation options of the COG's tiles (the horizontal predictor suits the int16 bands)."""
+    creation = dict(compress=options["compress"], predictor=2)
+    if options["compress"] == "zstd":
+        creation["zstd_level"] = ZSTD_LEVEL
+    return creation
 
 
 @dataclass
@@ -110,10 +131,11 @@ class StripSummary:
 
 
 class DemOnGrid(contextlib.AbstractContextManager):
-    """A DEM of any CRS, reprojected strip by strip onto the scene's 10 m grid (NaN where it has no value)."""
+    """A DEM of any CRS, reprojected strip by strip onto the scene's 10 m grid."""
 
     def __init__(self, path: str, product: SafeProduct, options: dict, threads: int) -> None:
         self.path, self.product, self.threads = str(path), product, threads
+        self.lock = threading.Lock()  # one dataset handle, used by one thread at a time
         self.resampling = Resampling[options["dem_resampling"]]
         self.allowed_missing = options["dem_max_missing_fraction"]
         try:
@@ -138,33 +160,73 @@ class DemOnGrid(contextlib.AbstractContextManager):
         if missing > self.allowed_missing:
             raise PreprocessError(self.coverage_message(missing))
 
-    def reproject(self, transform: Affine, width: int, height: int, resampling: Resampling | None = None) -> np.ndarray:
-        destination = np.full((height, width), np.nan, dtype=np.float32)
-        reproject(
-            source=rasterio.band(self.dataset, 1),
-            destination=destination,
-            src_nodata=self.dataset.nodata,
-            dst_transform=transform,
-            dst_crs=self.product.crs,
-            dst_nodata=np.nan,
-            resampling=resampling or self.resampling,
-            num_threads=self.threads,
-        )
+    def reproject(self, destination: np.ndarray, transform: Affine, resampling: Resampling | None = None) -> np.ndarray:
+        """The DEM on the grid of float32 `destination` with this transform in the scene's CRS, NaN where it
+        has no value."""
+        destination.fill(np.nan)
+        with self.lock:
+            reproject(
+                source=rasterio.band(self.dataset, 1),
+                destination=destination,
+                src_nodata=self.dataset.nodata,
+                dst_transform=transform,
+                dst_crs=self.product.crs,
+                dst_nodata=np.nan,
+                resampling=resampling or self.resampling,
+                num_threads=self.threads,
+            )
         return destination
 
-    def strip(self, row: int, rows: int) -> np.ndarray:
+    def fill(self, row: int, rows: int, out: np.ndarray) -> np.ndarray:
+        """Rows [row, row + rows) of the scene grid into `out` (int16 metres, rounded, saturated; 0 where
+        uncovered); returns where the DEM has a value.
+
+        The DEM pixels the strip reaches are read first: when none of them is missing (the usual case), GDAL
+        warps them without validity masks, which is 2-3x faster and gives the same values and coverage."""
+        heights = thread_scratch().array(RESULT, (rows, self.product.width))
+        heights.fill(np.nan)
         transform = self.product.transform @ Affine.translation(0, row)
-        return self.reproject(transform, self.product.width, rows)
+        source, source_transform = self._pixels_reached(transform, self.product.width, rows)
+        if source is not None:
+            nodata = self.dataset.nodata
+            complete = not np.isnan(source).any() and (nodata is None or not (source == nodata).any())
+            masks = {"init_dest_nodata": False} if complete else {"src_nodata": nodata, "dst_nodata": np.nan}
+            reproject(
+                source=source, destination=heights, src_transform=source_transform, src_crs=self.dataset.crs, dst_transform=transform,
+                dst_crs=self.product.crs, resampling=self.resampling, num_threads=self.threads, **masks,
+            )  # fmt: skip
+        covered = np.isnan(heights)
+        np.logical_not(covered, out=covered)
+        np.nan_to_num(heights, copy=False)
+        _store(heights, out)
+        return covered
+
+    def _pixels_reached(self, transform: Affine, width: int, height: int) -> tuple[np.ndarray | None, Affine]:
+        """The DEM's values around the footprint of a grid (DEM_MARGIN pixels more on each side, for the
+        kernels) and their transform; None where the footprint misses the DEM."""
+        if not self.dataset.transform.is_rectilinear:
+            window = Window(0, 0, self.dataset.width, self.dataset.height)
+        else:
+            (left, top), (right, bottom) = transform @ (0, 0), transform @ (width, height)
+            bounds = transform_bounds(self.product.crs, self.dataset.crs, left, bottom, right, top, densify_pts=21)
+            footprint = from_bounds(*bounds, transform=self.dataset.transform)
+            first_col, first_row = math.floor(footprint.col_off) - DEM_MARGIN, math.floor(footprint.row_off) - DEM_MARGIN
+            last_col = math.ceil(footprint.col_off + footprint.width) + DEM_MARGIN
+            last_row = math.ceil(footprint.row_off + footprint.height) + DEM_MARGIN
+            first_col, first_row = max(first_col, 0), max(first_row, 0)
+            last_col, last_row = min(last_col, self.dataset.width), min(last_row, self.dataset.height)
+            if first_col >= last_col or first_row >= last_row:
+                return None, transform
+            window = Window(first_col, first_row, last_col - first_col, last_row - first_row)
+        with self.lock:
+            values = self.dataset.read(1, window=window)
+        return values, self.dataset.transform @ Affine.translation(window.col_off, window.row_off)
 
     def missing_fraction_estimate(self) -> float:
         """Uncovered share of the tile on a coarse grid: fails a scene before the heavy work."""
         step = max(1, math.ceil(max(self.product.width, self.product.height) / COVERAGE_CHECK_PIXELS))
-        coarse = self.reproject(
-            self.product.transform @ Affine.scale(step),
-            math.ceil(self.product.width / step),
-            math.ceil(self.product.height / step),
-            Resampling.nearest,
-        )
+        shape = (math.ceil(self.product.height / step), math.ceil(self.product.width / step))
+        coarse = self.reproject(np.empty(shape, dtype=np.float32), self.product.transform @ Affine.scale(step), Resampling.nearest)
         return float(np.isnan(coarse).mean())
 
     def coverage_message(self, missing: float, estimate: bool = False) -> str:
@@ -180,81 +242,123 @@ def _percent(fraction: float) -> str:
     return f"{value:.1f}" if value == 0 or 0.1 <= value <= 99.9 else f"{value:.3g}"
 
 
-def _write_strips(product: SafeProduct, elevation: DemOnGrid | None, path: Path, options: dict, threads: int) -> StripSummary:
-    """Pass 1: every strip of the scene into an uncompressed, pixel-interleaved temporary GeoTIFF."""
-    names = channel_names(elevation is not None)
-    block_rows = options["block_rows"]
-    profile = dict(
-        driver="GTiff", width=product.width, height=product.height, count=len(names), dtype="int16", nodata=NODATA,
-        crs=product.crs, transform=product.transform, interleave="pixel", tiled=False, blockysize=6, BIGTIFF="IF_SAFER",
-    )  # fmt: skip
+def _read_strips(product: SafeProduct, elevation: DemOnGrid | None, options: dict, threads: int, sink: Callable[[np.ndarray, int], None]) -> StripSummary:
+    """The pass over the JP2 files: every strip of the scene on the 10 m grid, masked, handed in order to
+    `sink(values, row)`. The bands (and DEM rows) of the next strip are read and upsampled in `threads`
+    threads while the sink takes the strip before (two strip buffers take turns)."""
+    block_rows = min(options["block_rows"], product.height)
     taps = {k: phase_taps(k, options["resampling"], options["cubic_a"]) for k in (2, 6)}
-    want_histograms = options["clip"]["method"] != "none"
     summary = StripSummary(pixels=product.width * product.height)
-    if want_histograms:
+    if options["clip"]["method"] != "none":
         summary.histograms = {band: np.zeros(HISTOGRAM_SIZE, dtype=np.int64) for band in BANDS}
-    buffer = np.empty((len(names), min(block_rows, product.height), product.width), dtype=np.int16)
+    channels = len(channel_names(elevation is not None))
+    buffers = [np.empty((channels, block_rows, product.width), dtype=np.int16) for _ in range(2)]
+    rows_of = [(row, min(block_rows, product.height - row)) for row in range(0, product.height, block_rows)]
     with contextlib.ExitStack() as stack:
-        sources = {band: stack.enter_context(rasterio.open(product.band_paths[band])) for band in BANDS}
-        out = stack.enter_context(rasterio.open(path, "w", **profile))
-        pool = stack.enter_context(ThreadPoolExecutor(threads))
-        strips = range(0, product.height, block_rows)
-        for row in tqdm(strips, desc=f"preprocess {product.tile} {product.date}", unit="strip", disable=None):
-            rows = min(block_rows, product.height - row)
-            values = buffer[:, :rows]
-            valid = np.ones((rows, product.width), dtype=bool)
-            for band_valid in pool.map(lambda index: _fill_band(product, sources, taps, row, rows, index, values[index]), range(len(BANDS))):
-                valid &= band_valid
+        sources = {band: (stack.enter_context(rasterio.open(product.band_paths[band])), threading.Lock()) for band in BANDS}
+        pool = ThreadPoolExecutor(threads)
+        stack.callback(pool.shutdown, cancel_futures=True)
+
+        def submit(index: int) -> tuple[np.ndarray, list[Future]]:
+            row, rows = rows_of[index]
+            values = buffers[index % 2][:, :rows]
+            tasks = [pool.submit(_fill_band, product, *sources[band], band, taps, row, rows, out) for band, out in zip(BANDS, values)]
             if elevation is not None:
-                heights = elevation.strip(row, rows)
-                covered = ~np.isnan(heights)
-                summary.dem_missing += int((~covered).sum())
+                tasks.append(pool.submit(elevation.fill, row, rows, values[-1]))
+            return values, tasks
+
+        pending = submit(0)
+        for index in tqdm(range(len(rows_of)), desc=f"preprocess {product.tile} {product.date}", unit="strip", disable=None):
+            values, tasks = pending
+            if index + 1 < len(rows_of):
+                pending = submit(index + 1)
+            validity = [task.result() for task in tasks]
+            valid = _combine_validity(validity[: len(BANDS)])
+            if elevation is not None:
+                covered = validity[-1]
+                summary.dem_missing += covered.size - int(np.count_nonzero(covered))
                 valid &= covered
-                values[-1] = np.clip(np.rint(np.nan_to_num(heights)), *VALUE_RANGE)
-            np.copyto(values, np.int16(NODATA), where=~valid)
-            summary.valid += int(valid.sum())
-            if want_histograms:
-                _count_values(values, int((~valid).sum()), summary.histograms)
-            out.write(values, window=Window(0, row, product.width, rows))
+            invalid = valid.size - int(np.count_nonzero(valid))
+            if invalid:
+                np.copyto(values, np.int16(NODATA), where=~valid)
+            summary.valid += valid.size - invalid
+            if summary.histograms:
+                _count_values(values, invalid, summary.histograms)
+            sink(values, rows_of[index][0])
     return summary
 
 
-def _fill_band(product: SafeProduct, sources: dict, taps: dict, row: int, rows: int, index: int, out: np.ndarray) -> np.ndarray:
-    """One band of a strip on the 10 m grid into `out` (int16, offset applied, saturated); returns where it is
-    valid. Bands run in parallel threads: GDAL decoding and the numpy work release the GIL."""
-    band = BANDS[index]
+def _fill_band(product: SafeProduct, source, lock: threading.Lock, band: str, taps: dict, row: int, rows: int, out: np.ndarray) -> np.ndarray:
+    """One band of a strip on the 10 m grid into `out` (int16, offset applied, saturated); returns its validity
+    (DN > 0) on the band's own grid. Bands run in parallel threads: GDAL decoding and the numpy work release
+    the GIL; the work arrays are the thread's own (snowcloud.resample.Scratch)."""
     k = RESOLUTION_M[band] // 10
-    dn, valid = _read_band(product, sources[band], band, row // k, rows // k, margin=MARGIN if k > 1 else 0)
+    scratch = thread_scratch()
+    offset = np.float32(product.offsets[band])
     if k == 1:
-        values = dn.astype(np.int32)
-    else:
-        values = np.rint(upsample(dn, valid, k, taps[k]))
-        valid = np.repeat(np.repeat(valid[MARGIN:-MARGIN, MARGIN:-MARGIN], k, axis=0), k, axis=1)
-    values += product.offsets[band]
-    np.clip(values, *VALUE_RANGE, out=values)
-    out[...] = values
-    return valid
+        dn = _read_rows(product, source, lock, band, row, rows, scratch)
+        values = np.add(dn, offset, out=scratch.array(RESULT, dn.shape))
+        _store(values, out)
+        return dn > 0
+    first, count = row // k, rows // k
+    top, bottom = max(0, first - MARGIN), min(source.height, first + count + MARGIN)
+    dn = _read_rows(product, source, lock, band, top, bottom - top, scratch)
+    before, after = top - (first - MARGIN), first + count + MARGIN - bottom
+    native = scratch.array("native", (count + 2 * MARGIN, source.width + 2 * MARGIN))
+    np.add(dn, offset, out=native[before : before + dn.shape[0], MARGIN:-MARGIN])
+    replicate_edges(native, before, after, MARGIN)
+    valid = dn > 0
+    padded_valid = None if valid.all() else np.pad(valid, ((before, after), (MARGIN, MARGIN)), mode="edge")
+    _store(upsample(native, k, taps[k], padded_valid, scratch), out)
+    return valid[first - top : first - top + count]
 
 
-def _read_band(product: SafeProduct, source, band: str, first: int, count: int, margin: int) -> tuple[np.ndarray, np.ndarray]:
-    """Native rows [first - margin, first + count + margin) of a band, edges replicated beyond the raster, and
-    their validity (DN > 0)."""
-    top = max(0, first - margin)
-    bottom = min(source.height, first + count + margin)
+def _read_rows(product: SafeProduct, source, lock: threading.Lock, band: str, first: int, count: int, scratch) -> np.ndarray:
+    """Native rows [first, first + count) of a band, decoded into the thread's scratch space."""
+    dn = scratch.array("dn", (count, source.width), np.uint16)
     try:
-        dn = source.read(1, window=Window(0, top, source.width, bottom - top))
+        with lock:
+            source.read(1, window=Window(0, first, source.width, count), out=dn)
     except RasterioError as error:
         raise PreprocessError(f"cannot decode band {product.band_source(band)}: {error}") from error
-    if margin:
-        dn = pad_edges(dn, top - (first - margin), first + count + margin - bottom, margin)
-    return dn, dn > 0
+    return dn
+
+
+def _store(values: np.ndarray, out: np.ndarray) -> None:
+    """float32 values -> int16 `out`: saturated to VALUE_RANGE, rounded to the nearest integer."""
+    np.clip(values, *VALUE_RANGE, out=values)
+    np.rint(values, out=values)
+    np.copyto(out, values, casting="unsafe")
+
+
+def _combine_validity(band_valid: list[np.ndarray]) -> np.ndarray:
+    """Where every band is valid, on the 10 m grid, from each band's validity on its own grid: the 60 m
+    validity is folded into the 20 m one and that into the 10 m one (a coarse pixel covers k x k finer ones)."""
+    by_factor: dict[int, np.ndarray] = {}
+    for band, valid in zip(BANDS, band_valid):
+        k = RESOLUTION_M[band] // 10
+        if k in by_factor:
+            by_factor[k] &= valid
+        else:
+            by_factor[k] = valid.copy()
+    factors = sorted(by_factor, reverse=True)
+    for coarse, fine in zip(factors, factors[1:]):
+        ratio = coarse // fine
+        rows, cols = by_factor[coarse].shape
+        blocks = by_factor[fine].reshape(rows, ratio, cols, ratio)
+        blocks &= by_factor[coarse][:, None, :, None]
+    return by_factor[factors[-1]]
 
 
 def _count_values(values: np.ndarray, invalid: int, histograms: dict[str, np.ndarray]) -> None:
     """Add each band's values to its histogram (bin = value + 32768); the invalid pixels, all -32768, are
     taken out of bin 0 again (valid values never reach -32768)."""
     for band, band_values in zip(BANDS, values):
-        counts = np.bincount((band_values.view(np.uint16) ^ 0x8000).ravel(), minlength=HISTOGRAM_SIZE)
+        as_unsigned = band_values.reshape(-1).view(np.uint16)  # 0..32767, then -32768..-1 as 32768..65535
+        counts = np.zeros(HISTOGRAM_SIZE, dtype=np.int64)
+        for start in range(0, as_unsigned.size, HISTOGRAM_CHUNK):
+            counts += np.bincount(as_unsigned[start : start + HISTOGRAM_CHUNK], minlength=HISTOGRAM_SIZE)
+        counts = np.roll(counts, HISTOGRAM_SIZE // 2)
         counts[0] -= invalid
         histograms[band] += counts
 
@@ -290,19 +394,36 @@ def clip_limits(histograms: dict[str, np.ndarray], clip: dict) -> dict[str, tupl
     return limits
 
 
-def _clip_in_place(path: Path, limits: dict[str, tuple[int, int]], block_rows: int) -> None:
-    """Pass 2: clip the valid values of the reflectance bands of the temporary file, strip by strip."""
+class _TemporaryStrips(contextlib.AbstractContextManager):
+    """The unclipped scene in an uncompressed, band-interleaved temporary GeoTIFF, removed on exit."""
+
+    def __init__(self, path: Path, profile: dict) -> None:
+        self.path = path
+        self.dataset = rasterio.open(path, "w+", driver="GTiff", interleave="band", BIGTIFF="IF_SAFER", **profile)
+
+    def write(self, values: np.ndarray, row: int) -> None:
+        self.dataset.write(values, window=Window(0, row, values.shape[2], values.shape[1]))
+
+    def __exit__(self, *error: object) -> None:
+        self.dataset.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _write_clipped(stack: _TemporaryStrips, limits: dict[str, tuple[int, int]], block_rows: int, sink: Callable[[np.ndarray, int], None]) -> None:
+    """With clipping: the strips read back, the valid values of the reflectance bands clipped, handed to `sink`."""
     low = np.array([limits[band][0] for band in BANDS], dtype=np.int16)[:, None, None]
     high = np.array([limits[band][1] for band in BANDS], dtype=np.int16)[:, None, None]
-    indexes = list(range(1, len(BANDS) + 1))
-    with rasterio.open(path, "r+") as dataset:
-        for row in range(0, dataset.height, block_rows):
-            window = Window(0, row, dataset.width, min(block_rows, dataset.height - row))
-            values = dataset.read(indexes, window=window)
-            invalid = values[0] == NODATA  # no data is the same in every band
-            np.clip(values, low, high, out=values)
-            np.copyto(values, np.int16(NODATA), where=invalid)
-            dataset.write(values, indexes=indexes, window=window)
+    dataset = stack.dataset
+    buffer = np.empty((dataset.count, min(block_rows, dataset.height), dataset.width), dtype=np.int16)
+    for row in range(0, dataset.height, block_rows):
+        rows = min(block_rows, dataset.height - row)
+        values = buffer if rows == buffer.shape[1] else np.empty((dataset.count, rows, dataset.width), dtype=np.int16)
+        dataset.read(window=Window(0, row, dataset.width, rows), out=values)
+        reflectance = values[: len(BANDS)]
+        invalid = reflectance[0] == NODATA  # no data is the same in every band
+        np.clip(reflectance, low, high, out=reflectance)
+        np.copyto(reflectance, np.int16(NODATA), where=invalid)
+        sink(values, row)
 
 
 def _describe(dataset, product: SafeProduct, elevation: DemOnGrid | None, options: dict, limits: dict, summary: StripSummary) -> None:
@@ -335,11 +456,3 @@ def _describe(dataset, product: SafeProduct, elevation: DemOnGrid | None, option
         PREPROCESS_OPTIONS=json.dumps(options, sort_keys=True),
         SNOWCLOUD_VERSION=snowcloud.__version__,
     )
-
-
-def _write_cog(source: Path, target: Path, options: dict, threads: int) -> None:
-    """Pass 3: the temporary GeoTIFF as a tiled, compressed Cloud Optimized GeoTIFF (average overviews)."""
-    creation = dict(COMPRESS=options["compress"].upper(), PREDICTOR="YES", BLOCKSIZE=COG_BLOCK_SIZE, BIGTIFF="IF_SAFER")
-    if options["compress"] == "zstd":
-        creation["LEVEL"] = ZSTD_LEVEL
-    write_cog(source, target, NODATA, options["overviews"], threads, **creation)

@@ -9,17 +9,48 @@ No-data (invalid native pixels, DN 0) never leaks into valid values: an output p
 the valid taps only, with their weights renormalised to sum to 1; where the valid taps carry less than
 MIN_VALID_WEIGHT of the kernel (possible only right beside no-data), it takes the value of the native pixel it
 lies in. Which output pixels are valid is decided by the caller (the native pixel they lie in, i.e. nearest).
+
+The work arrays of a full-width strip are tens of MB each: a fresh one costs more in page faults than the
+arithmetic done on it, so they live in a `Scratch` of the calling thread and are reused from strip to strip.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
 METHODS = ("nearest", "bilinear", "cubic")
 MARGIN = 2  # native pixels of context needed on each side by every kernel (cubic reaches 2)
 MIN_VALID_WEIGHT = 0.5
+RESULT = "result"  # the Scratch array upsample returns: callers reuse it for their other full-resolution results
+
+Taps = list[list[tuple[int, float]]]
+
+
+class Scratch:
+    """Named work arrays reused from call to call (grown when a call needs more)."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+        size = math.prod(shape)
+        flat = self._arrays.get(name)
+        if flat is None or flat.size < size or flat.dtype != dtype:
+            flat = self._arrays[name] = np.empty(size, dtype=dtype)
+        return flat[:size].reshape(shape)
+
+
+_local = threading.local()
+
+
+def thread_scratch() -> Scratch:
+    """The calling thread's own Scratch (so parallel threads never share work arrays)."""
+    if not hasattr(_local, "scratch"):
+        _local.scratch = Scratch()
+    return _local.scratch
 
 
 def cubic_weight(x: float, a: float) -> float:
@@ -32,7 +63,7 @@ def cubic_weight(x: float, a: float) -> float:
     return 0.0
 
 
-def phase_taps(factor: int, method: str, cubic_a: float = -0.5) -> list[list[tuple[int, float]]]:
+def phase_taps(factor: int, method: str, cubic_a: float = -0.5) -> Taps:
     """For each output phase p = 0..factor-1: (offset from the native pixel j // factor, weight) pairs."""
     if method not in METHODS:
         raise ValueError(f"resampling {method!r} is not one of {METHODS}")
@@ -51,53 +82,56 @@ def phase_taps(factor: int, method: str, cubic_a: float = -0.5) -> list[list[tup
     return taps
 
 
-def upsample_axis(values: np.ndarray, factor: int, taps: list[list[tuple[int, float]]], axis: int) -> np.ndarray:
-    """Upsample float32 `values` along `axis`, where they hold MARGIN extra native pixels at both ends:
-    n + 2 * MARGIN native pixels give n * factor output pixels."""
+def upsample_axis(values: np.ndarray, factor: int, taps: Taps, axis: int, out: np.ndarray, work: np.ndarray) -> np.ndarray:
+    """Upsample 2-D float32 `values` along `axis` into `out`, where `values` hold MARGIN extra native pixels at
+    both ends of that axis: n + 2 * MARGIN native pixels give n * factor output pixels. `work` has the shape of
+    one output phase (n along `axis`)."""
     n = values.shape[axis] - 2 * MARGIN
-    shape = list(values.shape)
-    shape[axis] = n * factor
-    out = np.empty(shape, dtype=np.float32)
-    source = np.moveaxis(values, axis, 0)
-    target = np.moveaxis(out, axis, 0)
-    scratch = np.empty((n, *source.shape[1:]), dtype=np.float32)
+
+    def along(array: np.ndarray, part: slice) -> np.ndarray:
+        return array[part] if axis == 0 else array[:, part]
+
     for phase, pairs in enumerate(taps):
-        destination = target[phase::factor]
+        destination = along(out, slice(phase, None, factor))
         for index, (offset, weight) in enumerate(pairs):
-            window = source[MARGIN + offset : MARGIN + offset + n]
+            window = along(values, slice(MARGIN + offset, MARGIN + offset + n))
             if index == 0:
                 np.multiply(window, np.float32(weight), out=destination)
             else:
-                np.multiply(window, np.float32(weight), out=scratch)
-                destination += scratch
+                np.multiply(window, np.float32(weight), out=work)
+                destination += work
     return out
 
 
-def upsample(values: np.ndarray, valid: np.ndarray, factor: int, taps: list[list[tuple[int, float]]]) -> np.ndarray:
-    """Upsample a native window with MARGIN extra pixels on all four sides to float32 (rows * k, cols * k),
-    computing each output pixel from valid input only (see the module docstring).
+def upsample(values: np.ndarray, factor: int, taps: Taps, valid: np.ndarray | None = None, scratch: Scratch | None = None) -> np.ndarray:
+    """Upsample a float32 native window with MARGIN extra pixels on all four sides to (rows * k, cols * k),
+    computing each output pixel from valid input only (see the module docstring); `valid` (same shape as
+    `values`) None means all valid. The result lives in `scratch` (the thread's own by default) until its next use.
 
     The plain kernel runs everywhere; the columns whose kernel reaches invalid input (a swath edge crosses a
     strip in a narrow band of columns) are then recomputed with the renormalised kernel, run by run.
     """
-    out = _separable(values.astype(np.float32), factor, taps)
-    if valid.all():
+    out = _separable(values, factor, taps, scratch or thread_scratch())
+    if valid is None or valid.all():
         return out
     for first, last in _runs(_columns_to_fix(valid)):
         columns = slice(first, last + 2 * MARGIN)  # native columns, margins included
-        fixed = _renormalised(values[:, columns], valid[:, columns], factor, taps)
-        out[:, first * factor : last * factor] = fixed
+        out[:, first * factor : last * factor] = _renormalised(values[:, columns], valid[:, columns], factor, taps)
     return out
 
 
-def _separable(array: np.ndarray, factor: int, taps: list[list[tuple[int, float]]]) -> np.ndarray:
-    return upsample_axis(upsample_axis(array, factor, taps, axis=1), factor, taps, axis=0)
+def _separable(array: np.ndarray, factor: int, taps: Taps, scratch: Scratch) -> np.ndarray:
+    rows, cols = (size - 2 * MARGIN for size in array.shape)
+    wide = scratch.array("wide", (rows + 2 * MARGIN, cols * factor))
+    upsample_axis(array, factor, taps, 1, wide, scratch.array("work_wide", (rows + 2 * MARGIN, cols)))
+    out = scratch.array(RESULT, (rows * factor, cols * factor))
+    return upsample_axis(wide, factor, taps, 0, out, scratch.array("work_upsampled", (rows, cols * factor)))
 
 
-def _renormalised(values: np.ndarray, valid: np.ndarray, factor: int, taps: list[list[tuple[int, float]]]) -> np.ndarray:
+def _renormalised(values: np.ndarray, valid: np.ndarray, factor: int, taps: Taps) -> np.ndarray:
     """The kernel over valid taps only, weights renormalised; nearest where they carry too little weight."""
-    weighted = _separable(np.where(valid, values, 0).astype(np.float32), factor, taps)
-    weight = _separable(valid.astype(np.float32), factor, taps)
+    weighted = _separable(np.where(valid, values, 0).astype(np.float32), factor, taps, Scratch())
+    weight = _separable(valid.astype(np.float32), factor, taps, Scratch())
     inner = values[MARGIN:-MARGIN, MARGIN:-MARGIN].astype(np.float32)
     nearest = np.repeat(np.repeat(inner, factor, axis=0), factor, axis=1)
     enough = weight >= MIN_VALID_WEIGHT
@@ -120,7 +154,14 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
 
 
-def pad_edges(values: np.ndarray, before: int, after: int, margin: int) -> np.ndarray:
-    """Pad a window read at the raster's edge: `before`/`after` missing rows are replicated from the
-    border row, and `margin` columns are replicated on both sides."""
-    return np.pad(values, ((before, after), (margin, margin)), mode="edge")
+def replicate_edges(values: np.ndarray, before: int, after: int, margin: int) -> None:
+    """Fill, in place, the border of a window read at the raster's edge: the first `before` and last `after`
+    rows from the nearest row read, then `margin` columns on both sides from the nearest column."""
+    rows = values.shape[0]
+    if before:
+        values[:before] = values[before]
+    if after:
+        values[rows - after :] = values[rows - after - 1]
+    if margin:
+        values[:, :margin] = values[:, margin : margin + 1]
+        values[:, -margin:] = values[:, -margin - 1 : -margin]
