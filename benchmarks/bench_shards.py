@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 import rasterio
+import torch
 from affine import Affine
 from PIL import Image
 from rasterio.windows import Window

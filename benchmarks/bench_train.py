@@ -163,7 +163,7 @@ def main() -> None:
         feeding = loader_batches(args, ours, ours_training)
         configurations["ours, fed by the real loader"] = (ours, model_stepper(args, ours, ours_training, feeding))
 
-    for runtime, step in configurations.values():
+    for _, step in configurations.values():
         for _ in range(args.warmup):  # cuDNN autotuning, compilation, worker start-up
             step()
     timings: dict[str, list[float]] = {label: [] for label in configurations}

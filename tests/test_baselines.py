@@ -1,6 +1,7 @@
 import numpy as np
-from snowcloud.baselines import BASELINES, ndsi_rule, normalised_difference
+
 from snowcloud.bands import IGNORE_INDEX
+from snowcloud.baselines import BASELINES, ndsi_rule, normalised_difference
 
 OPTIONS = {"snow_ndsi": 0.4, "snow_green": 0.1, "cloud_blue": 0.25, "water_ndwi": 0.2}
 

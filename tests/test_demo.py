@@ -12,7 +12,8 @@ from rasterio.warp import transform
 from snowcloud.bands import BANDS, RESOLUTION_M
 from snowcloud.baselines import ndsi_rule
 from snowcloud.config import load_schema
-from snowcloud.demo import make_demo_data, planned_products, product as demo_product, surface, tiles
+from snowcloud.demo import make_demo_data, planned_products, surface, tiles
+from snowcloud.demo import product as demo_product
 from snowcloud.demo.landscape import Landscape
 from snowcloud.demo.product import make_scene, write_scene
 from snowcloud.demo.surface import Conditions, Surface, cast_shadow, render_surface

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
+from test_baselines import SPECTRA
+from test_infer import CRS, NODATA, TRANSFORM, write_scene
 
 from snowcloud import datasets
 from snowcloud.bands import BANDS, IGNORE_INDEX
@@ -17,8 +19,6 @@ from snowcloud.evaluate import EvaluationError, evaluate_scene, summarise
 from snowcloud.infer import InferenceError
 from snowcloud.labels import LabelError
 from snowcloud.metrics import metrics_from_confusion
-from test_baselines import SPECTRA
-from test_infer import CRS, NODATA, TRANSFORM, write_scene
 
 OPTIONS = {
     "margin_pixels": 0,

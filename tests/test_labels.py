@@ -13,6 +13,7 @@ from test_normalisation import CRS, ORIGIN, synthetic_scene, write_scene
 
 from snowcloud.labels import LabelError, read_label, value_counts
 
+
 def write_label(
     path: Path, values: np.ndarray, resolution: float = 10.0, origin=ORIGIN, crs: str = CRS, driver: str = "GTiff",
     **options,

@@ -105,7 +105,7 @@ def job_details(job_id: int) -> dict[str, str]:
 
 @pytest.mark.slurm
 @pytest.mark.workflow
-def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster: SlurmCluster, tmp_path):
+def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster: SlurmCluster, tmp_path):  # noqa: F811
     workdir = tmp_path / "work"
     write_config(workdir, tiny_config({"experiments": {"demo": {"training": {"epochs": EPOCHS}}}}))
     profile = site_profile(tmp_path / "profile")

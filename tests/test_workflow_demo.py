@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
-
 from workflow_runs import REPO, partial_files, planned_jobs, snakemake, write_config
 
 CLASSES = ("background", "snow", "cloud", "water")

@@ -16,11 +16,11 @@ from rasterio.windows import Window
 import snowcloud
 from snowcloud import datasets, labels
 from snowcloud.atomic import atomic_output
-from snowcloud.baselines import BASELINES
 from snowcloud.bands import CLASSES, IGNORE_INDEX
+from snowcloud.baselines import BASELINES
 from snowcloud.infer import check_same_grid, valid_pixels
-from snowcloud.normalisation import row_strips
 from snowcloud.metrics import confusion_matrix, metrics_from_confusion, thesis_metric_lines
+from snowcloud.normalisation import row_strips
 
 log = logging.getLogger(__name__)
 

@@ -78,10 +78,12 @@ def admissible_windows(good: np.ndarray, size: int, min_fraction: float, source:
 
 
 def draw_windows(
-    admissible: np.ndarray, k: int, rng: np.random.Generator, exclude: np.ndarray = np.empty(0, np.int64)
+    admissible: np.ndarray, k: int, rng: np.random.Generator, exclude: np.ndarray | None = None
 ) -> np.ndarray:
     """Flat indices (row * width + col) of `k` admissible windows drawn uniformly, distinct and not in `exclude`
     when there are enough of them (else with replacement, logged)."""
+    if exclude is None:
+        exclude = np.empty(0, np.int64)
     row_counts = admissible.sum(axis=1, dtype=np.int64)
     ends = np.cumsum(row_counts)
     total = int(ends[-1])
