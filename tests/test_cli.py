@@ -23,7 +23,9 @@ def test_check_config_reports_a_typo_and_fails(repo, tmp_path, capsys):
 def test_check_config_show_prints_the_defaults(repo, capsys):
     assert main(["check-config", "--show", str(repo / "config" / "config.yaml")]) == 0
     shown = yaml.safe_load(capsys.readouterr().out.split("configuration OK")[0])
-    assert shown["experiments"]["demo"]["training"]["optimizer"]["lr"] == 0.001
+    optimizer = shown["experiments"]["demo"]["training"]["optimizer"]
+    assert optimizer["lr"] == 0.002  # set in the file
+    assert optimizer["weight_decay"] == 0.01 and optimizer["amsgrad"] is False  # schema defaults filled in
 
 
 def test_demo_command_makes_products_dems_and_labels(tmp_path, capsys):
