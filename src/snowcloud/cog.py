@@ -142,8 +142,6 @@ class CogWriter(contextlib.AbstractContextManager):
         self._remove_files()
 
     def __exit__(self, *error: object) -> None:
-        for level in self.levels:
-            level.abort()
         self._remove_files()
 
     def _file(self, name: str) -> Path:
@@ -158,17 +156,18 @@ class CogWriter(contextlib.AbstractContextManager):
 
 
 class _Level:
-    """One resolution level of a CogWriter: its rows go into parts of one 512-row band of tiles each (a part
-    is closed, so GDAL compresses its tiles, as soon as its last row has come), and their 2 x 2 averages on to
-    the next coarser level."""
+    """One resolution level of a CogWriter: its rows go into parts of one 512-row band of tiles each, and
+    their 2 x 2 averages on to the next coarser level. A part is written in one go, band by band from
+    contiguous rows, and closed at once (GDAL compresses its tiles then): a tile is never flushed half
+    filled and read back. Rows that do not yet complete a band of tiles wait, copied, for the next strip."""
 
     def __init__(self, writer: CogWriter, index: int, width: int, height: int) -> None:
         self.writer, self.index, self.width, self.height = writer, index, width, height
         self.coarser: _Level | None = None
         self.parts: list[Path] = []
-        self.part: rasterio.io.DatasetWriter | None = None  # the part being filled
-        self.filled = 0  # rows in the part being filled
-        self.done = 0  # rows in closed parts
+        self.waiting: list[np.ndarray] = []  # rows (copies) that do not yet complete the next part
+        self.waiting_rows = 0
+        self.done = 0  # rows in written parts
         self.carry: np.ndarray | None = None  # an odd last row, averaged with the first row of the next strip
         self.scratch = Scratch()
 
@@ -177,19 +176,17 @@ class _Level:
             self._pass_down(values)
         start = 0
         while start < values.shape[1]:
-            if self.part is None:
-                self._open_part(values.shape[0], values.dtype)
-            chunk = values[:, start : start + self.part.height - self.filled]
-            self.part.write(chunk, window=Window(0, self.filled, self.width, chunk.shape[1]))
-            self.filled += chunk.shape[1]
-            start += chunk.shape[1]
-            if self.filled == self.part.height:
-                self.part.close()
-                self.done += self.filled
-                self.part, self.filled = None, 0
+            needed = min(self.writer.block_size, self.height - self.done) - self.waiting_rows
+            if values.shape[1] - start < needed:
+                self.waiting.append(values[:, start:].copy())
+                self.waiting_rows += values.shape[1] - start
+                return
+            self._write_part([*self.waiting, values[:, start : start + needed]])
+            self.waiting, self.waiting_rows = [], 0
+            start += needed
 
     def close(self) -> None:
-        """After the last strip: the odd last row, if any, averaged alone; every part closed."""
+        """After the last strip: the odd last row, if any, averaged alone; every part written."""
         if self.coarser is not None:
             if self.carry is not None:
                 self.coarser.add(average_2x2(self.carry, self.writer.nodata, self.scratch))
@@ -198,28 +195,34 @@ class _Level:
         if self.done != self.height:
             raise ValueError(f"{self.writer.target}: level {self.index} holds {self.done} of {self.height} rows")
 
-    def abort(self) -> None:
-        if self.part is not None:
-            self.part.close()
-            self.part = None
-
     def _pass_down(self, values: np.ndarray) -> None:
+        """2 x 2 averages of the rows to the coarser level (an odd last row waits for the next strip)."""
         if self.carry is not None:
-            values = np.concatenate([self.carry, values], axis=1)
-            self.carry = None
+            joined = np.concatenate([self.carry, values[:, :1]], axis=1)
+            self.carry, values = None, values[:, 1:]
+            self.coarser.add(average_2x2(joined, self.writer.nodata, self.scratch))
         even = values.shape[1] - values.shape[1] % 2
         if even:
             self.coarser.add(average_2x2(values[:, :even], self.writer.nodata, self.scratch))
         if even < values.shape[1]:
             self.carry = values[:, even:].copy()
 
-    def _open_part(self, count: int, dtype: np.dtype) -> None:
+    def _write_part(self, pieces: list[np.ndarray]) -> None:
+        """One part from consecutive row pieces (count, rows, width), written and closed."""
         path = self.writer._file(f"level{self.index}.part{len(self.parts)}")
-        rows = min(self.writer.block_size, self.height - self.done)
+        rows = sum(piece.shape[1] for piece in pieces)
+        count, dtype = pieces[0].shape[0], pieces[0].dtype
         with warnings.catch_warnings():  # a part needs no georeference: the COG takes it from the template
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            self.part = rasterio.open(path, "w", driver="GTiff", width=self.width, height=rows, count=count, dtype=dtype, **self.writer.tile_options)
+            part = rasterio.open(path, "w", driver="GTiff", width=self.width, height=rows, count=count, dtype=dtype, **self.writer.tile_options)
         self.parts.append(path)
+        with part:
+            for band in range(count):
+                row = 0
+                for piece in pieces:  # a band's rows are contiguous: given as 3-D, rasterio writes them uncopied
+                    part.write(piece[band : band + 1], [band + 1], window=Window(0, row, self.width, piece.shape[1]))
+                    row += piece.shape[1]
+        self.done += rows
 
 
 @dataclass
