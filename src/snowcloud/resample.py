@@ -10,21 +10,23 @@ the valid taps only, with their weights renormalised to sum to 1; where the vali
 MIN_VALID_WEIGHT of the kernel (possible only right beside no-data), it takes the value of the native pixel it
 lies in. Which output pixels are valid is decided by the caller (the native pixel they lie in, i.e. nearest).
 
-The work arrays of a full-width strip are tens of MB each: a fresh one costs more in page faults than the
-arithmetic done on it, so they live in a `Scratch` of the calling thread and are reused from strip to strip.
+The work arrays are reused from call to call in a `Scratch` of the calling thread (a fresh full-width array
+costs more in page faults than the arithmetic done on it), and a strip is upsampled a few rows at a time, so
+they stay a few MB each and mostly in the CPU's cache.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
 METHODS = ("nearest", "bilinear", "cubic")
 MARGIN = 2  # native pixels of context needed on each side by every kernel (cubic reaches 2)
 MIN_VALID_WEIGHT = 0.5
-RESULT = "result"  # the Scratch array upsample returns: callers reuse it for their other full-resolution results
+RESULT = "result"  # the Scratch array of upsample's output rows: callers reuse it for their other float32 rows
 
 Taps = list[list[tuple[int, float]]]
 
@@ -103,21 +105,28 @@ def upsample_axis(values: np.ndarray, factor: int, taps: Taps, axis: int, out: n
     return out
 
 
-def upsample(values: np.ndarray, factor: int, taps: Taps, valid: np.ndarray | None = None, scratch: Scratch | None = None) -> np.ndarray:
+def upsample(
+    values: np.ndarray, factor: int, taps: Taps, valid: np.ndarray | None, rows_at_once: int, store: Callable[[int, np.ndarray], None]
+) -> None:
     """Upsample a float32 native window with MARGIN extra pixels on all four sides to (rows * k, cols * k),
     computing each output pixel from valid input only (see the module docstring); `valid` (same shape as
-    `values`) None means all valid. The result lives in `scratch` (the thread's own by default) until its next use.
+    `values`) None means all valid. The output comes `rows_at_once` native rows at a time, as
+    `store(first output row, rows)`; those rows live in the thread's Scratch until the next chunk.
 
     The plain kernel runs everywhere; the columns whose kernel reaches invalid input (a swath edge crosses a
-    strip in a narrow band of columns) are then recomputed with the renormalised kernel, run by run.
+    strip in a narrow band of columns, found once for the whole window) are then recomputed with the
+    renormalised kernel, run by run. Every output pixel is computed alike whatever the chunks.
     """
-    out = _separable(values, factor, taps, scratch or thread_scratch())
-    if valid is None or valid.all():
-        return out
-    for first, last in _runs(_columns_to_fix(valid)):
-        columns = slice(first, last + 2 * MARGIN)  # native columns, margins included
-        out[:, first * factor : last * factor] = _renormalised(values[:, columns], valid[:, columns], factor, taps)
-    return out
+    scratch = thread_scratch()
+    runs = [] if valid is None or valid.all() else _runs(_columns_to_fix(valid))
+    inner = values.shape[0] - 2 * MARGIN
+    for first in range(0, inner, rows_at_once):
+        rows = slice(first, min(first + rows_at_once, inner) + 2 * MARGIN)
+        out = _separable(values[rows], factor, taps, scratch)
+        for start, stop in runs:
+            columns = slice(start, stop + 2 * MARGIN)  # native columns, margins included
+            out[:, start * factor : stop * factor] = _renormalised(values[rows, columns], valid[rows, columns], factor, taps)
+        store(first * factor, out)
 
 
 def _separable(array: np.ndarray, factor: int, taps: Taps, scratch: Scratch) -> np.ndarray:
