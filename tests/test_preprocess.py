@@ -12,7 +12,7 @@ from rasterio.enums import Resampling
 from rasterio.warp import transform, transform_bounds
 from safe_factory import band_shape, constant_bands, make_product
 
-from snowcloud import cog, preprocess
+from snowcloud import cog, preprocess, resample
 from snowcloud.bands import BANDS, RESOLUTION_M
 from snowcloud.cog import CogWriter, average_2x2
 from snowcloud.config import ConfigError
@@ -463,3 +463,61 @@ def test_cog_writer_refuses_strips_out_of_order_and_an_unfinished_image(tmp_path
         with pytest.raises(ValueError, match="5 of 20 rows written"):
             writer.finish()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cog_writer_writes_every_tile_once_even_with_a_tiny_block_cache(tmp_path, monkeypatch):
+    """Strips end inside a band of tiles, and the cache holds one band's row of tiles (1.5 MB) but not all
+    bands' (4.5 MB), as in a full tile where the JP2 tiles fill it: a tile written half filled would be
+    flushed, read back and written again, leaving dead bytes in the part files."""
+    rng = np.random.default_rng(5)
+    image = rng.integers(-30000, 30000, (3, 1100, 1030)).astype(np.int16)  # incompressible: tiles of ~512 KB
+    profile = dict(width=1030, height=1100, count=3, dtype="int16", nodata=NODATA, crs="EPSG:32632", transform=Affine(10, 0, 0, 0, -10, 0))
+    dead_bytes = []
+
+    def measure_then_assemble(template, levels, target):
+        for part in (part for parts in levels for part in parts):
+            ifd = cog.read_ifd(part)
+            dead_bytes.append(part.stat().st_size - int(ifd.numbers(cog.TILE_BYTE_COUNTS).sum()))
+        assemble(template, levels, target)
+
+    assemble = cog.assemble_cog
+    monkeypatch.setattr(cog, "assemble_cog", measure_then_assemble)
+    with rasterio.Env(GDAL_CACHEMAX=5 * 2**19), CogWriter(tmp_path / "x.tif", profile, True, compress="zstd", predictor=2) as writer:
+        for row in range(0, 1100, 100):
+            writer.write(image[:, row : row + 100], row)
+        writer.finish()
+    assert len(dead_bytes) == 3 + 2 + 1 and max(dead_bytes) < 4096  # headers and tags only
+    with rasterio.open(tmp_path / "x.tif") as written:
+        np.testing.assert_array_equal(written.read(), image)
+
+
+@pytest.mark.parametrize("method", ["bilinear", "cubic"])
+def test_upsampling_a_few_rows_at_a_time_changes_no_value(method):
+    rng = np.random.default_rng(1)
+    native = rng.uniform(-1000, 12000, (40 + 4, 30 + 4)).astype(np.float32)
+    valid = np.ones(native.shape, dtype=bool)
+    valid[:, :12][np.tri(44, 12, -20, dtype=bool)] = False  # a swath edge across the window
+    native[~valid] = -1e6
+    taps = resample.phase_taps(2, method)
+
+    def upsampled(rows_at_once: int) -> np.ndarray:
+        out = np.full((80, 60), np.nan, dtype=np.float32)
+        resample.upsample(native, 2, taps, valid, rows_at_once, lambda first, rows: out.__setitem__(slice(first, first + len(rows)), rows))
+        return out
+
+    whole = upsampled(40)
+    valid_output = np.repeat(np.repeat(valid[2:-2, 2:-2], 2, axis=0), 2, axis=1)
+    assert not np.isnan(whole).any() and whole[valid_output].min() > -10000  # no-data input never leaks
+    for rows_at_once in (1, 7, 16):
+        np.testing.assert_array_equal(upsampled(rows_at_once), whole)
+
+
+def test_no_data_by_bitwise_passes_equals_a_masked_copy():
+    rng = np.random.default_rng(2)
+    values = rng.integers(-32768, 32768, (3, 50, 70)).astype(np.int16)
+    values[:, 0, :3] = [-32767, 32767, 0]
+    valid = rng.random((50, 70)) < 0.7
+    expected = values.copy()
+    np.copyto(expected, np.int16(NODATA), where=~valid)
+    preprocess._set_no_data(values, valid)
+    np.testing.assert_array_equal(values, expected)
