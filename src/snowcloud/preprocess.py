@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import json
 import logging
 import math
@@ -295,6 +296,7 @@ def _read_strips(product: SafeProduct, elevation: DemOnGrid | None, options: dic
             if summary.histograms:
                 _count_values(values, invalid, summary.histograms)
             sink(values, rows_of[index][0])
+            _release_freed_memory()
     return summary
 
 
@@ -346,13 +348,31 @@ def _store(values: np.ndarray, out: np.ndarray) -> None:
     np.copyto(out, values, casting="unsafe")
 
 
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's malloc_trim(0), which hands the free pages inside malloc's arenas back to the system; a no-op
+    where the C library has none."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0)
+
+
+# After each strip: GDAL's JP2 blocks and codec buffers (1-4 MB, allocated and freed in several threads) leave
+# free pages in malloc's arenas that stay resident otherwise (0.3 GB of a full tile's peak; no measurable cost).
+_release_freed_memory = _malloc_trim()
+
+
 def _set_no_data(values: np.ndarray, valid: np.ndarray) -> None:
     """NODATA in every band of int16 `values` where not `valid`, in two bitwise passes (a masked copy
     broadcast over the bands is several times slower)."""
-    keep = valid.astype(np.int16)
-    np.negative(keep, out=keep)  # all bits set where valid, none where not
-    values &= keep
-    values |= ~keep & np.int16(NODATA)
+    mask = valid.astype(np.int16)
+    np.negative(mask, out=mask)  # all bits set where valid, none where not
+    values &= mask
+    np.invert(mask, out=mask)
+    mask &= np.int16(NODATA)  # NODATA where not valid, 0 where valid
+    values |= mask
 
 
 def _combine_validity(band_valid: list[np.ndarray]) -> np.ndarray:
@@ -448,6 +468,7 @@ def _write_clipped(stack: _TemporaryStrips, limits: dict[str, tuple[int, int]], 
         np.clip(reflectance, low, high, out=reflectance)
         np.copyto(reflectance, np.int16(NODATA), where=invalid)
         sink(values, row)
+        _release_freed_memory()
 
 
 def _describe(dataset, product: SafeProduct, elevation: DemOnGrid | None, options: dict, limits: dict, summary: StripSummary) -> None:
