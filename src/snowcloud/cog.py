@@ -46,6 +46,7 @@ REDUCED_IMAGE = 1
 TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
 SHORT, LONG, LONG8 = 3, 4, 16
 CLASSIC_LIMIT = 2**32
+SUM_CHUNK_PIXELS = 1 << 17  # int16 pixels averaged at once: work arrays of 0.25 MB
 
 
 def average_2x2(values: np.ndarray, nodata: int, scratch: Scratch | None = None) -> np.ndarray:
@@ -57,30 +58,34 @@ def average_2x2(values: np.ndarray, nodata: int, scratch: Scratch | None = None)
     if rows % 2 or cols % 2:
         values = np.pad(values, ((0, 0), (0, rows % 2), (0, cols % 2)), constant_values=nodata)
     mean = scratch.array("mean", (bands, (rows + 1) // 2, (cols + 1) // 2), values.dtype)
-    total = scratch.array("total", mean.shape[1:], np.int32)
     for band, band_mean in zip(values, mean):
-        _sum_2x2(band, total, scratch)
-        total += 2
-        total >>= 2  # floor((total + 2) / 4): the mean of 4 valid pixels, rounded half up
-        np.copyto(band_mean, total, casting="unsafe")
+        _mean_2x2(band, band_mean, scratch)
     valid = values[0] != nodata
     if not valid.all():
         _average_partial_blocks(values, valid, nodata, mean)
     return mean
 
 
-def _sum_2x2(band: np.ndarray, total: np.ndarray, scratch: Scratch) -> None:
-    """Sums of the 2 x 2 blocks of an int16 band of even size into int32 `total`. Two neighbouring int16
-    values are read as one int32 (contiguous, vectorised), whose halves come back by arithmetic shifts;
-    their sum does not depend on the byte order."""
+def _mean_2x2(band: np.ndarray, mean: np.ndarray, scratch: Scratch) -> None:
+    """Means of the 2 x 2 blocks of an int16 band of even size into `mean`, rounded half up, a few rows at a
+    time (the int32 work arrays stay in the CPU's cache). Two neighbouring int16 values are read as one int32
+    (contiguous, vectorised), whose halves come back by arithmetic shifts; their sum does not depend on the
+    byte order."""
     packed = np.ascontiguousarray(band).view(np.int32)
-    pairs = scratch.array("pairs", packed.shape, np.int32)
-    high = scratch.array("high", packed.shape, np.int32)
-    np.left_shift(packed, 16, out=pairs)
-    pairs >>= 16
-    np.right_shift(packed, 16, out=high)
-    pairs += high
-    np.add(pairs[0::2], pairs[1::2], out=total)
+    step = max(2, SUM_CHUNK_PIXELS // band.shape[1] // 2 * 2)
+    for first in range(0, packed.shape[0], step):
+        rows = packed[first : first + step]
+        pairs = scratch.array("pairs", rows.shape, np.int32)
+        high = scratch.array("high", rows.shape, np.int32)
+        np.left_shift(rows, 16, out=pairs)
+        pairs >>= 16
+        np.right_shift(rows, 16, out=high)
+        pairs += high
+        total = high[: rows.shape[0] // 2]
+        np.add(pairs[0::2], pairs[1::2], out=total)
+        total += 2
+        total >>= 2  # floor((total + 2) / 4): the mean of 4 valid pixels, rounded half up
+        np.copyto(mean[first // 2 : first // 2 + total.shape[0]], total, casting="unsafe")
 
 
 def _average_partial_blocks(values: np.ndarray, valid: np.ndarray, nodata: int, mean: np.ndarray) -> None:
