@@ -521,3 +521,39 @@ def test_no_data_by_bitwise_passes_equals_a_masked_copy():
     np.copyto(expected, np.int16(NODATA), where=~valid)
     preprocess._set_no_data(values, valid)
     np.testing.assert_array_equal(values, expected)
+
+
+@pytest.mark.parametrize(("method", "a", "factor"), [("bilinear", -0.5, 2), ("bilinear", -0.5, 6), ("cubic", -0.5, 2), ("cubic", -0.75, 6)])
+def test_gain_bounds_every_upsampled_value_also_beside_no_data(method, a, factor):
+    rng = np.random.default_rng(factor)
+    native = rng.choice(np.float32([-30000, 30000]), (24 + 4, 24 + 4))  # extremes side by side: the largest overshoot
+    valid = rng.random(native.shape) < 0.8
+    taps = resample.phase_taps(factor, method, a)
+    out = np.empty((24 * factor, 24 * factor), dtype=np.float32)
+    for mask in (None, valid):
+        resample.upsample(native, factor, taps, mask, 5, lambda first, rows: out.__setitem__(slice(first, first + len(rows)), rows))
+        assert np.abs(out).max() <= 30000 * resample.gain(taps) * (1 + 1e-6)
+    if method == "cubic":
+        assert resample.gain(taps) > 1 and np.abs(out).max() > 30000  # cubic overshoots: the bound is not idle
+    else:
+        assert resample.gain(taps) == pytest.approx(1)
+
+
+def test_cubic_overshoot_and_10m_values_saturate_without_wrapping_around(tmp_path):
+    dn = constant_bands(36, 2000)
+    dn["B05"] = np.tile(np.uint16([1001] * 9 + [33001] * 9), (18, 1))  # a step from 1 to 32001 after the offset
+    dn["B02"][0, :3] = [33767, 33768, 65535]  # 32767 and beyond after the offset
+    values, _ = run(make_product(tmp_path, dn, baseline="0400"), tmp_path / "scene.tif", resampling="cubic", **NO_DEM)
+    b05 = values[BANDS.index("B05")]
+    assert b05.max() == 32767 and b05.min() < 1  # cubic overshoots on both sides of the step, saturating above
+    assert values[BANDS.index("B02"), 0, :4].tolist() == [32767, 32767, 32767, 1000]
+
+
+@pytest.mark.parametrize("offset", [-1000, 0, 1000, -1000.5])
+def test_10m_offset_in_integers_equals_the_float_path(offset):
+    every_dn = np.arange(0, 65536, dtype=np.uint16).reshape(256, 256)
+    for dn in (every_dn, every_dn[:100] // 3):  # saturating, and not (the int16 path unless the offset is fractional)
+        expected = np.clip(np.rint(dn.astype(np.float32) + np.float32(offset)), *preprocess.VALUE_RANGE).astype(np.int16)
+        out = np.empty(dn.shape, dtype=np.int16)
+        preprocess._offset_dn(dn, offset, out, resample.Scratch())
+        np.testing.assert_array_equal(out, expected)

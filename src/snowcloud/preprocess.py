@@ -46,7 +46,7 @@ from snowcloud.bands import BANDS, RESOLUTION_M, channel_names
 from snowcloud.cog import CogWriter
 from snowcloud.config import load_schema, validate_config
 from snowcloud.gdal import gdal_env
-from snowcloud.resample import MARGIN, RESULT, phase_taps, replicate_edges, thread_scratch, upsample
+from snowcloud.resample import MARGIN, RESULT, gain, phase_taps, replicate_edges, thread_scratch, upsample
 from snowcloud.safe import SafeProduct, open_safe
 
 log = logging.getLogger(__name__)
@@ -306,28 +306,44 @@ def _fill_band(product: SafeProduct, source, lock: threading.Lock, band: str, ta
     the GIL; the work arrays are the thread's own (snowcloud.resample.Scratch)."""
     k = RESOLUTION_M[band] // 10
     scratch = thread_scratch()
-    offset = np.float32(product.offsets[band])
-
-    def store(first: int, values: np.ndarray) -> None:
-        _store(values, out[first : first + values.shape[0]])
-
+    offset = product.offsets[band]
     if k == 1:
         dn = _read_rows(product, source, lock, band, row, rows, scratch)
-        for first in range(0, rows, ROWS_AT_ONCE):
-            chunk = dn[first : first + ROWS_AT_ONCE]
-            store(first, np.add(chunk, offset, out=scratch.array(RESULT, chunk.shape)))
+        _offset_dn(dn, offset, out, scratch)
         return dn > 0
     first, count = row // k, rows // k
     top, bottom = max(0, first - MARGIN), min(source.height, first + count + MARGIN)
     dn = _read_rows(product, source, lock, band, top, bottom - top, scratch)
     before, after = top - (first - MARGIN), first + count + MARGIN - bottom
     native = scratch.array("native", (count + 2 * MARGIN, source.width + 2 * MARGIN))
-    np.add(dn, offset, out=native[before : before + dn.shape[0], MARGIN:-MARGIN])
+    np.add(dn, np.float32(offset), out=native[before : before + dn.shape[0], MARGIN:-MARGIN])
     replicate_edges(native, before, after, MARGIN)
     valid = dn > 0
     padded_valid = None if valid.all() else np.pad(valid, ((before, after), (MARGIN, MARGIN)), mode="edge")
+    saturate = _may_saturate(max(-float(native.min()), float(native.max())) * gain(taps[k]))
+
+    def store(first: int, values: np.ndarray) -> None:
+        _store(values, out[first : first + values.shape[0]], saturate)
+
     upsample(native, k, taps[k], padded_valid, ROWS_AT_ONCE // k, store)
     return valid[first - top : first - top + count]
+
+
+def _offset_dn(dn: np.ndarray, offset: float, out: np.ndarray, scratch) -> None:
+    """DN + offset of a 10 m band into int16 `out`, saturated: in int16 arithmetic (whose wrap-around is then
+    exact) when the offset is an integer and no value can saturate, else through float32."""
+    if float(offset).is_integer() and not _may_saturate(max(abs(offset), int(dn.max()) + offset)):
+        np.add(dn.view(np.int16), np.int16(offset), out=out)
+        return
+    for first in range(0, dn.shape[0], ROWS_AT_ONCE):
+        chunk = dn[first : first + ROWS_AT_ONCE]
+        _store(np.add(chunk, np.float32(offset), out=scratch.array(RESULT, chunk.shape)), out[first : first + chunk.shape[0]])
+
+
+def _may_saturate(magnitude: float) -> bool:
+    """Can float32 values of at most this magnitude fall outside VALUE_RANGE once rounded? (1 of margin for
+    the rounding errors of float32 arithmetic; VALUE_RANGE is symmetric)"""
+    return magnitude > VALUE_RANGE[1] - 1
 
 
 def _read_rows(product: SafeProduct, source, lock: threading.Lock, band: str, first: int, count: int, scratch) -> np.ndarray:
@@ -341,11 +357,12 @@ def _read_rows(product: SafeProduct, source, lock: threading.Lock, band: str, fi
     return dn
 
 
-def _store(values: np.ndarray, out: np.ndarray) -> None:
-    """float32 values -> int16 `out`: saturated to VALUE_RANGE, rounded to the nearest integer."""
-    np.clip(values, *VALUE_RANGE, out=values)
-    np.rint(values, out=values)
-    np.copyto(out, values, casting="unsafe")
+def _store(values: np.ndarray, out: np.ndarray, saturate: bool = True) -> None:
+    """float32 values -> int16 `out`: saturated to VALUE_RANGE (unless the caller knows they lie within),
+    rounded to the nearest integer in the same pass as the cast."""
+    if saturate:
+        np.clip(values, *VALUE_RANGE, out=values)
+    np.rint(values, out=out, casting="unsafe")
 
 
 def _malloc_trim() -> Callable[[], None]:

@@ -84,6 +84,15 @@ def phase_taps(factor: int, method: str, cubic_a: float = -0.5) -> Taps:
     return taps
 
 
+def gain(taps: Taps) -> float:
+    """The largest |output| of `upsample` per unit of the largest |native value| (the renormalised kernel
+    divides by at least MIN_VALID_WEIGHT when it has negative weights; without, every output pixel is a
+    weighted mean of native values)."""
+    one_axis = max(sum(abs(weight) for _, weight in pairs) for pairs in taps)
+    negative = any(weight < 0 for pairs in taps for _, weight in pairs)
+    return one_axis**2 / (MIN_VALID_WEIGHT if negative else 1.0)
+
+
 def upsample_axis(values: np.ndarray, factor: int, taps: Taps, axis: int, out: np.ndarray, work: np.ndarray) -> np.ndarray:
     """Upsample 2-D float32 `values` along `axis` into `out`, where `values` hold MARGIN extra native pixels at
     both ends of that axis: n + 2 * MARGIN native pixels give n * factor output pixels. `work` has the shape of
