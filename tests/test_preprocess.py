@@ -557,3 +557,27 @@ def test_10m_offset_in_integers_equals_the_float_path(offset):
         out = np.empty(dn.shape, dtype=np.int16)
         preprocess._offset_dn(dn, offset, out, resample.Scratch())
         np.testing.assert_array_equal(out, expected)
+
+
+def test_cog_writer_writes_each_band_of_a_part_in_one_call_over_whole_tiles(tmp_path, monkeypatch):
+    """A tile written in two calls can be flushed half filled from GDAL's block cache (other threads decode
+    JP2 tiles into it) and come back empty: seen as zeroed rows at the top of a part of a full tile."""
+    image = np.random.default_rng(6).integers(-3000, 12000, (2, 1100, 700)).astype(np.int16)
+    profile = dict(width=700, height=1100, count=2, dtype="int16", nodata=NODATA, crs="EPSG:32632", transform=Affine(10, 0, 0, 0, -10, 0))
+    calls = []
+    write = rasterio.io.DatasetWriter.write
+
+    def record(dataset, values, indexes=None, window=None, **kwargs):
+        calls.append((Path(dataset.name).name, indexes, window))
+        return write(dataset, values, indexes, window, **kwargs)
+
+    monkeypatch.setattr(rasterio.io.DatasetWriter, "write", record)
+    with CogWriter(tmp_path / "x.tif", profile, True, threads=2, compress="zstd") as writer:
+        for row in range(0, 1100, 102):  # strips that end inside bands of tiles
+            writer.write(image[:, row : row + 102], row)
+        writer.finish()
+    parts = sorted({name for name, _, _ in calls})
+    assert len(parts) == 3 + 2 + 1  # level 0: 3 parts, level 1 (550 rows): 2, level 2 (275 rows): 1
+    assert sorted(calls, key=str) == sorted(((name, [band], None) for name in parts for band in (1, 2)), key=str)
+    with rasterio.open(tmp_path / "x.tif") as written:
+        np.testing.assert_array_equal(written.read(), image)

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
-from rasterio.windows import Window
 
 from snowcloud.resample import Scratch
 
@@ -162,16 +161,17 @@ class CogWriter(contextlib.AbstractContextManager):
 
 class _Level:
     """One resolution level of a CogWriter: its rows go into parts of one 512-row band of tiles each, and
-    their 2 x 2 averages on to the next coarser level. A part is written in one go, band by band from
-    contiguous rows, and closed at once (GDAL compresses its tiles then): a tile is never flushed half
-    filled and read back. Rows that do not yet complete a band of tiles wait, copied, for the next strip."""
+    their 2 x 2 averages on to the next coarser level. A part is written in one go, each band in one call
+    that covers its tiles whole, and closed at once (GDAL compresses its tiles then): a tile is never
+    flushed half filled and read back (with other threads filling GDAL's block cache, such a tile could
+    come back empty). A part that lies within one strip is written from the strip's rows; the rows of one
+    that spans strips are gathered in a buffer of the level."""
 
     def __init__(self, writer: CogWriter, index: int, width: int, height: int) -> None:
         self.writer, self.index, self.width, self.height = writer, index, width, height
         self.coarser: _Level | None = None
         self.parts: list[Path] = []
-        self.waiting: list[np.ndarray] = []  # rows (copies) that do not yet complete the next part
-        self.waiting_rows = 0
+        self.gathered = 0  # rows of the next part in the part buffer
         self.done = 0  # rows in written parts
         self.carry: np.ndarray | None = None  # an odd last row, averaged with the first row of the next strip
         self.scratch = Scratch()
@@ -181,14 +181,18 @@ class _Level:
             self._pass_down(values)
         start = 0
         while start < values.shape[1]:
-            needed = min(self.writer.block_size, self.height - self.done) - self.waiting_rows
-            if values.shape[1] - start < needed:
-                self.waiting.append(values[:, start:].copy())
-                self.waiting_rows += values.shape[1] - start
-                return
-            self._write_part([*self.waiting, values[:, start : start + needed]])
-            self.waiting, self.waiting_rows = [], 0
-            start += needed
+            part_rows = min(self.writer.block_size, self.height - self.done)
+            take = min(part_rows - self.gathered, values.shape[1] - start)
+            if take == part_rows:
+                self._write_part(values[:, start : start + take])
+            else:
+                buffer = self.scratch.array("part", (values.shape[0], part_rows, self.width), values.dtype)
+                buffer[:, self.gathered : self.gathered + take] = values[:, start : start + take]
+                self.gathered += take
+                if self.gathered == part_rows:
+                    self._write_part(buffer)
+                    self.gathered = 0
+            start += take
 
     def close(self) -> None:
         """After the last strip: the odd last row, if any, averaged alone; every part written."""
@@ -212,21 +216,17 @@ class _Level:
         if even < values.shape[1]:
             self.carry = values[:, even:].copy()
 
-    def _write_part(self, pieces: list[np.ndarray]) -> None:
-        """One part from consecutive row pieces (count, rows, width), written and closed."""
+    def _write_part(self, values: np.ndarray) -> None:
+        """One part from its rows (count, rows, width), written band by band and closed."""
         path = self.writer._file(f"level{self.index}.part{len(self.parts)}")
-        rows = sum(piece.shape[1] for piece in pieces)
-        count, dtype = pieces[0].shape[0], pieces[0].dtype
+        count, rows = values.shape[:2]
         with warnings.catch_warnings():  # a part needs no georeference: the COG takes it from the template
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            part = rasterio.open(path, "w", driver="GTiff", width=self.width, height=rows, count=count, dtype=dtype, **self.writer.tile_options)
+            part = rasterio.open(path, "w", driver="GTiff", width=self.width, height=rows, count=count, dtype=values.dtype, **self.writer.tile_options)
         self.parts.append(path)
         with part:
-            for band in range(count):
-                row = 0
-                for piece in pieces:  # a band's rows are contiguous: given as 3-D, rasterio writes them uncopied
-                    part.write(piece[band : band + 1], [band + 1], window=Window(0, row, self.width, piece.shape[1]))
-                    row += piece.shape[1]
+            for band in range(count):  # a band's rows are contiguous: given as 3-D, rasterio writes them uncopied
+                part.write(values[band : band + 1], [band + 1])
         self.done += rows
 
 
