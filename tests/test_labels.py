@@ -11,7 +11,8 @@ from affine import Affine
 from rasterio.windows import Window
 from test_normalisation import CRS, ORIGIN, synthetic_scene, write_scene
 
-from snowcloud.labels import LabelError, read_label, value_counts
+from snowcloud.counting import bincount_in_chunks
+from snowcloud.labels import LabelError, read_label
 
 
 def write_label(
@@ -104,6 +105,6 @@ def test_a_thesis_folder_without_its_coverage_is_an_error(tmp_path, scene, class
         read_label(folder, scene)
 
 
-def test_value_counts_in_chunks_equal_a_bincount():
+def test_counts_in_chunks_equal_a_bincount():
     values = np.random.default_rng(5).integers(0, 256, size=(37, 11)).astype(np.uint8)
-    np.testing.assert_array_equal(value_counts(values, chunk=7), np.bincount(values.ravel(), minlength=256))
+    np.testing.assert_array_equal(bincount_in_chunks(values, 256, chunk=7), np.bincount(values.ravel(), minlength=256))

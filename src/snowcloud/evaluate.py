@@ -18,9 +18,9 @@ from snowcloud import datasets, labels
 from snowcloud.atomic import atomic_output
 from snowcloud.bands import CLASSES, IGNORE_INDEX
 from snowcloud.baselines import BASELINES
-from snowcloud.infer import check_same_grid, valid_pixels
+from snowcloud.infer import check_same_grid
 from snowcloud.metrics import confusion_matrix, metrics_from_confusion, thesis_metric_lines
-from snowcloud.normalisation import row_strips
+from snowcloud.normalisation import row_strips, valid_pixels
 
 log = logging.getLogger(__name__)
 

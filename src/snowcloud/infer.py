@@ -155,13 +155,6 @@ def model_band_indexes(dataset: rasterio.DatasetReader, bands: list[str], scene:
     return [names.index(band) + 1 for band in bands]
 
 
-def valid_pixels(values: np.ndarray, nodata: float | None) -> np.ndarray:
-    """(H, W) mask of the pixels where every band of (C, H, W) scene values holds data."""
-    if nodata is None:
-        return np.ones(values.shape[1:], bool)
-    return np.all(values != nodata, axis=0)
-
-
 def read_strip(
     dataset: rasterio.DatasetReader, indexes: list[int], row: int, height: int, normalise: Normaliser
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -172,7 +165,7 @@ def read_strip(
     for col in range(0, dataset.width, READ_CHUNK_COLUMNS):
         width = min(READ_CHUNK_COLUMNS, dataset.width - col)
         raw = dataset.read(indexes, window=Window(col, row, width, height))
-        chunk_valid = valid_pixels(raw, dataset.nodata)
+        chunk_valid = normalisation.valid_pixels(raw, dataset.nodata)
         source = f"{dataset.name} rows {row}..{row + height} columns {col}..{col + width}"
         image[:, :, col : col + width] = normalise(raw.astype(np.float32), chunk_valid, source)
         valid[:, col : col + width] = chunk_valid
@@ -451,7 +444,7 @@ def false_colour(dataset: rasterio.DatasetReader, out_shape: tuple[int, int]) ->
         raise InferenceError(f"scene {dataset.name} lacks band(s) {', '.join(missing)} needed for the quicklook")
     indexes = [names.index(band) + 1 for band in QUICKLOOK_BANDS]
     values = dataset.read(indexes, out_shape=(len(indexes), *out_shape), resampling=rasterio.enums.Resampling.nearest)
-    valid = valid_pixels(values, dataset.nodata)
+    valid = normalisation.valid_pixels(values, dataset.nodata)
     rgb = np.clip(values.astype(np.float32) / 10000.0 / QUICKLOOK_REFLECTANCE_MAX, 0.0, 1.0)
     return np.dstack([*rgb, valid.astype(np.float32)])
 

@@ -19,6 +19,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from snowcloud.bands import CLASSES, IGNORE_INDEX
+from snowcloud.counting import bincount_in_chunks
 
 THESIS_MASK = "mask.jp2"
 THESIS_COVERAGE = "mask_coverage.jp2"
@@ -82,20 +83,10 @@ def read_label(label_path: str | Path, scene_path: str | Path, window: Window | 
 
 
 def _check_values(values: np.ndarray, allowed: tuple[int, ...], path: Path) -> None:
-    present = np.flatnonzero(value_counts(values))
+    present = np.flatnonzero(bincount_in_chunks(values, 256))
     unexpected = sorted(set(present.tolist()) - set(allowed))
     if unexpected:
         raise LabelError(f"{path}: unexpected label values {unexpected} (allowed: {list(allowed)})")
-
-
-def value_counts(values: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
-    """Occurrences of each value 0..255 in a uint8 array, counted in chunks (np.bincount on the whole array
-    would first copy it to int64: 8 bytes per pixel, about 1 GB for a 10980 x 10980 tile)."""
-    counts = np.zeros(256, dtype=np.int64)
-    flat = values.reshape(-1)
-    for start in range(0, flat.size, chunk):
-        counts += np.bincount(flat[start : start + chunk], minlength=256)
-    return counts
 
 
 def read_on_grid(path: str | Path, grid: Grid, window: Window) -> np.ndarray:

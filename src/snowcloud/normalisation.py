@@ -232,7 +232,14 @@ def read_scene_window(src: rasterio.DatasetReader, window: Window, channels: int
 
 def values_and_valid(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scene raster values (C, H, W) as float32, and where every channel holds data."""
-    return raw.astype(np.float32), np.all(raw != NODATA, axis=0)
+    return raw.astype(np.float32), valid_pixels(raw)
+
+
+def valid_pixels(values: np.ndarray, nodata: float | None = NODATA) -> np.ndarray:
+    """(H, W) mask of the pixels where every band of (C, H, W) raster values holds data (all, without nodata)."""
+    if nodata is None:
+        return np.ones(values.shape[1:], bool)
+    return np.all(values != nodata, axis=0)
 
 
 def normalise_scene_window(
@@ -297,7 +304,7 @@ def _streamed_moments(src: rasterio.DatasetReader, sub_rows: int) -> dict:
         block = src.read(window=window)
         for rows in sub_strips(window.height, sub_rows):
             raw = block[:, rows]
-            valid = np.all(raw != NODATA, axis=0)
+            valid = valid_pixels(raw)
             n = int(valid.sum())
             if n == 0:
                 continue

@@ -45,6 +45,7 @@ from snowcloud.atomic import atomic_output
 from snowcloud.bands import BANDS, RESOLUTION_M, channel_names
 from snowcloud.cog import CogWriter
 from snowcloud.config import load_schema, validate_config
+from snowcloud.counting import bincount_in_chunks
 from snowcloud.gdal import gdal_env
 from snowcloud.resample import MARGIN, RESULT, gain, phase_taps, replicate_edges, thread_scratch, upsample
 from snowcloud.safe import SafeProduct, open_safe
@@ -54,7 +55,6 @@ log = logging.getLogger(__name__)
 NODATA = -32768
 VALUE_RANGE = (-32767, 32767)  # valid values saturate here; -32768 is reserved for no data
 HISTOGRAM_SIZE = 65536  # one bin per int16 value
-HISTOGRAM_CHUNK = 1 << 20  # values counted at once (np.bincount makes an int64 copy of what it counts)
 COG_BLOCK_SIZE = 512
 ZSTD_LEVEL = 1  # 5x faster than GDAL's default 9 for ~10 % larger files (with the horizontal predictor)
 # GDAL's block cache must hold the JP2 tiles a strip shares with the next one (one 1024-row tile row of all
@@ -92,13 +92,14 @@ def preprocess_scene(safe, dem: str | None, output, options: dict, threads: int 
         if elevation is not None:
             elevation.check_coverage_estimate()
         final = resources.enter_context(atomic_output(output))
-        writer = resources.enter_context(CogWriter(final, _profile(product, elevation), options["overviews"], threads, COG_BLOCK_SIZE, **_compression(options)))
+        profile = _profile(product, elevation)
+        writer = resources.enter_context(CogWriter(final, profile, options["overviews"], threads, COG_BLOCK_SIZE, **_compression(options)))
         if options["clip"]["method"] == "none":
             summary = _read_strips(product, elevation, options, threads, writer.write)
             _check_summary(product, elevation, summary)
             limits = {}
         else:
-            stack = resources.enter_context(_TemporaryStrips(final.with_name(f"{final.stem}.strips.tif"), _profile(product, elevation)))
+            stack = resources.enter_context(_TemporaryStrips(final.with_name(f"{final.stem}.strips.tif"), profile))
             summary = _read_strips(product, elevation, options, threads, stack.write)
             _check_summary(product, elevation, summary)
             limits = clip_limits(summary.histograms, options["clip"])
@@ -415,11 +416,8 @@ def _count_values(values: np.ndarray, invalid: int, histograms: dict[str, np.nda
     """Add each band's values to its histogram (bin = value + 32768); the invalid pixels, all -32768, are
     taken out of bin 0 again (valid values never reach -32768)."""
     for band, band_values in zip(BANDS, values):
-        as_unsigned = band_values.reshape(-1).view(np.uint16)  # 0..32767, then -32768..-1 as 32768..65535
-        counts = np.zeros(HISTOGRAM_SIZE, dtype=np.int64)
-        for start in range(0, as_unsigned.size, HISTOGRAM_CHUNK):
-            counts += np.bincount(as_unsigned[start : start + HISTOGRAM_CHUNK], minlength=HISTOGRAM_SIZE)
-        counts = np.roll(counts, HISTOGRAM_SIZE // 2)
+        as_unsigned = band_values.view(np.uint16)  # 0..32767, then -32768..-1 as 32768..65535
+        counts = np.roll(bincount_in_chunks(as_unsigned, HISTOGRAM_SIZE), HISTOGRAM_SIZE // 2)
         counts[0] -= invalid
         histograms[band] += counts
 
