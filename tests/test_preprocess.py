@@ -31,6 +31,12 @@ def run(safe, output: Path, dem_path=None, threads=1, **options) -> tuple[np.nda
         return scene.read(), scene.tags()
 
 
+def int16_profile(width: int, height: int, count: int, origin: tuple[float, float] = (0, 0)) -> dict:
+    """The profile a CogWriter takes: an int16 image with NODATA on a 10 m UTM grid."""
+    transform = Affine(10, 0, origin[0], 0, -10, origin[1])
+    return dict(width=width, height=height, count=count, dtype="int16", nodata=NODATA, crs="EPSG:32632", transform=transform)
+
+
 def assert_valid_cog(path: Path) -> None:
     """The checks of GDAL's validate_cloud_optimized_geotiff.py with --full-check, on GDAL's own view of the
     file's structure: the IFDs of the image and its overviews (largest first) right after the header and its
@@ -419,7 +425,7 @@ def test_cog_writer_gives_the_same_image_and_pyramid_for_any_strips(tmp_path, st
     image = rng.integers(-3000, 12000, (3, height, width)).astype(np.int16)
     image[:, 100:300, 200:333] = NODATA  # no-data blocks with odd edges
     image[:, :, -1] = NODATA
-    profile = dict(width=width, height=height, count=3, dtype="int16", nodata=NODATA, crs="EPSG:32632", transform=Affine(10, 0, 499980, 0, -10, 5200020))
+    profile = int16_profile(width, height, 3, origin=(499980, 5200020))
     target = tmp_path / "image.tif"
     with CogWriter(target, profile, True, threads=2, compress="zstd", predictor=2, zstd_level=1) as writer:
         for row in range(0, height, strip):
@@ -443,7 +449,7 @@ def test_cog_writer_gives_the_same_image_and_pyramid_for_any_strips(tmp_path, st
 def test_cog_beyond_4_gb_is_a_bigtiff(tmp_path, monkeypatch):
     monkeypatch.setattr(cog, "CLASSIC_LIMIT", 1000)  # as if the file did not fit a classic TIFF
     image = np.arange(3 * 700 * 600, dtype=np.int32).reshape(3, 700, 600).astype(np.int16)
-    profile = dict(width=600, height=700, count=3, dtype="int16", nodata=NODATA, crs="EPSG:32632", transform=Affine(10, 0, 0, 0, -10, 0))
+    profile = int16_profile(600, 700, 3)
     with CogWriter(tmp_path / "big.tif", profile, True, compress="deflate") as writer:
         writer.write(image, 0)
         writer.finish()
@@ -455,7 +461,7 @@ def test_cog_beyond_4_gb_is_a_bigtiff(tmp_path, monkeypatch):
 
 
 def test_cog_writer_refuses_strips_out_of_order_and_an_unfinished_image(tmp_path):
-    profile = dict(width=10, height=20, count=1, dtype="int16", nodata=NODATA, crs="EPSG:32632", transform=Affine(10, 0, 0, 0, -10, 0))
+    profile = int16_profile(10, 20, 1)
     with CogWriter(tmp_path / "x.tif", profile, False) as writer:
         writer.write(np.zeros((1, 5, 10), dtype=np.int16), 0)
         with pytest.raises(ValueError, match="strip at row 10, expected row 5"):
@@ -471,7 +477,7 @@ def test_cog_writer_writes_every_tile_once_even_with_a_tiny_block_cache(tmp_path
     flushed, read back and written again, leaving dead bytes in the part files."""
     rng = np.random.default_rng(5)
     image = rng.integers(-30000, 30000, (3, 1100, 1030)).astype(np.int16)  # incompressible: tiles of ~512 KB
-    profile = dict(width=1030, height=1100, count=3, dtype="int16", nodata=NODATA, crs="EPSG:32632", transform=Affine(10, 0, 0, 0, -10, 0))
+    profile = int16_profile(1030, 1100, 3)
     dead_bytes = []
 
     def measure_then_assemble(template, levels, target):
@@ -563,7 +569,7 @@ def test_cog_writer_writes_each_band_of_a_part_in_one_call_over_whole_tiles(tmp_
     """A tile written in two calls can be flushed half filled from GDAL's block cache (other threads decode
     JP2 tiles into it) and come back empty: seen as zeroed rows at the top of a part of a full tile."""
     image = np.random.default_rng(6).integers(-3000, 12000, (2, 1100, 700)).astype(np.int16)
-    profile = dict(width=700, height=1100, count=2, dtype="int16", nodata=NODATA, crs="EPSG:32632", transform=Affine(10, 0, 0, 0, -10, 0))
+    profile = int16_profile(700, 1100, 2)
     calls = []
     write = rasterio.io.DatasetWriter.write
 
