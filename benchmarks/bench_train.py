@@ -26,7 +26,7 @@ import torch
 
 from snowcloud.augment import Augmentation
 from snowcloud.config import validate_config
-from snowcloud.datasets import load_split
+from snowcloud.dataset_stats import load_split
 from snowcloud.loader import EpochSampler, ShardDataset
 from snowcloud.losses import build_loss
 from snowcloud.model import build_model, count_parameters

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
-from test_baselines import SPECTRA
-from test_infer import CRS, NODATA, TRANSFORM, write_scene
+from rasters import CRS, TRANSFORM, write_scene
+from surface_spectra import SPECTRA
 
-from snowcloud import datasets
+from snowcloud import dataset_stats
 from snowcloud.bands import BANDS, IGNORE_INDEX
 from snowcloud.evaluate import EvaluationError, evaluate_scene, summarise
-from snowcloud.infer import InferenceError
 from snowcloud.labels import LabelError
 from snowcloud.metrics import metrics_from_confusion
+from snowcloud.scene import NODATA, SceneError
 
 OPTIONS = {
     "margin_pixels": 0,
@@ -111,7 +111,7 @@ def test_label_or_prediction_on_another_grid_is_an_error(tmp_path):
     with pytest.raises(LabelError, match="shifted_label.tif"):
         evaluate_scene(**{**inputs, "label": str(label)}, output=str(output), options=OPTIONS)
     prediction = write_mask(tmp_path / "shifted_prediction.tif", PREDICTION, transform=shifted)
-    with pytest.raises(InferenceError, match="same grid"):
+    with pytest.raises(SceneError, match="same grid"):
         evaluate_scene(**{**inputs, "prediction": str(prediction)}, output=str(output), options=OPTIONS)
     assert not output.exists()
 
@@ -130,7 +130,7 @@ def write_stats(path: Path, members: list[dict], dates: list[str]) -> Path:
     """A stats.json with the parts the summary reads (format, per-date entries, split)."""
     entries = [{"tile": TILE, "date": date, "shard": f"results/shards/demo/{TILE}/{date}.h5"} for date in dates]
     method = "date" if "set" in members[0] else "patch"
-    stats = {"format": datasets.FORMAT, "dates": entries, "split": {"method": method, "members": members}}
+    stats = {"format": dataset_stats.FORMAT, "dates": entries, "split": {"method": method, "members": members}}
     path.write_text(json.dumps(stats))
     return path
 

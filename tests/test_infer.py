@@ -10,39 +10,23 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from rasterio.transform import from_origin
+from affine import Affine
+from rasters import CRS, TRANSFORM, write_scene
 from torch import nn
 
 from snowcloud import checkpoint, infer, normalisation
 from snowcloud import model as model_registry
 from snowcloud.bands import BANDS, CLASS_COLOURS, ELEVATION, IGNORE_INDEX
-from snowcloud.infer import InferenceError, blending_weights, predict_scene, quicklook, window_starts
+from snowcloud.infer import InferenceError, blending_weights, predict_scene, window_starts
+from snowcloud.quicklook import quicklook
+from snowcloud.scene import NODATA, SceneError
 
-NODATA = -32768
-CRS = "EPSG:32632"
-TRANSFORM = from_origin(600000.0, 5200020.0, 10.0, 10.0)
 CLASS_BANDS = ("B04", "B03", "B02", "B08")  # the band whose value decides each class in PixelRule
 GAIN = 10.0
 OPTIONS = {"batch_size": 3, "overlap": 0.5, "tta": True, "probabilities": True, "device": "cpu", "amp": True}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def write_scene(path: Path, values: np.ndarray, transform=TRANSFORM) -> Path:
-    """A scene raster as the preprocess stage writes it: int16, named bands, nodata -32768, tiled GeoTIFF."""
-    names = [*BANDS, ELEVATION][: len(values)]
-    profile = {
-        "driver": "GTiff", "width": values.shape[2], "height": values.shape[1], "count": len(values),
-        "dtype": "int16", "nodata": NODATA, "crs": CRS, "transform": transform, "tiled": True,
-        "blockxsize": 64, "blockysize": 64, "compress": "deflate",
-    }  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(values.astype(np.int16))
-        for i, name in enumerate(names, start=1):
-            dst.set_band_description(i, name)
-    return path
 
 
 def synthetic_values(height: int, width: int, elevation: bool = True, seed: int = 0) -> np.ndarray:
@@ -217,7 +201,7 @@ def test_scene_lacking_a_band_of_the_model_is_an_error_naming_both(tmp_path, pix
     scene = write_scene(tmp_path / "32TNS" / "20210116T102351.tif", synthetic_values(64, 64, elevation=False))
     model_path = pixel_rule_checkpoint(tmp_path / "model.pt", [*BANDS, ELEVATION])
     output = tmp_path / "out.tif"
-    with pytest.raises(InferenceError, match="ELEVATION") as error:
+    with pytest.raises(SceneError, match="ELEVATION") as error:
         predict_scene(str(model_path), str(scene), str(output), OPTIONS)
     assert str(scene) in str(error.value) and str(model_path) in str(error.value)
     assert not output.exists()
@@ -287,8 +271,8 @@ def test_quicklook_shows_scene_and_mask_and_checks_the_grid(tmp_path, pixel_rule
     assert CLASS_COLOURS[0] in colours and CLASS_COLOURS[1] in colours
 
     shifted = write_scene(
-        tmp_path / "32TMS" / "20210116T102351.tif", values, transform=from_origin(600010.0, 5200020.0, 10, 10)
+        tmp_path / "32TMS" / "20210116T102351.tif", values, transform=TRANSFORM @ Affine.translation(1, 0)
     )
-    with pytest.raises(InferenceError, match="same grid"):
+    with pytest.raises(SceneError, match="same grid"):
         quicklook(str(shifted), str(prediction), str(tmp_path / "other.png"))
     assert not (tmp_path / "other.png").exists()

@@ -6,28 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
-from affine import Affine
 from rasterio.windows import Window
-from test_normalisation import CRS, ORIGIN, synthetic_scene, write_scene
+from rasters import ORIGIN, synthetic_scene, write_label, write_scene
 
 from snowcloud.counting import bincount_in_chunks
 from snowcloud.labels import LabelError, read_label
-
-
-def write_label(
-    path: Path, values: np.ndarray, resolution: float = 10.0, origin=ORIGIN, crs: str = CRS, driver: str = "GTiff",
-    **options,
-) -> Path:  # fmt: skip
-    """A uint8 label raster (the thesis wrote nodata=0 into its masks; kept here to check it is ignored)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    profile = {
-        "driver": driver, "dtype": values.dtype.name, "count": 1, "height": values.shape[0], "width": values.shape[1],
-        "crs": crs, "transform": Affine(resolution, 0, origin[0], 0, -resolution, origin[1]), "nodata": 0, **options,
-    }  # fmt: skip
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(values, 1)
-    return path
 
 
 @pytest.fixture

@@ -1,53 +1,18 @@
-"""Normalisation specs: thesis constants, numerics, bounds, streaming statistics, errors.
-
-Also holds the scene-raster writer the other shard/loader tests import (`write_scene`, `synthetic_scene`).
-"""
+"""Normalisation specs: thesis constants, numerics, bounds, streaming statistics, errors."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-from affine import Affine
 from rasterio.windows import Window
+from rasters import synthetic_scene, write_scene
 
 from snowcloud import normalisation
-from snowcloud.bands import BANDS, ELEVATION
-from snowcloud.normalisation import NODATA, NormalisationError
-
-ORIGIN = (499980.0, 5200020.0)  # upper-left corner of tile 32TNS
-CRS = "EPSG:32632"
-
-
-def write_scene(path: Path, values: np.ndarray, resolution: float = 10.0, origin=ORIGIN, crs: str = CRS) -> Path:
-    """A scene raster as the preprocess stage writes it: int16, band names, nodata -32768, tiled GeoTIFF."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count, height, width = values.shape
-    profile = {
-        "driver": "GTiff", "dtype": "int16", "count": count, "height": height, "width": width, "crs": crs,
-        "transform": Affine(resolution, 0, origin[0], 0, -resolution, origin[1]), "nodata": NODATA, "tiled": True,
-        "blockxsize": 64, "blockysize": 64, "compress": "deflate",
-    }  # fmt: skip
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(values.astype(np.int16))
-        dst.descriptions = [*BANDS, ELEVATION][:count]
-    return path
-
-
-def synthetic_scene(rng: np.random.Generator, height: int, width: int, elevation: bool = True) -> np.ndarray:
-    """Plausible offset-corrected DN: dark land, bright snow/cloud blobs, a few negative values, elevation in m."""
-    yy, xx = np.mgrid[0:height, 0:width]
-    bright = (np.sin(yy / 9.0) + np.cos(xx / 7.0)) > 0.8
-    base = np.where(bright, 8000, 900)[None] + rng.normal(0, 300, (len(BANDS), height, width))
-    base[:, ::17, ::13] = -40  # very dark pixels after the -1000 offset
-    bands = np.clip(base, -999, 32767)
-    if not elevation:
-        return bands.astype(np.int16)
-    dem = 400 + 3 * yy + 2 * xx + rng.normal(0, 5, (height, width))
-    return np.concatenate([bands, dem[None]]).astype(np.int16)
+from snowcloud.normalisation import NormalisationError
+from snowcloud.scene import NODATA
 
 
 @pytest.fixture
@@ -194,21 +159,6 @@ def test_sigma_clip_on_a_scene_without_valid_pixels_names_the_file(tmp_path):
         normalisation.scene_statistics(normalisation.spec("sigma-clip"), scene)
 
 
-def test_scene_channels_checks_the_raster(tmp_path, rng):
-    with rasterio.open(write_scene(tmp_path / "s13.tif", synthetic_scene(rng, 8, 8, elevation=False))) as src:
-        assert normalisation.scene_channels(src, elevation=False, source="s13") == list(BANDS)
-        with pytest.raises(NormalisationError, match="s13: elevation is requested but the scene has no ELEVATION"):
-            normalisation.scene_channels(src, elevation=True, source="s13")
-    bad = tmp_path / "float.tif"
-    transform = Affine(10, 0, ORIGIN[0], 0, -10, ORIGIN[1])
-    with rasterio.open(
-        bad, "w", driver="GTiff", dtype="float32", count=13, height=4, width=4, crs=CRS, transform=transform
-    ) as dst:
-        dst.write(np.zeros((13, 4, 4), np.float32))
-    with rasterio.open(bad) as src, pytest.raises(NormalisationError, match="not a scene raster"):
-        normalisation.scene_channels(src, elevation=False, source=str(bad))
-
-
 def test_normalise_scene_window_equals_apply_on_the_same_values(tmp_path, rng):
     values = synthetic_scene(rng, 40, 30)
     values[:, 12, 7] = NODATA
@@ -224,13 +174,3 @@ def test_normalise_scene_window_equals_apply_on_the_same_values(tmp_path, rng):
         out, normalisation.apply(spec, expected_values.astype(np.float32), expected_valid, {})
     )
     assert not valid[2, 2] and np.all(out[:, 2, 2] == 0)
-
-
-def test_block_strips_cover_the_rows_cut_at_block_rows(tmp_path, rng):
-    scene = write_scene(tmp_path / "scene.tif", synthetic_scene(rng, 150, 20))  # 64-row blocks
-    with rasterio.open(scene) as src:
-        whole = [(w.row_off, w.height, w.width) for w in normalisation.block_strips(src)]
-        part = [(w.row_off, w.height) for w in normalisation.block_strips(src, 10, 130)]
-    assert whole == [(0, 64, 20), (64, 64, 20), (128, 22, 20)]
-    assert part == [(10, 54), (64, 64), (128, 2)]
-    assert [(w.row_off, w.height) for w in normalisation.row_strips(150, 20, 64)] == [(0, 64), (64, 64), (128, 22)]

@@ -18,9 +18,10 @@ from snowcloud.cog import CogWriter, average_2x2
 from snowcloud.config import ConfigError
 from snowcloud.demo.landscape import Landscape
 from snowcloud.demo.tiles import tile_grid
-from snowcloud.preprocess import NODATA, PreprocessError, preprocess_scene
+from snowcloud.preprocess import PreprocessError, preprocess_scene
 from snowcloud.resample import cubic_weight
 from snowcloud.safe import SafeError
+from snowcloud.scene import NODATA
 
 NO_DEM = {"dem": False}
 

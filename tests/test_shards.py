@@ -13,24 +13,16 @@ import h5py
 import numpy as np
 import pytest
 import rasterio
-from test_labels import write_label
-from test_normalisation import synthetic_scene, write_scene
+from rasters import synthetic_scene, write_label, write_scene
+from training_shards import shard_options
 
 from snowcloud import normalisation, shards
 from snowcloud.labels import LabelError
-from snowcloud.normalisation import NODATA, NormalisationError
-from snowcloud.shards import ShardError, build_shard, file_identity, patch_batches, read_attributes
+from snowcloud.provenance import file_identity
+from snowcloud.scene import NODATA, SceneError
+from snowcloud.shards import ShardError, build_shard, patch_batches, read_attributes
 
 TILE, DATE = "32TNS", "20210720T101559"
-
-
-def shard_options(**overrides) -> dict:
-    sampler = {
-        "method": "random", "patches_per_date": 30, "seed": 3, "stride": None, "min_labelled_fraction": 1.0,
-        "rare_classes": [3], "rare_fraction": 0.5,
-    }  # fmt: skip
-    base = {"normalisation": "snowcloud-v1", "elevation": True, "patch_size": 16, "sampler": sampler}
-    return base | overrides
 
 
 def make_inputs(root: Path, seed: int = 0, height: int = 80, width: int = 72) -> tuple[Path, Path]:
@@ -214,7 +206,7 @@ def test_bad_inputs_are_errors_naming_the_file(tmp_path):
     flat = write_scene(
         tmp_path / "flat" / TILE / f"{DATE}.tif", synthetic_scene(np.random.default_rng(1), 80, 72, False)
     )
-    with pytest.raises(NormalisationError, match=r"flat.*no ELEVATION band"):
+    with pytest.raises(SceneError, match=r"flat.*no ELEVATION band"):
         build_shard(flat, label, shard_path(tmp_path), "demo", shard_options())
     other_crs = write_label(tmp_path / "utm33.tif", read_labels(label), crs="EPSG:32633")
     with pytest.raises(LabelError, match=r"utm33\.tif: label CRS"):

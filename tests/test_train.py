@@ -270,7 +270,7 @@ def test_train_experiment_writes_a_self_describing_model_history_and_curves(tmp_
     from training_shards import real_dataset
 
     from snowcloud.checkpoint import load_model
-    from snowcloud.datasets import load_stats
+    from snowcloud.dataset_stats import load_stats
     from snowcloud.train import train_experiment
 
     stats_path = real_dataset(tmp_path / "data")

@@ -7,23 +7,18 @@ old mtime, so Snakemake plans no preprocess job.
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_labels import write_label
-from test_normalisation import synthetic_scene, write_scene
+from rasters import synthetic_scene, write_label, write_scene
+from workflow_runs import jobs_by_rule, old_empty_file, planned_jobs, product_name, snakemake
 
 pytest.importorskip("snowcloud.demo", reason="common.smk imports snowcloud.demo")
 pytestmark = pytest.mark.workflow
 
 TILE = "32TNS"
 DATES = ["20210111T102309", "20210720T101559", "20211008T101829"]
-OLD = 1_500_000_000  # 2017: older than every output
 
 CONFIG = """
 raw_data: raw
@@ -56,37 +51,17 @@ def write_scene_and_label(root: Path, date: str, seed: int) -> None:
 def workdir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("workflow")
     write_config(root)
-    old_inputs = [root / "dem" / f"T{TILE}.tif"]
+    old_empty_file(root / "dem" / f"T{TILE}.tif")
     for date in DATES:
-        old_inputs.append(root / "raw" / f"S2A_MSIL1C_{date}_N0301_R065_T{TILE}_{date[:8]}T235959.SAFE.zip")
-    for path in old_inputs:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"")
-        os.utime(path, (OLD, OLD))
+        old_empty_file(root / "raw" / product_name(TILE, date))
     for seed, date in enumerate(DATES):
         write_scene_and_label(root, date, seed)
     return root
 
 
-def snakemake(root: Path, *arguments: str) -> str:
-    command = [sys.executable, "-m", "snakemake", "-s", str(Path(__file__).parents[1] / "Snakefile"),
-               "--directory", str(root), "--cores", "2", *arguments]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout + result.stderr
-
-
 def planned(root: Path, target: str = "datasets") -> dict[str, list[str]]:
     """Rule -> outputs of the jobs a dry run plans."""
-    jobs: dict[str, list[str]] = {}
-    rule = None
-    for line in snakemake(root, "--dry-run", target).splitlines():
-        if match := re.match(r"^(?:local)?rule (\w+):$", line):
-            rule = match.group(1)
-            jobs.setdefault(rule, [])
-        elif (match := re.match(r"^\s+output: (.*)$", line)) and rule:
-            jobs[rule] += match.group(1).split(", ")
-    return jobs
+    return jobs_by_rule(planned_jobs(root, target))
 
 
 def shard(date: str) -> str:
@@ -96,7 +71,7 @@ def shard(date: str) -> str:
 def test_shards_are_built_once_and_rebuilt_for_what_changed(workdir):
     assert set(planned(workdir)["shard"]) == {shard(date) for date in DATES}
     assert "preprocess" not in planned(workdir)
-    snakemake(workdir, "datasets")
+    snakemake(workdir, "--cores", "2", "datasets")
     stats = json.loads((workdir / "results/datasets/d/stats.json").read_text())
     assert [entry["shard"] for entry in stats["dates"]] == [shard(date) for date in DATES]
     assert stats["split"]["validation_dates"] == [DATES[1]]
@@ -107,15 +82,15 @@ def test_shards_are_built_once_and_rebuilt_for_what_changed(workdir):
     write_scene_and_label(workdir, DATES[1], seed=10)  # new scene and label content for one date
     jobs = planned(workdir)
     assert jobs["shard"] == [shard(DATES[1])] and "dataset_stats" in jobs
-    snakemake(workdir, "datasets")
+    snakemake(workdir, "--cores", "2", "datasets")
     assert (workdir / shard(DATES[1])).stat().st_mtime_ns > mtimes[DATES[1]]
     assert all((workdir / shard(d)).stat().st_mtime_ns == mtimes[d] for d in (DATES[0], DATES[2]))
 
     write_label(workdir / "labels" / f"T{TILE}" / f"{DATES[2]}.tif", np.zeros((40, 36), np.uint8))  # a label only
     assert planned(workdir)["shard"] == [shard(DATES[2])]
-    snakemake(workdir, "datasets")
+    snakemake(workdir, "--cores", "2", "datasets")
 
     write_config(workdir, validation=DATES[0])  # the split is a stats option: no shard is rebuilt
-    assert set(planned(workdir)) == {"dataset_stats", "datasets"}
+    assert set(planned(workdir)) == {"dataset_stats"}
     write_config(workdir, seed=1)  # the sampler is a shard option: every shard is rebuilt
     assert set(planned(workdir)["shard"]) == {shard(date) for date in DATES}

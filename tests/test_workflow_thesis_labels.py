@@ -7,9 +7,8 @@ import os
 
 import numpy as np
 import pytest
-from test_labels import write_label
-from test_normalisation import synthetic_scene, write_scene
-from test_workflow_shards import OLD, TILE, planned, shard, snakemake
+from rasters import synthetic_scene, write_label, write_scene
+from workflow_runs import OLD, TILE, jobs_by_rule, old_empty_file, planned_jobs, product_name, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -40,20 +39,15 @@ def test_editing_a_thesis_mask_file_in_place_rebuilds_its_shard(tmp_path):
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "config.yaml").write_text(CONFIG)
     for date in DATES:
-        product = tmp_path / "raw" / f"S2A_MSIL1C_{date}_N0301_R065_T{TILE}_{date[:8]}T235959.SAFE.zip"
-        product.parent.mkdir(parents=True, exist_ok=True)
-        product.write_bytes(b"")
-        os.utime(product, (OLD, OLD))
+        old_empty_file(tmp_path / "raw" / product_name(TILE, date))
         write_scene(tmp_path / "results" / "scenes" / TILE / f"{date}.tif", synthetic_scene(np.random.default_rng(0), 40, 36))
         write_thesis_masks(tmp_path, date)
-    (tmp_path / "dem").mkdir()
-    (tmp_path / "dem" / f"T{TILE}.tif").write_bytes(b"")
-    os.utime(tmp_path / "dem" / f"T{TILE}.tif", (OLD, OLD))
+    old_empty_file(tmp_path / "dem" / f"T{TILE}.tif")
 
-    snakemake(tmp_path, "shards")
-    assert planned(tmp_path, "shards") == {}
+    snakemake(tmp_path, "--cores", "2", "shards")
+    assert jobs_by_rule(planned_jobs(tmp_path, "shards")) == {}
     coverage = np.ones((40, 36), np.uint8)
     coverage[:, :10] = 0  # an annotator leaves a strip out
     write_label(tmp_path / "masks" / DATES[0] / "mask_coverage.jp2", coverage)
     os.utime(tmp_path / "masks" / DATES[0], (OLD, OLD))  # the folder's own mtime says nothing changed
-    assert planned(tmp_path, "shards")["shard"] == [shard(DATES[0])]
+    assert jobs_by_rule(planned_jobs(tmp_path, "shards"))["shard"] == [f"results/shards/d/{TILE}/{DATES[0]}.h5"]

@@ -1,4 +1,5 @@
-"""Tiny, learnable HDF5 shards in the shard format, and validated training options, for the training tests."""
+"""Shards for the tests: tiny learnable ones in the shard format (training), real ones built from a written scene
+and label through `shards.build_shard`, their options and validated training options."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from rasters import synthetic_scene, write_label, write_scene
 
 from snowcloud.config import validate_config
+from snowcloud.dataset_stats import build_dataset_stats
+from snowcloud.shards import build_shard
 
 BANDS = ["B02", "B03", "B04", "B08", "ELEVATION"]
 NORMALISATION = {"name": "test-identity", "version": 1}
@@ -56,15 +60,40 @@ def experiment_options(model: dict | None = None, **training) -> dict:
 def real_dataset(root: Path, dates: int = 3, patches: int = 12, patch_size: int = 16) -> Path:
     """Real shards (scene raster + label through `shards.build_shard`) and their stats.json; the last date
     validates. Returns the stats path."""
-    from test_datasets import build, stats_options
-
-    from snowcloud.datasets import build_dataset_stats
-
     names = [f"202107{day:02d}T101559" for day in range(10, 10 + dates)]
     shard_paths = [
-        build(root, "32TNS", date, seed, patches=patches, patch_size=patch_size) for seed, date in enumerate(names)
+        build_real_shard(root, "32TNS", date, seed, patches=patches, patch_size=patch_size) for seed, date in enumerate(names)
     ]
     stats_path = root / "stats.json"
     options = stats_options(validation_dates=names[-1:])
     build_dataset_stats(shard_paths, stats_path, root / "class_distribution.png", "toy", options)
     return stats_path
+
+
+def shard_options(**overrides) -> dict:
+    sampler = {
+        "method": "random", "patches_per_date": 30, "seed": 3, "stride": None, "min_labelled_fraction": 1.0,
+        "rare_classes": [3], "rare_fraction": 0.5,
+    }  # fmt: skip
+    base = {"normalisation": "snowcloud-v1", "elevation": True, "patch_size": 16, "sampler": sampler}
+    return base | overrides
+
+
+def stats_options(**split) -> dict:
+    base = {"method": "date", "validation_dates": [], "validation_fraction": 0.15, "seed": 42}
+    return {"class_weights": "inverse-ratio", "class_fraction": "patch-mean", "split": base | split}
+
+
+def build_real_shard(root: Path, tile: str, date: str, seed: int, patches: int = 12, patch_size: int = 16) -> str:
+    """A real shard of a 48 x 40 scene whose label holds water only for some seeds."""
+    rng = np.random.default_rng(seed)
+    scene = write_scene(root / "scenes" / tile / f"{date}.tif", synthetic_scene(rng, 48, 40))
+    classes = rng.choice(np.array([0, 0, 1, 2], np.uint8), size=(48, 40))
+    if seed % 2:
+        classes[10:20, 10:14] = 3
+    label = write_label(root / "labels" / tile / f"{date}.tif", classes)
+    output = root / "shards" / tile / f"{date}.h5"
+    options = shard_options(patch_size=patch_size)
+    options["sampler"] |= {"patches_per_date": patches}
+    build_shard(scene, label, output, "demo", options)
+    return str(output)

@@ -7,6 +7,7 @@ Used by the Slurm profile, incremental-rerun and fault/resume tests. Every Snake
 from __future__ import annotations
 
 import copy
+import os
 import re
 import subprocess
 import sys
@@ -23,6 +24,7 @@ TILE = "32TNS"
 # One date per processing baseline and a validation date: small enough for a 2-core CI machine.
 DATES = ["20211208T102421", "20220201T102209", "20220303T101829"]
 VALIDATION_DATE = DATES[1]
+OLD = 1_500_000_000  # 2017: an mtime older than every output
 TINY = {
     "demo": {"enabled": True, "tiles": [TILE], "dates": DATES, "size": 96},
     "datasets": {
@@ -109,6 +111,20 @@ def jobs_by_rule(jobs: list[PlannedJob]) -> dict[str, list[str]]:
     for job in jobs:
         found.setdefault(job.rule, []).append(job.outputs[0])
     return {rule: sorted(outputs) for rule, outputs in sorted(found.items())}
+
+
+def old_empty_file(path: Path) -> Path:
+    """An empty stand-in for an input (a raw product, a DEM) whose mtime is older than every output, so that a
+    workflow test that writes scene rasters itself plans no preprocess job."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    os.utime(path, (OLD, OLD))
+    return path
+
+
+def product_name(tile: str, date: str) -> str:
+    """A real L1C product file name (processing baseline N0301) for a tile and date."""
+    return f"S2A_MSIL1C_{date}_N0301_R065_T{tile}_{date[:8]}T235959.SAFE.zip"
 
 
 def partial_files(root: Path) -> list[Path]:

@@ -26,6 +26,6 @@ CLASS_COLOURS: dict[int, tuple[int, int, int]] = {
 }
 
 
-def channel_names(elevation: bool) -> list[str]:
-    """Input channel names: the 13 bands, plus ELEVATION when the DEM is used."""
-    return [*BANDS, ELEVATION] if elevation else list(BANDS)
+def class_colour_table() -> dict[int, tuple[int, int, int, int]]:
+    """Colour table of the class mask: class colours opaque, no data transparent."""
+    return {value: (*rgb, 0 if value == IGNORE_INDEX else 255) for value, rgb in CLASS_COLOURS.items()}

@@ -154,7 +154,7 @@ def _describe_shard(path: Path) -> list[str]:
 
 
 def _describe_stats(path: Path) -> list[str]:
-    from snowcloud.datasets import load_stats
+    from snowcloud.dataset_stats import load_stats
 
     stats = load_stats(path)
     weights = stats.get("class_weights", {})

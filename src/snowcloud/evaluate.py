@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +13,17 @@ import rasterio
 from rasterio.windows import Window
 
 import snowcloud
-from snowcloud import datasets, labels
+from snowcloud import dataset_stats, labels
 from snowcloud.atomic import atomic_output
 from snowcloud.bands import CLASSES, IGNORE_INDEX
 from snowcloud.baselines import BASELINES
-from snowcloud.infer import check_same_grid
 from snowcloud.metrics import confusion_matrix, metrics_from_confusion, thesis_metric_lines
-from snowcloud.normalisation import row_strips, valid_pixels
+from snowcloud.scene import check_same_grid, identity, read_bands, row_strips
 
 log = logging.getLogger(__name__)
 
 MODEL = "model"
 BLOCK_ROWS = 1024  # rows read at once; bounds memory on full tiles
-SCENE_PATH = re.compile(r"(?P<tile>\d{2}[A-Z]{3})/(?P<date>\d{8}T\d{6})\.tif$")
 
 
 class EvaluationError(ValueError):
@@ -34,14 +31,6 @@ class EvaluationError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- per date
-
-
-def scene_identity(scene: str | Path) -> tuple[str, str]:
-    """(tile, date) of a scene raster from its path results/scenes/{tile}/{date}.tif."""
-    match = SCENE_PATH.search(Path(scene).as_posix())
-    if match is None:
-        raise EvaluationError(f"{scene}: not a scene raster path of the form .../{{tile}}/{{date}}.tif")
-    return match["tile"], match["date"]
 
 
 def check_margin(shape: tuple[int, int], margin: int, scene: str | Path) -> None:
@@ -61,22 +50,10 @@ def inside_margin(window: Window, shape: tuple[int, int], margin: int) -> np.nda
     return rows_inside[:, None] & cols_inside[None, :]
 
 
-def read_bands(
-    dataset: rasterio.DatasetReader, names: tuple[str, ...], window: Window
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The named bands of a scene in a window, and where all of them hold data."""
-    descriptions = list(dataset.descriptions)
-    missing = [name for name in names if name not in descriptions]
-    if missing:
-        raise EvaluationError(f"scene {dataset.name} lacks band(s) {', '.join(missing)} needed by a baseline")
-    values = dataset.read([descriptions.index(name) + 1 for name in names], window=window)
-    return dict(zip(names, values)), valid_pixels(values, dataset.nodata)
-
-
 def evaluate_scene(prediction: str, label: str, scene: str, output: str, options: dict) -> None:
     """Confusion matrices and metrics of the prediction and of each baseline against the label mask, on the
     pixels that are labelled, predicted and at least `margin_pixels` from the border; written as JSON."""
-    tile, date = scene_identity(scene)
+    tile, date = identity(scene)
     methods = [MODEL, *options["baselines"]]
     n_classes = len(CLASSES)
     confusions = {method: np.zeros((n_classes, n_classes), np.int64) for method in methods}
@@ -99,7 +76,7 @@ def evaluate_scene(prediction: str, label: str, scene: str, output: str, options
             confusions[MODEL] += confusion_matrix(predicted[evaluated], truth[evaluated], n_classes)
             for name in options["baselines"]:
                 baseline = BASELINES[name]
-                bands, valid = read_bands(scene_ds, baseline.bands, window)
+                bands, valid = read_bands(scene_ds, baseline.bands, window, f"the {name} baseline")
                 guess = baseline.rule(bands, options[name], valid)
                 if (guess[evaluated] == IGNORE_INDEX).any():
                     raise EvaluationError(
@@ -147,9 +124,9 @@ PER_CLASS_METRICS = ("iou", "f1", "precision", "recall")
 def split_roles(stats_path: str | Path) -> dict[tuple[str, str], str]:
     """Role of each (tile, date) in the dataset's split: train or validation for a date split, mixed when its
     patches are divided by a patch split."""
-    scene_of = {entry["shard"]: (entry["tile"], entry["date"]) for entry in datasets.load_stats(stats_path)["dates"]}
+    scene_of = {entry["shard"]: (entry["tile"], entry["date"]) for entry in dataset_stats.load_stats(stats_path)["dates"]}
     roles: dict[tuple[str, str], str] = {}
-    for role, members in datasets.load_split(stats_path).items():
+    for role, members in dataset_stats.load_split(stats_path).items():
         for shard, indices in members:
             role_here = role if indices is None else "mixed"
             roles[scene_of[shard]] = role_here if roles.get(scene_of[shard], role_here) == role_here else "mixed"

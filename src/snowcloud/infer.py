@@ -4,7 +4,6 @@ memory; the class mask (and optionally the probabilities) as COGs; quicklook PNG
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import tempfile
@@ -24,8 +23,10 @@ from tqdm import tqdm
 import snowcloud
 from snowcloud import checkpoint, normalisation
 from snowcloud.atomic import atomic_output
-from snowcloud.bands import CLASS_COLOURS, CLASSES, IGNORE_INDEX
+from snowcloud.bands import CLASSES, IGNORE_INDEX, class_colour_table
 from snowcloud.gdal import gdal_env
+from snowcloud.provenance import file_sha256
+from snowcloud.scene import band_indexes, valid_pixels
 
 log = logging.getLogger(__name__)
 
@@ -143,18 +144,6 @@ def window_probabilities(model: torch.nn.Module, windows: np.ndarray, settings: 
 # ----------------------------------------------------------------------------------------------- scene reading
 
 
-def model_band_indexes(dataset: rasterio.DatasetReader, bands: list[str], scene: str, model_path: str) -> list[int]:
-    """1-based indexes of the model's bands in the scene raster (found by band description)."""
-    names = list(dataset.descriptions)
-    missing = [band for band in bands if band not in names]
-    if missing:
-        raise InferenceError(
-            f"scene {scene} lacks band(s) {', '.join(missing)} that the model {model_path} needs "
-            f"(model bands: {', '.join(bands)}; scene bands: {', '.join(str(n) for n in names)})"
-        )
-    return [names.index(band) + 1 for band in bands]
-
-
 def read_strip(
     dataset: rasterio.DatasetReader, indexes: list[int], row: int, height: int, normalise: Normaliser
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -165,7 +154,7 @@ def read_strip(
     for col in range(0, dataset.width, READ_CHUNK_COLUMNS):
         width = min(READ_CHUNK_COLUMNS, dataset.width - col)
         raw = dataset.read(indexes, window=Window(col, row, width, height))
-        chunk_valid = normalisation.valid_pixels(raw, dataset.nodata)
+        chunk_valid = valid_pixels(raw, dataset.nodata)
         source = f"{dataset.name} rows {row}..{row + height} columns {col}..{col + width}"
         image[:, :, col : col + width] = normalise(raw.astype(np.float32), chunk_valid, source)
         valid[:, col : col + width] = chunk_valid
@@ -284,11 +273,6 @@ def probabilities_path(output: str | Path) -> Path:
     return output.with_name(f"{output.stem}_proba{output.suffix}")
 
 
-def class_colour_table() -> dict[int, tuple[int, int, int, int]]:
-    """Colour table of the class mask: class colours opaque, no data transparent."""
-    return {value: (*rgb, 0 if value == IGNORE_INDEX else 255) for value, rgb in CLASS_COLOURS.items()}
-
-
 def write_cog(source: Path, output: str | Path, resampling: str) -> None:
     """Copy a finished GeoTIFF to `output` as a tiled, compressed COG with overviews, atomically."""
     with atomic_output(output) as tmp:
@@ -349,12 +333,6 @@ def checkpoint_normaliser(spec: dict, scene: str | Path) -> Normaliser:
     return lambda window, valid, source: normalisation.apply(spec, window, valid, statistics, source=source)
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's content."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def provenance_tags(
     model_path: str | Path, metadata: dict, scene: str | Path, options: dict, settings: RunSettings
 ) -> dict[str, str]:
@@ -397,7 +375,8 @@ def predict_scene(model_path: str, scene: str, output: str, options: dict, threa
     model = prepare_model(model, settings)
     class_names = list(metadata.get("classes", CLASSES))
     with gdal_env(GDAL_CACHE_MB), rasterio.open(scene) as dataset:
-        indexes = model_band_indexes(dataset, list(metadata["bands"]), scene, model_path)
+        needed_by = f"the model {model_path} (model bands: {', '.join(metadata['bands'])})"
+        indexes = band_indexes(dataset, list(metadata["bands"]), needed_by)
         normalise = checkpoint_normaliser(metadata["normalisation"], scene)
         patch_size, overlap = int(metadata["patch_size"]), options["overlap"]
         blocks = predict_blocks(model, dataset, indexes, normalise, len(class_names), patch_size, overlap, settings)
@@ -409,81 +388,3 @@ def predict_scene(model_path: str, scene: str, output: str, options: dict, threa
         log.info("removing %s left by an earlier run (probabilities are off now)", stale)
         stale.unlink()
     log.info("predicted %s -> %s in %.1f s", scene, output, time.perf_counter() - start)
-
-
-# ----------------------------------------------------------------------------------------------- quicklook
-
-# False colour SWIR / NIR / red (the thesis's FCI family): snow cyan, cloud white, vegetation green.
-QUICKLOOK_BANDS = ("B11", "B08", "B04")
-QUICKLOOK_REFLECTANCE_MAX = 0.5  # reflectance shown at full brightness
-QUICKLOOK_PANEL_PX = 480  # longest side of each panel read from the rasters
-QUICKLOOK_FIGURE_WIDTH = 9.6  # inches at 100 dpi: the PNG is under 1000 px wide
-QUICKLOOK_NODATA_COLOUR = "0.3"  # grey behind transparent no-data pixels
-
-
-def check_same_grid(a: rasterio.DatasetReader, b: rasterio.DatasetReader) -> None:
-    """Raise if two rasters do not share CRS, transform and size (the message names both)."""
-    if (a.crs, a.transform, a.shape) != (b.crs, b.transform, b.shape):
-        raise InferenceError(
-            f"{a.name} ({a.crs}, {a.shape}, origin {a.transform.c}, {a.transform.f}) and {b.name} "
-            f"({b.crs}, {b.shape}, origin {b.transform.c}, {b.transform.f}) are not on the same grid"
-        )
-
-
-def decimated_shape(shape: tuple[int, int], longest: int) -> tuple[int, int]:
-    """(rows, cols) of a read whose longest side is at most `longest`, keeping the aspect ratio."""
-    step = max(1, -(-max(shape) // longest))
-    return -(-shape[0] // step), -(-shape[1] // step)
-
-
-def false_colour(dataset: rasterio.DatasetReader, out_shape: tuple[int, int]) -> np.ndarray:
-    """Decimated SWIR/NIR/red RGBA float image of a scene; no-data pixels transparent."""
-    names = list(dataset.descriptions)
-    missing = [band for band in QUICKLOOK_BANDS if band not in names]
-    if missing:
-        raise InferenceError(f"scene {dataset.name} lacks band(s) {', '.join(missing)} needed for the quicklook")
-    indexes = [names.index(band) + 1 for band in QUICKLOOK_BANDS]
-    values = dataset.read(indexes, out_shape=(len(indexes), *out_shape), resampling=rasterio.enums.Resampling.nearest)
-    valid = normalisation.valid_pixels(values, dataset.nodata)
-    rgb = np.clip(values.astype(np.float32) / 10000.0 / QUICKLOOK_REFLECTANCE_MAX, 0.0, 1.0)
-    return np.dstack([*rgb, valid.astype(np.float32)])
-
-
-def class_colours_rgba(classes: np.ndarray) -> np.ndarray:
-    """RGBA float image of a class mask in the class colours (no data transparent)."""
-    table = np.zeros((256, 4), np.float32)
-    for value, rgba in class_colour_table().items():
-        table[value] = np.asarray(rgba, np.float32) / 255.0
-    return table[classes]
-
-
-def quicklook(scene: str, prediction: str, output: str) -> None:
-    """PNG of the scene in false colour beside the predicted mask in class colours, with a legend."""
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    with rasterio.open(scene) as scene_ds, rasterio.open(prediction) as prediction_ds:
-        check_same_grid(prediction_ds, scene_ds)
-        out_shape = decimated_shape(scene_ds.shape, QUICKLOOK_PANEL_PX)
-        image = false_colour(scene_ds, out_shape)
-        classes = prediction_ds.read(1, out_shape=out_shape, resampling=rasterio.enums.Resampling.nearest)
-        tags = prediction_ds.tags()
-    class_names = json.loads(tags.get("classes", json.dumps(list(CLASSES))))
-    panel_height = QUICKLOOK_FIGURE_WIDTH / 2 * out_shape[0] / out_shape[1]
-    figure = Figure(figsize=(QUICKLOOK_FIGURE_WIDTH, min(panel_height, QUICKLOOK_FIGURE_WIDTH) + 1.2), dpi=100,
-                    layout="constrained")  # fmt: skip
-    left, right = figure.subplots(1, 2)
-    left.imshow(image, interpolation="nearest")
-    left.set_title(f"{Path(scene).parent.name} {Path(scene).stem}: {' / '.join(QUICKLOOK_BANDS)}", fontsize=9)
-    right.imshow(class_colours_rgba(classes), interpolation="nearest")
-    right.set_title(" ".join(["prediction", tags.get("experiment", "")]), fontsize=9)
-    for axes in (left, right):
-        axes.set_xticks([])
-        axes.set_yticks([])
-        axes.set_facecolor(QUICKLOOK_NODATA_COLOUR)
-    handles = [Patch(facecolor=np.asarray(CLASS_COLOURS[i]) / 255, edgecolor="black", label=name)
-               for i, name in enumerate(class_names)]  # fmt: skip
-    handles.append(Patch(facecolor=QUICKLOOK_NODATA_COLOUR, edgecolor="black", label="no data"))
-    figure.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
-    with atomic_output(output) as tmp:
-        figure.savefig(tmp, format="png")

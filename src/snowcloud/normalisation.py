@@ -11,18 +11,18 @@ docs/normalisation.md describes each spec, its constants and the thesis commits 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from snowcloud.bands import BANDS, ELEVATION
+from snowcloud import scene
+from snowcloud.bands import BANDS
 
 log = logging.getLogger(__name__)
 
-NODATA = -32768
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 N_BANDS = len(BANDS)
 
@@ -203,80 +203,15 @@ def apply(spec: dict, window: np.ndarray, valid: np.ndarray, statistics: dict, s
     return out
 
 
-# --- scene rasters: reading windows and streaming statistics -----------------------------------------------
-
-
-def scene_channels(src: rasterio.DatasetReader, elevation: bool, source: str) -> list[str]:
-    """The channel names to read from an open scene raster (checks dtype, nodata, band count and names)."""
-    if src.dtypes[0] != "int16" or src.nodata != NODATA:
-        raise NormalisationError(
-            f"{source}: not a scene raster (expected int16 with nodata {NODATA}, got {src.dtypes[0]} "
-            f"with nodata {src.nodata})"
-        )
-    has_elevation = src.count == N_BANDS + 1
-    if src.count not in (N_BANDS, N_BANDS + 1):
-        raise NormalisationError(f"{source}: expected {N_BANDS} or {N_BANDS + 1} bands, found {src.count}")
-    expected = [*BANDS, ELEVATION][: src.count]
-    described = [d for d in src.descriptions if d]
-    if described and list(src.descriptions) != expected:
-        raise NormalisationError(f"{source}: band names {list(src.descriptions)} are not {expected}")
-    if elevation and not has_elevation:
-        raise NormalisationError(f"{source}: elevation is requested but the scene has no {ELEVATION} band")
-    return expected[: N_BANDS + 1 if elevation else N_BANDS]
-
-
-def read_scene_window(src: rasterio.DatasetReader, window: Window, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first `channels` bands in `window` as float32 (C, H, W), and where every one of them is valid."""
-    return values_and_valid(src.read(indexes=list(range(1, channels + 1)), window=window))
-
-
-def values_and_valid(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scene raster values (C, H, W) as float32, and where every channel holds data."""
-    return raw.astype(np.float32), valid_pixels(raw)
-
-
-def valid_pixels(values: np.ndarray, nodata: float | None = NODATA) -> np.ndarray:
-    """(H, W) mask of the pixels where every band of (C, H, W) raster values holds data (all, without nodata)."""
-    if nodata is None:
-        return np.ones(values.shape[1:], bool)
-    return np.all(values != nodata, axis=0)
+# --- scene rasters: normalised windows and streamed statistics -----------------------------------------------
 
 
 def normalise_scene_window(
     spec: dict, src: rasterio.DatasetReader, window: Window, channels: int, statistics: dict
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read and normalise one window of an open scene raster: (float32 (C, H, W), valid (H, W))."""
-    values, valid = read_scene_window(src, window, channels)
+    values, valid = scene.read_window(src, window, channels)
     return apply(spec, values, valid, statistics, source=f"{src.name} {window}"), valid
-
-
-def row_strips(height: int, width: int, rows: int) -> Iterator[Window]:
-    """Full-width windows of `rows` rows covering a raster top to bottom (see :func:`block_strips` for reads of
-    a tiled multi-band scene raster)."""
-    for row in range(0, height, rows):
-        yield Window(0, row, width, min(rows, height - row))
-
-
-def block_strips(src: rasterio.DatasetReader, top: int = 0, bottom: int | None = None) -> Iterator[Window]:
-    """Full-width windows covering rows top..bottom, cut at the raster's block rows.
-
-    Read this way every block is decompressed once: full-width reads that split a row of blocks make GDAL
-    decompress those blocks again for the next read (measured: 16 reads of 32 rows of a pixel-interleaved,
-    512-row-block GeoTIFF take 25 times one read of the 512 rows).
-    """
-    bottom = src.height if bottom is None else bottom
-    block_height = src.block_shapes[0][0]
-    row = top
-    while row < bottom:
-        end = min((row // block_height + 1) * block_height, bottom)
-        yield Window(0, row, src.width, end - row)
-        row = end
-
-
-def sub_strips(rows: int, step: int) -> Iterator[slice]:
-    """Row slices of `step` rows covering 0..rows (to bound the temporaries of work on a strip)."""
-    for row in range(0, rows, step):
-        yield slice(row, min(row + step, rows))
 
 
 def scene_statistics(spec: dict, scene_path: str | Path, sub_rows: int = 64) -> dict:
@@ -287,7 +222,7 @@ def scene_statistics(spec: dict, scene_path: str | Path, sub_rows: int = 64) -> 
     if spec["name"] not in NEEDS_STATISTICS:
         return {}
     with rasterio.open(scene_path) as src:
-        scene_channels(src, elevation=False, source=str(scene_path))
+        scene.check_scene(src, elevation=False, source=str(scene_path))
         moments = _streamed_moments(src, sub_rows)
     if moments["count"] == 0:
         raise NormalisationError(f"{scene_path}: the scene has no valid pixel to compute {spec['name']} statistics")
@@ -300,11 +235,11 @@ def _streamed_moments(src: rasterio.DatasetReader, sub_rows: int) -> dict:
     block row and `sub_rows` rows at a time (Chan's parallel merge)."""
     count, mean = 0, np.zeros(src.count)
     m2, low, high = np.zeros(src.count), np.full(src.count, np.inf), np.full(src.count, -np.inf)
-    for window in block_strips(src):
+    for window in scene.block_strips(src):
         block = src.read(window=window)
-        for rows in sub_strips(window.height, sub_rows):
+        for rows in scene.sub_strips(window.height, sub_rows):
             raw = block[:, rows]
-            valid = valid_pixels(raw)
+            valid = scene.valid_pixels(raw)
             n = int(valid.sum())
             if n == 0:
                 continue

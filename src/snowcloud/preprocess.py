@@ -42,18 +42,18 @@ from tqdm import tqdm
 
 import snowcloud
 from snowcloud.atomic import atomic_output
-from snowcloud.bands import BANDS, RESOLUTION_M, channel_names
+from snowcloud.bands import BANDS, RESOLUTION_M
 from snowcloud.cog import CogWriter
 from snowcloud.config import load_schema, validate_config
 from snowcloud.counting import bincount_in_chunks
 from snowcloud.gdal import gdal_env
 from snowcloud.resample import MARGIN, RESULT, gain, phase_taps, replicate_edges, thread_scratch, upsample
 from snowcloud.safe import SafeProduct, open_safe
+from snowcloud.scene import NODATA, VALUE_RANGE, channel_names
+from snowcloud.scene import profile as scene_profile
 
 log = logging.getLogger(__name__)
 
-NODATA = -32768
-VALUE_RANGE = (-32767, 32767)  # valid values saturate here; -32768 is reserved for no data
 HISTOGRAM_SIZE = 65536  # one bin per int16 value
 COG_BLOCK_SIZE = 512
 ZSTD_LEVEL = 1  # 5x faster than GDAL's default 9 for ~10 % larger files (with the horizontal predictor)
@@ -92,7 +92,7 @@ def preprocess_scene(safe, dem: str | None, output, options: dict, threads: int 
         if elevation is not None:
             elevation.check_coverage_estimate()
         final = resources.enter_context(atomic_output(output))
-        profile = _profile(product, elevation)
+        profile = scene_profile(product.width, product.height, elevation is not None, product.crs, product.transform)
         writer = resources.enter_context(CogWriter(final, profile, options["overviews"], threads, COG_BLOCK_SIZE, **_compression(options)))
         if options["clip"]["method"] == "none":
             summary = _read_strips(product, elevation, options, threads, writer.write)
@@ -109,12 +109,6 @@ def preprocess_scene(safe, dem: str | None, output, options: dict, threads: int 
         "%s -> %s: %.1f %% valid, %s clipping, %.1f s",
         product.name, output, 100 * summary.valid / summary.pixels, options["clip"]["method"], time.perf_counter() - start,
     )  # fmt: skip
-
-
-def _profile(product: SafeProduct, elevation: DemOnGrid | None) -> dict:
-    """The scene raster's size, type, no-data value and georeference."""
-    count = len(channel_names(elevation is not None))
-    return dict(width=product.width, height=product.height, count=count, dtype="int16", nodata=NODATA, crs=product.crs, transform=product.transform)
 
 
 def _compression(options: dict) -> dict:

@@ -10,7 +10,6 @@ renamed into place when complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -26,6 +25,8 @@ from snowcloud import labels, normalisation, sampling
 from snowcloud.atomic import atomic_output
 from snowcloud.bands import CLASSES, IGNORE_INDEX
 from snowcloud.gdal import gdal_env
+from snowcloud.provenance import file_identity
+from snowcloud.scene import block_strips, check_scene, sub_strips, valid_mask, values_and_valid
 
 log = logging.getLogger(__name__)
 
@@ -44,27 +45,6 @@ class ShardError(ValueError):
     """Inputs that cannot make a shard; the message names the file."""
 
 
-def file_identity(path: str | Path) -> dict:
-    """Path, size, mtime_ns and blake2b content hash of a file."""
-    path = Path(path)
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    stat = path.stat()
-    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "blake2b": digest.hexdigest()}
-
-
-def valid_mask(src: rasterio.DatasetReader, channels: int) -> np.ndarray:
-    """bool (H, W): pixels where every one of the first `channels` bands holds data, read block row by block row."""
-    valid = np.empty((src.height, src.width), dtype=bool)
-    for window in normalisation.block_strips(src):
-        rows = slice(window.row_off, window.row_off + window.height)
-        strip = src.read(indexes=list(range(1, channels + 1)), window=window)
-        np.all(strip != normalisation.NODATA, axis=0, out=valid[rows])
-    return valid
-
-
 def build_shard(scene: str | Path, label: str | Path, output: str | Path, dataset: str, options: dict) -> None:
     """Scene raster + label mask -> results/shards/{dataset}/{tile}/{date}.h5 (tile and date from the path)."""
     with gdal_env(GDAL_CACHE_MB):
@@ -76,7 +56,7 @@ def _build_shard(scene: str | Path, label: str | Path, output: Path, dataset: st
     size = options["patch_size"]
     spec = normalisation.spec(options["normalisation"])
     with rasterio.open(scene) as src:
-        bands = normalisation.scene_channels(src, options["elevation"], str(scene))
+        bands = check_scene(src, options["elevation"], str(scene))
     label_array = labels.read_label(label, scene)
     with rasterio.open(scene) as src:
         valid = valid_mask(src, len(bands))
@@ -180,12 +160,12 @@ def normalise_rows(src: rasterio.DatasetReader, spec: dict, statistics: dict, to
     """Scene rows top..top + out.shape[1] normalised into `out` (C, rows, W), read block row by block row and
     normalised STRIP_ROWS rows at a time (bounded float32 temporaries)."""
     channels = out.shape[0]
-    for window in normalisation.block_strips(src, top, top + out.shape[1]):
+    for window in block_strips(src, top, top + out.shape[1]):
         raw = src.read(indexes=list(range(1, channels + 1)), window=window)
-        for rows in normalisation.sub_strips(window.height, STRIP_ROWS):
+        for rows in sub_strips(window.height, STRIP_ROWS):
             first = window.row_off + rows.start
             source = f"{src.name} rows {first}..{first + rows.stop - rows.start}"
-            values, valid = normalisation.values_and_valid(raw[:, rows])
+            values, valid = values_and_valid(raw[:, rows])
             out[:, first - top : first - top + values.shape[1]] = normalisation.apply(
                 spec, values, valid, statistics, source=source
             )

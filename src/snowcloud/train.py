@@ -1,7 +1,7 @@
 """Train stage: a dataset's shards and stats -> `model.pt`, `history.csv` and `curves.png` of one experiment.
 
 Bands, normalisation spec, patch size and class weights come from stats.json (which the dataset stage checked
-to be common to all shards), the split from `datasets.load_split`. The resumable state lives in `state_dir`
+to be common to all shards), the split from `dataset_stats.load_split`. The resumable state lives in `state_dir`
 (not a Snakemake output), so a killed or interrupted job continues where it stopped when the rule runs again;
 it is removed once the outputs are written (docs/training.md, "Resume").
 """
@@ -9,18 +9,18 @@ it is removed once the outputs are written (docs/training.md, "Resume").
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from snowcloud import __version__, datasets
+from snowcloud import __version__, dataset_stats
 from snowcloud.augment import Augmentation
 from snowcloud.bands import CLASSES
 from snowcloud.checkpoint import save_model
 from snowcloud.loader import ShardDataset
+from snowcloud.provenance import file_stat
 from snowcloud.training.history import plot_curves, write_history
 from snowcloud.training.loop import Trainer
 from snowcloud.training.runtime import resolve_runtime
@@ -32,15 +32,9 @@ STATE_FILE = "state.pt"
 STATS_KEYS = ("bands", "normalisation", "patch_size", "classes", "class_weights", "digest")
 
 
-def shard_identity(path: str | Path) -> list[Any]:
-    """Path, size and modification time: a rebuilt shard makes a saved training state stale."""
-    status = os.stat(path)
-    return [str(path), status.st_size, status.st_mtime_ns]
-
-
 def load_training_stats(stats_path: str | Path) -> dict[str, Any]:
     """The dataset stats, checked for what training needs."""
-    stats = datasets.load_stats(stats_path)
+    stats = dataset_stats.load_stats(stats_path)
     missing = [key for key in STATS_KEYS if key not in stats]
     if missing:
         raise ValueError(f"{stats_path}: dataset stats lack {', '.join(missing)}; rebuild the dataset")
@@ -62,7 +56,7 @@ def train_experiment(
     """Train (or continue training) the experiment's network and write model.pt, history.csv and curves.png."""
     training, model_options = options["training"], options["model"]
     stats = load_training_stats(stats_path)
-    split = datasets.load_split(stats_path)
+    split = dataset_stats.load_split(stats_path)
     if not split["train"] or not split["validation"]:
         raise ValueError(f"{stats_path}: the split needs training and validation patches (see datasets.*.split)")
     shards = sorted({str(path) for part in split.values() for path, _ in part})
@@ -77,7 +71,7 @@ def train_experiment(
         "training": trajectory_options(training),
         "dataset": options["dataset"],
         "stats_digest": stats["digest"],
-        "shards": [shard_identity(path) for path in shards],
+        "shards": [file_stat(path) for path in shards],  # a rebuilt shard makes a saved state stale
         "package_version": __version__,
     }
     log.info(

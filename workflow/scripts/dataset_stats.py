@@ -1,4 +1,4 @@
-from snowcloud.datasets import build_dataset_stats
+from snowcloud.dataset_stats import build_dataset_stats
 from snowcloud.workflow import logged
 
 logged(

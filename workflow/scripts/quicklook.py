@@ -1,4 +1,4 @@
-from snowcloud.infer import quicklook
+from snowcloud.quicklook import quicklook
 from snowcloud.workflow import logged
 
 logged(

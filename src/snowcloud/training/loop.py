@@ -29,12 +29,12 @@ from snowcloud.loader import EpochSampler, ShardDataset, batch_loader
 from snowcloud.losses import build_loss
 from snowcloud.metrics import metrics_from_confusion
 from snowcloud.model import build_model
+from snowcloud.provenance import settings_digest
 from snowcloud.training.history import epoch_log_lines, history_row, write_history
 from snowcloud.training.interrupt import StopRequest, stop_signals
 from snowcloud.training.runtime import Runtime, ignore_stop_signals_in_worker
 from snowcloud.training.state import (
     capture_rng,
-    fingerprint,
     load_state,
     restore_rng,
     save_state,
@@ -269,7 +269,7 @@ class Trainer:
     # --- state -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
-            "fingerprint": fingerprint(self.fingerprint_inputs),
+            "fingerprint": settings_digest(self.fingerprint_inputs),
             "fingerprint_inputs": self.fingerprint_inputs,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),

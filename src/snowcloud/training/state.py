@@ -8,7 +8,6 @@ fingerprint of what produced it. A state whose fingerprint differs from the curr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -21,6 +20,7 @@ import torch
 
 from snowcloud.atomic import atomic_output
 from snowcloud.checkpoint import plain
+from snowcloud.provenance import settings_digest
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,6 @@ RESUME_NEUTRAL_OPTIONS = ("epochs", "workers", "device", "compile")
 def trajectory_options(training: Mapping[str, Any]) -> dict[str, Any]:
     """The training options that change what a run computes (all but RESUME_NEUTRAL_OPTIONS)."""
     return {key: value for key, value in training.items() if key not in RESUME_NEUTRAL_OPTIONS}
-
-
-def fingerprint(inputs: Mapping[str, Any]) -> str:
-    """A stable digest of the settings and data identities behind a run."""
-    return hashlib.sha256(json.dumps(plain(dict(inputs)), sort_keys=True).encode()).hexdigest()
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -82,7 +77,7 @@ def load_state(path: str | Path, inputs: Mapping[str, Any]) -> dict[str, Any] | 
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         set_aside(path, f"not a {STATE_FORMAT} file")
         return None
-    if state["fingerprint"] != fingerprint(inputs):
+    if state["fingerprint"] != settings_digest(plain(dict(inputs))):
         changed = differences(state["fingerprint_inputs"], plain(dict(inputs)))
         set_aside(path, "it was made with other settings or data: " + "; ".join(changed or ["unknown change"]))
         return None

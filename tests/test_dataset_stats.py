@@ -9,11 +9,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from test_labels import write_label
-from test_normalisation import synthetic_scene, write_scene
-from test_shards import shard_options
+from training_shards import build_real_shard, stats_options
 
-from snowcloud.datasets import (
+from snowcloud.dataset_stats import (
     DatasetError,
     build_dataset_stats,
     class_weights,
@@ -24,29 +22,8 @@ from snowcloud.datasets import (
     validation_dates,
 )
 from snowcloud.loader import ShardDataset
-from snowcloud.shards import build_shard
 
 THESIS_F = [0.4132, 0.31163, 0.26706, 0.00812]  # e40b271
-
-
-def stats_options(**split) -> dict:
-    base = {"method": "date", "validation_dates": [], "validation_fraction": 0.15, "seed": 42}
-    return {"class_weights": "inverse-ratio", "class_fraction": "patch-mean", "split": base | split}
-
-
-def build(root: Path, tile: str, date: str, seed: int, patches: int = 12, patch_size: int = 16) -> str:
-    """A real shard of a 48 x 40 scene whose label holds water only for some seeds."""
-    rng = np.random.default_rng(seed)
-    scene = write_scene(root / "scenes" / tile / f"{date}.tif", synthetic_scene(rng, 48, 40))
-    classes = rng.choice(np.array([0, 0, 1, 2], np.uint8), size=(48, 40))
-    if seed % 2:
-        classes[10:20, 10:14] = 3
-    label = write_label(root / "labels" / tile / f"{date}.tif", classes)
-    output = root / "shards" / tile / f"{date}.h5"
-    options = shard_options(patch_size=patch_size)
-    options["sampler"] |= {"patches_per_date": patches}
-    build_shard(scene, label, output, "demo", options)
-    return str(output)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +31,7 @@ def shard_paths(tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("dataset")
     scenes = [("32TNS", "20210111T102309", 1), ("32TNS", "20210720T101559", 2), ("32TMS", "20210720T101559", 3),
               ("32TNS", "20211008T101829", 4)]  # fmt: skip
-    return [build(root, tile, date, seed, patches=10 + seed) for tile, date, seed in scenes]
+    return [build_real_shard(root, tile, date, seed, patches=10 + seed) for tile, date, seed in scenes]
 
 
 def read_labels(path: str) -> np.ndarray:
@@ -181,7 +158,7 @@ def test_a_patch_split_is_seeded_disjoint_and_85_15(tmp_path, shard_paths):
 
 
 def test_shards_of_different_layouts_do_not_mix(tmp_path, shard_paths):
-    odd = build(tmp_path, "32TNS", "20211108T101829", seed=5, patch_size=8)
+    odd = build_real_shard(tmp_path, "32TNS", "20211108T101829", seed=5, patch_size=8)
     with pytest.raises(DatasetError, match=r"20211108T101829\.h5: patch_size differs from that of"):
         build_dataset_stats([*shard_paths, odd], tmp_path / "x.json", tmp_path / "x.png", "demo", stats_options())
     assert not (tmp_path / "x.json").exists()

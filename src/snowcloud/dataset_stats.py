@@ -15,15 +15,13 @@ import math
 from pathlib import Path
 
 import h5py
-import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 
 from snowcloud.atomic import atomic_output
 from snowcloud.bands import CLASS_COLOURS, CLASSES
+from snowcloud.provenance import settings_digest
 from snowcloud.shards import CLASS_COLUMNS, class_fractions, read_attributes
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +195,7 @@ def build_dataset_stats(
 
 
 def _content_hashes(inputs: dict) -> dict:
-    return {"scene": inputs["scene"]["blake2b"], "label": [entry["blake2b"] for entry in inputs["label"]]}
+    return {"scene": inputs["scene"]["sha256"], "label": [entry["sha256"] for entry in inputs["label"]]}
 
 
 def _split(entries: list[dict], options: dict) -> dict:
@@ -226,11 +224,8 @@ def _split(entries: list[dict], options: dict) -> dict:
 
 
 def digest(stats: dict) -> str:
-    """blake2b of the canonical JSON of everything but the digest itself."""
-    content = {key: value for key, value in stats.items() if key != "digest"}
-    return hashlib.blake2b(
-        json.dumps(content, sort_keys=True, separators=(",", ":")).encode(), digest_size=16
-    ).hexdigest()
+    """Digest of everything in the stats but the digest itself."""
+    return settings_digest({key: value for key, value in stats.items() if key != "digest"})
 
 
 def load_stats(stats_path: str | Path) -> dict:
@@ -264,7 +259,8 @@ def plot_class_distribution(stats: dict, plot_path: str | Path) -> None:
     with the patch count and the share of the rarest class (water) written beside each bar."""
     rows = [("total", stats["total"])] + [(f"{e['tile']} {e['date']}", e) for e in stats["dates"]]
     fractions = np.array([entry["class_fraction"]["patch-mean"] for _, entry in rows])
-    figure, axes = plt.subplots(figsize=(9, 1.3 + 0.25 * len(rows)), layout="constrained")
+    figure = Figure(figsize=(9, 1.3 + 0.25 * len(rows)), layout="constrained")
+    axes = figure.subplots()
     positions = np.arange(len(rows))[::-1]
     left = np.zeros(len(rows))
     for c, name in enumerate(CLASSES):
@@ -285,4 +281,3 @@ def plot_class_distribution(stats: dict, plot_path: str | Path) -> None:
     figure.legend(ncols=N_CLASSES, loc="outside lower center", fontsize=8, frameon=False)
     with atomic_output(plot_path) as tmp:
         figure.savefig(tmp, dpi=120, format="png")
-    plt.close(figure)
