@@ -2,6 +2,9 @@
 # Run the demo:   snakemake --cores all
 # On Slurm:       snakemake --profile profiles/slurm
 # A preset:       snakemake --cores all --configfile config/presets/a82e3cd.yaml
+from snakemake.utils import min_version
+
+min_version("9.0")
 
 
 configfile: "config/config.yaml"

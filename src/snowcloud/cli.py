@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         "check-config",
         help="validate configuration files the way the workflow will",
         description="Merge the files in order (later ones win key by key, like --configfile), validate them "
-        "against config/schema.yaml and say what the workflow would build.",
+        "against src/snowcloud/schema.yaml and say what the workflow would build.",
     )
     check.add_argument("files", nargs="*", type=Path, default=[Path("config/config.yaml")])
     check.add_argument("--show", action="store_true", help="print the merged configuration with every default")

@@ -1,4 +1,4 @@
-"""Configuration: loading, merging presets, validation against config/schema.yaml with defaults filled in."""
+"""Configuration: loading, merging presets, validation against src/snowcloud/schema.yaml with defaults filled in."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+SCHEMA_PATH = Path(__file__).with_name("schema.yaml")  # ships with the package
 
 
 class ConfigError(ValueError):

@@ -73,7 +73,7 @@ class PreprocessError(ValueError):
 
 
 def preprocess_options(options: dict) -> dict:
-    """The preprocess options with every default filled in, checked against config/schema.yaml."""
+    """The preprocess options with every default filled in, checked against src/snowcloud/schema.yaml."""
     schema = load_schema()
     section = {"type": "object", "properties": {"preprocess": schema["properties"]["preprocess"]}}
     return validate_config({"preprocess": copy.deepcopy(dict(options))}, section)["preprocess"]

@@ -2,11 +2,11 @@
 from pathlib import Path
 
 from snowcloud import demo
-from snowcloud.config import experiments_to_run, load_schema, validate_config
+from snowcloud.config import experiments_to_run, validate_config
 from snowcloud.inventory import find_products, scene_path
 from snowcloud.labels import label_files
 
-validate_config(config, load_schema(Path(workflow.basedir) / "config" / "schema.yaml"))
+validate_config(config)
 
 
 wildcard_constraints:
