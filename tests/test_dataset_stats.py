@@ -158,7 +158,7 @@ def test_a_patch_split_is_seeded_disjoint_and_85_15(tmp_path, shard_paths):
 
 
 def test_shards_of_different_layouts_do_not_mix(tmp_path, shard_paths):
-    odd = build_real_shard(tmp_path, "32TNS", "20211108T101829", seed=5, patch_size=8)
+    odd = build_real_shard(tmp_path, "32TNS", "20211108T101829", seed=5, patch_size=32)
     with pytest.raises(DatasetError, match=r"20211108T101829\.h5: patch_size differs from that of"):
         build_dataset_stats([*shard_paths, odd], tmp_path / "x.json", tmp_path / "x.png", "demo", stats_options())
     assert not (tmp_path / "x.json").exists()

@@ -155,8 +155,9 @@ def test_summary_rows_per_date_and_aggregates_from_summed_matrices(tmp_path):
     members = [{"shard": f"results/shards/demo/{TILE}/{d}.h5", "set": s}
                for d, s in zip(dates, ("train", "train", "validation"))]  # fmt: skip
     stats = write_stats(tmp_path / "stats.json", members, dates)
-    summary, confusion = tmp_path / "summary.csv", tmp_path / "confusion.png"
-    summarise(evaluations, str(stats), str(summary), str(confusion))
+    summary, confusion, page = tmp_path / "summary.csv", tmp_path / "confusion.png", tmp_path / "summary.html"
+    configuration = {"evaluation": {"margin_pixels": 7, "baselines": ["ndsi"]}}
+    summarise(evaluations, str(stats), str(summary), str(confusion), str(page), configuration)
 
     rows = list(csv.DictReader(summary.open()))
     per_date = [r for r in rows if r["date"] != "all"]
@@ -179,6 +180,10 @@ def test_summary_rows_per_date_and_aggregates_from_summed_matrices(tmp_path):
     validation_row = aggregates[("validation", "model")]
     assert float(validation_row["macro_iou"]) == pytest.approx(results[2]["methods"]["model"]["metrics"]["macro_iou"])
     assert confusion.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = page.read_text()
+    assert text.count("<table>") == 2 and text.count('<tr class="model">') == 3 + 3  # 3 splits, 3 dates
+    assert f"<td>{float(validation_row['macro_iou']):.4f}</td>" in text
+    assert "margin_pixels: 7" in text
 
 
 def test_patch_split_dates_are_mixed(tmp_path):

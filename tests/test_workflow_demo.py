@@ -8,8 +8,10 @@ scenes (docs/demo.md), so beating the rule takes a model that has learnt them.
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +85,22 @@ def test_every_scene_has_a_prediction_a_quicklook_and_an_evaluation(demo_run):
 def test_a_second_run_plans_nothing(demo_run):
     workdir, _ = demo_run
     assert planned_jobs(workdir) == []
+
+
+def embedded_files(report: str) -> dict[str, bytes]:
+    """The files a self-contained Snakemake report embeds as data URIs, by file name."""
+    found = re.findall(r"data:[\w/+.-]+;charset=[\w-]+;filename=([^;]+);base64,([A-Za-z0-9+/=]+)", report)
+    return {name: base64.b64decode(data) for name, data in found}
+
+
+def test_the_report_holds_the_distribution_curves_summary_table_and_quicklooks(demo_run):
+    workdir, config = demo_run
+    snakemake(workdir, "--report", "report.html")
+    files = embedded_files((workdir / "report.html").read_text())
+    for name in ("class_distribution.png", "curves.png", "confusion.png"):
+        assert files[name][:8] == b"\x89PNG\r\n\x1a\n", name
+    assert {f"{date}.png" for _, date in scenes(config)} <= set(files)
+    page = files["summary.html"].decode()
+    validation = aggregate(summary_rows(workdir), "validation", "model")
+    assert page.count("<table>") == 2 and f"<td>{validation['macro_iou']:.4f}</td>" in page
+    assert "Configuration of this run" in page and "base_channels" in page

@@ -112,5 +112,28 @@ def _cross_reference_errors(config: dict) -> list[str]:
     return errors
 
 
+# Where each stage's options live in the schema (what `validated` checks them against).
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "preprocess": ("properties", "preprocess"),
+    "evaluation": ("properties", "evaluation"),
+    "dataset": ("$defs", "dataset"),
+    "experiment": ("$defs", "experiment"),
+    "inference": ("$defs", "experiment", "properties", "inference"),
+}
+
+
+def validated(options: Mapping, section: str) -> dict:
+    """A stage's options checked against their part of the schema, with every default filled in (a copy).
+
+    Every stage function calls this first, so a call from Python gets the checks and defaults the workflow's
+    start-up gives; errors name the key as `{section}.{key}`."""
+    schema = load_schema()
+    subschema: dict = schema
+    for key in SECTIONS[section]:
+        subschema = subschema[key]
+    wrapper = {"type": "object", "properties": {section: subschema}, "$defs": schema.get("$defs", {})}
+    return validate_config({section: copy.deepcopy(dict(options))}, wrapper)[section]
+
+
 def experiments_to_run(config: dict) -> list[str]:
     return list(config["run"] or config["experiments"])

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from snowcloud.atomic import atomic_output
 from snowcloud.bands import CLASS_COLOURS, CLASSES
+from snowcloud.config import validated
 from snowcloud.provenance import settings_digest
 from snowcloud.shards import CLASS_COLUMNS, class_fractions, read_attributes
 
@@ -153,6 +154,7 @@ def build_dataset_stats(
     shards: list[str], stats_path: str | Path, plot_path: str | Path, dataset: str, options: dict
 ) -> None:
     """All shards of a dataset -> stats.json (distribution, weights, split, digest) and a class-distribution PNG."""
+    options = validated(options, "dataset")
     if not shards:
         raise DatasetError(f"dataset {dataset} has no shards (no labelled scenes?)")
     shard_data, common = [], {}

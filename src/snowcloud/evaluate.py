@@ -4,12 +4,14 @@ the same pixels, and the summary over dates (CSV and confusion-matrix plot)."""
 from __future__ import annotations
 
 import csv
+import html
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import rasterio
+import yaml
 from rasterio.windows import Window
 
 import snowcloud
@@ -17,6 +19,7 @@ from snowcloud import dataset_stats, labels
 from snowcloud.atomic import atomic_output
 from snowcloud.bands import CLASSES, IGNORE_INDEX
 from snowcloud.baselines import BASELINES
+from snowcloud.config import validated
 from snowcloud.metrics import confusion_matrix, metrics_from_confusion, thesis_metric_lines
 from snowcloud.scene import check_same_grid, identity, read_bands, row_strips
 
@@ -53,6 +56,7 @@ def inside_margin(window: Window, shape: tuple[int, int], margin: int) -> np.nda
 def evaluate_scene(prediction: str, label: str, scene: str, output: str, options: dict) -> None:
     """Confusion matrices and metrics of the prediction and of each baseline against the label mask, on the
     pixels that are labelled, predicted and at least `margin_pixels` from the border; written as JSON."""
+    options = validated(options, "evaluation")
     tile, date = identity(scene)
     methods = [MODEL, *options["baselines"]]
     n_classes = len(CLASSES)
@@ -168,10 +172,18 @@ def summed_confusions(evaluations: list[dict], roles: list[str], split: str) -> 
     return {m: np.sum([e["methods"][m]["confusion"] for e in chosen], axis=0, dtype=np.int64) for m in methods}
 
 
-def summarise(evaluations: list[str], stats_path: str, summary_path: str, confusion_path: str) -> None:
+def summarise(
+    evaluations: list[str],
+    stats_path: str,
+    summary_path: str,
+    confusion_path: str,
+    page_path: str | None = None,
+    configuration: dict | None = None,
+) -> None:
     """summary.csv: a row per date and method with its split role, then rows per split (and 'all') computed
     from the summed confusion matrices; confusion.png: row-normalised confusion matrices of the model on the
-    validation dates and on all dates, and per-class IoU of the model against the baselines."""
+    validation dates and on all dates, and per-class IoU of the model against the baselines; summary.html
+    (for the report): the rows as tables, with the configuration the run used."""
     found = load_evaluations(evaluations)
     split_of = split_roles(stats_path)
     roles = [split_of.get((e["tile"], e["date"]), "unused") for e in found]
@@ -191,6 +203,8 @@ def summarise(evaluations: list[str], stats_path: str, summary_path: str, confus
         log.warning("no evaluated dates: the summary is empty")
     write_summary_csv(rows, summary_path, classes)
     write_confusion_plot(aggregates, classes, confusion_path)
+    if page_path is not None:
+        write_summary_page(rows, classes, configuration or {}, page_path)
     for row in rows:
         if row["date"] == "all":
             log.info(
@@ -207,6 +221,48 @@ def write_summary_csv(rows: list[dict], path: str | Path, classes: list[str]) ->
         writer.writeheader()
         for row in rows:
             writer.writerow({key: "" if value is None else value for key, value in row.items()})
+
+
+PAGE_STYLE = (
+    "body{font-family:sans-serif;font-size:13px;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}"
+    "th,td{border:1px solid #bbb;padding:2px 6px;text-align:right}th{background:#eee}td.text{text-align:left}"
+    "tr.model td{font-weight:bold}pre{background:#f6f6f6;padding:8px;font-size:12px}"
+)
+
+
+def summary_table(rows: list[dict], classes: list[str]) -> str:
+    """An HTML table of summary rows: identity, pixels, the overall metrics and per-class IoU."""
+    text_columns = ["tile", "date", "split", "method"]
+    columns = [*text_columns, "dates", "pixels", *METRIC_COLUMNS, *(f"iou_{cls}" for cls in classes)]
+
+    def cell(column: str, value: object) -> str:
+        shown = "–" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+        return f'<td class="text">{html.escape(shown)}</td>' if column in text_columns else f"<td>{shown}</td>"
+
+    head = "".join(f"<th>{html.escape(column)}</th>" for column in columns)
+    body = "".join(
+        f'<tr class="{html.escape(str(row["method"]))}">' + "".join(cell(c, row.get(c)) for c in columns) + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_summary_page(rows: list[dict], classes: list[str], configuration: dict, path: str | Path) -> None:
+    """summary.html: the per-split rows, then the per-date rows, then the configuration of the run as YAML."""
+    overall = [row for row in rows if row["date"] == "all"]
+    per_date = [row for row in rows if row["date"] != "all"]
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><style>{PAGE_STYLE}</style></head><body>",
+        "<h3>Per split (summed confusion matrices)</h3>",
+        summary_table(overall, classes) if overall else "<p>No evaluated date.</p>",
+        "<h3>Per date</h3>",
+        summary_table(per_date, classes) if per_date else "<p>No evaluated date.</p>",
+        "<h3>Configuration of this run</h3>",
+        f"<pre>{html.escape(yaml.safe_dump(configuration, sort_keys=False))}</pre>",
+        "</body></html>",
+    ]
+    with atomic_output(path) as tmp:
+        tmp.write_text("\n".join(parts) + "\n")
 
 
 def plot_confusion(axes, confusion: np.ndarray, classes: list[str], title: str) -> None:

@@ -24,6 +24,7 @@ import snowcloud
 from snowcloud import checkpoint, normalisation
 from snowcloud.atomic import atomic_output
 from snowcloud.bands import CLASSES, IGNORE_INDEX, class_colour_table
+from snowcloud.config import validated
 from snowcloud.gdal import gdal_env
 from snowcloud.provenance import file_sha256
 from snowcloud.scene import band_indexes, valid_pixels
@@ -367,6 +368,7 @@ def predict_scene(model_path: str, scene: str, output: str, options: dict, threa
     """Predict the class mask of one scene raster with a checkpoint, using the checkpoint's bands and
     normalisation; write it (and optionally `{date}_proba.tif`) as COGs."""
     start = time.perf_counter()
+    options = validated(options, "inference")
     settings = run_settings(options, threads)
     model, metadata = checkpoint.load_model(model_path, settings.device)
     missing = [key for key in INFERENCE_METADATA if key not in metadata]

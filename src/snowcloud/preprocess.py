@@ -19,7 +19,6 @@ with the tile:
 from __future__ import annotations
 
 import contextlib
-import copy
 import ctypes
 import json
 import logging
@@ -44,7 +43,7 @@ import snowcloud
 from snowcloud.atomic import atomic_output
 from snowcloud.bands import BANDS, RESOLUTION_M
 from snowcloud.cog import CogWriter
-from snowcloud.config import load_schema, validate_config
+from snowcloud.config import validated
 from snowcloud.counting import bincount_in_chunks
 from snowcloud.gdal import gdal_env
 from snowcloud.resample import MARGIN, RESULT, gain, phase_taps, replicate_edges, thread_scratch, upsample
@@ -72,17 +71,10 @@ class PreprocessError(ValueError):
     """A scene that cannot be preprocessed; the message names the file and the problem."""
 
 
-def preprocess_options(options: dict) -> dict:
-    """The preprocess options with every default filled in, checked against src/snowcloud/schema.yaml."""
-    schema = load_schema()
-    section = {"type": "object", "properties": {"preprocess": schema["properties"]["preprocess"]}}
-    return validate_config({"preprocess": copy.deepcopy(dict(options))}, section)["preprocess"]
-
-
 def preprocess_scene(safe, dem: str | None, output, options: dict, threads: int = 1) -> None:
     """SAFE product (+ DEM) -> scene raster COG at `output` (see the module docstring)."""
     start = time.perf_counter()
-    options = preprocess_options(options)
+    options = validated(options, "preprocess")
     product = open_safe(safe)
     if options["dem"] and not dem:
         raise PreprocessError(f"preprocess.dem is on but no DEM was given for {product.path}")

@@ -24,6 +24,7 @@ import snowcloud
 from snowcloud import labels, normalisation, sampling
 from snowcloud.atomic import atomic_output
 from snowcloud.bands import CLASSES, IGNORE_INDEX
+from snowcloud.config import validated
 from snowcloud.gdal import gdal_env
 from snowcloud.provenance import file_identity
 from snowcloud.scene import block_strips, check_scene, sub_strips, valid_mask, values_and_valid
@@ -48,7 +49,7 @@ class ShardError(ValueError):
 def build_shard(scene: str | Path, label: str | Path, output: str | Path, dataset: str, options: dict) -> None:
     """Scene raster + label mask -> results/shards/{dataset}/{tile}/{date}.h5 (tile and date from the path)."""
     with gdal_env(GDAL_CACHE_MB):
-        _build_shard(scene, label, Path(output), dataset, options)
+        _build_shard(scene, label, Path(output), dataset, validated(options, "dataset"))
 
 
 def _build_shard(scene: str | Path, label: str | Path, output: Path, dataset: str, options: dict) -> None:

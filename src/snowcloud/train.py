@@ -19,6 +19,7 @@ from snowcloud import __version__, dataset_stats
 from snowcloud.augment import Augmentation
 from snowcloud.bands import CLASSES
 from snowcloud.checkpoint import save_model
+from snowcloud.config import validated
 from snowcloud.loader import ShardDataset
 from snowcloud.provenance import file_stat
 from snowcloud.training.history import plot_curves, write_history
@@ -54,6 +55,7 @@ def train_experiment(
     threads: int = 1,
 ) -> None:
     """Train (or continue training) the experiment's network and write model.pt, history.csv and curves.png."""
+    options = validated(options, "experiment")
     training, model_options = options["training"], options["model"]
     stats = load_training_stats(stats_path)
     split = dataset_stats.load_split(stats_path)

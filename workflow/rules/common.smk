@@ -95,6 +95,17 @@ def train_inputs(wildcards):
     }
 
 
+def run_configuration(wildcards):
+    """The configuration sections behind an experiment's results (shown in the report)."""
+    experiment = config["experiments"][wildcards.experiment]
+    return {
+        "experiment": {wildcards.experiment: experiment},
+        "dataset": {experiment["dataset"]: config["datasets"][experiment["dataset"]]},
+        "preprocess": config["preprocess"],
+        "evaluation": config["evaluation"],
+    }
+
+
 def evaluation_summary_inputs(wildcards):
     return {
         "evaluations": [

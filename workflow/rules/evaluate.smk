@@ -33,9 +33,16 @@ rule evaluation_summary:
             caption="../report/confusion.rst",
             category="Evaluation",
         ),
+        page=report(
+            "results/evaluation/{experiment}/summary.html",
+            caption="../report/summary_page.rst",
+            category="Evaluation",
+        ),
     log:
         "logs/evaluation_summary/{experiment}.log",
     conda:
         "../../envs/snowcloud.yaml"
+    params:
+        configuration=run_configuration,
     script:
         "../scripts/evaluation_summary.py"

@@ -8,4 +8,6 @@ logged(
     stats_path=snakemake.input.stats,
     summary_path=snakemake.output.summary,
     confusion_path=snakemake.output.confusion,
+    page_path=snakemake.output.page,
+    configuration=snakemake.params.configuration,
 )

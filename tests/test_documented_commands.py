@@ -1,0 +1,118 @@
+"""Every command README.md and docs/*.md show runs, as a new user runs it, from the install the README's first
+command makes (`pip install -e .`, no test extras: pytest brings packages, such as pygments, that a user's
+install would lack).
+
+The commands are read from the documents themselves (fenced shell blocks, and inline code that starts with
+`snakemake`, `snowcloud` or `python`), so a newly documented command runs here unless NOT_RUN says why it
+cannot. They run in a copy of the repository, after the README's demo command (`snakemake --cores all`), in
+the order the documents give them. A fresh virtual environment is made for them (about a minute) unless
+SNOWCLOUD_USER_VENV names one that was installed the README's way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.workflow
+
+REPO = Path(__file__).resolve().parents[1]
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DEMO_COMMAND = "snakemake --cores all"
+# Commands that are not run here, each with the reason (a regular expression matched against the command).
+NOT_RUN = {
+    r"^python3 -m venv": "the install commands themselves: this test makes the same install",
+    r"--profile profiles/slurm": "needs a Slurm cluster: tests/test_slurm_profile.py runs it on a real one",
+    r"--configfile config/presets/": "needs the thesis data the preset points at; the presets' tests run them on the demo",
+    r"^snowcloud demo .*--size 10980": "a full-size tile (minutes, GBs): tests/test_cli.py runs `snowcloud demo` small",
+    r"--device cuda": "needs a GPU",
+    r"my\.yaml": "a placeholder for the user's own file",
+    r"^python benchmarks/bench_preprocess\.py$": "a full-size tile benchmark (minutes, GBs)",
+    r"^python benchmarks/bench_infer\.py --rows .*10980": "a full-width benchmark (minutes)",
+    r"^python benchmarks/bench_workflow\.py": "runs the demo locally and through Slurm (tests/test_slurm_profile.py)",
+    r"^snakemake --forcerun preprocess": "reruns the whole demo; what reruns is tested in tests/test_incremental.py",
+}
+FENCED = re.compile(r"```(?:bash|sh|shell|console)\n(.*?)```", re.S)
+INLINE = re.compile(r"`((?:snakemake|snowcloud|python3? -m snowcloud) [^`]+|python3? benchmarks/[^`]+)`")
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(document, command) in document order: lines of fenced shell blocks, then inline commands."""
+    found: list[tuple[str, str]] = []
+    for document in DOCUMENTS:
+        text = document.read_text()
+        for block in FENCED.findall(text):
+            for line in block.splitlines():
+                command = line.split("  #")[0].strip()
+                if command and not command.startswith("#"):
+                    found.append((document.name, command))
+        found += [(document.name, command.strip()) for command in INLINE.findall(FENCED.sub("", text))]
+    seen: set[str] = set()
+    return [(document, command) for document, command in found if not (command in seen or seen.add(command))]
+
+
+def reason_not_run(command: str) -> str | None:
+    return next((reason for pattern, reason in NOT_RUN.items() if re.search(pattern, command)), None)
+
+
+def user_venv(root: Path) -> Path:
+    """A virtual environment installed as the README says: torch's CPU build, then `pip install -e .`."""
+    given = os.environ.get("SNOWCLOUD_USER_VENV")
+    if given:
+        return Path(given)
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, "torch==2.13.0"], check=True, timeout=900)
+    subprocess.run([*pip, "-e", str(REPO)], check=True, timeout=900)
+    return venv
+
+
+def copy_of_the_repository(target: Path) -> Path:
+    """The tracked files of the repository (what a clone holds), without anything the workflow made."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.splitlines()  # fmt: skip
+    for name in listed:
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
+
+
+def run(command: str, cwd: Path, venv: Path, timeout: int) -> subprocess.CompletedProcess:
+    environment = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    environment |= {"PATH": f"{venv / 'bin'}:{environment['PATH']}", "VIRTUAL_ENV": str(venv)}
+    arguments = ["timeout", "-s", "INT", "--kill-after=30", str(timeout), "bash", "-c", command]
+    return subprocess.run(arguments, cwd=cwd, env=environment, capture_output=True, text=True)
+
+
+def test_the_readme_states_the_demo_command_first():
+    document, command = documented_commands()[0]
+    assert document == "README.md" and command.endswith(f"pip install -e . && {DEMO_COMMAND}")
+
+
+def test_every_documented_command_runs_from_a_plain_install(tmp_path_factory):
+    root = tmp_path_factory.mktemp("user")
+    venv = user_venv(root)
+    workdir = copy_of_the_repository(root / "snowcloud")
+    demo = run(DEMO_COMMAND, workdir, venv, timeout=1200)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-6000:]
+    failures, ran = [], []
+    for document, command in documented_commands():
+        if reason_not_run(command) or command == DEMO_COMMAND:
+            continue
+        done = run(command, workdir, venv, timeout=600)
+        ran.append(command)
+        if done.returncode != 0:
+            failures.append(f"{document}: `{command}` exited {done.returncode}:\n{(done.stdout + done.stderr)[-3000:]}")
+    print("ran:", *map(shlex.quote, ran), sep="\n  ")
+    assert not failures, "\n\n".join(failures)
+    assert any(command.startswith("snakemake --report") for command in ran)
