@@ -10,16 +10,16 @@ import rasterio.shutil
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.warp import transform, transform_bounds
+from references import assert_valid_cog, reference_upsample
 from safe_factory import band_shape, constant_bands, make_product
 
 from snowcloud import cog, preprocess, resample
 from snowcloud.bands import BANDS, RESOLUTION_M
-from snowcloud.cog import CogWriter, average_2x2
+from snowcloud.cog import CogWriter
 from snowcloud.config import ConfigError
 from snowcloud.demo.landscape import Landscape
 from snowcloud.demo.tiles import tile_grid
 from snowcloud.preprocess import PreprocessError, preprocess_scene
-from snowcloud.resample import cubic_weight
 from snowcloud.safe import SafeError
 from snowcloud.scene import NODATA
 
@@ -30,66 +30,6 @@ def run(safe, output: Path, dem_path=None, threads=1, **options) -> tuple[np.nda
     preprocess_scene(safe, dem_path, output, options, threads=threads)
     with rasterio.open(output) as scene:
         return scene.read(), scene.tags()
-
-
-def int16_profile(width: int, height: int, count: int, origin: tuple[float, float] = (0, 0)) -> dict:
-    """The profile a CogWriter takes: an int16 image with NODATA on a 10 m UTM grid."""
-    transform = Affine(10, 0, origin[0], 0, -10, origin[1])
-    return dict(width=width, height=height, count=count, dtype="int16", nodata=NODATA, crs="EPSG:32632", transform=transform)
-
-
-def assert_valid_cog(path: Path) -> None:
-    """The checks of GDAL's validate_cloud_optimized_geotiff.py with --full-check, on GDAL's own view of the
-    file's structure: the IFDs of the image and its overviews (largest first) right after the header and its
-    ghost area, tiles everywhere, tile data from the smallest overview to the full resolution, each band's
-    tiles in row-major order, each tile with its size leader and its repeated last 4 bytes."""
-    raw = path.read_bytes()
-    with rasterio.open(path) as dataset:
-        assert dataset.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
-        ghost = dataset.get_tag_item("GDAL_STRUCTURAL_METADATA", "TIFF")
-        levels = [None, *range(len(dataset.overviews(1)))]
-        ifds = [int(dataset.get_tag_item("IFD_OFFSET", "TIFF", bidx=1, ovr=level)) for level in levels]
-        header = 16 if raw[2] == 43 else 8  # BigTIFF or classic TIFF
-        assert ifds[0] == header + len(ghost) + (header + len(ghost)) % 2 and ifds == sorted(ifds)
-        first_tiles = []
-        for level in levels:
-            with rasterio.open(path, overview_level=level) if level is not None else rasterio.open(path) as image:
-                rows, cols = (math.ceil(n / 512) for n in image.shape)
-                assert image.block_shapes[0] == (512, 512)
-            for band in dataset.indexes:
-                last = 0
-                for y in range(rows):
-                    for x in range(cols):
-                        offset = int(dataset.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=band, ovr=level))
-                        size = int(dataset.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=band, ovr=level))
-                        assert offset > last and int.from_bytes(raw[offset - 4 : offset], "little") == size
-                        assert raw[offset + size - 4 : offset + size] == raw[offset + size : offset + size + 4]
-                        last = offset
-                        if (band, x, y) == (1, 0, 0):
-                            first_tiles.append(offset)
-        assert first_tiles[-1] > ifds[-1] and first_tiles == sorted(first_tiles, reverse=True)
-
-
-def reference_upsample(native: np.ndarray, k: int, method: str, a: float = -0.5) -> np.ndarray:
-    """Pixel by pixel, straight from the definition: output j samples the native band at (j + 0.5) / k - 0.5,
-    with the border pixel replicated beyond the edges."""
-
-    def weights(j: int) -> dict[int, float]:
-        s = (j + 0.5) / k - 0.5
-        if method == "nearest":
-            return {round(s): 1.0}
-        base = math.floor(s)
-        if method == "bilinear":
-            return {base: 1 - (s - base), base + 1: s - base}
-        return {base + d: cubic_weight(s - (base + d), a) for d in (-1, 0, 1, 2)}
-
-    n = native.shape[0]
-    clamp = lambda i: min(max(i, 0), n - 1)  # noqa: E731
-    out = np.zeros((n * k, n * k))
-    for r in range(n * k):
-        for c in range(n * k):
-            out[r, c] = sum(wr * wc * native[clamp(i), clamp(j)] for i, wr in weights(r).items() for j, wc in weights(c).items())
-    return np.rint(out)
 
 
 def random_bands(size: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -389,13 +329,6 @@ def test_a_band_that_cannot_be_decoded_is_named_and_leaves_nothing(tmp_path):
     assert list(output.parent.iterdir()) == []
 
 
-def test_average_overviews_match_gdal_and_skip_no_data():
-    values = np.array([[[1, 2, 5, NODATA, 7], [3, 4, 6, 8, 9], [NODATA, NODATA, 10, 11, 12]]], dtype=np.int16)
-    mean = average_2x2(values, NODATA)
-    # 2 x 2 blocks: (1+2+3+4)/4 = 2.5 -> 3; (5+6+8)/3 = 6.33 -> 6; (7+9)/2 = 8; bottom row: none; (10+11)/2; 12.
-    np.testing.assert_array_equal(mean, [[[3, 6, 8], [NODATA, 11, 12]]])
-
-
 def test_scene_overviews_are_gdal_averages(tmp_path, tiny_demo):
     product = tiny_demo["products"][("32TNS", "20220201T102209")].path
     output = tmp_path / "scene.tif"
@@ -420,105 +353,6 @@ def test_scene_overviews_are_gdal_averages(tmp_path, tiny_demo):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gdal.tif", "ours.tif", "scene.tif", "stack.tif"]
 
 
-@pytest.mark.parametrize(("strip", "height", "width"), [(100, 1300, 1100), (7, 1025, 1537), (1300, 1300, 513)])
-def test_cog_writer_gives_the_same_image_and_pyramid_for_any_strips(tmp_path, strip, height, width):
-    rng = np.random.default_rng(strip)
-    image = rng.integers(-3000, 12000, (3, height, width)).astype(np.int16)
-    image[:, 100:300, 200:333] = NODATA  # no-data blocks with odd edges
-    image[:, :, -1] = NODATA
-    profile = int16_profile(width, height, 3, origin=(499980, 5200020))
-    target = tmp_path / "image.tif"
-    with CogWriter(target, profile, True, threads=2, compress="zstd", predictor=2, zstd_level=1) as writer:
-        for row in range(0, height, strip):
-            writer.write(image[:, row : row + strip], row)
-        writer.finish(lambda dataset: (dataset.update_tags(WHAT="test"), dataset.set_band_description(2, "second")))
-    assert [p.name for p in tmp_path.iterdir()] == ["image.tif"]
-    assert_valid_cog(target)
-    with rasterio.open(target) as cog_file:
-        np.testing.assert_array_equal(cog_file.read(), image)
-        assert cog_file.tags()["WHAT"] == "test" and cog_file.descriptions == (None, "second", None)
-        assert (cog_file.crs, cog_file.transform, cog_file.nodata) == (profile["crs"], profile["transform"], NODATA)
-        factors = cog_file.overviews(1)
-    level = image
-    for index, factor in enumerate(factors):
-        level = average_2x2(level, NODATA).copy()
-        with rasterio.open(target, overview_level=index) as overview:
-            np.testing.assert_array_equal(overview.read(), level, err_msg=f"overview {factor}")
-    assert max(level.shape[1:]) <= 512 < max(level.shape[1:]) * 2
-
-
-def test_cog_beyond_4_gb_is_a_bigtiff(tmp_path, monkeypatch):
-    monkeypatch.setattr(cog, "CLASSIC_LIMIT", 1000)  # as if the file did not fit a classic TIFF
-    image = np.arange(3 * 700 * 600, dtype=np.int32).reshape(3, 700, 600).astype(np.int16)
-    profile = int16_profile(600, 700, 3)
-    with CogWriter(tmp_path / "big.tif", profile, True, compress="deflate") as writer:
-        writer.write(image, 0)
-        writer.finish()
-    assert (tmp_path / "big.tif").read_bytes()[2:4] == b"+\x00"  # 43: BigTIFF
-    assert_valid_cog(tmp_path / "big.tif")
-    with rasterio.open(tmp_path / "big.tif") as big:
-        np.testing.assert_array_equal(big.read(), image)
-        assert big.compression.name == "deflate" and big.overviews(1) == [2]
-
-
-def test_cog_writer_refuses_strips_out_of_order_and_an_unfinished_image(tmp_path):
-    profile = int16_profile(10, 20, 1)
-    with CogWriter(tmp_path / "x.tif", profile, False) as writer:
-        writer.write(np.zeros((1, 5, 10), dtype=np.int16), 0)
-        with pytest.raises(ValueError, match="strip at row 10, expected row 5"):
-            writer.write(np.zeros((1, 5, 10), dtype=np.int16), 10)
-        with pytest.raises(ValueError, match="5 of 20 rows written"):
-            writer.finish()
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_cog_writer_writes_every_tile_once_even_with_a_tiny_block_cache(tmp_path, monkeypatch):
-    """Strips end inside a band of tiles, and the cache holds one band's row of tiles (1.5 MB) but not all
-    bands' (4.5 MB), as in a full tile where the JP2 tiles fill it: a tile written half filled would be
-    flushed, read back and written again, leaving dead bytes in the part files."""
-    rng = np.random.default_rng(5)
-    image = rng.integers(-30000, 30000, (3, 1100, 1030)).astype(np.int16)  # incompressible: tiles of ~512 KB
-    profile = int16_profile(1030, 1100, 3)
-    dead_bytes = []
-
-    def measure_then_assemble(template, levels, target):
-        for part in (part for parts in levels for part in parts):
-            ifd = cog.read_ifd(part)
-            dead_bytes.append(part.stat().st_size - int(ifd.numbers(cog.TILE_BYTE_COUNTS).sum()))
-        assemble(template, levels, target)
-
-    assemble = cog.assemble_cog
-    monkeypatch.setattr(cog, "assemble_cog", measure_then_assemble)
-    with rasterio.Env(GDAL_CACHEMAX=5 * 2**19), CogWriter(tmp_path / "x.tif", profile, True, compress="zstd", predictor=2) as writer:
-        for row in range(0, 1100, 100):
-            writer.write(image[:, row : row + 100], row)
-        writer.finish()
-    assert len(dead_bytes) == 3 + 2 + 1 and max(dead_bytes) < 4096  # headers and tags only
-    with rasterio.open(tmp_path / "x.tif") as written:
-        np.testing.assert_array_equal(written.read(), image)
-
-
-@pytest.mark.parametrize("method", ["bilinear", "cubic"])
-def test_upsampling_a_few_rows_at_a_time_changes_no_value(method):
-    rng = np.random.default_rng(1)
-    native = rng.uniform(-1000, 12000, (40 + 4, 30 + 4)).astype(np.float32)
-    valid = np.ones(native.shape, dtype=bool)
-    valid[:, :12][np.tri(44, 12, -20, dtype=bool)] = False  # a swath edge across the window
-    native[~valid] = -1e6
-    taps = resample.phase_taps(2, method)
-
-    def upsampled(rows_at_once: int) -> np.ndarray:
-        out = np.full((80, 60), np.nan, dtype=np.float32)
-        resample.upsample(native, 2, taps, valid, rows_at_once, lambda first, rows: out.__setitem__(slice(first, first + len(rows)), rows))
-        return out
-
-    whole = upsampled(40)
-    valid_output = np.repeat(np.repeat(valid[2:-2, 2:-2], 2, axis=0), 2, axis=1)
-    assert not np.isnan(whole).any() and whole[valid_output].min() > -10000  # no-data input never leaks
-    for rows_at_once in (1, 7, 16):
-        np.testing.assert_array_equal(upsampled(rows_at_once), whole)
-
-
 def test_no_data_by_bitwise_passes_equals_a_masked_copy():
     rng = np.random.default_rng(2)
     values = rng.integers(-32768, 32768, (3, 50, 70)).astype(np.int16)
@@ -528,22 +362,6 @@ def test_no_data_by_bitwise_passes_equals_a_masked_copy():
     np.copyto(expected, np.int16(NODATA), where=~valid)
     preprocess._set_no_data(values, valid)
     np.testing.assert_array_equal(values, expected)
-
-
-@pytest.mark.parametrize(("method", "a", "factor"), [("bilinear", -0.5, 2), ("bilinear", -0.5, 6), ("cubic", -0.5, 2), ("cubic", -0.75, 6)])
-def test_gain_bounds_every_upsampled_value_also_beside_no_data(method, a, factor):
-    rng = np.random.default_rng(factor)
-    native = rng.choice(np.float32([-30000, 30000]), (24 + 4, 24 + 4))  # extremes side by side: the largest overshoot
-    valid = rng.random(native.shape) < 0.8
-    taps = resample.phase_taps(factor, method, a)
-    out = np.empty((24 * factor, 24 * factor), dtype=np.float32)
-    for mask in (None, valid):
-        resample.upsample(native, factor, taps, mask, 5, lambda first, rows: out.__setitem__(slice(first, first + len(rows)), rows))
-        assert np.abs(out).max() <= 30000 * resample.gain(taps) * (1 + 1e-6)
-    if method == "cubic":
-        assert resample.gain(taps) > 1 and np.abs(out).max() > 30000  # cubic overshoots: the bound is not idle
-    else:
-        assert resample.gain(taps) == pytest.approx(1)
 
 
 def test_cubic_overshoot_and_10m_values_saturate_without_wrapping_around(tmp_path):
@@ -566,25 +384,3 @@ def test_10m_offset_in_integers_equals_the_float_path(offset):
         np.testing.assert_array_equal(out, expected)
 
 
-def test_cog_writer_writes_each_band_of_a_part_in_one_call_over_whole_tiles(tmp_path, monkeypatch):
-    """A tile written in two calls can be flushed half filled from GDAL's block cache (other threads decode
-    JP2 tiles into it) and come back empty: seen as zeroed rows at the top of a part of a full tile."""
-    image = np.random.default_rng(6).integers(-3000, 12000, (2, 1100, 700)).astype(np.int16)
-    profile = int16_profile(700, 1100, 2)
-    calls = []
-    write = rasterio.io.DatasetWriter.write
-
-    def record(dataset, values, indexes=None, window=None, **kwargs):
-        calls.append((Path(dataset.name).name, indexes, window))
-        return write(dataset, values, indexes, window, **kwargs)
-
-    monkeypatch.setattr(rasterio.io.DatasetWriter, "write", record)
-    with CogWriter(tmp_path / "x.tif", profile, True, threads=2, compress="zstd") as writer:
-        for row in range(0, 1100, 102):  # strips that end inside bands of tiles
-            writer.write(image[:, row : row + 102], row)
-        writer.finish()
-    parts = sorted({name for name, _, _ in calls})
-    assert len(parts) == 3 + 2 + 1  # level 0: 3 parts, level 1 (550 rows): 2, level 2 (275 rows): 1
-    assert sorted(calls, key=str) == sorted(((name, [band], None) for name in parts for band in (1, 2)), key=str)
-    with rasterio.open(tmp_path / "x.tif") as written:
-        np.testing.assert_array_equal(written.read(), image)
