@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+import zipfile
+
 import pytest
 import rasterio
 import yaml
@@ -69,3 +74,25 @@ def test_help_exits_cleanly(argv):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 0
+
+
+def test_check_config_and_demo_work_from_an_installed_wheel(repo, tmp_path):
+    """The schema ships inside the package: the commands need no checkout beside the installed files."""
+    wheels = tmp_path / "wheels"
+    build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(repo)]
+    subprocess.run(build, check=True, cwd=tmp_path, capture_output=True)
+    (wheel,) = wheels.glob("snowcloud-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert "snowcloud/schema.yaml" in archive.namelist()
+        archive.extractall(tmp_path / "site")
+    config = tmp_path / "config.yaml"
+    config.write_text((repo / "config" / "config.yaml").read_text())
+    environment = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    for arguments in (["check-config", str(config)], ["demo", str(tmp_path / "demo"), "--size", "60", "--tiles", "32TNS",
+                                                        "--dates", "20220201T102209"]):  # fmt: skip
+        done = subprocess.run([sys.executable, "-c", "import sys; from snowcloud.cli import main; sys.exit(main())", *arguments],
+                              cwd=tmp_path, env=environment, capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    imported = subprocess.run([sys.executable, "-c", "import snowcloud; print(snowcloud.__file__)"], cwd=tmp_path,
+                              env=environment, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert imported.startswith(str(tmp_path / "site"))

@@ -1,0 +1,111 @@
+"""`model.pt`: the trained weights plus everything needed to use them, loadable with `weights_only=True`.
+
+The file holds `{"state_dict": {name: tensor}, "metadata": {...}}`. The metadata carries a format tag
+(`FORMAT`), the architecture and its arguments (enough to rebuild the network), and what inference must
+know: bands, normalisation spec, classes, patch size, plus provenance (training options, dataset and stats
+digest, package version, epochs, best epoch, validation metrics). Only weights_only-safe types are stored
+(tensors, dict, list, str, int, float, bool, None), so loading never runs pickled code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from snowcloud.atomic import atomic_output
+from snowcloud.model import build_model
+
+FORMAT = "snowcloud-model/1"
+REQUIRED_METADATA = ("architecture", "model_args")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a (readable, complete) snowcloud model checkpoint; the message names the file."""
+
+
+def plain(value: Any, where: str = "metadata") -> Any:
+    """`value` as weights_only-safe plain data: tuples become lists, numpy scalars Python numbers, paths str."""
+    if value is None or isinstance(value, torch.Tensor):
+        return value
+    for kind in (bool, int, float, str):  # subclasses too (torch.__version__, IntEnum) become the plain type
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        if not all(isinstance(key, str) for key in value):
+            raise TypeError(f"{where}: keys must be strings, got {sorted(map(repr, value))}")
+        return {key: plain(item, f"{where}.{key}") for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    raise TypeError(f"{where}: {type(value).__name__} cannot be stored in a weights_only checkpoint")
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The original module behind `torch.compile` (whose state-dict keys carry an `_orig_mod.` prefix)."""
+    return getattr(model, "_orig_mod", model)
+
+
+def save_model(path: str | Path, model: nn.Module, metadata: Mapping[str, Any]) -> None:
+    """Write the weights (on the CPU) and the metadata atomically to `path`."""
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise ValueError(f"checkpoint metadata for {path} lacks {', '.join(missing)}")
+    state_dict = {name: tensor.detach().cpu().clone() for name, tensor in unwrapped(model).state_dict().items()}
+    payload = {"state_dict": state_dict, "metadata": {**plain(dict(metadata)), "format": FORMAT}}
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checked `{"state_dict", "metadata"}` of a snowcloud checkpoint, tensors on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises many types on foreign or corrupt files
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"{path} is not a snowcloud checkpoint: it cannot be read with weights_only=True "
+            f"({type(error).__name__}: {reason})"
+        ) from None
+    metadata = payload.get("metadata") if isinstance(payload, dict) else None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT or "state_dict" not in payload:
+        hint = " (it looks like a bare state_dict, e.g. a thesis .pth)" if _is_state_dict(payload) else ""
+        raise CheckpointError(
+            f"{path} is not a snowcloud checkpoint{hint}: expected a dict with 'state_dict' and 'metadata' "
+            f"whose format is '{FORMAT}'"
+        )
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint metadata lacks {', '.join(missing)}")
+    return payload
+
+
+def _is_state_dict(payload: object) -> bool:
+    return isinstance(payload, dict) and bool(payload) and all(isinstance(v, torch.Tensor) for v in payload.values())
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network from a checkpoint's metadata, load its weights, move it to `device`, eval mode."""
+    payload = read_checkpoint(path)
+    metadata = payload["metadata"]
+    try:
+        model = build_model(metadata["architecture"], **metadata["model_args"])
+    except ValueError as error:
+        raise CheckpointError(f"{path}: cannot rebuild the network: {error}") from None
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"{path}: weights do not fit {metadata['architecture']} {metadata['model_args']}: {error}"
+        ) from None
+    return model.to(device).eval(), metadata

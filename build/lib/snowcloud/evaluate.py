@@ -1,0 +1,318 @@
+"""Predictions against label masks: per-date confusion matrices and metrics for the model and the baselines on
+the same pixels, and the summary over dates (CSV and confusion-matrix plot)."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import yaml
+from rasterio.windows import Window
+
+import snowcloud
+from snowcloud import dataset_stats, labels
+from snowcloud.atomic import atomic_output
+from snowcloud.bands import CLASSES, IGNORE_INDEX
+from snowcloud.baselines import BASELINES
+from snowcloud.config import validated
+from snowcloud.metrics import confusion_matrix, metrics_from_confusion, thesis_metric_lines
+from snowcloud.scene import check_same_grid, identity, read_bands, row_strips
+
+log = logging.getLogger(__name__)
+
+MODEL = "model"
+BLOCK_ROWS = 1024  # rows read at once; bounds memory on full tiles
+
+
+class EvaluationError(ValueError):
+    """Inputs that cannot be compared; the message names the files."""
+
+
+# ----------------------------------------------------------------------------------------------- per date
+
+
+def check_margin(shape: tuple[int, int], margin: int, scene: str | Path) -> None:
+    """Raise if the margin leaves no pixel of the scene."""
+    if 2 * margin >= min(shape):
+        raise EvaluationError(
+            f"evaluation.margin_pixels = {margin} leaves no pixel of the {shape[0]} x {shape[1]} scene {scene}"
+        )
+
+
+def inside_margin(window: Window, shape: tuple[int, int], margin: int) -> np.ndarray:
+    """True for the pixels of a window that are at least `margin` pixels from every border of the scene."""
+    rows = np.arange(window.row_off, window.row_off + window.height)
+    cols = np.arange(window.col_off, window.col_off + window.width)
+    rows_inside = (rows >= margin) & (rows < shape[0] - margin)
+    cols_inside = (cols >= margin) & (cols < shape[1] - margin)
+    return rows_inside[:, None] & cols_inside[None, :]
+
+
+def evaluate_scene(prediction: str, label: str, scene: str, output: str, options: dict) -> None:
+    """Confusion matrices and metrics of the prediction and of each baseline against the label mask, on the
+    pixels that are labelled, predicted and at least `margin_pixels` from the border; written as JSON."""
+    options = validated(options, "evaluation")
+    tile, date = identity(scene)
+    methods = [MODEL, *options["baselines"]]
+    n_classes = len(CLASSES)
+    confusions = {method: np.zeros((n_classes, n_classes), np.int64) for method in methods}
+    counts = {"total": 0, "labelled": 0, "predicted": 0, "margin_excluded": 0, "evaluated": 0}
+    with rasterio.open(scene) as scene_ds, rasterio.open(prediction) as prediction_ds:
+        check_same_grid(prediction_ds, scene_ds)
+        check_margin(scene_ds.shape, options["margin_pixels"], scene)
+        model_tags = prediction_ds.tags()
+        for window in row_strips(scene_ds.height, scene_ds.width, BLOCK_ROWS):
+            inside = inside_margin(window, scene_ds.shape, options["margin_pixels"])
+            predicted = prediction_ds.read(1, window=window)
+            truth = labels.read_label(label, scene, window)
+            labelled, has_prediction = truth != IGNORE_INDEX, predicted != IGNORE_INDEX
+            evaluated = labelled & has_prediction & inside
+            counts["total"] += truth.size
+            counts["labelled"] += int(labelled.sum())
+            counts["predicted"] += int(has_prediction.sum())
+            counts["margin_excluded"] += int((labelled & has_prediction & ~inside).sum())
+            counts["evaluated"] += int(evaluated.sum())
+            confusions[MODEL] += confusion_matrix(predicted[evaluated], truth[evaluated], n_classes)
+            for name in options["baselines"]:
+                baseline = BASELINES[name]
+                bands, valid = read_bands(scene_ds, baseline.bands, window, f"the {name} baseline")
+                guess = baseline.rule(bands, options[name], valid)
+                if (guess[evaluated] == IGNORE_INDEX).any():
+                    raise EvaluationError(
+                        f"prediction {prediction} has classes where scene {scene} has no data: they are not from "
+                        "the same scene (rerun inference)"
+                    )
+                confusions[name] += confusion_matrix(guess[evaluated], truth[evaluated], n_classes)
+    if counts["evaluated"] == 0:
+        log.warning(
+            "%s %s: no pixel is labelled, predicted and inside the margin; all metrics are undefined", tile, date
+        )
+    result = {
+        "tile": tile,
+        "date": date,
+        "inputs": {"prediction": str(prediction), "label": str(label), "scene": str(scene)},
+        "model": {key: model_tags[key] for key in ("experiment", "model_path", "model_sha256") if key in model_tags},
+        "margin_pixels": options["margin_pixels"],
+        "classes": list(CLASSES),
+        "pixels": counts,
+        "methods": {method: method_result(confusions[method]) for method in methods},
+        "baseline_options": {name: options[name] for name in options["baselines"]},
+        "snowcloud_version": snowcloud.__version__,
+    }
+    with atomic_output(output) as tmp:
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+    model_metrics = result["methods"][MODEL]["metrics"]
+    log.info(
+        "%s %s: %d pixels evaluated, model macro IoU %s", tile, date, counts["evaluated"], model_metrics["macro_iou"]
+    )
+
+
+def method_result(confusion: np.ndarray) -> dict[str, object]:
+    """Confusion matrix (rows: label, columns: prediction), its metrics and the thesis-format lines."""
+    metrics = metrics_from_confusion(confusion)
+    return {"confusion": confusion.tolist(), "metrics": metrics, "thesis_lines": thesis_metric_lines(metrics)}
+
+
+# ----------------------------------------------------------------------------------------------- summary
+
+SPLIT_ORDER = ("train", "validation", "mixed", "unused")
+METRIC_COLUMNS = ("pixel_accuracy", "micro_iou", "macro_iou", "macro_f1", "macro_precision", "macro_recall")
+PER_CLASS_METRICS = ("iou", "f1", "precision", "recall")
+
+
+def split_roles(stats_path: str | Path) -> dict[tuple[str, str], str]:
+    """Role of each (tile, date) in the dataset's split: train or validation for a date split, mixed when its
+    patches are divided by a patch split."""
+    scene_of = {entry["shard"]: (entry["tile"], entry["date"]) for entry in dataset_stats.load_stats(stats_path)["dates"]}
+    roles: dict[tuple[str, str], str] = {}
+    for role, members in dataset_stats.load_split(stats_path).items():
+        for shard, indices in members:
+            role_here = role if indices is None else "mixed"
+            roles[scene_of[shard]] = role_here if roles.get(scene_of[shard], role_here) == role_here else "mixed"
+    return roles
+
+
+def load_evaluations(paths: list[str]) -> list[dict]:
+    """The per-date evaluation JSONs, checked to share classes and methods."""
+    evaluations = []
+    for path in paths:
+        evaluation = json.loads(Path(path).read_text())
+        if evaluations and (evaluation["classes"], list(evaluation["methods"])) != (
+            evaluations[0]["classes"],
+            list(evaluations[0]["methods"]),
+        ):
+            raise EvaluationError(
+                f"{path} has classes {evaluation['classes']} and methods {list(evaluation['methods'])}, but "
+                f"{paths[0]} has {evaluations[0]['classes']} and {list(evaluations[0]['methods'])}: rerun the evaluation"
+            )
+        evaluations.append(evaluation)
+    return evaluations
+
+
+def summary_row(
+    tile: str, date: str, split: str, method: str, dates: int, confusion: np.ndarray, classes: list[str]
+) -> dict:
+    """One CSV row: identity, pixel count and the metrics of one confusion matrix."""
+    metrics = metrics_from_confusion(confusion, tuple(classes))
+    row = {"tile": tile, "date": date, "split": split, "method": method, "dates": dates, "pixels": metrics["pixels"]}
+    row |= {name: metrics[name] for name in METRIC_COLUMNS}
+    row |= {f"{name}_{cls}": metrics[name][cls] for name in PER_CLASS_METRICS for cls in classes}
+    return row
+
+
+def summed_confusions(evaluations: list[dict], roles: list[str], split: str) -> dict[str, np.ndarray]:
+    """Confusion matrix per method summed over the dates of one split ('all': every date)."""
+    methods = list(evaluations[0]["methods"])
+    chosen = [e for e, role in zip(evaluations, roles) if split in ("all", role)]
+    return {m: np.sum([e["methods"][m]["confusion"] for e in chosen], axis=0, dtype=np.int64) for m in methods}
+
+
+def summarise(
+    evaluations: list[str],
+    stats_path: str,
+    summary_path: str,
+    confusion_path: str,
+    page_path: str | None = None,
+    configuration: dict | None = None,
+) -> None:
+    """summary.csv: a row per date and method with its split role, then rows per split (and 'all') computed
+    from the summed confusion matrices; confusion.png: row-normalised confusion matrices of the model on the
+    validation dates and on all dates, and per-class IoU of the model against the baselines; summary.html
+    (for the report): the rows as tables, with the configuration the run used."""
+    found = load_evaluations(evaluations)
+    split_of = split_roles(stats_path)
+    roles = [split_of.get((e["tile"], e["date"]), "unused") for e in found]
+    classes = found[0]["classes"] if found else list(CLASSES)
+    rows = []
+    for evaluation, role in zip(found, roles):
+        for method, result in evaluation["methods"].items():
+            confusion = np.asarray(result["confusion"], np.int64)
+            rows.append(summary_row(evaluation["tile"], evaluation["date"], role, method, 1, confusion, classes))
+    aggregates: dict[str, dict[str, np.ndarray]] = {}
+    for split in [s for s in SPLIT_ORDER if s in roles] + (["all"] if found else []):
+        aggregates[split] = summed_confusions(found, roles, split)
+        dates = len(found) if split == "all" else roles.count(split)
+        for method, confusion in aggregates[split].items():
+            rows.append(summary_row("all", "all", split, method, dates, confusion, classes))
+    if not found:
+        log.warning("no evaluated dates: the summary is empty")
+    write_summary_csv(rows, summary_path, classes)
+    write_confusion_plot(aggregates, classes, confusion_path)
+    if page_path is not None:
+        write_summary_page(rows, classes, configuration or {}, page_path)
+    for row in rows:
+        if row["date"] == "all":
+            log.info(
+                "%-10s %-6s macro IoU %s over %d dates", row["split"], row["method"], row["macro_iou"], row["dates"]
+            )
+
+
+def write_summary_csv(rows: list[dict], path: str | Path, classes: list[str]) -> None:
+    """Write the summary rows (empty metrics for undefined scores) atomically."""
+    columns = ["tile", "date", "split", "method", "dates", "pixels", *METRIC_COLUMNS]
+    columns += [f"{name}_{cls}" for name in PER_CLASS_METRICS for cls in classes]
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: "" if value is None else value for key, value in row.items()})
+
+
+PAGE_STYLE = (
+    "body{font-family:sans-serif;font-size:13px;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}"
+    "th,td{border:1px solid #bbb;padding:2px 6px;text-align:right}th{background:#eee}td.text{text-align:left}"
+    "tr.model td{font-weight:bold}pre{background:#f6f6f6;padding:8px;font-size:12px}"
+)
+
+
+def summary_table(rows: list[dict], classes: list[str]) -> str:
+    """An HTML table of summary rows: identity, pixels, the overall metrics and per-class IoU."""
+    text_columns = ["tile", "date", "split", "method"]
+    columns = [*text_columns, "dates", "pixels", *METRIC_COLUMNS, *(f"iou_{cls}" for cls in classes)]
+
+    def cell(column: str, value: object) -> str:
+        shown = "–" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+        return f'<td class="text">{html.escape(shown)}</td>' if column in text_columns else f"<td>{shown}</td>"
+
+    head = "".join(f"<th>{html.escape(column)}</th>" for column in columns)
+    body = "".join(
+        f'<tr class="{html.escape(str(row["method"]))}">' + "".join(cell(c, row.get(c)) for c in columns) + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_summary_page(rows: list[dict], classes: list[str], configuration: dict, path: str | Path) -> None:
+    """summary.html: the per-split rows, then the per-date rows, then the configuration of the run as YAML."""
+    overall = [row for row in rows if row["date"] == "all"]
+    per_date = [row for row in rows if row["date"] != "all"]
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><style>{PAGE_STYLE}</style></head><body>",
+        "<h3>Per split (summed confusion matrices)</h3>",
+        summary_table(overall, classes) if overall else "<p>No evaluated date.</p>",
+        "<h3>Per date</h3>",
+        summary_table(per_date, classes) if per_date else "<p>No evaluated date.</p>",
+        "<h3>Configuration of this run</h3>",
+        f"<pre>{html.escape(yaml.safe_dump(configuration, sort_keys=False))}</pre>",
+        "</body></html>",
+    ]
+    with atomic_output(path) as tmp:
+        tmp.write_text("\n".join(parts) + "\n")
+
+
+def plot_confusion(axes, confusion: np.ndarray, classes: list[str], title: str) -> None:
+    """Row-normalised confusion matrix (rows: label) with the percentage and the count in each cell."""
+    totals = confusion.sum(axis=1, keepdims=True)
+    share = np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
+    axes.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), count in np.ndenumerate(confusion):
+        colour = "white" if share[i, j] > 0.5 else "black"
+        axes.text(j, i, f"{100 * share[i, j]:.1f}%\n{count:,}", ha="center", va="center", fontsize=7, color=colour)
+    axes.set_xticks(range(len(classes)), classes, fontsize=8)
+    axes.set_yticks(range(len(classes)), classes, fontsize=8)
+    axes.set_xlabel("prediction")
+    axes.set_ylabel("label")
+    axes.set_title(f"{title}\n{int(confusion.sum()):,} pixels", fontsize=9)
+
+
+def plot_iou_bars(axes, confusions: dict[str, np.ndarray], classes: list[str], title: str) -> None:
+    """Per-class IoU (and macro IoU) of each method as grouped bars."""
+    names = [*classes, "macro"]
+    width = 0.8 / len(confusions)
+    for k, (method, confusion) in enumerate(confusions.items()):
+        metrics = metrics_from_confusion(confusion, tuple(classes))
+        values = [metrics["iou"][c] for c in classes] + [metrics["macro_iou"]]
+        axes.bar(np.arange(len(names)) + k * width, [np.nan if v is None else v for v in values], width, label=method)
+    axes.set_xticks(np.arange(len(names)) + width * (len(confusions) - 1) / 2, names, fontsize=8)
+    axes.set_ylim(0, 1.12)
+    axes.set_yticks(np.linspace(0, 1, 6))
+    axes.set_ylabel("IoU")
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=8, loc="upper center", ncol=len(confusions), frameon=False)
+
+
+def write_confusion_plot(aggregates: dict[str, dict[str, np.ndarray]], classes: list[str], path: str | Path) -> None:
+    """The model's confusion matrices on the validation dates and on all dates, and the IoU bars, as PNG."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(15, 4.8), dpi=100, layout="constrained")
+    panels = figure.subplots(1, 3)
+    for axes, split in zip(panels[:2], ("validation", "all")):
+        if split in aggregates:
+            plot_confusion(axes, aggregates[split][MODEL], classes, f"model, {split} dates")
+        else:
+            axes.set_axis_off()
+            reason = "no date is wholly validation (patch split?)" if split == "validation" else "no evaluated dates"
+            axes.text(0.5, 0.5, f"model, {split} dates:\n{reason}", ha="center", va="center", fontsize=9)
+    bars_split = next((s for s in ("validation", "all") if s in aggregates), None)
+    if bars_split is None:
+        panels[2].set_axis_off()
+    else:
+        plot_iou_bars(panels[2], aggregates[bars_split], classes, f"IoU, {bars_split} dates")
+    with atomic_output(path) as tmp:
+        figure.savefig(tmp, format="png")

@@ -1,0 +1,270 @@
+"""A `torch.utils.data.Dataset` over HDF5 shards, and the deterministic epoch order training resumes from.
+
+Items are addressed by a global index over the members (shard, patch indices or None for all). HDF5 handles
+are opened lazily in the process that reads (keyed by its pid), so no handle opened before a DataLoader forks
+its workers is used by them. An unfiltered one-patch chunk is read with one direct chunk read into a reused
+float16 buffer and converted once into the output.
+
+Two ways to batch, giving the same batches: a plain ``DataLoader(dataset, batch_size, sampler=...)`` (item by
+item, stacked by the default collate), or :func:`batch_loader`, where each worker reads a whole batch in shard
+order straight into shared memory (no per-item tensors, no second copy): about twice as fast
+(benchmarks/bench_shards.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, get_worker_info
+
+Member = tuple[str | Path, Sequence[int] | np.ndarray | None]
+Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+Key = int | tuple[int, int]
+
+
+def seeded_rng(*keys: int) -> np.random.Generator:
+    """A generator determined by integer keys (seed, epoch, index ...), negative keys allowed."""
+    return np.random.default_rng([int(key) % 2**64 for key in keys])
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order in which epoch `epoch` visits items 0..n-1: a permutation fixed by (seed, epoch)."""
+    return seeded_rng(seed, epoch).permutation(n)
+
+
+def open_shard(path: str | Path) -> h5py.File:
+    """Open a shard read-only (HDF5's default locking: set HDF5_USE_FILE_LOCKING=FALSE where a cluster file
+    system refuses locks; mixing locking flags on one file in one process is an HDF5 error)."""
+    return h5py.File(path, "r")
+
+
+def is_direct(dataset: h5py.Dataset) -> bool:
+    """Whether each patch of a (N, ...) dataset is one unfiltered chunk (readable with a direct chunk read)."""
+    return dataset.chunks == (1, *dataset.shape[1:]) and dataset.id.get_create_plist().get_nfilters() == 0
+
+
+def read_patch(
+    dataset: h5py.Dataset, index: int, out: np.ndarray | None = None, direct: bool | None = None
+) -> np.ndarray:
+    """Patch `index` of a (N, ...) dataset, into `out` (C-contiguous, the patch's shape and dtype) if given."""
+    if out is None:
+        out = np.empty(dataset.shape[1:], dtype=dataset.dtype)
+    if is_direct(dataset) if direct is None else direct:
+        dataset.id.read_direct_chunk((index,) + (0,) * (dataset.ndim - 1), out=out.reshape(-1).view(np.uint8))
+    else:
+        dataset.read_direct(out, np.s_[index])
+    return out
+
+
+@dataclass
+class _Handle:
+    """One process's open shard, its two datasets, whether they allow direct chunk reads, and read buffers."""
+
+    file: h5py.File
+    image: h5py.Dataset
+    label: h5py.Dataset
+    direct: tuple[bool, bool]
+    image_buffer: np.ndarray
+    label_buffer: np.ndarray
+
+    @classmethod
+    def open(cls, path: str) -> _Handle:
+        shard = open_shard(path)
+        image, label = shard["image"], shard["label"]
+        return cls(shard, image, label, (is_direct(image), is_direct(label)),
+                   np.empty(image.shape[1:], image.dtype), np.empty(label.shape[1:], label.dtype))  # fmt: skip
+
+    def read(self, local: int) -> tuple[np.ndarray, np.ndarray]:
+        """The stored patch in this handle's reused buffers (overwritten by the next read)."""
+        read_patch(self.image, local, self.image_buffer, self.direct[0])
+        read_patch(self.label, local, self.label_buffer, self.direct[1])
+        return self.image_buffer, self.label_buffer
+
+
+def _key(key: Key, epoch: int) -> tuple[int, int]:
+    return (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), epoch)
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """A tensor in shared memory when `shared` (a worker's batch then reaches the main process without a copy)."""
+    if not shared:
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(math.prod(shape), device="cpu")
+    return torch.empty(0, dtype=dtype).new(storage).view(shape)
+
+
+class ShardDataset(Dataset):
+    """Patches of many shards: item i -> (float32 image (C, P, P), int64 label (P, P)).
+
+    `members`: (shard path, patch indices or None for every patch), in order. `augment(image, label, rng)`
+    gets numpy arrays (float32 (C, P, P), int64 (P, P)) and a generator fixed by (seed, epoch, i), and returns
+    the two arrays. A key is an index or an (index, epoch) pair (what :class:`EpochSampler` yields), so that
+    augmentation stays reproducible with persistent workers; a bare index uses the epoch of :meth:`set_epoch`.
+    """
+
+    def __init__(self, members: Sequence[Member], augment: Augment | None = None, seed: int = 0) -> None:
+        if not members:
+            raise ValueError("ShardDataset needs at least one shard")
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.paths: list[str] = []
+        self.indices: list[np.ndarray | None] = []
+        lengths = []
+        for path, indices in members:
+            length, shape = self._inspect(path, indices)
+            if not self.paths:
+                self.channels, self.patch_size = shape[0], shape[1]
+            elif shape != (self.channels, self.patch_size, self.patch_size):
+                raise ValueError(f"{path}: patches {shape} differ from those of {self.paths[0]}")
+            self.paths.append(str(path))
+            self.indices.append(None if indices is None else np.asarray(indices, dtype=np.int64))
+            lengths.append(length)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self._handles: dict[int, _Handle] = {}
+        self._pid: int | None = None
+
+    @staticmethod
+    def _inspect(path: str | Path, indices: Sequence[int] | np.ndarray | None) -> tuple[int, tuple[int, ...]]:
+        """Number of member patches and the (C, P, P) shape; checks the indices (the handle is closed again)."""
+        with open_shard(path) as shard:
+            image, label = shard["image"], shard["label"]
+            n = image.shape[0]
+            if label.shape != (n, *image.shape[2:]):
+                raise ValueError(f"{path}: label {label.shape} does not match image {image.shape}")
+            shape = image.shape[1:]
+        if indices is None:
+            return n, shape
+        indices = np.asarray(indices)
+        if indices.size and (indices.min() < 0 or indices.max() >= n):
+            raise ValueError(f"{path}: patch indices outside 0..{n - 1}")
+        return int(indices.size), shape
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch that seeds augmentation of items addressed by a bare index."""
+        self.epoch = epoch
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(member number, patch index in its shard) of a global index."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} outside 0..{len(self) - 1}")
+        member = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        local = index - int(self.offsets[member])
+        indices = self.indices[member]
+        return member, local if indices is None else int(indices[local])
+
+    def _handle(self, member: int) -> _Handle:
+        pid = os.getpid()
+        if self._pid != pid:  # a new worker process: never reuse the parent's handles
+            self._handles, self._pid = {}, pid
+        if member not in self._handles:
+            self._handles[member] = _Handle.open(self.paths[member])
+        return self._handles[member]
+
+    def _stored(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The stored patch (float16, uint8) in reused buffers."""
+        member, local = self.locate(index)
+        return self._handle(member).read(local)
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The stored patch behind a global index, unaugmented: (float32 (C, P, P), int64 (P, P))."""
+        image, label = self._stored(index)
+        return image.astype(np.float32), label.astype(np.int64)
+
+    def _augmented(self, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        image, label = self.augment(*self.read(index), seeded_rng(self.seed, epoch, index))
+        return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label, dtype=np.int64)
+
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, torch.Tensor]:
+        index, epoch = _key(key, self.epoch)
+        if self.augment is not None:
+            image, label = self._augmented(index, epoch)
+            return torch.from_numpy(image), torch.from_numpy(label)
+        image, label = self._stored(index)  # reused buffers: copy them out
+        return torch.from_numpy(image).to(torch.float32, copy=True), torch.from_numpy(label).to(torch.int64, copy=True)
+
+    def read_batch(
+        self, keys: Sequence[Key], shared: bool = False, image_dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items stacked: (float32 (B, C, P, P), int64 (B, P, P)), read in shard order, converted straight into
+        the output (in shared memory when `shared`). `image_dtype` float16 halves the bytes moved (the shards
+        hold float16, so nothing is lost); the caller converts on the device."""
+        keys = [_key(key, self.epoch) for key in keys]
+        size = (self.patch_size, self.patch_size)
+        images = _empty((len(keys), self.channels, *size), image_dtype, shared)
+        labels = _empty((len(keys), *size), torch.int64, shared)
+        for position in sorted(range(len(keys)), key=lambda k: self.locate(keys[k][0])):
+            index, epoch = keys[position]
+            image, label = self._augmented(index, epoch) if self.augment is not None else self._stored(index)
+            images[position].copy_(torch.from_numpy(image))
+            labels[position].copy_(torch.from_numpy(label))
+        return images, labels
+
+    def close(self) -> None:
+        """Close this process's handles (call before forking workers if the parent read items)."""
+        for handle in self._handles.values():
+            handle.file.close()
+        self._handles = {}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handles"], state["_pid"] = {}, None
+        return state
+
+
+class _Batches(Dataset):
+    """A ShardDataset addressed by lists of keys: each item is a whole batch, built in shared memory in workers."""
+
+    def __init__(self, dataset: ShardDataset, image_dtype: torch.dtype) -> None:
+        self.dataset, self.image_dtype = dataset, image_dtype
+
+    def __getitem__(self, keys: Sequence[Key]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dataset.read_batch(keys, shared=get_worker_info() is not None, image_dtype=self.image_dtype)
+
+
+def batch_loader(
+    dataset: ShardDataset, sampler: Sampler, batch_size: int, drop_last: bool = False,
+    image_dtype: torch.dtype = torch.float32, **options: Any,
+) -> DataLoader:  # fmt: skip
+    """A DataLoader yielding (images, labels) batches of `dataset` in `sampler`'s order, each batch built whole
+    by one worker (images float32 unless `image_dtype` says float16). `options` go to DataLoader (num_workers,
+    pin_memory, persistent_workers, ...)."""
+    batches = BatchSampler(sampler, batch_size, drop_last)
+    return DataLoader(_Batches(dataset, image_dtype), batch_size=None, sampler=batches, **options)
+
+
+class EpochSampler(Sampler):
+    """Yields (index, epoch) keys in :func:`epoch_order` (or 0..n-1 when not shuffling).
+
+    `set_epoch(epoch, skip)` selects the epoch and skips its first `skip` items (resume inside an epoch);
+    `limit` caps the items per epoch (steps_per_epoch x batch_size), taken from the front of the order.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, limit: int | None = None) -> None:
+        self.n, self.seed, self.shuffle, self.limit = n, seed, shuffle, limit
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def _order(self) -> np.ndarray:
+        order = epoch_order(self.n, self.seed, self.epoch) if self.shuffle else np.arange(self.n)
+        return order[: self.limit][self.skip :]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(int(index), self.epoch) for index in self._order()])
+
+    def __len__(self) -> int:
+        per_epoch = self.n if self.limit is None else min(self.n, self.limit)
+        return max(per_epoch - self.skip, 0)

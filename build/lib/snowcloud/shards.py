@@ -1,0 +1,212 @@
+"""HDF5 patch shards: one per (dataset, tile, date), normalised patches ready to train, with class counts.
+
+Layout (docs/architecture.md): ``image`` (N, C, P, P) float16 chunked one patch per chunk, ``label`` (N, P, P)
+uint8 (255 = ignore), ``origin`` (N, 2) int32 row/col in the scene, ``class_counts`` (N, 5) int32 pixels of
+classes 0..3 and 255 per patch, ``class_fraction`` (N, 4) float32 (classes 0..3 over the labelled pixels of the
+patch); attributes are scalars or JSON text (see :func:`read_attributes`). The scene is normalised row block by
+row block (each row once, bounded memory) and patches are written in batches to a temporary file that is
+renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import rasterio
+from tqdm import tqdm
+
+import snowcloud
+from snowcloud import labels, normalisation, sampling
+from snowcloud.atomic import atomic_output
+from snowcloud.bands import CLASSES, IGNORE_INDEX
+from snowcloud.config import validated
+from snowcloud.gdal import gdal_env
+from snowcloud.provenance import file_identity
+from snowcloud.scene import block_strips, check_scene, sub_strips, valid_mask, values_and_valid
+
+log = logging.getLogger(__name__)
+
+FORMAT = "snowcloud-shard/1"
+CLASS_COLUMNS = (*range(len(CLASSES)), IGNORE_INDEX)
+BLOCK_ROWS = 256  # patch corner rows per buffer extension (buffer: C x (BLOCK_ROWS + P + block height) x W x 2 B)
+STRIP_ROWS = 32  # scene rows read and normalised at once (float32 temporaries: a few x channels x 32 x width x 4 B)
+WRITE_BATCH = 64  # patches per HDF5 write
+GDAL_CACHE_MB = 256  # GDAL block cache: holds a row of 512 x 512 tiles of a 14-band 10980-wide scene (161 MB)
+IMAGE_COMPRESSION = None  # benchmarks/bench_shards.py: lzf saves little on normalised float16, costs read speed
+JSON_ATTRIBUTES = ("bands", "normalisation", "normalisation_statistics", "sampler", "class_pixel_counts",
+                   "class_fraction_mean", "inputs", "scene_shape")  # fmt: skip
+
+
+class ShardError(ValueError):
+    """Inputs that cannot make a shard; the message names the file."""
+
+
+def build_shard(scene: str | Path, label: str | Path, output: str | Path, dataset: str, options: dict) -> None:
+    """Scene raster + label mask -> results/shards/{dataset}/{tile}/{date}.h5 (tile and date from the path)."""
+    with gdal_env(GDAL_CACHE_MB):
+        _build_shard(scene, label, Path(output), dataset, validated(options, "dataset"))
+
+
+def _build_shard(scene: str | Path, label: str | Path, output: Path, dataset: str, options: dict) -> None:
+    tile, date = output.parent.name, output.stem
+    size = options["patch_size"]
+    spec = normalisation.spec(options["normalisation"])
+    with rasterio.open(scene) as src:
+        bands = check_scene(src, options["elevation"], str(scene))
+    label_array = labels.read_label(label, scene)
+    with rasterio.open(scene) as src:
+        valid = valid_mask(src, len(bands))
+    if not valid.any():
+        raise ShardError(f"{scene}: the scene has no valid pixel")
+    label_array[~valid] = IGNORE_INDEX
+    del valid
+    origins = sampling.sample_origins(
+        label_array != IGNORE_INDEX, label_array, size, options["sampler"], key=f"{tile}/{date}", source=str(scene)
+    )
+    statistics = normalisation.scene_statistics(spec, scene)
+    log.info("%s: %d patches of %d x %d, %s", output, len(origins), size, size, normalisation.describe(spec))
+    attributes = {
+        "format": FORMAT, "dataset": dataset, "tile": tile, "date": date, "bands": bands, "normalisation": spec,
+        "normalisation_statistics": statistics, "patch_size": size, "sampler": options["sampler"],
+        "scene_shape": list(label_array.shape), "package_version": snowcloud.__version__,
+        "inputs": {"scene": file_identity(scene), "label": [file_identity(f) for f in labels.label_files(label)]},
+    }  # fmt: skip
+    with atomic_output(output) as tmp, h5py.File(tmp, "w") as shard:
+        counts = _write_patches(shard, scene, spec, statistics, len(bands), origins, label_array, size)
+        _write_class_statistics(shard, counts)
+        for key, value in attributes.items():
+            shard.attrs[key] = json.dumps(value) if key in JSON_ATTRIBUTES else value
+
+
+def _write_patches(
+    shard: h5py.File, scene: str | Path, spec: dict, statistics: dict, channels: int, origins: np.ndarray,
+    label: np.ndarray, size: int,
+) -> np.ndarray:  # fmt: skip
+    """Write image, label and origin; return the per-patch class counts (N, 5)."""
+    n = len(origins)
+    image, labels_out = create_patch_datasets(shard, n, channels, size)
+    shard.create_dataset("origin", data=origins, dtype=np.int32, track_times=False)
+    counts = np.zeros((n, len(CLASS_COLUMNS)), dtype=np.int32)
+    with rasterio.open(scene) as src, tqdm(total=n, desc=f"patches {Path(scene).name}", unit="patch") as progress:
+        batches = patch_batches(src, spec, statistics, channels, origins, size, BLOCK_ROWS, WRITE_BATCH)
+        for start, images in batches:
+            stop = start + len(images)
+            patch_labels = np.stack([label[r : r + size, c : c + size] for r, c in origins[start:stop]])
+            image[start:stop] = images
+            labels_out[start:stop] = patch_labels
+            counts[start:stop] = class_counts(patch_labels)
+            progress.update(len(images))
+    return counts
+
+
+def create_patch_datasets(
+    shard: h5py.File, n: int, channels: int, size: int, compression: str | None = IMAGE_COMPRESSION
+) -> tuple[h5py.Dataset, h5py.Dataset]:
+    """The empty ``image`` (n, C, P, P) float16 and ``label`` (n, P, P) uint8 datasets, one patch per chunk."""
+    image = shard.create_dataset(
+        "image", shape=(n, channels, size, size), dtype=np.float16, chunks=(1, channels, size, size),
+        compression=compression, track_times=False,
+    )  # fmt: skip
+    label = shard.create_dataset(
+        "label", shape=(n, size, size), dtype=np.uint8, chunks=(1, size, size), compression=compression,
+        track_times=False,
+    )  # fmt: skip
+    return image, label
+
+
+def patch_batches(
+    src: rasterio.DatasetReader, spec: dict, statistics: dict, channels: int, origins: np.ndarray, size: int,
+    block_rows: int = BLOCK_ROWS, batch: int = WRITE_BATCH,
+) -> Iterator[tuple[int, np.ndarray]]:  # fmt: skip
+    """(first index, float16 (n, C, P, P)) batches of normalised patches at `origins` (sorted by row).
+
+    A preallocated float16 buffer holds the normalised scene rows [top, top + filled): rows are added up to the
+    end of a block row of the raster as the origins move down, and dropped once no later patch needs them, so
+    each scene row is read and normalised once. `block_rows` rows of patch corners are served per extension.
+    """
+    block_height = src.block_shapes[0][0]
+    buffer = np.empty((channels, block_rows + size + block_height, src.width), dtype=np.float16)
+    top = filled = 0
+    start = 0
+    while start < len(origins):
+        first_row = int(origins[start, 0])
+        stop = min(int(np.searchsorted(origins[:, 0], first_row + block_rows)), start + batch)
+        needed_end = int(origins[start:stop, 0].max()) + size
+        keep = max(top + filled - first_row, 0)
+        _move_rows_up(buffer, first_row - top, keep)
+        top, filled = first_row, keep
+        if needed_end > top + filled:
+            read_end = min(-(-needed_end // block_height) * block_height, src.height)
+            normalise_rows(src, spec, statistics, top + filled, buffer[:, filled : read_end - top])
+            filled = read_end - top
+        yield start, np.stack([buffer[:, r - top : r - top + size, c : c + size] for r, c in origins[start:stop]])
+        start = stop
+
+
+def _move_rows_up(buffer: np.ndarray, shift: int, keep: int) -> None:
+    """Move buffer rows shift..shift+keep to 0..keep in place, in chunks that do not overlap (no temporary)."""
+    if shift == 0:
+        return
+    for row in range(0, keep, shift):
+        n = min(shift, keep - row)
+        buffer[:, row : row + n] = buffer[:, row + shift : row + shift + n]
+
+
+def normalise_rows(src: rasterio.DatasetReader, spec: dict, statistics: dict, top: int, out: np.ndarray) -> None:
+    """Scene rows top..top + out.shape[1] normalised into `out` (C, rows, W), read block row by block row and
+    normalised STRIP_ROWS rows at a time (bounded float32 temporaries)."""
+    channels = out.shape[0]
+    for window in block_strips(src, top, top + out.shape[1]):
+        raw = src.read(indexes=list(range(1, channels + 1)), window=window)
+        for rows in sub_strips(window.height, STRIP_ROWS):
+            first = window.row_off + rows.start
+            source = f"{src.name} rows {first}..{first + rows.stop - rows.start}"
+            values, valid = values_and_valid(raw[:, rows])
+            out[:, first - top : first - top + values.shape[1]] = normalisation.apply(
+                spec, values, valid, statistics, source=source
+            )
+
+
+def class_counts(patch_labels: np.ndarray) -> np.ndarray:
+    """int32 (n, 5): pixels of classes 0..3 and 255 in each (P, P) label patch."""
+    per_value = np.stack([np.bincount(patch.ravel(), minlength=256) for patch in patch_labels])
+    unexpected = per_value.sum(axis=1) - per_value[:, list(CLASS_COLUMNS)].sum(axis=1)
+    if unexpected.any():
+        raise ShardError(f"label patches hold values outside {list(CLASS_COLUMNS)}")
+    return per_value[:, list(CLASS_COLUMNS)].astype(np.int32)
+
+
+def class_fractions(counts: np.ndarray) -> np.ndarray:
+    """float64 (n, 4): classes 0..3 over the labelled pixels of each patch (0 for a patch without any)."""
+    labelled = counts[:, : len(CLASSES)].sum(axis=1, keepdims=True)
+    return np.divide(counts[:, : len(CLASSES)], labelled, out=np.zeros(labelled.shape[:1] + (len(CLASSES),)),
+                     where=labelled > 0)  # fmt: skip
+
+
+def _write_class_statistics(shard: h5py.File, counts: np.ndarray) -> None:
+    fractions = class_fractions(counts)
+    labelled = counts[:, : len(CLASSES)].sum(axis=1) > 0
+    shard.create_dataset("class_counts", data=counts, track_times=False)
+    shard.create_dataset("class_fraction", data=fractions.astype(np.float32), track_times=False)
+    totals = counts.sum(axis=0, dtype=np.int64)
+    shard.attrs["class_pixel_counts"] = json.dumps({str(c): int(t) for c, t in zip(CLASS_COLUMNS, totals)})
+    mean = fractions[labelled].mean(axis=0) if labelled.any() else np.zeros(len(CLASSES))
+    shard.attrs["class_fraction_mean"] = json.dumps(mean.tolist())
+    shard.attrs["patches"] = len(counts)
+
+
+def read_attributes(path: str | Path) -> dict:
+    """A shard's attributes with the JSON ones decoded."""
+    with h5py.File(path, "r") as shard:
+        return {
+            key: json.loads(value) if key in JSON_ATTRIBUTES else _plain(value) for key, value in shard.attrs.items()
+        }
+
+
+def _plain(value: object) -> object:
+    return value.item() if isinstance(value, np.generic) else value

@@ -1,0 +1,121 @@
+"""Where and how the network runs: device, precision, memory format, CPU threads, loader workers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# Signals that ask the training process to save its state and stop (what Slurm sends before the wall time).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The execution settings derived from `training` options and the machine."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None  # None: float32
+    channels_last: bool
+    compile: bool
+    workers: int
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def needs_grad_scaler(self) -> bool:
+        return self.amp_dtype == torch.float16
+
+    def autocast(self) -> AbstractContextManager:
+        """Mixed precision around the forward pass, or nothing."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Move the network to the device (channels-last if asked); weights must be loaded before `compiled`."""
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def compiled(self, model: nn.Module) -> nn.Module:
+        return torch.compile(model) if self.compile else model
+
+    @property
+    def batch_dtype(self) -> torch.dtype:
+        """Images cross to a GPU as float16 (what the shards hold: half the bytes, nothing lost)."""
+        return torch.float16 if self.cuda else torch.float32
+
+    def to_device(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        image = image.to(self.device, non_blocking=True).to(torch.float32, memory_format=memory_format)
+        return image, label.to(self.device, non_blocking=True)
+
+    def describe(self) -> str:
+        precision = {None: "float32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + grad scaler"}
+        memory = "channels-last" if self.channels_last else "contiguous"
+        return (
+            f"device {self.device}, {precision[self.amp_dtype]}, {memory}, "
+            f"{'compiled' if self.compile else 'eager'}, {self.workers} loader workers"
+        )
+
+
+def resolve_device(requested: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu; asking for cuda without one is an error."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device is 'cuda' but PyTorch sees no GPU (use 'auto' or 'cpu')")
+    return torch.device(requested)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (the Slurm allocation, not the whole node)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def loader_workers(requested: int | None, threads: int) -> int:
+    """`workers: null` -> one fewer than min(threads, CPUs available), at least 0."""
+    if requested is not None:
+        return requested
+    return max(0, min(threads, available_cpus()) - 1)
+
+
+def resolve_runtime(training: Mapping[str, object], threads: int = 1) -> Runtime:
+    """The runtime for the validated `training` options, with the process-wide switches set (threads, cuDNN)."""
+    device = resolve_device(str(training.get("device", "auto")))
+    workers = loader_workers(training.get("workers"), threads)  # type: ignore[arg-type]
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        amp_dtype = None
+        if training.get("amp", True):
+            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        runtime = Runtime(
+            device, amp_dtype, bool(training.get("channels_last", True)), bool(training.get("compile")), workers
+        )
+    else:
+        torch.set_num_threads(max(1, threads))
+        ignored = [key for key in ("amp", "channels_last", "compile") if training.get(key)]
+        if ignored:
+            log.info(
+                "on the CPU the network runs in float32, contiguous, eager (%s apply on a GPU)", ", ".join(ignored)
+            )
+        runtime = Runtime(device, None, False, False, workers)
+    log.info("training runtime: %s", runtime.describe())
+    return runtime
+
+
+def ignore_stop_signals_in_worker(_worker_id: int) -> None:
+    """DataLoader worker start-up: leave stop signals to the training process; one thread per worker."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    torch.set_num_threads(1)

@@ -1,0 +1,36 @@
+"""Glue between Snakemake's script directive and the package: logging to the rule's log file."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("snowcloud")
+
+
+def configure_logging(log_path: str | None = None, level: int = logging.INFO) -> None:
+    """Log to stderr and, when given, to the rule's log file."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
+    )
+
+
+def logged(log_path: str | None, function: Callable[..., Any], **kwargs: Any) -> Any:
+    """Run one package function for a rule, with its start, end, duration and any error in the log."""
+    configure_logging(log_path)
+    name = f"{function.__module__}.{function.__name__}"
+    start = time.perf_counter()
+    log.info("%s starts", name)
+    try:
+        result = function(**kwargs)
+    except Exception:
+        log.exception("%s failed after %.1f s", name, time.perf_counter() - start)
+        raise
+    log.info("%s done in %.1f s", name, time.perf_counter() - start)
+    return result
