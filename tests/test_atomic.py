@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from snowcloud.atomic import atomic_output, temporary_path
+from snowcloud.atomic import atomic_output, scratch_folder, temporary_path
 
 
 def test_output_appears_only_when_complete(tmp_path):
@@ -35,3 +35,20 @@ def test_a_killed_writer_leaves_a_temporary_that_the_next_write_removes(tmp_path
         tmp.write_bytes(b"whole")
     assert target.read_bytes() == b"whole"
     assert not stale.exists() and alive.exists()
+
+
+def test_the_cleaner_removes_every_temporary_of_a_killed_writer_and_nothing_of_other_outputs(tmp_path):
+    target = tmp_path / "20210116T102351.tif"
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    stale = [temporary_path(target, pid=dead), temporary_path(target, pid=dead, label="level1.part0.tif"),
+             temporary_path(target, pid=dead, label="strips.tif")]  # fmt: skip
+    for path in stale:
+        path.write_bytes(b"left by a killed job")
+    scratch = temporary_path(target, pid=dead, label="scratch")
+    (scratch / "nested").mkdir(parents=True)
+    (scratch / "nested" / "mask.tif").write_bytes(b"scratch")
+    other = temporary_path(tmp_path / "20210116T102351.tif.aux.xml", pid=dead)  # another output's temporary
+    other.write_bytes(b"not ours")
+    with scratch_folder(target) as mine:
+        assert mine.is_dir() and mine.name == temporary_path(target, label="scratch").name
+    assert sorted(tmp_path.iterdir()) == [other]

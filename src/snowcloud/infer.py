@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ from tqdm import tqdm
 
 import snowcloud
 from snowcloud import checkpoint, normalisation
-from snowcloud.atomic import atomic_output
+from snowcloud.atomic import atomic_output, scratch_folder
 from snowcloud.bands import CLASSES, IGNORE_INDEX, class_colour_table
 from snowcloud.config import validated
 from snowcloud.gdal import gdal_env
@@ -300,7 +299,7 @@ def write_prediction(
         "transform": profile["transform"], "dtype": "uint8", "tiled": False, "bigtiff": "IF_SAFER",
     }  # fmt: skip
     class_tags = {f"CLASS_{i}": name for i, name in enumerate(class_names)} | {"classes": json.dumps(class_names)}
-    with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.stem}-infer-") as scratch:
+    with scratch_folder(output) as scratch:
         mask_path, proba_path = Path(scratch) / "mask.tif", Path(scratch) / "proba.tif"
         with contextlib.ExitStack() as stack:
             mask = stack.enter_context(rasterio.open(mask_path, "w", **base, count=1, nodata=IGNORE_INDEX))

@@ -40,7 +40,7 @@ from rasterio.windows import Window, from_bounds
 from tqdm import tqdm
 
 import snowcloud
-from snowcloud.atomic import atomic_output
+from snowcloud.atomic import atomic_output, temporary_path
 from snowcloud.bands import BANDS, RESOLUTION_M
 from snowcloud.cog import CogWriter
 from snowcloud.config import validated
@@ -91,7 +91,7 @@ def preprocess_scene(safe, dem: str | None, output, options: dict, threads: int 
             _check_summary(product, elevation, summary)
             limits = {}
         else:
-            stack = resources.enter_context(_TemporaryStrips(final.with_name(f"{final.stem}.strips.tif"), profile))
+            stack = resources.enter_context(_TemporaryStrips(temporary_path(output, label="strips.tif"), profile))
             summary = _read_strips(product, elevation, options, threads, stack.write)
             _check_summary(product, elevation, summary)
             limits = clip_limits(summary.histograms, options["clip"])

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import logging
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -23,7 +22,7 @@ import rasterio
 import rasterio.shutil
 from rasterio.windows import Window
 
-from snowcloud.atomic import atomic_output
+from snowcloud.atomic import atomic_output, scratch_folder
 from snowcloud.bands import BANDS, CLASS_COLOURS, IGNORE_INDEX, RESOLUTION_M
 from snowcloud.demo import metadata
 from snowcloud.demo.landscape import Landscape, rng_for
@@ -73,7 +72,7 @@ def write_scene(
     when given, the label mask; both appear whole or not at all."""
     scene.product.path.parent.mkdir(parents=True, exist_ok=True)
     label_output = atomic_output(label_path) if label_path is not None else contextlib.nullcontext(None)
-    with tempfile.TemporaryDirectory(dir=scene.product.path.parent, prefix=".demo-") as tmp, label_output as label_tmp:
+    with scratch_folder(scene.product.path, "bands") as tmp, label_output as label_tmp:
         with gdal_env(GDAL_CACHE_MB):
             band_files, counts = _render_bands(scene, landscape, Path(tmp), label_tmp)
         write_safe(scene.product.path, _product_info(scene, counts), band_files, zipped, gdal_threads)
@@ -84,7 +83,7 @@ def write_safe(path: Path, info: ProductInfo, band_files: dict[str, Path], zippe
     metadata XML and manifest: at `path` (.SAFE.zip) or, with zipped=False, the .SAFE folder beside it.
     Returns the path written."""
     target = path if zipped else path.with_suffix("")
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".safe-") as tmp:
+    with scratch_folder(target, "safe") as tmp:
         safe = Path(tmp) / info.name
         with rasterio.Env(GDAL_NUM_THREADS=str(gdal_threads)):
             for band, source in band_files.items():
