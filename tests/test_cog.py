@@ -89,7 +89,7 @@ def test_cog_writer_writes_every_tile_once_even_with_a_tiny_block_cache(tmp_path
         for part in (part for parts in levels for part in parts):
             ifd = cog.read_ifd(part)
             dead_bytes.append(part.stat().st_size - int(ifd.numbers(cog.TILE_BYTE_COUNTS).sum()))
-        assemble(template, levels, target)
+        return assemble(template, levels, target)
 
     assemble = cog.assemble_cog
     monkeypatch.setattr(cog, "assemble_cog", measure_then_assemble)

@@ -3,20 +3,32 @@ killed one made) and a full disk (a failed job, never a damaged file that counts
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import h5py
+import numpy as np
+import pytest
+import rasterio
 import torch
 from safe_factory import constant_bands, make_product
 from test_infer import OPTIONS, save_checkpoint, synthetic_values, write_scene
 
+from snowcloud import cog, normalisation
 from snowcloud import model as model_registry
-from snowcloud import normalisation
+from snowcloud.atomic import NoSpaceError, atomic_output
 from snowcloud.bands import BANDS, ELEVATION
+from snowcloud.checkpoint import save_model
+from snowcloud.gdal import GdalWriteError
 from snowcloud.infer import predict_scene
 from snowcloud.preprocess import preprocess_scene
+from snowcloud.training.state import save_state
 
 CLIPPED = {"dem": False, "block_rows": 60, "clip": {"method": "percentile", "percentiles": [1.0, 99.0]}}
 
@@ -62,3 +74,104 @@ def test_an_inference_killed_before_its_cogs_leaves_a_scratch_folder_that_the_ne
     assert [path.name for path in output.parent.iterdir() if path.is_dir()], "the killed run left its scratch folder"
     predict_scene(str(model_path), str(scene), str(output), options)
     assert sorted(path.name for path in output.parent.iterdir()) == ["20210116T102351.tif", "20210116T102351_proba.tif"]
+
+
+# ----------------------------------------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def small_filesystem(tmp_path) -> Path:
+    """A 4 MB tmpfs folder (root only): a file system that a test can fill."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def fill(folder: Path, leave: int = 0) -> Path:
+    """Fill the file system of `folder` up to `leave` free bytes with a filler file; returns the file."""
+    filler = folder / "filler"
+    with open(filler, "wb") as handle:
+        while (room := shutil.disk_usage(folder).free - leave) > 0:
+            try:
+                handle.write(bytes(min(room, 1 << 20)))
+                handle.flush()
+            except OSError as error:
+                assert error.errno == errno.ENOSPC
+                break
+    return filler
+
+
+@contextlib.contextmanager
+def full_for_a_moment(monkeypatch, owner: object, name: str, folder: Path):
+    """The disk of `folder` full while the first call of `owner.name` runs, free again right after."""
+    original = getattr(owner, name)
+    calls = []
+
+    def with_full_disk(*args, **kwargs):
+        if calls:
+            return original(*args, **kwargs)
+        calls.append(1)
+        filler = fill(folder)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            filler.unlink()
+
+    monkeypatch.setattr(owner, name, with_full_disk)
+    yield
+
+
+def test_a_moment_of_full_disk_while_a_cog_part_is_written_fails_the_preprocess_and_leaves_nothing(
+    tmp_path, small_filesystem, monkeypatch
+):
+    safe = make_product(tmp_path / "raw", constant_bands(120))
+    output = small_filesystem / "20220201T102209.tif"
+    with full_for_a_moment(monkeypatch, cog._Level, "_write_part", small_filesystem):
+        with pytest.raises(OSError, match=str(output)):
+            preprocess_scene(safe, None, output, CLIPPED)
+    assert sorted(small_filesystem.iterdir()) == []
+
+
+def test_a_moment_of_full_disk_while_the_strips_are_written_fails_the_preprocess(tmp_path, small_filesystem, monkeypatch):
+    safe = make_product(tmp_path / "raw", constant_bands(120))
+    output = small_filesystem / "20220201T102209.tif"
+    with full_for_a_moment(monkeypatch, rasterio.io.DatasetWriter, "write", small_filesystem):
+        with pytest.raises(GdalWriteError, match=f"writing {output} failed: GDAL signalled"):
+            preprocess_scene(safe, None, output, CLIPPED)
+    assert sorted(small_filesystem.iterdir()) == []
+
+
+def test_a_disk_that_stays_full_says_no_space_left_and_how_much_is_needed(tmp_path, small_filesystem):
+    safe = make_product(tmp_path / "raw", constant_bands(120))
+    fill(small_filesystem, leave=64 * 1024)
+    output = small_filesystem / "20220201T102209.tif"
+    with pytest.raises(NoSpaceError, match=rf"no space left on {small_filesystem} for {output} \(needs about 0\.8 MB, "):
+        preprocess_scene(safe, None, output, CLIPPED)
+    assert sorted(small_filesystem.iterdir()) == [small_filesystem / "filler"]
+
+
+@pytest.mark.parametrize("writer", ["geotiff", "hdf5", "model", "state"])
+def test_every_writer_on_a_full_disk_fails_with_no_space_left(small_filesystem, writer):
+    """Without an estimate to check first, the failing write itself is recognised as a full disk."""
+    fill(small_filesystem)
+    output = small_filesystem / f"output.{writer}"
+    values = np.random.default_rng(0).integers(0, 255, (1, 256, 256), dtype=np.uint8)
+    with pytest.raises(NoSpaceError, match=f"no space left on {small_filesystem} for {output}"):
+        if writer == "geotiff":
+            with atomic_output(output) as tmp, rasterio.open(tmp, "w", driver="GTiff", width=256, height=256, count=1, dtype="uint8") as out:
+                out.write(values)
+        elif writer == "hdf5":
+            with atomic_output(output) as tmp, h5py.File(tmp, "w") as shard:
+                shard.create_dataset("image", shape=(64, 256, 256), dtype="u1", chunks=(1, 256, 256))[0] = values[0]
+        elif writer == "model":
+            network = model_registry.build_model("unet", in_channels=3, n_classes=4, base_channels=8)
+            save_model(output, network, {"architecture": "unet", "model_args": {}, "bands": [], "normalisation": {}, "patch_size": 64})
+        else:
+            save_state(output, {"weights": torch.zeros(2**20)})
+    assert sorted(small_filesystem.iterdir()) == [small_filesystem / "filler"]

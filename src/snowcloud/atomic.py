@@ -5,20 +5,34 @@ Every temporary a job makes for an output `path` (the file renamed into place, t
 or folders it needs on the way) is named `.{path.name}.tmp-{pid}` followed by `{path.suffix}` or
 `.{label}`: one naming scheme, so that the next run of the job finds and removes whatever a killed run
 (SIGKILL, an out-of-memory kill, a node failure) left behind (`remove_stale_temporaries`).
+
+While they are written, an error GDAL signals (which rasterio only logs) fails the job (snowcloud.gdal), and
+a write that fails for want of space says so: "no space left on <file system> ... (needs about N MB)".
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from snowcloud.gdal import gdal_errors_raised
+
 log = logging.getLogger(__name__)
+
+MB = 2**20
+SPACE_MARGIN = 1.1  # free space asked for beyond a writer's estimate of what it needs
+NO_SPACE_WORDS = ("no space left", "disk quota exceeded", "enospc")
+
+
+class NoSpaceError(OSError):
+    """An output that does not fit on its file system; the message names both and the space needed."""
 
 
 def temporary_path(path: str | Path, pid: int | None = None, label: str | None = None) -> Path:
@@ -54,30 +68,84 @@ def remove_stale_temporaries(path: str | Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path to write to; on success rename it to `path`, on any error remove it."""
+def atomic_output(path: str | Path, needs_bytes: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path to write to; on success rename it to `path`, on any error remove it.
+    `needs_bytes`, a writer's estimate of the disk space its temporaries and output take, is checked first."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
     tmp = temporary_path(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _writing(path, needs_bytes) as check:
+        try:
+            yield tmp
+            check()
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 @contextlib.contextmanager
-def scratch_folder(path: str | Path, label: str = "scratch") -> Iterator[Path]:
+def scratch_folder(path: str | Path, label: str = "scratch", needs_bytes: int | None = None) -> Iterator[Path]:
     """A scratch folder for the work of writing `path`, named as its temporaries are (so a killed job's
     is removed by the next run); removed with its contents on exit."""
     path = Path(path)
+    folder = temporary_path(path, label=label)
+    with _writing(path, needs_bytes):
+        folder.mkdir()
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _writing(path: Path, needs_bytes: int | None) -> Iterator[Callable[[], None]]:
+    """What every write of an output shares: its folder made, stale temporaries removed, the space it needs
+    checked, GDAL's errors raised, and a failure for want of space said as such."""
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    folder = temporary_path(path, label=label)
-    folder.mkdir()
+    if needs_bytes is not None and _free_bytes(path) < needs_bytes * SPACE_MARGIN:
+        raise NoSpaceError(_no_space_message(path, needs_bytes))
     try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        with gdal_errors_raised(str(path)) as check:
+            yield check
+    except Exception as error:
+        if _out_of_space(path, error, needs_bytes):
+            raise NoSpaceError(_no_space_message(path, needs_bytes) + f" ({error})") from error
+        raise
+
+
+def _free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path.parent).free
+
+
+def _out_of_space(path: Path, error: BaseException, needs_bytes: int | None) -> bool:
+    """Did a write fail for want of space? ENOSPC anywhere in the chain of exceptions, or (GDAL, HDF5 and
+    torch do not always pass the reason on) less free space left than the output needs."""
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    if any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for e in chain):
+        return True
+    if any(word in str(e).lower() for e in chain for word in NO_SPACE_WORDS):
+        return True
+    return _free_bytes(path) < max(needs_bytes or 0, MB)
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _no_space_message(path: Path, needs_bytes: int | None) -> str:
+    need = f"needs about {_mb(needs_bytes)} MB, " if needs_bytes else ""
+    return (
+        f"no space left on {_mount_point(path.parent)} for {path} ({need}{_mb(_free_bytes(path))} MB free): "
+        "free space there or write the results to a larger file system, then rerun"
+    )
+
+
+def _mb(size: int) -> str:
+    return f"{size / MB:.0f}" if size >= 10 * MB else f"{size / MB:.1f}"

@@ -60,8 +60,19 @@ def save_model(path: str | Path, model: nn.Module, metadata: Mapping[str, Any]) 
         raise ValueError(f"checkpoint metadata for {path} lacks {', '.join(missing)}")
     state_dict = {name: tensor.detach().cpu().clone() for name, tensor in unwrapped(model).state_dict().items()}
     payload = {"state_dict": state_dict, "metadata": {**plain(dict(metadata)), "format": FORMAT}}
-    with atomic_output(path) as tmp:
+    with atomic_output(path, tensor_bytes(payload)) as tmp:
         torch.save(payload, tmp)
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in a nested payload (about what torch.save writes)."""
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, Mapping):
+        return sum(tensor_bytes(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return sum(tensor_bytes(item) for item in value)
+    return 0
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

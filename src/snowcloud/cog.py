@@ -142,7 +142,9 @@ class CogWriter(contextlib.AbstractContextManager):
         with rasterio.open(template, "w", driver="GTiff", **self.profile, **self.tile_options, sparse_ok=True) as dataset:
             if describe is not None:
                 describe(dataset)
-        assemble_cog(template, [level.parts for level in self.levels], self.target)
+        size = assemble_cog(template, [level.parts for level in self.levels], self.target)
+        if self.target.stat().st_size != size:
+            raise OSError(f"{self.target}: {self.target.stat().st_size} bytes written of {size}")
         self._remove_files()
 
     def __exit__(self, *error: object) -> None:
@@ -227,6 +229,7 @@ class _Level:
         with part:
             for band in range(count):  # a band's rows are contiguous: given as 3-D, rasterio writes them uncopied
                 part.write(values[band : band + 1], [band + 1])
+        check_tiles_written(path)
         self.done += rows
 
 
@@ -289,10 +292,24 @@ class _LevelTiles:
     sizes: np.ndarray
 
 
-def assemble_cog(template: Path, levels: list[list[Path]], target: Path) -> None:
+def check_tiles_written(path: Path) -> None:
+    """Read back the tile index of a GeoTIFF just written: every tile present and within the file (GDAL does
+    not always report a tile it failed to flush, e.g. on a full disk)."""
+    try:
+        ifd = read_ifd(path)
+    except (ValueError, struct.error) as error:
+        raise OSError(f"{path} was not written whole: {error}") from error
+    offsets, sizes = ifd.numbers(TILE_OFFSETS), ifd.numbers(TILE_BYTE_COUNTS)
+    missing = np.flatnonzero((sizes == 0) | (offsets == 0) | (offsets + sizes > path.stat().st_size))
+    if missing.size:
+        raise OSError(f"{path}: {missing.size} of {sizes.size} tiles were not written whole (file of {path.stat().st_size} bytes)")
+
+
+def assemble_cog(template: Path, levels: list[list[Path]], target: Path) -> int:
     """Write the COG `target` from the tags of `template` (a GeoTIFF of the full image without tiles) and
     the tiles of `levels` (full resolution first, then the overviews by decreasing size; each a list of
-    parts: GeoTIFFs of consecutive rows of tiles, tiled and compressed like the template), copied unchanged."""
+    parts: GeoTIFFs of consecutive rows of tiles, tiled and compressed like the template), copied unchanged.
+    Returns the size the file must have."""
     main = read_ifd(template)
     tiles = [_level_tiles(parts, main) for parts in levels]
     directories = _directories(main, tiles)
@@ -309,6 +326,7 @@ def assemble_cog(template: Path, levels: list[list[Path]], target: Path) -> None
         out.write(_encode_header(main.order, big, directories, tiles, offsets))
         for level in reversed(tiles):
             _copy_tiles(out, level)
+    return position
 
 
 def _level_tiles(parts: list[Path], main: _Ifd) -> _LevelTiles:

@@ -299,7 +299,9 @@ def write_prediction(
         "transform": profile["transform"], "dtype": "uint8", "tiled": False, "bigtiff": "IF_SAFER",
     }  # fmt: skip
     class_tags = {f"CLASS_{i}": name for i, name in enumerate(class_names)} | {"classes": json.dumps(class_names)}
-    with scratch_folder(output) as scratch:
+    layers = 1 + (len(class_names) + 1 if probabilities else 0)  # bytes per pixel: classes, probabilities, mask
+    needs_bytes = 2 * layers * profile["width"] * profile["height"]  # the plain GeoTIFFs and their COGs
+    with scratch_folder(output, needs_bytes=needs_bytes) as scratch:
         mask_path, proba_path = Path(scratch) / "mask.tif", Path(scratch) / "proba.tif"
         with contextlib.ExitStack() as stack:
             mask = stack.enter_context(rasterio.open(mask_path, "w", **base, count=1, nodata=IGNORE_INDEX))

@@ -83,8 +83,8 @@ def preprocess_scene(safe, dem: str | None, output, options: dict, threads: int 
         elevation = resources.enter_context(DemOnGrid(dem, product, options, threads)) if options["dem"] else None
         if elevation is not None:
             elevation.check_coverage_estimate()
-        final = resources.enter_context(atomic_output(output))
         profile = scene_profile(product.width, product.height, elevation is not None, product.crs, product.transform)
+        final = resources.enter_context(atomic_output(output, _space_needed(profile, options)))
         writer = resources.enter_context(CogWriter(final, profile, options["overviews"], threads, COG_BLOCK_SIZE, **_compression(options)))
         if options["clip"]["method"] == "none":
             summary = _read_strips(product, elevation, options, threads, writer.write)
@@ -101,6 +101,14 @@ def preprocess_scene(safe, dem: str | None, output, options: dict, threads: int 
         "%s -> %s: %.1f %% valid, %s clipping, %.1f s",
         product.name, output, 100 * summary.valid / summary.pixels, options["clip"]["method"], time.perf_counter() - start,
     )  # fmt: skip
+
+
+def _space_needed(profile: dict, options: dict) -> int:
+    """Bytes of disk the scene raster takes on the way, about: its COG parts and the assembled COG (with
+    overviews, each about half the raw size once compressed), and the raw strips file when clipping."""
+    raw = profile["width"] * profile["height"] * profile["count"] * np.dtype(profile["dtype"]).itemsize
+    compressed = raw * (4 / 3 if options["overviews"] else 1) / 2
+    return int(2 * compressed + (raw if options["clip"]["method"] != "none" else 0))
 
 
 def _compression(options: dict) -> dict:

@@ -76,7 +76,8 @@ def _build_shard(scene: str | Path, label: str | Path, output: Path, dataset: st
         "scene_shape": list(label_array.shape), "package_version": snowcloud.__version__,
         "inputs": {"scene": file_identity(scene), "label": [file_identity(f) for f in labels.label_files(label)]},
     }  # fmt: skip
-    with atomic_output(output) as tmp, h5py.File(tmp, "w") as shard:
+    needs_bytes = len(origins) * size * size * (2 * len(bands) + 1)  # float16 images and uint8 labels, uncompressed
+    with atomic_output(output, needs_bytes) as tmp, h5py.File(tmp, "w") as shard:
         counts = _write_patches(shard, scene, spec, statistics, len(bands), origins, label_array, size)
         _write_class_statistics(shard, counts)
         for key, value in attributes.items():

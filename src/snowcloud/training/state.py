@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from snowcloud.atomic import atomic_output
-from snowcloud.checkpoint import plain
+from snowcloud.checkpoint import plain, tensor_bytes
 from snowcloud.provenance import settings_digest
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def _short(value: Any) -> str:
 
 def save_state(path: str | Path, state: Mapping[str, Any]) -> None:
     """Write the state atomically: a kill while saving leaves the previous state intact."""
-    with atomic_output(path) as tmp:
+    with atomic_output(path, tensor_bytes(state)) as tmp:
         torch.save({**state, "format": STATE_FORMAT}, tmp)
 
 
