@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from rasters import synthetic_scene, write_scene
 from safe_factory import constant_bands, make_product
-from test_infer import OPTIONS, save_checkpoint, synthetic_values, write_scene
 
 from snowcloud import cog, normalisation
 from snowcloud import model as model_registry
@@ -63,11 +63,13 @@ def test_an_inference_killed_before_its_cogs_leaves_a_scratch_folder_that_the_ne
     bands = [*BANDS, ELEVATION]
     torch.manual_seed(0)
     model_args = {"in_channels": len(bands), "n_classes": 4, "base_channels": 4}
-    network = model_registry.build_model("unet", **model_args)
-    model_path = save_checkpoint(tmp_path / "model.pt", network, "unet", model_args, bands, normalisation.spec("snowcloud-v1"))
-    scene = write_scene(tmp_path / "scenes" / "20210116T102351.tif", synthetic_values(64, 64))
+    metadata = {"architecture": "unet", "model_args": model_args, "bands": bands, "patch_size": 64,
+                "normalisation": normalisation.spec("snowcloud-v1")}  # fmt: skip
+    model_path = tmp_path / "model.pt"
+    save_model(model_path, model_registry.build_model("unet", **model_args), metadata)
+    scene = write_scene(tmp_path / "scenes" / "20210116T102351.tif", synthetic_scene(np.random.default_rng(0), 64, 64))
     output = tmp_path / "predictions" / "20210116T102351.tif"
-    options = {**OPTIONS, "tta": False}
+    options = {"batch_size": 4, "overlap": 0.5, "tta": False, "probabilities": True, "device": "cpu", "amp": False}
     killed_at("snowcloud.infer", "write_cog",
               f"from snowcloud.infer import predict_scene; predict_scene({str(model_path)!r}, {str(scene)!r}, {str(output)!r}, {options!r})",
               tmp_path)  # fmt: skip
