@@ -96,3 +96,18 @@ def test_check_config_and_demo_work_from_an_installed_wheel(repo, tmp_path):
     imported = subprocess.run([sys.executable, "-c", "import snowcloud; print(snowcloud.__file__)"], cwd=tmp_path,
                               env=environment, capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert imported.startswith(str(tmp_path / "site"))
+
+
+def test_check_config_reports_a_yaml_syntax_error_without_a_traceback(repo, tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("dates: [20210116T102351\n")
+    assert main(["check-config", str(repo / "config" / "config.yaml"), str(broken)]) == 1
+    err = capsys.readouterr().err
+    assert f"snowcloud check-config: {broken}: not valid YAML at line 2" in err and "Traceback" not in err
+
+
+def test_check_config_reports_an_unknown_placeholder_in_a_path_pattern(repo, tmp_path, capsys):
+    patterns = tmp_path / "patterns.yaml"
+    patterns.write_text(yaml.safe_dump({"dem": "dem/{tile}_{resolution}.tif"}))
+    assert main(["check-config", str(repo / "config" / "config.yaml"), str(patterns)]) == 1
+    assert "dem: unknown placeholder(s) {resolution}" in capsys.readouterr().err

@@ -51,3 +51,34 @@ def test_merge_is_deep_like_snakemake_configfile():
     base = {"a": {"b": 1, "c": 2}, "d": [1, 2]}
     merge_into(base, {"a": {"b": 5}, "d": [3]})
     assert base == {"a": {"b": 5, "c": 2}, "d": [3]}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"preprocess": {"clip": {"method": "percentile", "percentiles": [99.9, 0.1]}}},
+         r"preprocess.clip.percentiles: \[99.9, 0.1\] must be \[low, high\] with low < high"),
+        ({"preprocess": {"clip": {"method": "sigma", "n_sigma": 0}}}, "preprocess.clip.n_sigma: 0 is less than or equal to the minimum of 0"),
+        ({"experiments": {"demo": {"training": {"augmentation": {"erase_size": [64, 8]}}}}},
+         r"experiments.demo.training.augmentation.erase_size: \[64, 8\] must be \[smallest, largest\]"),
+        ({"experiments": {"demo": {"training": {"optimizer": {"betas": [0.9, 1.0]}}}}},
+         "experiments.demo.training.optimizer.betas.1: 1.0 is greater than or equal to the maximum of 1"),
+        ({"datasets": {"demo": {"patch_size": 16}}, "experiments": {"demo": {"training": {"batch_size": 1}}}},
+         r"experiments.demo.training.batch_size: 1 with patches of 16 px \(datasets.demo.patch_size\) .* batch normalisation needs two"),
+        ({"experiments": {"demo": {"inference": {"overlap": 0.99}}}}, "experiments.demo.inference.overlap: 0.99 is greater than the maximum of 0.75"),
+        ({"dem": "dem/T{tiles}.tif"}, r"dem: unknown placeholder\(s\) \{tiles\} in 'dem/T\{tiles\}.tif' \(allowed: \{tile\}\)"),
+        ({"labels": "labels/{tile}/{data}.tif"}, r"labels: unknown placeholder\(s\) \{data\} .* \(allowed: \{tile\}, \{date\}\)"),
+        ({"labels": "labels/{tile/{date}.tif"}, r"labels: 'labels/\{tile/\{date\}.tif' is not a valid pattern"),
+    ],
+)  # fmt: skip
+def test_settings_that_cannot_work_are_refused_naming_the_key(default_config, change, message):
+    """Ordered pairs, bounds, and placeholders: what the schema's types cannot say, checked before a run."""
+    with pytest.raises(ConfigError, match=message):
+        validate_config(merge_into(default_config, change))
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("preprocess:\n  resampling: cubic\n   clip: {method: none\n")
+    with pytest.raises(ConfigError, match=rf"{broken}: not valid YAML at line 3, column \d+: "):
+        load_config(broken)

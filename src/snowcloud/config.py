@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import string
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -11,6 +12,10 @@ import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")  # ships with the package
+
+
+PATTERN_PLACEHOLDERS = {"dem": ("tile",), "labels": ("tile", "date")}  # what inventory.scene_path fills in
+UNET_MIN_PATCH_FOR_ONE = 32  # smallest patch whose 4 times halved bottleneck keeps 2 x 2 values for batch norm
 
 
 class ConfigError(ValueError):
@@ -26,9 +31,23 @@ def load_config(*paths: str | Path) -> dict:
     """Read YAML files and merge them in order, later ones winning key by key (as `--configfile` does)."""
     config: dict = {}
     for path in paths:
-        with open(path) as handle:
-            merge_into(config, yaml.safe_load(handle) or {})
+        merge_into(config, read_yaml(path))
     return validate_config(config)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """One configuration file as a mapping; ConfigError naming the file (and line) when it is not one."""
+    try:
+        with open(path) as handle:
+            content = yaml.safe_load(handle)
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{path}: not valid YAML{line}: {problem}") from None
+    if content is not None and not isinstance(content, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, not a {type(content).__name__}")
+    return content or {}
 
 
 def merge_into(base: dict, update: Mapping) -> dict:
@@ -87,7 +106,7 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     """Check `config` against the schema, fill in defaults in place, and check cross-references."""
     schema = load_schema() if schema is None else schema
     errors = [_describe(error) for error in iter_errors(config, schema)]
-    errors += _cross_reference_errors(config) if not errors else []
+    errors += _cross_reference_errors(config) + _range_errors(config) + _pattern_errors(config) if not errors else []
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
     return config
@@ -133,6 +152,48 @@ def validated(options: Mapping, section: str) -> dict:
         subschema = subschema[key]
     wrapper = {"type": "object", "properties": {section: subschema}, "$defs": schema.get("$defs", {})}
     return validate_config({section: copy.deepcopy(dict(options))}, wrapper)[section]
+
+
+def _range_errors(config: dict) -> list[str]:
+    """Pairs that must be ordered, and settings that cannot work together, which the schema cannot express."""
+    errors = []
+    percentiles = config.get("preprocess", {}).get("clip", {}).get("percentiles")
+    if percentiles and not percentiles[0] < percentiles[1]:
+        errors.append(f"preprocess.clip.percentiles: {percentiles} must be [low, high] with low < high")
+    datasets = config.get("datasets", {})
+    for name, experiment in config.get("experiments", {}).items():
+        training = experiment.get("training", {})
+        erase_size = training.get("augmentation", {}).get("erase_size")
+        if erase_size and not erase_size[0] <= erase_size[1]:
+            errors.append(f"experiments.{name}.training.augmentation.erase_size: {erase_size} must be [smallest, largest]")
+        patch_size = datasets.get(experiment.get("dataset"), {}).get("patch_size")
+        if training.get("batch_size") == 1 and patch_size is not None and patch_size < UNET_MIN_PATCH_FOR_ONE:
+            errors.append(
+                f"experiments.{name}.training.batch_size: 1 with patches of {patch_size} px (datasets."
+                f"{experiment['dataset']}.patch_size) leaves one value per channel at the U-Net's deepest level, "
+                f"where batch normalisation needs two: use batch_size >= 2 or patch_size >= {UNET_MIN_PATCH_FOR_ONE}"
+            )
+    return errors
+
+
+def _pattern_errors(config: dict) -> list[str]:
+    """Path patterns may hold only the placeholders they are filled with."""
+    errors = []
+    for key, allowed in PATTERN_PLACEHOLDERS.items():
+        if key not in config:
+            continue
+        try:
+            fields = {field for _, field, _, _ in string.Formatter().parse(config[key]) if field is not None}
+        except ValueError as error:
+            errors.append(f"{key}: {config[key]!r} is not a valid pattern ({error}); write a literal brace as {{{{ or }}}}")
+            continue
+        unknown = sorted(fields - set(allowed))
+        if unknown:
+            errors.append(
+                f"{key}: unknown placeholder(s) {', '.join('{' + f + '}' for f in unknown)} in {config[key]!r} "
+                f"(allowed: {', '.join('{' + f + '}' for f in allowed)})"
+            )
+    return errors
 
 
 def experiments_to_run(config: dict) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,12 @@ PRODUCT_PATTERN = re.compile(
     r"^(?P<mission>S2[ABCD])_MSIL1C_(?P<date>\d{8}T\d{6})_N(?P<baseline>\d{4})_R(?P<orbit>\d{3})"
     r"_T(?P<tile>\d{2}[A-Z]{3})_(?P<generated>\d{8}T\d{6})(?:\.SAFE(?:\.zip)?|\.zip)$"
 )
+
+
+LOOKS_LIKE_PRODUCT = re.compile(r"^S2[A-D]_MSIL1C_.*(?:\.SAFE|\.zip)", re.IGNORECASE)
+PRODUCT_NAME_EXAMPLE = "S2B_MSIL1C_20210116T102351_N0209_R065_T32TNS_20210116T123456.SAFE.zip"
+
+log = logging.getLogger(__name__)
 
 
 class InventoryError(ValueError):
@@ -58,14 +65,25 @@ def find_products(raw_data: str | Path, tiles: list[str] = (), dates: list[str] 
     """Every L1C product under `raw_data` (recursively), keyed by (tile, date), optionally restricted.
 
     Two products for one tile and date (say a reprocessed baseline beside the original) are an error
-    naming both, so that the workflow never silently picks one.
+    naming both, so that the workflow never silently picks one; so are a `raw_data` without any product
+    and a listed tile or date without one. Files that look like products but whose names do not parse
+    (a browser's `... .SAFE (1).zip`) are named in a warning.
     """
-    found: dict[tuple[str, str], Product] = {}
     root = Path(raw_data)
-    for path in sorted(root.rglob("*")) if root.is_dir() else []:
-        product = parse_product_name(path)
-        if product is None or _inside_safe(path, root):
+    if not root.is_dir():
+        raise InventoryError(f"raw_data: {root} is not a folder; set raw_data to the folder holding the L1C products")
+    found: dict[tuple[str, str], Product] = {}
+    every = []
+    for path in sorted(root.rglob("*")):
+        if _inside_safe(path, root):
             continue
+        product = parse_product_name(path)
+        if product is None:
+            if LOOKS_LIKE_PRODUCT.search(path.name):
+                log.warning("%s looks like a Sentinel-2 L1C product but its name does not parse (expected %s): skipped; "
+                            "rename it", path, PRODUCT_NAME_EXAMPLE)  # fmt: skip
+            continue
+        every.append(product)
         if (tiles and product.tile not in tiles) or (dates and product.date not in dates):
             continue
         if product.scene in found:
@@ -75,7 +93,21 @@ def find_products(raw_data: str | Path, tiles: list[str] = (), dates: list[str] 
                 "keep one of them (or restrict `dates`)"
             )
         found[product.scene] = product
+    if not every:
+        raise InventoryError(f"raw_data: no Sentinel-2 L1C product under {root} (names like {PRODUCT_NAME_EXAMPLE})")
+    _check_listed(root, found, tiles, dates)
     return dict(sorted(found.items()))
+
+
+def _check_listed(root: Path, found: dict[tuple[str, str], Product], tiles: list[str], dates: list[str]) -> None:
+    """Every tile and date the configuration lists has a product."""
+    missing = [f"tile {tile}" for tile in tiles if all(product.tile != tile for product in found.values())]
+    missing += [f"date {date}" for date in dates if all(product.date != date for product in found.values())]
+    if missing:
+        raise InventoryError(
+            f"no product under {root} for {', '.join(missing)} listed in `tiles`/`dates` "
+            f"(found {len(found)} product(s) for the others); add the product(s) or remove the entries"
+        )
 
 
 def _inside_safe(path: Path, root: Path) -> bool:
