@@ -8,6 +8,7 @@ from affine import Affine
 from safe_factory import band_shape, constant_bands, make_product
 
 from snowcloud.bands import BANDS
+from snowcloud.inventory import parse_product_name, product_name
 from snowcloud.safe import SafeError, open_safe, parse_metadata
 
 
@@ -165,3 +166,16 @@ def test_damaged_band_data_fails_the_crc_check(tmp_path, tiny_demo):
     damaged.write_bytes(bytes(data))
     with pytest.raises(SafeError, match=rf"{damaged}: corrupt zip file \(.*_B04.jp2: Bad CRC-32"):
         open_safe(damaged)
+
+
+@pytest.mark.parametrize(("field", "other"), [("date", "20220203T101159"), ("tile", "32TMS")])
+def test_a_product_saved_under_another_products_name_is_refused_naming_both(tmp_path, field, other):
+    """The workflow plans a scene by the product's name; the tile and date in its band files must agree."""
+    safe = make_product(tmp_path, constant_bands(60))
+    planned = parse_product_name(safe)
+    names = {"tile": planned.tile, "date": planned.date, field: other}
+    renamed = safe.with_name(product_name("S2B", names["date"], "0400", "065", names["tile"], planned.generated) + ".zip")
+    safe.rename(renamed)
+    with pytest.raises(SafeError, match=rf"{renamed}: its name says tile {names['tile']} sensed {names['date']}, "
+                                        rf"its band files hold tile {planned.tile} sensed {planned.date}"):  # fmt: skip
+        open_safe(renamed)

@@ -22,6 +22,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 
 from snowcloud.bands import BANDS, RESOLUTION_M
+from snowcloud.inventory import parse_product_name
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def open_safe(path: str | Path) -> SafeProduct:
     metadata = parse_metadata(_read_member(path, metadata_member), f"{path}: {metadata_member}")
     bands = _band_members(path, members)
     tile, date = next(iter(bands.values()))[1:]
+    _check_name(path, tile, date)
     band_members = {band: member for band, (member, _, _) in bands.items()}
     band_paths = {band: f"{root}/{member}" for band, member in band_members.items()}
     crs, transform, width, height = _check_grids(path, band_paths)
@@ -93,6 +95,17 @@ def open_safe(path: str | Path) -> SafeProduct:
         width=width,
         height=height,
     )
+
+
+def _check_name(path: Path, tile: str, date: str) -> None:
+    """The tile and date a product's band files hold are those of its name (which the workflow planned the
+    scene by): a product saved under another's name would otherwise become that scene."""
+    planned = parse_product_name(path)
+    if planned is not None and (planned.tile, planned.date) != (tile, date):
+        raise SafeError(
+            f"{path}: its name says tile {planned.tile} sensed {planned.date}, its band files hold tile {tile} sensed "
+            f"{date}; a product saved under another's name? Download {path.name} again or give it its own name"
+        )
 
 
 def _zip_members(path: Path) -> list[str]:
