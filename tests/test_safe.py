@@ -179,3 +179,19 @@ def test_a_product_saved_under_another_products_name_is_refused_naming_both(tmp_
     with pytest.raises(SafeError, match=rf"{renamed}: its name says tile {names['tile']} sensed {names['date']}, "
                                         rf"its band files hold tile {planned.tile} sensed {planned.date}"):  # fmt: skip
         open_safe(renamed)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (b">10000<", b">0<", "x.xml: QUANTIFICATION_VALUE is 0; snowcloud reads reflectance as DN / 10000"),
+        (b">10000<", b">4096<", "x.xml: QUANTIFICATION_VALUE is 4096; snowcloud reads reflectance as DN / 10000"),
+        (b">10000<", b">ten thousand<", "x.xml: QUANTIFICATION_VALUE is 'ten thousand', not a number"),
+        (b">-900<", b">-9OO<", "x.xml: RADIO_ADD_OFFSET of band_id 8 is '-9OO', not a number"),
+        (b'band_id="12"', b'band_id="B12"', "x.xml: the band_id of a RADIO_ADD_OFFSET is 'B12', not a number"),
+        (b'bandId="8"', b'bandId=""', "x.xml: the bandId of Spectral_Information B8A is '', not a number"),
+    ],
+)  # fmt: skip
+def test_metadata_values_that_cannot_be_used_are_named(old, new, message):
+    with pytest.raises(SafeError, match=message):
+        parse_metadata(ESA_LIKE.replace(old, new), "x.xml")

@@ -30,6 +30,7 @@ METADATA_NAME = "MTD_MSIL1C.xml"
 BAND_FILE = re.compile(r"(?:^|/)GRANULE/(?P<granule>[^/]+)/IMG_DATA/T(?P<tile>\d{2}[A-Z]{3})_(?P<date>\d{8}T\d{6})_(?P<band>B\d[\dA])\.jp2$")
 ZIP_METHODS_GDAL_READS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
 CRC_CHUNK = 1 << 22
+QUANTIFICATION_VALUE = 10000  # reflectance = (DN + RADIO_ADD_OFFSET) / QUANTIFICATION_VALUE in every L1C product
 
 
 class SafeError(ValueError):
@@ -206,24 +207,34 @@ def parse_metadata(xml: bytes, where: str) -> dict:
             return None
         return elements[tag][0].text.strip()
 
+    def number(value: str | None, what: str, kind: type = float) -> float:
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            raise SafeError(f"{where}: {what} is {value!r}, not a number") from None
+
     band_names = dict(enumerate(BANDS))
     for info in elements.get("Spectral_Information", []):
         physical = info.get("physicalBand", "")
         if re.fullmatch(r"B\d[\dA]?", physical):
-            band_names[int(info.get("bandId"))] = f"B{physical[1:].zfill(2)}" if physical[-1] != "A" else physical
+            band_id = number(info.get("bandId"), f"the bandId of Spectral_Information {physical}", int)
+            band_names[band_id] = f"B{physical[1:].zfill(2)}" if physical[-1] != "A" else physical
     offsets = dict.fromkeys(BANDS, 0)
     for element in elements.get("RADIO_ADD_OFFSET", []):
-        band = band_names.get(int(element.get("band_id", -1)))
+        band_id = number(element.get("band_id", -1), "the band_id of a RADIO_ADD_OFFSET", int)
+        band = band_names.get(band_id)
         if band in offsets:
-            offsets[band] = int(float(element.text))
+            offsets[band] = int(number(element.text, f"RADIO_ADD_OFFSET of band_id {band_id}"))
     baseline = text("PROCESSING_BASELINE")
     if baseline >= "04.00" and "RADIO_ADD_OFFSET" not in elements:
         log.warning("%s: processing baseline %s but no RADIO_ADD_OFFSET: using offset 0 as the metadata says", where, baseline)
-    quantification = text("QUANTIFICATION_VALUE")
-    try:
-        quantification = float(quantification)
-    except ValueError as error:
-        raise SafeError(f"{where}: QUANTIFICATION_VALUE is not a number") from error
+    quantification = number(text("QUANTIFICATION_VALUE"), "QUANTIFICATION_VALUE")
+    if quantification != QUANTIFICATION_VALUE:
+        raise SafeError(
+            f"{where}: QUANTIFICATION_VALUE is {quantification:g}; snowcloud reads reflectance as DN / "
+            f"{QUANTIFICATION_VALUE} (the value of every L1C product so far, which the normalisations, baselines "
+            "and quicklooks assume): a product with another scale cannot be used as it is"
+        )
     return {"name": text("PRODUCT_URI", required=False), "baseline": baseline, "quantification": quantification, "offsets": offsets}
 
 
