@@ -104,3 +104,11 @@ def test_weights_that_do_not_fit_the_metadata_are_refused(tmp_path):
     )
     with pytest.raises(CheckpointError, match="weights do not fit unet"):
         load_model(path)
+
+
+def test_a_band_list_that_does_not_match_the_weights_is_refused_naming_the_file(tmp_path):
+    """A hand-edited band list would otherwise surface as a torch channel error in the middle of inference."""
+    path = tmp_path / "model.pt"
+    save_model(path, _trained_like_model(), _metadata(bands=["B02", "ELEVATION"]))
+    with pytest.raises(CheckpointError, match=rf"{path}: its metadata lists 2 band\(s\) \(B02, ELEVATION\) but its weights take 3"):
+        load_model(path)

@@ -119,4 +119,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         raise CheckpointError(
             f"{path}: weights do not fit {metadata['architecture']} {metadata['model_args']}: {error}"
         ) from None
+    bands, channels = metadata.get("bands"), metadata["model_args"].get("in_channels")
+    if bands is not None and channels is not None and len(bands) != channels:
+        raise CheckpointError(
+            f"{path}: its metadata lists {len(bands)} band(s) ({', '.join(map(str, bands))}) but its weights take "
+            f"{channels} input channel(s): the checkpoint was edited or damaged; use the model.pt training wrote"
+        )
     return model.to(device).eval(), metadata
