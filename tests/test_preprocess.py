@@ -269,6 +269,17 @@ def test_dem_not_covering_the_tile_is_refused_with_the_missing_share(tmp_path):
     assert (values[:, uncovered] == NODATA).all() and (values[:, ~uncovered] == 500).any()
 
 
+def test_a_dem_beyond_the_int16_range_is_refused_not_saturated(tmp_path):
+    """A DEM in centimetres (here the Alps, 1500-4000 m, as 150000-400000) would saturate at 32767 unseen."""
+    grid = tile_grid("32TNS", 36)
+    safe = make_product(tmp_path, constant_bands(36))
+    dem = tmp_path / "centimetres.tif"
+    write_dem(dem, grid, lambda x, y: np.full(x.shape, 250_000.0))
+    with pytest.raises(PreprocessError, match=rf"DEM {dem} has heights from 250000 to 250000 on tile 32TNS, beyond .* metres"):
+        preprocess_scene(safe, dem, tmp_path / "scene.tif", {})
+    assert not (tmp_path / "scene.tif").exists()
+
+
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_unreadable_dem_and_dem_without_crs_are_named(tmp_path):
     safe = make_product(tmp_path, constant_bands(12))

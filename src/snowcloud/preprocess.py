@@ -204,8 +204,18 @@ class DemOnGrid(contextlib.AbstractContextManager):
         covered = np.isnan(heights)
         np.logical_not(covered, out=covered)
         np.nan_to_num(heights, copy=False)
+        self._check_heights(heights)
         _store(heights, out)
         return covered
+
+    def _check_heights(self, heights: np.ndarray) -> None:
+        """Refuse heights the int16 ELEVATION band cannot hold (they would saturate unseen): not metres?"""
+        low, high = float(heights.min()), float(heights.max())
+        if low < VALUE_RANGE[0] or high > VALUE_RANGE[1]:
+            raise PreprocessError(
+                f"DEM {self.path} has heights from {low:.0f} to {high:.0f} on tile {self.product.tile}, beyond the "
+                f"ELEVATION band's range {VALUE_RANGE[0]}..{VALUE_RANGE[1]} m: give the DEM in metres (is it in centimetres?)"
+            )
 
     def _pixels_reached(self, transform: Affine, width: int, height: int) -> tuple[np.ndarray | None, Affine]:
         """The DEM's values around the footprint of a grid (DEM_MARGIN pixels more on each side, for the
