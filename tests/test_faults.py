@@ -177,3 +177,37 @@ def test_every_writer_on_a_full_disk_fails_with_no_space_left(small_filesystem, 
         else:
             save_state(output, {"weights": torch.zeros(2**20)})
     assert sorted(small_filesystem.iterdir()) == [small_filesystem / "filler"]
+
+
+def write_model_and_scene(tmp_path: Path) -> tuple[Path, Path]:
+    bands = [*BANDS, ELEVATION]
+    torch.manual_seed(0)
+    model_args = {"in_channels": len(bands), "n_classes": 4, "base_channels": 4}
+    metadata = {"architecture": "unet", "model_args": model_args, "bands": bands, "patch_size": 64,
+                "normalisation": normalisation.spec("snowcloud-v1")}  # fmt: skip
+    model_path = tmp_path / "model.pt"
+    save_model(model_path, model_registry.build_model("unet", **model_args), metadata)
+    scene = write_scene(tmp_path / "scenes" / "20210116T102351.tif", synthetic_scene(np.random.default_rng(0), 200, 200))
+    return model_path, scene
+
+
+INFERENCE = {"batch_size": 4, "overlap": 0.5, "tta": False, "probabilities": True, "device": "cpu", "amp": False}
+
+
+def test_a_moment_of_full_disk_while_the_mask_is_written_fails_the_inference_and_leaves_nothing(
+    tmp_path, small_filesystem, monkeypatch
+):
+    model_path, scene = write_model_and_scene(tmp_path)
+    output = small_filesystem / "20210116T102351.tif"
+    with full_for_a_moment(monkeypatch, rasterio.io.DatasetWriter, "close", small_filesystem):
+        with pytest.raises(OSError, match=f"{output} \\(its scratch rasters\\)"):
+            predict_scene(str(model_path), str(scene), str(output), INFERENCE)
+    assert sorted(small_filesystem.iterdir()) == []
+
+
+def test_an_inference_onto_a_full_disk_says_no_space_left(tmp_path, small_filesystem):
+    model_path, scene = write_model_and_scene(tmp_path)
+    fill(small_filesystem, leave=64 * 1024)
+    output = small_filesystem / "20210116T102351.tif"
+    with pytest.raises(NoSpaceError, match=rf"no space left on {small_filesystem} for {output} \(needs about 0\.5 MB, "):
+        predict_scene(str(model_path), str(scene), str(output), INFERENCE)

@@ -24,7 +24,7 @@ from snowcloud import checkpoint, normalisation
 from snowcloud.atomic import atomic_output, scratch_folder
 from snowcloud.bands import CLASSES, IGNORE_INDEX, class_colour_table
 from snowcloud.config import validated
-from snowcloud.gdal import gdal_env
+from snowcloud.gdal import gdal_env, gdal_errors_raised
 from snowcloud.provenance import file_sha256
 from snowcloud.scene import band_indexes, valid_pixels
 
@@ -304,6 +304,7 @@ def write_prediction(
     with scratch_folder(output, needs_bytes=needs_bytes) as scratch:
         mask_path, proba_path = Path(scratch) / "mask.tif", Path(scratch) / "proba.tif"
         with contextlib.ExitStack() as stack:
+            stack.enter_context(gdal_errors_raised(f"{output} (its scratch rasters)"))  # checked once they are closed
             mask = stack.enter_context(rasterio.open(mask_path, "w", **base, count=1, nodata=IGNORE_INDEX))
             mask.write_colormap(1, class_colour_table())
             mask.set_band_description(1, "class")
