@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from snowcloud import atomic
 from snowcloud.atomic import atomic_output, scratch_folder, temporary_path
 
 
@@ -52,3 +53,16 @@ def test_the_cleaner_removes_every_temporary_of_a_killed_writer_and_nothing_of_o
     with scratch_folder(target) as mine:
         assert mine.is_dir() and mine.name == temporary_path(target, label="scratch").name
     assert sorted(tmp_path.iterdir()) == [other]
+
+
+def test_an_error_that_is_not_about_space_keeps_its_message_while_the_job_has_used_much_of_the_disk(tmp_path, monkeypatch):
+    """The preflight asks for the whole estimate; later failures count as no space only on a full disk."""
+    calls = []  # 10 GB at the start; 200 MB once the job has written its temporaries
+
+    def free(path):
+        calls.append(path)
+        return 10 * 2**30 if len(calls) == 1 else 200 * 2**20
+
+    monkeypatch.setattr(atomic, "_free_bytes", free)
+    with pytest.raises(ValueError, match="^no valid pixel$"), atomic_output(tmp_path / "scene.tif", needs_bytes=8 * 2**30):
+        raise ValueError("no valid pixel")

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MB = 2**20
 SPACE_MARGIN = 1.1  # free space asked for beyond a writer's estimate of what it needs
+FULL_BELOW = 16 * MB  # a write that fails with less free space than this (a few tiles or chunks) found it full
 NO_SPACE_WORDS = ("no space left", "disk quota exceeded", "enospc")
 
 
@@ -105,12 +106,14 @@ def _writing(path: Path, needs_bytes: int | None) -> Iterator[Callable[[], None]
     remove_stale_temporaries(path)
     if needs_bytes is not None and _free_bytes(path) < needs_bytes * SPACE_MARGIN:
         raise NoSpaceError(_no_space_message(path, needs_bytes))
+    free_at_gdal_error: list[int] = []
     try:
-        with gdal_errors_raised(str(path)) as check:
+        with gdal_errors_raised(str(path), lambda: free_at_gdal_error.append(_free_bytes(path))) as check:
             yield check
     except Exception as error:
-        if _out_of_space(path, error, needs_bytes):
-            raise NoSpaceError(_no_space_message(path, needs_bytes) + f" ({error})") from error
+        free = free_at_gdal_error or [_free_bytes(path)]
+        if _out_of_space(error, free):
+            raise NoSpaceError(_no_space_message(path, needs_bytes, free[0]) + f" ({error})") from error
         raise
 
 
@@ -118,9 +121,10 @@ def _free_bytes(path: Path) -> int:
     return shutil.disk_usage(path.parent).free
 
 
-def _out_of_space(path: Path, error: BaseException, needs_bytes: int | None) -> bool:
+def _out_of_space(error: BaseException, free: list[int]) -> bool:
     """Did a write fail for want of space? ENOSPC anywhere in the chain of exceptions, or (GDAL, HDF5 and
-    torch do not always pass the reason on) less free space left than the output needs."""
+    torch do not always pass the reason on) a file system all but full when it failed: `free` holds the free
+    bytes then (at GDAL's first error, else now)."""
     chain = []
     while error is not None and error not in chain:
         chain.append(error)
@@ -129,7 +133,7 @@ def _out_of_space(path: Path, error: BaseException, needs_bytes: int | None) -> 
         return True
     if any(word in str(e).lower() for e in chain for word in NO_SPACE_WORDS):
         return True
-    return _free_bytes(path) < max(needs_bytes or 0, MB)
+    return free[0] < FULL_BELOW
 
 
 def _mount_point(path: Path) -> Path:
@@ -139,10 +143,12 @@ def _mount_point(path: Path) -> Path:
     return path
 
 
-def _no_space_message(path: Path, needs_bytes: int | None) -> str:
+def _no_space_message(path: Path, needs_bytes: int | None, free: int | None = None) -> str:
+    """The message of a NoSpaceError; `free`: the free bytes when a write failed (else they are read now)."""
     need = f"needs about {_mb(needs_bytes)} MB, " if needs_bytes else ""
+    free_text = f"{_mb(_free_bytes(path))} MB free" if free is None else f"{_mb(free)} MB free when a write failed"
     return (
-        f"no space left on {_mount_point(path.parent)} for {path} ({need}{_mb(_free_bytes(path))} MB free): "
+        f"no space left on {_mount_point(path.parent)} for {path} ({need}{free_text}): "
         "free space there or write the results to a larger file system, then rerun"
     )
 

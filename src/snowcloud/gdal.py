@@ -29,21 +29,25 @@ def gdal_env(cache_mb: int, **options: str) -> rasterio.Env:
 
 
 class _Collector(logging.Handler):
-    def __init__(self) -> None:
+    def __init__(self, on_first_error: Callable[[], None] | None) -> None:
         super().__init__(logging.INFO)
         self.messages: list[str] = []
+        self.on_first_error = on_first_error
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.levelno >= logging.ERROR or record.getMessage().startswith(GDAL_ERROR_MESSAGE):
+            if not self.messages and self.on_first_error is not None:
+                self.on_first_error()
             self.messages.append(record.getMessage().removeprefix(GDAL_ERROR_MESSAGE + ": "))
 
 
 @contextlib.contextmanager
-def gdal_errors_raised(what: str) -> Iterator[Callable[[], None]]:
+def gdal_errors_raised(what: str, on_first_error: Callable[[], None] | None = None) -> Iterator[Callable[[], None]]:
     """Raise GdalWriteError naming `what` when GDAL signals an error (in any thread) while the block runs
     and the block does not fail by itself (if it does, its error carries GDAL's as a note). The block gets a
-    function that raises at once if there was one (before an output is renamed into place)."""
-    collector = _Collector()
+    function that raises at once if there was one (before an output is renamed into place);
+    `on_first_error()` runs as the first error comes (to see the state that caused it)."""
+    collector = _Collector(on_first_error)
     logger = logging.getLogger(RASTERIO_LOGGER)
     level = logger.level
     if logger.getEffectiveLevel() > logging.INFO:
