@@ -73,7 +73,7 @@ def find_products(raw_data: str | Path, tiles: list[str] = (), dates: list[str] 
     if not root.is_dir():
         raise InventoryError(f"raw_data: {root} is not a folder; set raw_data to the folder holding the L1C products")
     found: dict[tuple[str, str], Product] = {}
-    every = []
+    any_product = False
     for path in sorted(root.rglob("*")):
         if _inside_safe(path, root):
             continue
@@ -83,7 +83,7 @@ def find_products(raw_data: str | Path, tiles: list[str] = (), dates: list[str] 
                 log.warning("%s looks like a Sentinel-2 L1C product but its name does not parse (expected %s): skipped; "
                             "rename it", path, PRODUCT_NAME_EXAMPLE)  # fmt: skip
             continue
-        every.append(product)
+        any_product = True
         if (tiles and product.tile not in tiles) or (dates and product.date not in dates):
             continue
         if product.scene in found:
@@ -93,7 +93,7 @@ def find_products(raw_data: str | Path, tiles: list[str] = (), dates: list[str] 
                 "keep one of them (or restrict `dates`)"
             )
         found[product.scene] = product
-    if not every:
+    if not any_product:
         raise InventoryError(f"raw_data: no Sentinel-2 L1C product under {root} (names like {PRODUCT_NAME_EXAMPLE})")
     _check_listed(root, found, tiles, dates)
     return dict(sorted(found.items()))
