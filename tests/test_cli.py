@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -78,9 +79,10 @@ def test_help_exits_cleanly(argv):
 
 def test_check_config_and_demo_work_from_an_installed_wheel(repo, tmp_path):
     """The schema ships inside the package: the commands need no checkout beside the installed files."""
-    wheels = tmp_path / "wheels"
-    build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(repo)]
-    subprocess.run(build, check=True, cwd=tmp_path, capture_output=True)
+    source, wheels = tmp_path / "source", tmp_path / "wheels"
+    shutil.copytree(repo, source, ignore=shutil.ignore_patterns(".*", "build", "results", "resources", "logs", "*.egg-info"))
+    build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)]
+    subprocess.run(build, check=True, cwd=tmp_path, capture_output=True)  # in a copy: setuptools writes build/ beside
     (wheel,) = wheels.glob("snowcloud-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         assert "snowcloud/schema.yaml" in archive.namelist()
