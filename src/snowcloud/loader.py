@@ -233,14 +233,40 @@ class _Batches(Dataset):
         return self.dataset.read_batch(keys, shared=get_worker_info() is not None, image_dtype=self.image_dtype)
 
 
+def part_sizes(total: int, parts: int) -> list[int]:
+    """How a batch of `total` items is cut into `parts` contiguous parts (the first ones one larger)."""
+    base, extra = divmod(total, parts)
+    return [base + (part < extra) for part in range(parts)]
+
+
+class RankBatches(Sampler):
+    """The batches of `batch_size` keys of `sampler`'s order (the last may be partial), each cut into `ranks`
+    contiguous parts (:func:`part_sizes`); yields part `rank` of each. With one rank: the whole batches."""
+
+    def __init__(self, sampler: Sampler, batch_size: int, rank: int = 0, ranks: int = 1) -> None:
+        if not 0 <= rank < ranks:
+            raise ValueError(f"rank {rank} outside 0..{ranks - 1}")
+        self.sampler, self.batch_size, self.rank, self.ranks = sampler, batch_size, rank, ranks
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        for batch in BatchSampler(self.sampler, self.batch_size, drop_last=False):
+            sizes = part_sizes(len(batch), self.ranks)
+            start = sum(sizes[: self.rank])
+            yield batch[start : start + sizes[self.rank]]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+
 def batch_loader(
-    dataset: ShardDataset, sampler: Sampler, batch_size: int, drop_last: bool = False,
-    image_dtype: torch.dtype = torch.float32, **options: Any,
+    dataset: ShardDataset, sampler: Sampler, batch_size: int, image_dtype: torch.dtype = torch.float32,
+    rank: int = 0, ranks: int = 1, **options: Any,
 ) -> DataLoader:  # fmt: skip
     """A DataLoader yielding (images, labels) batches of `dataset` in `sampler`'s order, each batch built whole
-    by one worker (images float32 unless `image_dtype` says float16). `options` go to DataLoader (num_workers,
+    by one worker (images float32 unless `image_dtype` says float16); in a data-parallel training of `ranks`
+    processes, only part `rank` of each batch (:class:`RankBatches`). `options` go to DataLoader (num_workers,
     pin_memory, persistent_workers, ...)."""
-    batches = BatchSampler(sampler, batch_size, drop_last)
+    batches = RankBatches(sampler, batch_size, rank, ranks)
     return DataLoader(_Batches(dataset, image_dtype), batch_size=None, sampler=batches, **options)
 
 

@@ -4,6 +4,10 @@ Bands, normalisation spec, patch size and class weights come from stats.json (wh
 to be common to all shards), the split from `dataset_stats.load_split`. The resumable state lives in `state_dir`
 (not a Snakemake output), so a killed or interrupted job continues where it stopped when the rule runs again;
 it is removed once the outputs are written (docs/training.md, "Resume").
+
+With more than one GPU (`training.gpus`, or every GPU the job has) the function starts itself once per GPU through
+torchrun and waits; each of those processes trains its part of every batch, and rank 0 writes the outputs
+(docs/training.md, "Several GPUs").
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from snowcloud.checkpoint import save_model
 from snowcloud.config import validated
 from snowcloud.loader import ShardDataset
 from snowcloud.provenance import file_stat
+from snowcloud.training.distributed import World, joined, requested_processes
 from snowcloud.training.history import plot_curves, write_history
+from snowcloud.training.launch import launch_ranks
 from snowcloud.training.loop import Trainer
-from snowcloud.training.runtime import resolve_runtime
+from snowcloud.training.runtime import resolve_device, resolve_runtime
 from snowcloud.training.state import trajectory_options
 
 log = logging.getLogger(__name__)
@@ -54,8 +60,34 @@ def train_experiment(
     options: Mapping[str, Any],
     threads: int = 1,
 ) -> None:
-    """Train (or continue training) the experiment's network and write model.pt, history.csv and curves.png."""
+    """Train (or continue training) the experiment's network and write model.pt, history.csv and curves.png:
+    in this process, as one rank of a torchrun launch, or by launching one rank per GPU."""
     options = validated(options, "experiment")
+    arguments = dict(locals())
+    training = options["training"]
+    device = resolve_device(str(training["device"]))
+    world = World.from_environment()
+    if world is None:
+        processes = requested_processes(training, device)
+        if processes > 1:
+            launch_ranks(processes, {**arguments, "threads": max(1, threads // processes)}, state_dir)
+            return
+        world = World()
+    with joined(world, device) as world:
+        _train(world, **arguments)
+
+
+def _train(
+    world: World,
+    stats_path: str | Path,
+    model_path: str | Path,
+    history_path: str | Path,
+    curves_path: str | Path,
+    state_dir: str | Path,
+    experiment: str,
+    options: Mapping[str, Any],
+    threads: int,
+) -> None:
     training, model_options = options["training"], options["model"]
     stats = load_training_stats(stats_path)
     split = dataset_stats.load_split(stats_path)
@@ -92,8 +124,11 @@ def train_experiment(
         runtime=resolve_runtime(training, threads),
         state_path=Path(state_dir) / STATE_FILE,
         fingerprint_inputs=fingerprint_inputs,
+        world=world,
     )
     result = trainer.run()
+    if not world.main:
+        return
 
     best = next(row for row in result.history if row["epoch"] == result.best_epoch)
     metadata = {
@@ -108,7 +143,7 @@ def train_experiment(
         "stats_digest": stats["digest"],
         "class_weights": class_weights,
         "training": dict(training),
-        "trained_with": trainer.runtime.describe(),
+        "trained_with": trainer.runtime.describe() + (f", {world.size} data-parallel ranks" if world.parallel else ""),
         "package_version": __version__,
         "torch_version": torch.__version__,
         "epochs_trained": result.epochs_trained,

@@ -11,11 +11,11 @@ from typing import Any
 log = logging.getLogger("snowcloud")
 
 
-def configure_logging(log_path: str | None = None, level: int = logging.INFO) -> None:
-    """Log to stderr and, when given, to the rule's log file."""
+def configure_logging(log_path: str | None = None, level: int = logging.INFO, mode: str = "w") -> None:
+    """Log to stderr and, when given, to the rule's log file (opened with `mode`: "a" appends)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path:
-        handlers.append(logging.FileHandler(log_path, mode="w"))
+        handlers.append(logging.FileHandler(log_path, mode=mode))
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
     )

@@ -5,6 +5,10 @@ patch order from `loader.epoch_order(n, seed, epoch)`, the augmentation of a pat
 inside the loader. The state saved after each epoch, or at the current step when SIGTERM / SIGUSR1 arrives,
 therefore lets a rerun continue exactly where the run stopped: on the CPU the final weights and history equal
 those of an uninterrupted run. Epochs are numbered from 1.
+
+In a data-parallel training (`training.gpus`, `training/distributed.py`) every rank runs this loop on its part of each batch; all
+ranks hold the same progress (loss, metrics and patch counts are those of the whole batch), take stop
+decisions together, and only rank 0 writes the state and the history copy.
 """
 
 from __future__ import annotations
@@ -20,16 +24,18 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from snowcloud.bands import CLASSES
 from snowcloud.checkpoint import plain
-from snowcloud.loader import EpochSampler, ShardDataset, batch_loader
+from snowcloud.loader import EpochSampler, ShardDataset, batch_loader, part_sizes
 from snowcloud.losses import build_loss
 from snowcloud.metrics import metrics_from_confusion
 from snowcloud.model import build_model
 from snowcloud.provenance import settings_digest
+from snowcloud.training.distributed import World, global_batchnorm
 from snowcloud.training.history import epoch_log_lines, history_row, write_history
 from snowcloud.training.interrupt import StopRequest, stop_signals
 from snowcloud.training.runtime import Runtime, ignore_stop_signals_in_worker
@@ -162,14 +168,20 @@ def make_optimizer(model: nn.Module, options: Mapping[str, Any]) -> torch.optim.
     )
 
 
-def make_loader(dataset: ShardDataset, sampler: EpochSampler, batch_size: int, runtime: Runtime) -> DataLoader:
-    """Whole batches read in shard order by each worker (2-4x the patch-by-patch read), in the sampler's order;
-    pinned memory on a GPU; persistent workers that leave stop signals alone."""
+def make_loader(
+    dataset: ShardDataset, sampler: EpochSampler, batch_size: int, runtime: Runtime, world: World | None = None
+) -> DataLoader:
+    """Whole batches read in shard order by each worker (2-4x the patch-by-patch read), in the sampler's order
+    (this rank's part of each in a data-parallel training); pinned memory on a GPU; persistent workers that leave
+    stop signals alone."""
+    world = world or World()
     return batch_loader(
         dataset,
         sampler,
         batch_size,
         image_dtype=runtime.batch_dtype,
+        rank=world.rank,
+        ranks=world.size,
         num_workers=runtime.workers,
         pin_memory=runtime.cuda,
         persistent_workers=runtime.workers > 0,
@@ -186,12 +198,17 @@ def train_step(
     image: torch.Tensor,
     label: torch.Tensor,
     gradient_clip: float | None,
+    world: World | None = None,
+    sizes: Sequence[int] = (),
 ) -> torch.Tensor:
     """One optimisation step (forward under autocast, loss in float32, scaled backward, clipping); the loss,
-    still on the device."""
+    still on the device. In a data-parallel training `image`, `label` are this rank's part of the batch (`sizes`:
+    every rank's part), and the loss is that of the whole batch."""
     image, label = runtime.to_device(image, label)
     with runtime.autocast():
         logits = network(image)
+    if world is not None:
+        logits, label = world.whole_batch(logits, label, sizes)
     loss = loss_fn(logits, label)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -219,6 +236,7 @@ class Trainer:
         state_path: str | Path,
         fingerprint_inputs: Mapping[str, Any],
         class_names: Sequence[str] = CLASSES,
+        world: World | None = None,
     ) -> None:
         n_train, n_validation = len(train_set), len(validation_set)  # type: ignore[arg-type]
         if not n_train or not n_validation:
@@ -240,9 +258,16 @@ class Trainer:
         self.state_path = Path(state_path)
         self.fingerprint_inputs = plain(dict(fingerprint_inputs))
         self.seed = int(training["seed"])
+        self.world = world or World()
+        if self.batch_size < self.world.size:
+            raise ValueError(
+                f"training.batch_size {self.batch_size} is smaller than the {self.world.size} processes of the "
+                "data-parallel training: raise it or train on fewer GPUs (training.gpus)"
+            )
 
         torch.manual_seed(self.seed)
-        self.model = runtime.prepare_model(build_model(self.architecture, **self.model_args))
+        model = build_model(self.architecture, **self.model_args)
+        self.model = runtime.prepare_model(global_batchnorm(model, runtime.device) if self.world.parallel else model)
         self.loss_fn = build_loss(training["loss"], class_weights, training["dice_weight"]).to(runtime.device)
         self.optimizer = make_optimizer(self.model, training["optimizer"])
         scheduler = training["scheduler"]
@@ -303,8 +328,11 @@ class Trainer:
         return self.state_path.with_name("history.csv")
 
     def save(self) -> None:
-        save_state(self.state_path, self.state_dict())
-        write_history(self.history, self.history_copy)
+        """Rank 0 writes the state (all ranks hold the same); the others wait until it is written."""
+        if self.world.main:
+            save_state(self.state_path, self.state_dict())
+            write_history(self.history, self.history_copy)
+        self.world.barrier()
 
     def discard_state(self) -> None:
         """Remove the state and its history copy (and the state folder when nothing else is left in it)."""
@@ -314,8 +342,12 @@ class Trainer:
             self.state_path.parent.rmdir()
 
     def resume(self) -> None:
-        """Continue from a saved state of this same run, if there is one."""
-        state = load_state(self.state_path, self.fingerprint_inputs)
+        """Continue from a saved state of this same run, if there is one (rank 0 sets aside a stale state before
+        the other ranks look)."""
+        state = load_state(self.state_path, self.fingerprint_inputs) if self.world.main else None
+        self.world.barrier()
+        if not self.world.main:
+            state = load_state(self.state_path, self.fingerprint_inputs)
         if state is not None:
             self.load_state_dict(state)
             p = self.progress
@@ -328,16 +360,15 @@ class Trainer:
     def run(self) -> FitResult:
         """Train until the last epoch or early stopping, resuming a saved state; best weights restored."""
         self.resume()
-        self.network = self.runtime.compiled(self.model)
+        self.network = self.runtime.compiled(self._parallel(self.model))
         log.info(
-            "%d epochs of %d training steps and %d validation steps, batch %d",
+            "%d epochs of %d training steps and %d validation steps, batch %d%s",
             self.epochs, self.train_steps, self.validation_steps, self.batch_size,
+            f" over {self.world.size} processes" if self.world.parallel else "",
         )  # fmt: skip
         self.loaders = {
-            "train": make_loader(self.datasets["train"], self.train_sampler, self.batch_size, self.runtime),
-            "validation": make_loader(
-                self.datasets["validation"], self.validation_sampler, self.batch_size, self.runtime
-            ),
+            phase: make_loader(self.datasets[phase], self._samplers[phase], self.batch_size, self.runtime, self.world)
+            for phase in ("train", "validation")
         }
         try:
             with stop_signals() as stop:
@@ -356,14 +387,33 @@ class Trainer:
         assert self.stopper.best_epoch is not None
         return FitResult(self.model, self.history, self.stopper.best_epoch, self.best_metrics, len(self.history))
 
+    def _parallel(self, model: nn.Module) -> nn.Module:
+        """The model wrapped in DistributedDataParallel in a data-parallel training (buffers are not broadcast:
+        BatchNorm's running statistics are those of the whole batch on every rank)."""
+        if not self.world.parallel:
+            return model
+        devices = [self.world.local_rank] if self.runtime.cuda else None
+        return DistributedDataParallel(model, device_ids=devices, broadcast_buffers=False)
+
+    @property
+    def _samplers(self) -> dict[str, EpochSampler]:
+        return {"train": self.train_sampler, "validation": self.validation_sampler}
+
+    def _part_sizes(self, phase: str, step: int) -> list[int]:
+        """Each rank's number of patches in batch `step` (from 0) of the epoch's `phase`."""
+        sampler = self._samplers[phase]
+        total = min(sampler.n, sampler.limit if sampler.limit is not None else sampler.n)
+        return part_sizes(min(self.batch_size, total - step * self.batch_size), self.world.size)
+
     def _stop_if_requested(self, stop: StopRequest, where: str, saved: bool = False) -> None:
-        """After a stop signal: save the state (unless just saved) and end the run with TrainingInterrupted."""
-        if not stop.requested or self.progress.finished:
+        """After a stop signal (on any rank): save the state (unless just saved) and end the run with
+        TrainingInterrupted."""
+        if self.progress.finished or not self.world.any(stop.requested):
             return
         if not saved:
             self.save()
         raise TrainingInterrupted(
-            f"training interrupted by {stop.signal_name} {where}; "
+            f"training interrupted by {stop.signal_name or 'a stop signal to another rank'} {where}; "
             f"state saved to {self.state_path}; rerun to continue"
         )
 
@@ -371,6 +421,7 @@ class Trainer:
         return tqdm(
             total=total, initial=initial, desc=f"epoch {self.progress.epoch}/{self.epochs} {phase}",
             unit="batch", file=sys.stderr, dynamic_ncols=True, leave=False, mininterval=1.0,
+            disable=not self.world.main,
         )  # fmt: skip
 
     def _checked(self, loss: torch.Tensor, phase: str, step: int) -> float:
@@ -409,16 +460,17 @@ class Trainer:
             bar.set_postfix(loss=f"{value:.4f}", patches_s=f"{rate:.1f}", refresh=False)
 
         for image, label in self.loaders["train"]:
+            sizes = self._part_sizes("train", p.train_step)
             loss = train_step(
                 self.runtime, self.network, self.loss_fn, self.optimizer, self.scaler, image, label,
-                self.training["gradient_clip"],
+                self.training["gradient_clip"], self.world, sizes,
             )  # fmt: skip
             if pending is not None:
                 record(*pending)
             p.train_step += 1
-            pending = (loss, len(label), p.train_step)
+            pending = (loss, sum(sizes), p.train_step)
             bar.update()
-            if stop.requested:
+            if self.world.any(stop.requested):
                 break
         if pending is not None:
             record(*pending)
@@ -439,13 +491,14 @@ class Trainer:
                 image, label = self.runtime.to_device(image, label)
                 with self.runtime.autocast():
                     logits = self.network(image)
+                logits, label = self.world.whole_batch(logits, label, self._part_sizes("validation", p.validation_step))
                 loss = self.loss_fn(logits, label)
                 p.confusion += confusion_on_device(logits.argmax(dim=1), label, self.n_classes)
                 p.validation_step += 1
                 p.validation_loss_sum += self._checked(loss, "validation", p.validation_step) * len(label)
                 p.validation_patches += len(label)
                 bar.update()
-                if stop.requested:
+                if self.world.any(stop.requested):
                     break
         p.validation_seconds += time.perf_counter() - started
         bar.close()

@@ -25,8 +25,9 @@ from snowcloud.provenance import settings_digest
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "snowcloud-training-state/1"
-# Training options that do not change the trajectory of a run: a state stays resumable when they change.
-RESUME_NEUTRAL_OPTIONS = ("epochs", "workers", "device", "compile")
+# Training options that do not change the trajectory of a run: a state stays resumable when they change. (A
+# data-parallel run follows one process's trajectory up to the order of floating-point sums: `gpus`.)
+RESUME_NEUTRAL_OPTIONS = ("epochs", "workers", "device", "compile", "gpus")
 
 
 def trajectory_options(training: Mapping[str, Any]) -> dict[str, Any]:
