@@ -1,11 +1,11 @@
 """Data-parallel training on 2 CPU processes (torchrun, gloo): the trajectory of one process with the same batch,
-only rank 0 writes, and a SIGTERM to both ranks in the middle of epoch 3 resumes exactly on 2 ranks (and on 1).
+only rank 0 writes, and a SIGTERM to both ranks in the middle of epoch 2 resumes exactly on 2 ranks (and on 1).
 
 Tolerance: the two runs compute the same sums in another order (BatchNorm statistics and gradients summed per rank,
 then over ranks), so they agree to float32 rounding after one step (~1e-7 here) and drift apart as training
 amplifies it. AdamW's eps is 1e-2 here, so that updates stay proportional to the gradient instead of
 sign-like for near-zero gradients (which would turn a rounding difference into a step of lr): the first epoch's
-history then agrees to 1e-6 and the weights after 3 epochs (18 steps) to 1e-3 (measured ~1e-4).
+history then agrees to 1e-6 and the weights after 2 epochs (12 steps) to 1e-3 (measured ~1e-4).
 """
 
 import csv
@@ -30,8 +30,8 @@ from snowcloud.training.history import TIMING_COLUMNS
 
 AUGMENTATION = {"flip_p": 0.5, "channel_dropout_p": 0.2, "erase_p": 0.5, "erase_size": [2, 8]}
 
-# One rank of a torchrun launch, with training batches of epoch 3 slowed down (0.3 s) and a marker file when it
-# starts, so that the test can send SIGTERM in the middle of epoch 3.
+# One rank of a torchrun launch, with training batches of epoch 2 slowed down (0.3 s) and a marker file when it
+# starts, so that the test can send SIGTERM in the middle of epoch 2.
 CHILD = """
 import json, pathlib, sys, time
 from snowcloud.loader import ShardDataset
@@ -41,20 +41,20 @@ from snowcloud.workflow import logged
 marker = pathlib.Path(sys.argv[1])
 read_batch = ShardDataset.read_batch
 
-def slow_in_epoch_3(self, keys, **options):
-    if self.augment is not None and keys and keys[0][1] == 3:
+def slow_in_epoch_2(self, keys, **options):
+    if self.augment is not None and keys and keys[0][1] == 2:
         marker.touch()
         time.sleep(0.3)
     return read_batch(self, keys, **options)
 
-ShardDataset.read_batch = slow_in_epoch_3
+ShardDataset.read_batch = slow_in_epoch_2
 logged(None, train_experiment, **json.loads(sys.argv[2]))
 """
 
 
 def options(**training):
     return experiment_options(
-        epochs=3, batch_size=4, augmentation=AUGMENTATION, workers=0, device="cpu",
+        epochs=2, batch_size=4, augmentation=AUGMENTATION, workers=0, device="cpu",
         optimizer={"lr": 1e-2, "eps": 1e-2}, **training,
     )  # fmt: skip
 
@@ -70,9 +70,7 @@ def outputs(folder):
 
 def read_history(path):
     with open(path) as handle:
-        return [
-            {k: float(v or "nan") for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(handle)
-        ]
+        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(handle)]
 
 
 def assert_rows_close(rows, expected, rel):
@@ -80,7 +78,7 @@ def assert_rows_close(rows, expected, rel):
     for row, reference in zip(rows, expected, strict=True):
         assert row.keys() == reference.keys()
         for key, value in reference.items():
-            assert math.isclose(row[key], value, rel_tol=rel) or (math.isnan(value) and math.isnan(row[key])), key
+            assert (row[key] == value == "") or math.isclose(float(row[key]), float(value), rel_tol=rel), key
 
 
 def max_difference(path, reference_path):
@@ -99,12 +97,15 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     common = {"stats_path": str(real_dataset(root / "data", dates=3, patches=12)), "experiment": "toy", "threads": 2}
     train_experiment(**common, **outputs(root / "one"), options=options())
-    log_file = logging.FileHandler(root / "two.log")
-    logging.getLogger().addHandler(log_file)
+    log_file, root_logger = logging.FileHandler(root / "two.log"), logging.getLogger()
+    level = root_logger.level
+    root_logger.addHandler(log_file)
+    root_logger.setLevel(logging.INFO)
     try:
         train_experiment(**common, **outputs(root / "two"), options=options(gpus=2))
     finally:
-        logging.getLogger().removeHandler(log_file)
+        root_logger.removeHandler(log_file)
+        root_logger.setLevel(level)
         log_file.close()
     return root, common
 
@@ -122,10 +123,10 @@ def test_two_ranks_train_the_weights_of_one_process_with_the_same_batch(runs):
     log = (root / "two.log").read_text()
     assert "data-parallel training on 2 processes" in log
     assert "batch 4 over 2 processes" in log
-    assert log.count("Epoch: 3,") == 1  # rank 0 appended its lines; the other rank logs warnings only
+    assert log.count("Epoch: 2,") == 1  # rank 0 appended its lines; the other rank logs warnings only
 
 
-def test_sigterm_to_both_ranks_in_epoch_3_resumes_exactly_on_two_ranks_and_closely_on_one(runs, tmp_path):
+def test_sigterm_to_both_ranks_in_epoch_2_resumes_exactly_on_two_ranks_and_closely_on_one(runs, tmp_path):
     root, common = runs
     run, marker, child_script = tmp_path / "run", tmp_path / "epoch-3-started", tmp_path / "child.py"
     child_script.write_text(CHILD)
@@ -138,16 +139,16 @@ def test_sigterm_to_both_ranks_in_epoch_3_resumes_exactly_on_two_ranks_and_close
     deadline = time.monotonic() + 240
     while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert marker.exists(), "the ranks never reached epoch 3"
+    assert marker.exists(), "the ranks never reached epoch 2"
     os.killpg(child.pid, signal.SIGTERM)  # as Slurm does: every process of the job
     _, stderr = child.communicate(timeout=120)
 
     assert child.returncode != 0
-    stops = re.findall(r"training interrupted by SIGTERM at epoch 3 training step (\d+)/6; state saved", stderr)
-    assert len(stops) == 2, stderr[-3000:]  # both ranks, at the same step
-    assert stops[0] == stops[1] and 1 <= int(stops[0]) < 6
+    stops = re.findall(r"training interrupted by SIGTERM at epoch 2 training step (\d+)/6; state saved", stderr)
+    assert len(stops) >= 2 and len(set(stops)) == 1, stderr[-3000:]  # both ranks (and torchrun's summary), one step
+    assert 1 <= int(stops[0]) < 6
     state = torch.load(run / "state" / "state.pt", weights_only=True)
-    assert (state["progress"]["epoch"], state["progress"]["train_step"]) == (3, int(stops[0]))
+    assert (state["progress"]["epoch"], state["progress"]["train_step"]) == (2, int(stops[0]))
     assert not (run / "model.pt").exists()
     shutil.copytree(run / "state", tmp_path / "on-one" / "state")
 
@@ -159,5 +160,5 @@ def test_sigterm_to_both_ranks_in_epoch_3_resumes_exactly_on_two_ranks_and_close
     train_experiment(**common, **outputs(tmp_path / "on-one"), options=options())
     assert max_difference(tmp_path / "on-one" / "model.pt", root / "two" / "model.pt") < 1e-3
     rows = read_history(tmp_path / "on-one" / "history.csv")
-    assert rows[:2] == read_history(root / "two" / "history.csv")[:2]  # epochs 1-2 come from the state
+    assert rows[:1] == read_history(root / "two" / "history.csv")[:1]  # epoch 1 comes from the state
     assert_rows_close(rows, read_history(root / "two" / "history.csv"), rel=1e-3)

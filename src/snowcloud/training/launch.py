@@ -71,6 +71,8 @@ def launch_ranks(processes: int, arguments: Mapping[str, Any], state_dir: str | 
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         launch_file.unlink(missing_ok=True)
+        if not any(launch_file.parent.iterdir()):  # rank 0 removed the state after writing the outputs
+            launch_file.parent.rmdir()
     if status and received:
         raise TrainingInterrupted(
             f"data-parallel training interrupted by {received[0]}; the ranks saved the state in {state_dir}; "

@@ -388,12 +388,10 @@ class Trainer:
         return FitResult(self.model, self.history, self.stopper.best_epoch, self.best_metrics, len(self.history))
 
     def _parallel(self, model: nn.Module) -> nn.Module:
-        """The model wrapped in DistributedDataParallel in a data-parallel training (buffers are not broadcast:
-        BatchNorm's running statistics are those of the whole batch on every rank)."""
+        """The model wrapped in DistributedDataParallel in a data-parallel training."""
         if not self.world.parallel:
             return model
-        devices = [self.world.local_rank] if self.runtime.cuda else None
-        return DistributedDataParallel(model, device_ids=devices, broadcast_buffers=False)
+        return DistributedDataParallel(model, device_ids=[self.world.local_rank] if self.runtime.cuda else None)
 
     @property
     def _samplers(self) -> dict[str, EpochSampler]:
