@@ -12,7 +12,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from snowcloud.loader import EpochSampler, ShardDataset, batch_loader, epoch_order, is_direct, read_patch
+from snowcloud.loader import (
+    EpochSampler,
+    RankBatches,
+    ShardDataset,
+    batch_loader,
+    epoch_order,
+    is_direct,
+    read_patch,
+)
 
 
 def make_shard(
@@ -101,6 +109,20 @@ def test_epoch_sampler_resumes_inside_an_epoch_and_caps_items():
     assert list(sampler) == full[5:] and len(sampler) == 7
     plain = EpochSampler(4, seed=5, shuffle=False)
     assert list(plain) == [(0, 0), (1, 0), (2, 0), (3, 0)]
+
+
+def test_each_rank_gets_its_contiguous_part_of_every_batch_and_the_parts_make_the_batch():
+    sampler = EpochSampler(10, seed=3)
+    sampler.set_epoch(2, skip=0)
+    whole = list(RankBatches(sampler, 4))
+    assert whole == [[(int(index), 2) for index in epoch_order(10, 3, 2)[start : start + 4]] for start in (0, 4, 8)]
+    parts = [list(RankBatches(sampler, 4, rank, 3)) for rank in range(3)]
+    assert [[len(batch) for batch in part] for part in parts] == [[2, 2, 1], [1, 1, 1], [1, 1, 0]]
+    for step, batch in enumerate(whole):
+        assert parts[0][step] + parts[1][step] + parts[2][step] == batch
+    assert all(len(RankBatches(sampler, 4, rank, 3)) == 3 for rank in range(3))
+    with pytest.raises(ValueError, match="rank 3 outside"):
+        RankBatches(sampler, 4, 3, 3)
 
 
 def test_augmentation_depends_only_on_seed_epoch_and_index(shards):
