@@ -73,16 +73,17 @@ def test_profile_gives_every_rule_a_partition_runtime_and_memory(demo_workdir):
     assert all("slurm_extra" not in values for rule, values in resources.items() if rule != "train")
 
 
-def test_site_block_sets_partition_account_and_gpu_model(demo_workdir, tmp_path):
+def test_site_block_sets_partition_account_gpus_and_gpu_model(demo_workdir, tmp_path):
     site = {"CPU_PARTITION": "'standard'", "GPU_PARTITION": "'a100'", "ACCOUNT": "'proj-snow'",
-            "GPU_MODEL": "'a100'", "GPUS": "2", "TRAIN_HOURS": "8"}  # fmt: skip
+            "GPU_MODEL": "'a100'", "GPUS": "2", "TRAIN_GPUS": "4", "TRAIN_HOURS": "8"}  # fmt: skip
     resources = planned_resources(demo_workdir, site_profile(tmp_path / "site", site))
     for rule, values in resources.items():
         assert values["slurm_partition"] == ("a100" if rule in GPU_RULES else "standard"), rule
         assert values["slurm_account"] == "proj-snow", rule
         if rule in GPU_RULES:
-            assert (values["gpu"], values["gpu_model"]) == ("2", "a100"), rule
+            assert (values["gpu"], values["gpu_model"]) == ("4" if rule == "train" else "2", "a100"), rule
     assert resources["train"]["runtime"] == "480"
+    assert resources["train"]["mem_mb"] == str(4 * 32000)  # per GPU: each data-parallel rank has its loader
 
 
 def squeue_jobs_by_rule(jobs: list[SlurmJob]) -> dict[str, list[str]]:
