@@ -5,17 +5,17 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 log = logging.getLogger("snowcloud")
 
 
-def configure_logging(log_path: str | None = None, level: int = logging.INFO, mode: str = "w") -> None:
-    """Log to stderr and, when given, to the rule's log file (opened with `mode`: "a" appends)."""
+def configure_logging(log_path: str | Sequence[str] | None = None, level: int = logging.INFO, mode: str = "w") -> None:
+    """Log to stderr and, when given, to the rule's log file or files (opened with `mode`: "a" appends)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_path:
-        handlers.append(logging.FileHandler(log_path, mode=mode))
+    paths = [log_path] if isinstance(log_path, str) else list(log_path or [])
+    handlers += [logging.FileHandler(path, mode=mode) for path in paths]
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
     )

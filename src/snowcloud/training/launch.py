@@ -3,7 +3,7 @@
 
 The process that calls `launch_ranks` (the `train` rule's) waits for torchrun, passes SIGTERM / SIGUSR1 on to
 it (torchrun passes them to the ranks, which save the state and stop together), and fails when it fails.
-Rank 0 appends its log lines to the caller's log file; the other ranks log warnings and errors to stderr.
+Rank 0 appends its log lines to the caller's log files; the other ranks log warnings and errors to stderr.
 """
 
 from __future__ import annotations
@@ -37,16 +37,17 @@ def launch_command(processes: int, launch_file: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def log_file_for_ranks() -> str | None:
-    """This process's log file, reopened for appending so that rank 0's lines and ours do not overwrite each
-    other; None when it logs to no file."""
+def log_files_for_ranks() -> list[str]:
+    """This process's log files, reopened for appending so that rank 0's lines and ours do not overwrite each
+    other."""
+    paths = []
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             old = handler.setStream(open(handler.baseFilename, "a", encoding=handler.encoding))  # noqa: SIM115
             if old is not None:
                 old.close()
-            return handler.baseFilename
-    return None
+            paths.append(handler.baseFilename)
+    return paths
 
 
 def launch_ranks(processes: int, arguments: Mapping[str, Any], state_dir: str | Path) -> None:
@@ -54,7 +55,9 @@ def launch_ranks(processes: int, arguments: Mapping[str, Any], state_dir: str | 
     launch_file = Path(state_dir) / LAUNCH_FILE
     launch_file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(launch_file) as tmp:
-        Path(tmp).write_text(json.dumps({"arguments": dict(arguments), "log_file": log_file_for_ranks()}, default=str))
+        Path(tmp).write_text(
+            json.dumps({"arguments": dict(arguments), "log_files": log_files_for_ranks()}, default=str)
+        )
     command = launch_command(processes, launch_file)
     log.info("data-parallel training on %d processes: %s", processes, " ".join(command))
     child = subprocess.Popen(command)
@@ -86,13 +89,13 @@ def launch_ranks(processes: int, arguments: Mapping[str, Any], state_dir: str | 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """One rank: read the launch file, log (rank 0 to the caller's log file), train."""
+    """One rank: read the launch file, log (rank 0 to the caller's log files), train."""
     from snowcloud.train import train_experiment  # the stage imports this module's launcher
 
     (launch_file,) = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(launch_file).read_text())
     world = World.from_environment() or World()
-    configure_logging(spec["log_file"] if world.main else None, logging.INFO if world.main else logging.WARNING, "a")
+    configure_logging(spec["log_files"] if world.main else None, logging.INFO if world.main else logging.WARNING, "a")
     try:
         train_experiment(**spec["arguments"])
     except Exception as error:
