@@ -6,9 +6,9 @@ inside the loader. The state saved after each epoch, or at the current step when
 therefore lets a rerun continue exactly where the run stopped: on the CPU the final weights and history equal
 those of an uninterrupted run. Epochs are numbered from 1.
 
-In a data-parallel training (`training.gpus`, `training/distributed.py`) every rank runs this loop on its part of each batch; all
-ranks hold the same progress (loss, metrics and patch counts are those of the whole batch), take stop
-decisions together, and only rank 0 writes the state and the history copy.
+In a data-parallel training (`training.gpus`, `training/distributed.py`) every rank runs this loop on its part
+of each batch; all ranks hold the same progress (loss, metrics and patch counts are those of the whole batch),
+take stop decisions together, and only rank 0 writes the state and the history copy.
 """
 
 from __future__ import annotations
@@ -400,7 +400,7 @@ class Trainer:
     def _part_sizes(self, phase: str, step: int) -> list[int]:
         """Each rank's number of patches in batch `step` (from 0) of the epoch's `phase`."""
         sampler = self._samplers[phase]
-        total = min(sampler.n, sampler.limit if sampler.limit is not None else sampler.n)
+        total = min(sampler.n, sampler.limit or sampler.n)
         return part_sizes(min(self.batch_size, total - step * self.batch_size), self.world.size)
 
     def _stop_if_requested(self, stop: StopRequest, where: str, saved: bool = False) -> None:
