@@ -26,6 +26,7 @@ from training_shards import experiment_options, real_dataset
 
 from snowcloud.checkpoint import load_model
 from snowcloud.train import train_experiment
+from snowcloud.training.distributed import requested_processes
 from snowcloud.training.history import TIMING_COLUMNS
 
 AUGMENTATION = {"flip_p": 0.5, "channel_dropout_p": 0.2, "erase_p": 0.5, "erase_size": [2, 8]}
@@ -36,6 +37,7 @@ CHILD = """
 import json, pathlib, sys, time
 from snowcloud.loader import ShardDataset
 from snowcloud.train import train_experiment
+from snowcloud.training.distributed import requested_processes
 from snowcloud.workflow import logged
 
 marker = pathlib.Path(sys.argv[1])
@@ -162,3 +164,14 @@ def test_sigterm_to_both_ranks_in_epoch_2_resumes_exactly_on_two_ranks_and_close
     rows = read_history(tmp_path / "on-one" / "history.csv")
     assert rows[:1] == read_history(root / "two" / "history.csv")[:1]  # epoch 1 comes from the state
     assert_rows_close(rows, read_history(root / "two" / "history.csv"), rel=1e-3)
+
+
+def test_gpus_null_takes_every_gpu_the_job_sees_and_asking_for_more_is_an_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert requested_processes({"gpus": None}, cuda) == 4
+    assert requested_processes({"gpus": 2}, cuda) == 2
+    assert requested_processes({"gpus": None}, cpu) == 1
+    assert requested_processes({"gpus": 2}, cpu) == 2  # CPU processes (gloo), as in the tests above
+    with pytest.raises(ValueError, match="training.gpus is 8 but this job sees 4 GPU"):
+        requested_processes({"gpus": 8}, cuda)
