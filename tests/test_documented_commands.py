@@ -103,7 +103,7 @@ def test_every_documented_command_runs_from_a_plain_install(tmp_path_factory):
     root = tmp_path_factory.mktemp("user")
     venv = user_venv(root)
     workdir = copy_of_the_repository(root / "snowcloud")
-    demo = run(DEMO_COMMAND, workdir, venv, timeout=1200)
+    demo = run(DEMO_COMMAND, workdir, venv, timeout=2400)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-6000:]
     failures, ran = [], []
     for document, command in documented_commands():
