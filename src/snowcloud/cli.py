@@ -1,4 +1,5 @@
-"""The `snowcloud` command: make demo data, check a configuration, describe a file the workflow made.
+"""The `snowcloud` command: make demo data, check a configuration, describe a file the workflow made, predict
+masks for new products with a model, import a thesis checkpoint.
 
 The workflow itself runs with `snakemake`; this command is for what a user does beside it.
 """
@@ -35,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Examples:\n"
         "  snowcloud demo /tmp/fulltile --size 10980 --tiles 32TNS --dates 20220201T102209\n"
         "  snowcloud check-config config/config.yaml config/presets/a82e3cd.yaml\n"
-        "  snowcloud info results/models/demo/model.pt",
+        "  snowcloud info results/models/demo/model.pt\n"
+        "  snowcloud predict results/models/demo/model.pt downloads/ --dem dem/T{tile}.tif --out masks\n"
+        "  snowcloud import-thesis unet_a82e3cd_ep30.pth --preset a82e3cd --out a82e3cd.pt",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"snowcloud {__version__}")
@@ -74,6 +77,43 @@ def _parser() -> argparse.ArgumentParser:
     )
     info.add_argument("path", type=Path)
     info.set_defaults(run=_info)
+
+    predict = commands.add_parser(
+        "predict",
+        help="masks for products (or scene rasters) from a model.pt, without the workflow",
+        description="Preprocess each input as the model's training scenes were, predict it with the model's bands "
+        "and normalisation and write OUT/{tile}/{date}.tif (a COG with a colour table; optionally "
+        "{date}_proba.tif and {date}.png). An input that fails is reported by name, the others go on; the exit "
+        "status is 1 if any failed.",
+    )
+    predict.add_argument("model", type=Path, help="model.pt (trained by the workflow or made by import-thesis)")
+    predict.add_argument(
+        "inputs", nargs="+", type=Path, metavar="INPUT",
+        help="a .SAFE.zip, a .SAFE folder, a folder holding products, or a scene raster (.tif) the workflow made",
+    )  # fmt: skip
+    predict.add_argument("--out", type=Path, required=True, help="output folder")
+    predict.add_argument("--dem", help="DEM GeoTIFF, or a pattern with {tile}; needed when the model reads elevation")
+    predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                         help="flip test-time augmentation (default: on)")  # fmt: skip
+    predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="default: auto")
+    predict.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default: 16)")
+    predict.add_argument("--probabilities", action="store_true", help="also write {date}_proba.tif")
+    predict.add_argument("--quicklook", action="store_true", help="also write {date}.png")
+    predict.add_argument("--threads", type=int, default=None, help="CPU threads (default: the CPUs available)")
+    predict.add_argument("--keep-scenes", action="store_true", help="keep the scene rasters in OUT/scenes/")
+    predict.set_defaults(run=_predict)
+
+    thesis = commands.add_parser(
+        "import-thesis",
+        help="turn a thesis U-Net state dict (.pth) into a model.pt",
+        description="Rename the parameters of a state dict saved by the thesis's training code to snowcloud's "
+        "U-Net and write a model.pt with the preset's bands, elevation, normalisation and preprocessing, so "
+        "that predict and the workflow (experiments.<name>.model) can run it.",
+    )
+    thesis.add_argument("pth", type=Path, help="the thesis's state dict, e.g. unet_a82e3cd_ep30.pth")
+    thesis.add_argument("--preset", required=True, help="a preset name under config/presets/ or a preset YAML file")
+    thesis.add_argument("--out", type=Path, required=True, help="the model.pt to write")
+    thesis.set_defaults(run=_import_thesis)
     return parser
 
 
@@ -102,6 +142,34 @@ def _check_config(args: argparse.Namespace) -> int:
     source = "the demo data" if config["demo"]["enabled"] else f"products under {config['raw_data']}"
     print(f"configuration OK ({', '.join(map(str, args.files))})")
     print(f"  inputs: {source}; experiments: {', '.join(runs) or 'none'}; datasets: {', '.join(datasets) or 'none'}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import logging
+
+    from snowcloud.predict import predict_inputs, report
+    from snowcloud.training.runtime import available_cpus
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    jobs = predict_inputs(
+        args.model, args.inputs, args.out, dem=args.dem, tta=args.tta, device=args.device,
+        batch_size=args.batch_size, probabilities=args.probabilities, quicklook=args.quicklook,
+        threads=args.threads or available_cpus(), keep_scenes=args.keep_scenes,
+    )  # fmt: skip
+    for line in report(jobs, list(CLASSES)):
+        print(line)
+    for job in jobs:
+        if job.error is not None:
+            print(f"snowcloud predict: {job.source}: {job.error}", file=sys.stderr)
+    return 1 if any(job.error is not None for job in jobs) else 0
+
+
+def _import_thesis(args: argparse.Namespace) -> int:
+    from snowcloud.thesis import import_thesis
+
+    import_thesis(args.pth, args.preset, args.out)
+    print(f"wrote {args.out}")
     return 0
 
 

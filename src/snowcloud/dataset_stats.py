@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "snowcloud-stats/1"
 N_CLASSES = len(CLASSES)
-CONSISTENT_ATTRIBUTES = ("bands", "normalisation", "patch_size")
+# "preprocess": the value-deciding preprocess options of the scenes (None in shards made before they were recorded)
+CONSISTENT_ATTRIBUTES = ("bands", "normalisation", "patch_size", "preprocess")
 
 
 class DatasetError(ValueError):
@@ -161,8 +162,8 @@ def build_dataset_stats(
     for path in map(str, shards):
         attributes, counts = _read_shard(path)
         for key in CONSISTENT_ATTRIBUTES:
-            common.setdefault(key, (attributes[key], path))
-            if attributes[key] != common[key][0]:
+            common.setdefault(key, (attributes.get(key), path))
+            if attributes.get(key) != common[key][0]:
                 raise DatasetError(f"{path}: {key} differs from that of {common[key][1]}; rebuild the shards")
         entry = {
             "tile": attributes["tile"], "date": attributes["date"], "shard": path, **distribution(counts),

@@ -70,6 +70,12 @@ def window_starts(length: int, patch_size: int, stride: int) -> list[int]:
     return starts
 
 
+def window_count(height: int, width: int, patch_size: int, overlap: float) -> int:
+    """Windows that cover a height x width scene (before skipping those without a valid pixel)."""
+    stride = window_stride(patch_size, overlap)
+    return len(window_starts(height, patch_size, stride)) * len(window_starts(width, patch_size, stride))
+
+
 def blending_weights(patch_size: int) -> np.ndarray:
     """Separable sine (cosine-bell) window sampled at pixel centres: smooth, 1 in the centre and > 0 up to
     the edges, so every covered pixel has a positive summed weight."""
@@ -182,9 +188,11 @@ def predict_blocks(
     patch_size: int,
     overlap: float,
     settings: RunSettings,
+    progress: tqdm | None = None,
 ) -> Iterator[RowBlock]:
     """Slide windows over the scene strip by strip and yield each band of rows as soon as no later window
-    touches it. Memory holds one strip of input and a (K, P, W) accumulator, never the whole scene."""
+    touches it. Memory holds one strip of input and a (K, P, W) accumulator, never the whole scene. Windows
+    are counted on `progress` (a bar of its own when None)."""
     height, width = dataset.height, dataset.width
     stride = window_stride(patch_size, overlap)
     rows = window_starts(height, patch_size, stride)
@@ -203,10 +211,10 @@ def predict_blocks(
     def read(row: int) -> tuple[np.ndarray, np.ndarray]:
         return read_strip(dataset, indexes, row, strip_height, normalise)
 
-    with (
-        ThreadPoolExecutor(max_workers=1) as reader,
-        tqdm(total=len(rows) * len(cols), unit="window", desc="windows", mininterval=2.0) as progress,
-    ):
+    bar = contextlib.nullcontext(progress) if progress is not None else tqdm(
+        total=len(rows) * len(cols), unit="window", desc="windows", mininterval=2.0
+    )
+    with ThreadPoolExecutor(max_workers=1) as reader, bar as progress:
         upcoming = reader.submit(read, rows[0])
         for i, row in enumerate(rows):
             image, valid = upcoming.result()
@@ -366,26 +374,55 @@ def require_valid_pixels(blocks: Iterator[RowBlock], scene: str | Path) -> Itera
         raise InferenceError(f"scene {scene} has no valid pixel (every pixel is nodata): nothing to predict")
 
 
-def predict_scene(model_path: str, scene: str, output: str, options: dict, threads: int = 1) -> None:
-    """Predict the class mask of one scene raster with a checkpoint, using the checkpoint's bands and
-    normalisation; write it (and optionally `{date}_proba.tif`) as COGs."""
-    start = time.perf_counter()
-    options = validated(options, "inference")
+@dataclass(frozen=True)
+class LoadedModel:
+    """A checkpoint ready to predict: the network on its device, its metadata and how windows are run."""
+
+    path: str
+    network: torch.nn.Module
+    metadata: dict
+    settings: RunSettings
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.metadata.get("classes", CLASSES))
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.metadata["patch_size"])
+
+
+def load_for_inference(model_path: str | Path, options: dict, threads: int = 1) -> LoadedModel:
+    """Load a checkpoint for prediction with the inference `options` (device, amp, batch_size, tta)."""
     settings = run_settings(options, threads)
     model, metadata = checkpoint.load_model(model_path, settings.device)
     missing = [key for key in INFERENCE_METADATA if key not in metadata]
     if missing:
         raise InferenceError(f"checkpoint {model_path} lacks {', '.join(missing)} in its metadata: it cannot be run")
-    model = prepare_model(model, settings)
-    class_names = list(metadata.get("classes", CLASSES))
+    return LoadedModel(str(model_path), prepare_model(model, settings), metadata, settings)
+
+
+def predict_scene(model_path: str, scene: str, output: str, options: dict, threads: int = 1) -> None:
+    """Predict the class mask of one scene raster with a checkpoint, using the checkpoint's bands and
+    normalisation; write it (and optionally `{date}_proba.tif`) as COGs."""
+    options = validated(options, "inference")
+    predict_with(load_for_inference(model_path, options, threads), scene, output, options)
+
+
+def predict_with(
+    model: LoadedModel, scene: str | Path, output: str | Path, options: dict, progress: tqdm | None = None
+) -> None:
+    """Predict one scene raster with a loaded model (see predict_scene); windows are counted on `progress`."""
+    start = time.perf_counter()
+    metadata = model.metadata
     with gdal_env(GDAL_CACHE_MB), rasterio.open(scene) as dataset:
-        needed_by = f"the model {model_path} (model bands: {', '.join(metadata['bands'])})"
+        needed_by = f"the model {model.path} (model bands: {', '.join(metadata['bands'])})"
         indexes = band_indexes(dataset, list(metadata["bands"]), needed_by)
         normalise = checkpoint_normaliser(metadata["normalisation"], scene)
-        patch_size, overlap = int(metadata["patch_size"]), options["overlap"]
-        blocks = predict_blocks(model, dataset, indexes, normalise, len(class_names), patch_size, overlap, settings)
-        tags = provenance_tags(model_path, metadata, scene, options, settings)
-        write_prediction(require_valid_pixels(blocks, scene), dataset.profile, output, class_names, tags,
+        blocks = predict_blocks(model.network, dataset, indexes, normalise, len(model.class_names), model.patch_size,
+                                options["overlap"], model.settings, progress)  # fmt: skip
+        tags = provenance_tags(model.path, metadata, scene, options, model.settings)
+        write_prediction(require_valid_pixels(blocks, scene), dataset.profile, output, model.class_names, tags,
                          options["probabilities"])  # fmt: skip
     stale = probabilities_path(output)
     if not options["probabilities"] and stale.exists():

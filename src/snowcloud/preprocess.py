@@ -48,7 +48,7 @@ from snowcloud.counting import bincount_in_chunks
 from snowcloud.gdal import gdal_env
 from snowcloud.resample import MARGIN, RESULT, gain, phase_taps, replicate_edges, thread_scratch, upsample
 from snowcloud.safe import SafeProduct, open_safe
-from snowcloud.scene import NODATA, VALUE_RANGE, channel_names
+from snowcloud.scene import NODATA, PREPROCESS_TAG, VALUE_RANGE, channel_names, recorded_preprocess
 from snowcloud.scene import profile as scene_profile
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,25 @@ DEM_MARGIN = 4  # DEM pixels read beyond a strip's footprint (cubic reaches 2)
 ROWS_AT_ONCE = 192
 
 
+# The preprocess options that change the values of a scene raster (the others change only how it is stored, or
+# whether it is accepted): what a model records of its training scenes and what inference must repeat.
+SCENE_VALUE_OPTIONS = ("resampling", "cubic_a", "clip", "dem", "dem_resampling")
+
+
 class PreprocessError(ValueError):
     """A scene that cannot be preprocessed; the message names the file and the problem."""
+
+
+def scene_value_options(options: dict) -> dict:
+    """The options among `options` (filled with defaults) that decide the values of a scene raster."""
+    options = validated(options, "preprocess")
+    return {key: options[key] for key in SCENE_VALUE_OPTIONS}
+
+
+def scene_preprocessing(scene: str | Path) -> dict | None:
+    """The value-deciding preprocess options a scene raster was made with (from its tags); None if it has none."""
+    recorded = recorded_preprocess(scene)
+    return None if recorded is None else scene_value_options(recorded)
 
 
 def preprocess_scene(safe, dem: str | None, output, options: dict, threads: int = 1) -> None:
@@ -517,6 +534,6 @@ def _describe(dataset, product: SafeProduct, elevation: DemOnGrid | None, option
         DEM_RESAMPLING=options["dem_resampling"] if elevation is not None else "none",
         DEM_MISSING_FRACTION=f"{summary.dem_missing / summary.pixels:.6g}",
         VALID_FRACTION=f"{summary.valid / summary.pixels:.6g}",
-        PREPROCESS_OPTIONS=json.dumps(options, sort_keys=True),
+        **{PREPROCESS_TAG: json.dumps(options, sort_keys=True)},
         SNOWCLOUD_VERSION=snowcloud.__version__,
     )

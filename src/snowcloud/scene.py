@@ -9,6 +9,7 @@ date a scene path stands for. Stages ask it; none re-derives it.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ NODATA = -32768
 VALUE_RANGE = (-32767, 32767)  # valid values saturate here; NODATA is reserved for no data
 N_BANDS = len(BANDS)
 PATH_PATTERN = re.compile(r"(?P<tile>\d{2}[A-Z]{3})/(?P<date>\d{8}T\d{6})\.tif$")
+PREPROCESS_TAG = "PREPROCESS_OPTIONS"  # JSON of the preprocess options the scene was made with
 
 
 class SceneError(ValueError):
@@ -50,6 +52,13 @@ def identity(path: str | Path) -> tuple[str, str]:
     if match is None:
         raise SceneError(f"{path}: not a scene raster path of the form .../{{tile}}/{{date}}.tif")
     return match["tile"], match["date"]
+
+
+def recorded_preprocess(path: str | Path) -> dict | None:
+    """The preprocess options a scene raster was made with (its PREPROCESS_TAG); None if it has none."""
+    with rasterio.open(path) as src:
+        tag = src.tags().get(PREPROCESS_TAG)
+    return json.loads(tag) if tag else None
 
 
 def check_scene(src: rasterio.DatasetReader, elevation: bool, source: str) -> list[str]:

@@ -21,7 +21,7 @@ import rasterio
 from tqdm import tqdm
 
 import snowcloud
-from snowcloud import labels, normalisation, sampling
+from snowcloud import labels, normalisation, preprocess, sampling
 from snowcloud.atomic import atomic_output
 from snowcloud.bands import CLASSES, IGNORE_INDEX
 from snowcloud.config import validated
@@ -39,7 +39,7 @@ WRITE_BATCH = 64  # patches per HDF5 write
 GDAL_CACHE_MB = 256  # GDAL block cache: holds a row of 512 x 512 tiles of a 14-band 10980-wide scene (161 MB)
 IMAGE_COMPRESSION = None  # benchmarks/bench_shards.py: lzf saves little on normalised float16, costs read speed
 JSON_ATTRIBUTES = ("bands", "normalisation", "normalisation_statistics", "sampler", "class_pixel_counts",
-                   "class_fraction_mean", "inputs", "scene_shape")  # fmt: skip
+                   "class_fraction_mean", "inputs", "scene_shape", "preprocess")  # fmt: skip
 
 
 class ShardError(ValueError):
@@ -73,7 +73,8 @@ def _build_shard(scene: str | Path, label: str | Path, output: Path, dataset: st
     attributes = {
         "format": FORMAT, "dataset": dataset, "tile": tile, "date": date, "bands": bands, "normalisation": spec,
         "normalisation_statistics": statistics, "patch_size": size, "sampler": options["sampler"],
-        "scene_shape": list(label_array.shape), "package_version": snowcloud.__version__,
+        "scene_shape": list(label_array.shape), "preprocess": preprocess.scene_preprocessing(scene),
+        "package_version": snowcloud.__version__,
         "inputs": {"scene": file_identity(scene), "label": [file_identity(f) for f in labels.label_files(label)]},
     }  # fmt: skip
     needs_bytes = len(origins) * size * size * (2 * len(bands) + 1)  # float16 images and uint8 labels, uncompressed

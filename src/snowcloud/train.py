@@ -138,6 +138,7 @@ def _train(
         "normalisation": stats["normalisation"],
         "classes": list(CLASSES),
         "patch_size": int(stats["patch_size"]),
+        "preprocess": stats.get("preprocess"),
         "experiment": experiment,
         "dataset": options["dataset"],
         "stats_digest": stats["digest"],

@@ -1,0 +1,231 @@
+"""`snowcloud predict`: masks for new products from a trained model, without the workflow.
+
+Each input (a `.SAFE.zip`, a `.SAFE` folder, a folder holding products, or a scene raster the workflow made) is
+preprocessed with the options the model's training scenes were made with (`model.pt` records them), predicted
+with the model's bands and normalisation (snowcloud.infer) and written like the workflow's outputs:
+OUT/{tile}/{date}.tif (+ `{date}_proba.tif`, `{date}.png`). An input that fails is reported by name and the
+others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from tqdm import tqdm
+
+from snowcloud import infer, preprocess
+from snowcloud.bands import ELEVATION, IGNORE_INDEX
+from snowcloud.config import validated
+from snowcloud.inventory import find_products, scene_path
+from snowcloud.safe import open_safe
+from snowcloud.scene import band_indexes
+
+log = logging.getLogger(__name__)
+
+SCENE_SUFFIXES = (".tif", ".tiff")
+
+
+class PredictError(ValueError):
+    """A command line that cannot run at all (no input, a model that needs a DEM and none given)."""
+
+
+@dataclass
+class Job:
+    """One input and what became of it."""
+
+    source: Path
+    kind: str  # "product" or "scene"
+    tile: str = ""
+    date: str = ""
+    windows: int = 0
+    error: str | None = None
+    seconds: float = 0.0
+    output: Path | None = None
+    percentages: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+
+def inference_options(**overrides: object) -> dict:
+    """`experiments.<name>.inference` with the schema's defaults, `overrides` (not None) applied."""
+    return validated({key: value for key, value in overrides.items() if value is not None}, "inference")
+
+
+def collect_jobs(inputs: list[Path]) -> list[Job]:
+    """One job per product or scene raster; a folder that is not a .SAFE stands for the products under it."""
+    jobs = []
+    for path in inputs:
+        if path.is_dir() and path.suffix != ".SAFE":
+            products = find_products(path)
+            if not products:
+                jobs.append(Job(path, "product", error=f"{path}: no L1C product (*.SAFE.zip, *.SAFE) under it"))
+            jobs += [Job(product.path, "product") for product in products.values()]
+        else:
+            jobs.append(Job(path, "scene" if path.suffix.lower() in SCENE_SUFFIXES else "product"))
+    return jobs
+
+
+def model_preprocessing(model: infer.LoadedModel) -> dict:
+    """The preprocess options for products: those the model's training scenes were made with, the DEM band
+    exactly when the model reads elevation."""
+    recorded = model.metadata.get("preprocess")
+    if recorded is None:
+        log.warning(
+            "%s does not record how its training scenes were preprocessed (a checkpoint from before that was "
+            "stored): products are preprocessed with the defaults of config/schema.yaml", model.path
+        )  # fmt: skip
+    return validated({**(recorded or {}), "dem": uses_elevation(model)}, "preprocess")
+
+
+def uses_elevation(model: infer.LoadedModel) -> bool:
+    return ELEVATION in model.metadata["bands"]
+
+
+def dem_for(pattern: str | None, job: Job) -> str | None:
+    """The DEM file for a product's tile ({tile} in the pattern is filled in), checked to exist."""
+    if pattern is None:
+        return None
+    path = scene_path(pattern, job.tile)
+    if not path.is_file():
+        raise PredictError(f"no DEM for tile {job.tile}: {path} does not exist (--dem {pattern})")
+    return str(path)
+
+
+def inspect(job: Job, model: infer.LoadedModel, options: dict, dem: str | None) -> None:
+    """Tile, date and window count of a job (cheap checks first, so a broken input fails before any work)."""
+    if job.kind == "product":
+        product = open_safe(job.source)
+        job.tile, job.date, shape = product.tile, product.date, (product.height, product.width)
+        dem_for(dem, job)
+    else:
+        with rasterio.open(job.source) as dataset:
+            tags = dataset.tags()
+            if "TILE" not in tags or "SENSING_TIME" not in tags:
+                raise PredictError(f"{job.source}: not a scene raster of the workflow (no TILE / SENSING_TIME tags)")
+            band_indexes(dataset, list(model.metadata["bands"]), f"the model {model.path}")
+            job.tile, job.date, shape = tags["TILE"], tags["SENSING_TIME"], dataset.shape
+        recorded = model.metadata.get("preprocess")
+        made_with = preprocess.scene_preprocessing(job.source)
+        if recorded and made_with and {k: v for k, v in made_with.items() if k != "dem"} != {
+            k: v for k, v in recorded.items() if k != "dem"
+        }:
+            log.warning("%s was preprocessed with %s, the model's training scenes with %s", job.source, made_with, recorded)
+    job.windows = infer.window_count(*shape, model.patch_size, options["overlap"])
+
+
+def output_path(out: Path, job: Job) -> Path:
+    return out / job.tile / f"{job.date}.tif"
+
+
+def run_job(
+    job: Job, model: infer.LoadedModel, out: Path, options: dict, preprocessing: dict, dem: str | None,
+    settings: dict, progress: tqdm,
+) -> None:  # fmt: skip
+    """Preprocess (products), predict, quicklook; the class percentages of the mask."""
+    output = output_path(out, job)
+    with _scene_for(job, out, settings["keep_scenes"]) as scene:
+        if job.kind == "product":
+            preprocess.preprocess_scene(job.source, dem_for(dem, job), scene, preprocessing, settings["threads"])
+        infer.predict_with(model, scene, output, options, progress)
+        if settings["quicklook"]:
+            infer.quicklook(str(scene), str(output), str(output.with_suffix(".png")))
+    job.output = output
+    job.percentages = class_percentages(output, model.class_names)
+
+
+@contextlib.contextmanager
+def _scene_for(job: Job, out: Path, keep: bool) -> Iterator[Path]:
+    """Where the job's scene raster is: the input itself, OUT/scenes/{tile}/{date}.tif, or a temporary file."""
+    if job.kind == "scene":
+        yield job.source
+    elif keep:
+        yield out / "scenes" / job.tile / f"{job.date}.tif"
+    else:
+        with tempfile.TemporaryDirectory(dir=out, prefix=f".scene-{job.tile}-{job.date}-") as scratch:
+            yield Path(scratch) / f"{job.date}.tif"
+
+
+def class_percentages(mask: Path, class_names: list[str]) -> dict[str, float]:
+    """Share of each class among the valid pixels of a mask, and of no data among all pixels, in %."""
+    counts = np.zeros(256, np.int64)
+    with rasterio.open(mask) as dataset:
+        for _, window in dataset.block_windows(1):
+            counts += np.bincount(dataset.read(1, window=window).ravel(), minlength=256)
+    valid = counts[: len(class_names)].sum()
+    shares = {name: 100 * counts[i] / valid if valid else 0.0 for i, name in enumerate(class_names)}
+    return shares | {"no data": 100 * counts[IGNORE_INDEX] / counts.sum()}
+
+
+def predict_inputs(
+    model_path: Path, inputs: list[Path], out: Path, *, dem: str | None = None, tta: bool | None = None,
+    device: str | None = None, batch_size: int | None = None, probabilities: bool = False, quicklook: bool = False,
+    threads: int = 1, keep_scenes: bool = False,
+) -> list[Job]:  # fmt: skip
+    """Predict every input; return the jobs with their outcome (an `error` for each input that failed)."""
+    options = inference_options(tta=tta, device=device, batch_size=batch_size, probabilities=probabilities)
+    model = infer.load_for_inference(model_path, options, threads)
+    jobs = collect_jobs(inputs)
+    if not jobs:
+        raise PredictError("no input given")
+    if uses_elevation(model) and dem is None and any(job.kind == "product" for job in jobs):
+        raise PredictError(
+            f"the model {model_path} reads elevation (band {ELEVATION}): give the DEM with --dem PATH (a GeoTIFF "
+            "covering the tiles, or a pattern with {tile}, e.g. dem/T{tile}.tif)"
+        )
+    preprocessing = model_preprocessing(model)
+    out.mkdir(parents=True, exist_ok=True)
+    seen: dict[tuple[str, str], Job] = {}
+    for job in jobs:
+        if job.error is None:
+            _attempt(job, lambda job=job: inspect(job, model, options, dem))
+        if job.error is None and (job.tile, job.date) in seen:
+            job.error = f"same tile and date ({job.tile} {job.date}) as {seen[(job.tile, job.date)].source}"
+        if job.error is None:
+            seen[(job.tile, job.date)] = job
+    settings = {"threads": threads, "keep_scenes": keep_scenes, "quicklook": quicklook}
+    total = sum(job.windows for job in jobs if job.error is None)
+    with tqdm(total=total, unit="window", desc="predict", mininterval=1.0) as progress:
+        for job in (job for job in jobs if job.error is None):
+            counted = progress.n
+            _attempt(job, lambda job=job: run_job(job, model, out, options, preprocessing, dem, settings, progress))
+            if job.error is not None:  # take the windows it will never run off the total
+                progress.total -= job.windows - (progress.n - counted)
+                progress.refresh()
+    return jobs
+
+
+def _attempt(job: Job, work) -> None:  # noqa: ANN001 - a callable without arguments
+    """Run `work` for a job, timing it; an exception becomes the job's error (logged with its traceback)."""
+    start = time.perf_counter()
+    try:
+        work()
+    except Exception as error:  # a broken input must not stop the others; the message names the file
+        log.debug("%s failed", job.source, exc_info=True)
+        job.error = f"{type(error).__name__}: {error}"
+    job.seconds += time.perf_counter() - start
+
+
+def report(jobs: list[Job], class_names: list[str]) -> list[str]:
+    """The table printed at the end: one line per input (class %, seconds, output or error)."""
+    columns = [*class_names, "no data"]
+    lines = ["  ".join(["input".ljust(40), "tile   date           ", *(f"{c[:10]:>10}" for c in columns), "seconds", "output"])]
+    for job in jobs:
+        identity = f"{job.tile or '?':6} {job.date or '?':15}"
+        if job.error is None:
+            shares = [f"{job.percentages.get(c, 0.0):9.1f}%" for c in columns]
+            lines.append("  ".join([job.name[:40].ljust(40), identity, *shares, f"{job.seconds:7.1f}", str(job.output)]))
+        else:
+            lines.append("  ".join([job.name[:40].ljust(40), identity, "FAILED", f"{job.seconds:.1f} s:", job.error]))
+    failed = sum(job.error is not None for job in jobs)
+    lines.append(f"{len(jobs) - failed} of {len(jobs)} input(s) predicted" + (f", {failed} failed" if failed else ""))
+    return lines
