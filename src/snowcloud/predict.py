@@ -25,6 +25,7 @@ from snowcloud import infer, preprocess
 from snowcloud.bands import ELEVATION, IGNORE_INDEX
 from snowcloud.config import validated
 from snowcloud.inventory import find_products, scene_path
+from snowcloud.quicklook import quicklook
 from snowcloud.safe import open_safe
 from snowcloud.scene import band_indexes
 
@@ -138,7 +139,7 @@ def run_job(
             preprocess.preprocess_scene(job.source, dem_for(dem, job), scene, preprocessing, settings["threads"])
         infer.predict_with(model, scene, output, options, progress)
         if settings["quicklook"]:
-            infer.quicklook(str(scene), str(output), str(output.with_suffix(".png")))
+            quicklook(str(scene), str(output), str(output.with_suffix(".png")))
     job.output = output
     job.percentages = class_percentages(output, model.class_names)
 

@@ -16,15 +16,15 @@ from pathlib import Path
 import torch
 
 from snowcloud import __version__, normalisation
-from snowcloud.bands import CLASSES, channel_names
+from snowcloud.bands import CLASSES
 from snowcloud.checkpoint import save_model
-from snowcloud.config import SCHEMA_PATH, load_config
-from snowcloud.infer import file_sha256
+from snowcloud.config import load_config
 from snowcloud.model import build_model
 from snowcloud.preprocess import scene_value_options
+from snowcloud.provenance import file_sha256
+from snowcloud.scene import channel_names
 
-PRESETS = SCHEMA_PATH.parent / "presets"
-DEFAULT_CONFIG = SCHEMA_PATH.parent / "config.yaml"
+PRESETS = Path("config/presets")  # of the repository, where the commands are run from
 # Prefixes of checkpoints saved from a wrapped model: torch.compile (`_orig_mod.`), DataParallel (`module.`).
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 # Thesis parameter name (after the prefixes) -> snowcloud's; levels 1..4 there are 0..3 here.
@@ -71,13 +71,13 @@ def read_thesis_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def preset_config(preset: str) -> tuple[dict, str]:
-    """The default configuration merged with a preset (a name under config/presets/ or a YAML file), and the
-    name of its experiment."""
+    """A preset (a name under config/presets/ or a YAML file) with the schema's defaults, and the name of its
+    experiment. (The default configuration it merges over in the workflow changes no key the import reads.)"""
     path = Path(preset) if preset.endswith((".yaml", ".yml")) else PRESETS / f"{preset}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
         raise ThesisImportError(f"preset '{preset}': no file {path} (presets: {known})")
-    config = load_config(DEFAULT_CONFIG, path)
+    config = load_config(path)
     names = config["run"] or list(config["experiments"])
     if len(names) != 1:
         raise ThesisImportError(f"preset {path} runs {len(names)} experiments ({', '.join(names)}); expected one")
