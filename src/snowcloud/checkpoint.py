@@ -9,6 +9,8 @@ digest, package version, epochs, best epoch, validation metrics). Only weights_o
 
 from __future__ import annotations
 
+import functools
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,11 @@ from torch import nn
 
 from snowcloud.atomic import atomic_output
 from snowcloud.model import build_model
+from snowcloud.provenance import file_sha256
 
 FORMAT = "snowcloud-model/1"
 REQUIRED_METADATA = ("architecture", "model_args")
+INFERENCE_METADATA = ("bands", "normalisation", "patch_size")  # what predicting with a checkpoint needs
 
 
 class CheckpointError(ValueError):
@@ -126,3 +130,42 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
             f"{channels} input channel(s): the checkpoint was edited or damaged; use the model.pt training wrote"
         )
     return model.to(device).eval(), metadata
+
+
+# ----------------------------------------------------------------------------------------------- a given model.pt
+
+
+def runnable_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of a checkpoint that can predict (the network rebuilds, the inference metadata is there)."""
+    _, metadata = load_model(path)
+    missing = [key for key in INFERENCE_METADATA if key not in metadata]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)} in its metadata: it cannot be run")
+    return metadata
+
+
+@functools.cache
+def _given_model(path: str, size: int, mtime_ns: int) -> tuple[str, dict[str, Any]]:
+    return file_sha256(path), runnable_metadata(path)
+
+
+def given_model(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """SHA-256 and metadata of a model.pt an inference-only experiment names (read once per process and file
+    version): the digest is the workflow's rerun trigger, so that new content reruns inference and a touch
+    does not."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file (experiments.<name>.model)")
+    status = path.stat()
+    return _given_model(str(path), status.st_size, status.st_mtime_ns)
+
+
+def install_model(source: str | Path, output: str | Path, sha256: str) -> None:
+    """Copy a given model.pt to `output` (the experiment's results/models/{experiment}/model.pt), atomically,
+    after checking that it can predict and is the content the workflow planned with."""
+    found = file_sha256(source)
+    if found != sha256:
+        raise CheckpointError(f"{source} changed while the workflow ran (SHA-256 {found}, planned {sha256}): run again")
+    runnable_metadata(source)
+    with atomic_output(output) as tmp:
+        shutil.copyfile(source, tmp)

@@ -16,7 +16,7 @@ import yaml
 
 from snowcloud import __version__
 from snowcloud.bands import CLASSES
-from snowcloud.config import ConfigError, experiments_to_run, load_config, load_schema, validate_config
+from snowcloud.config import ConfigError, datasets_of, experiments_to_run, load_config, load_schema, validate_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +138,7 @@ def _check_config(args: argparse.Namespace) -> int:
     if args.show:
         print(yaml.safe_dump(config, sort_keys=False), end="")
     runs = experiments_to_run(config)
-    datasets = sorted({config["experiments"][name]["dataset"] for name in runs})
+    datasets = datasets_of(config, runs)
     source = "the demo data" if config["demo"]["enabled"] else f"products under {config['raw_data']}"
     print(f"configuration OK ({', '.join(map(str, args.files))})")
     print(f"  inputs: {source}; experiments: {', '.join(runs) or 'none'}; datasets: {', '.join(datasets) or 'none'}")

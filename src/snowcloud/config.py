@@ -117,7 +117,15 @@ def _cross_reference_errors(config: dict) -> list[str]:
     datasets = config.get("datasets", {})
     experiments = config.get("experiments", {})
     for name, experiment in experiments.items():
-        if experiment["dataset"] not in datasets:
+        if model_file(experiment) is not None:
+            if "dataset" in experiment:
+                errors.append(f"experiments.{name}: model is the path of a trained model.pt, so there is no dataset to "
+                              "train on; remove dataset (or give model as the network to train)")  # fmt: skip
+            continue
+        if "dataset" not in experiment:
+            errors.append(f"experiments.{name}: give a dataset to train on, or model: path/to/model.pt to run a "
+                          "trained model")  # fmt: skip
+        elif experiment["dataset"] not in datasets:
             errors.append(
                 f"experiments.{name}.dataset: '{experiment['dataset']}' is not a key of datasets "
                 f"(known: {', '.join(sorted(datasets)) or 'none'})"
@@ -198,3 +206,14 @@ def _pattern_errors(config: dict) -> list[str]:
 
 def experiments_to_run(config: dict) -> list[str]:
     return list(config["run"] or config["experiments"])
+
+
+def model_file(experiment: dict) -> str | None:
+    """The trained model.pt an inference-only experiment runs (`model` given as a path), else None."""
+    return experiment["model"] if isinstance(experiment.get("model"), str) else None
+
+
+def datasets_of(config: dict, experiments: list[str]) -> list[str]:
+    """The datasets the given experiments train on (inference-only experiments have none)."""
+    return sorted({config["experiments"][name]["dataset"] for name in experiments
+                   if model_file(config["experiments"][name]) is None})  # fmt: skip

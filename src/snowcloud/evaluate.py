@@ -120,7 +120,8 @@ def method_result(confusion: np.ndarray) -> dict[str, object]:
 
 # ----------------------------------------------------------------------------------------------- summary
 
-SPLIT_ORDER = ("train", "validation", "mixed", "unused")
+# unknown: the dates of an inference-only experiment, whose model's training split is not known here
+SPLIT_ORDER = ("train", "validation", "mixed", "unused", "unknown")
 METRIC_COLUMNS = ("pixel_accuracy", "micro_iou", "macro_iou", "macro_f1", "macro_precision", "macro_recall")
 PER_CLASS_METRICS = ("iou", "f1", "precision", "recall")
 
@@ -174,7 +175,7 @@ def summed_confusions(evaluations: list[dict], roles: list[str], split: str) -> 
 
 def summarise(
     evaluations: list[str],
-    stats_path: str,
+    stats_path: str | None,
     summary_path: str,
     confusion_path: str,
     page_path: str | None = None,
@@ -183,10 +184,11 @@ def summarise(
     """summary.csv: a row per date and method with its split role, then rows per split (and 'all') computed
     from the summed confusion matrices; confusion.png: row-normalised confusion matrices of the model on the
     validation dates and on all dates, and per-class IoU of the model against the baselines; summary.html
-    (for the report): the rows as tables, with the configuration the run used."""
+    (for the report): the rows as tables, with the configuration the run used. Without stats (an inference-only
+    experiment) every date's split role is "unknown"."""
     found = load_evaluations(evaluations)
-    split_of = split_roles(stats_path)
-    roles = [split_of.get((e["tile"], e["date"]), "unused") for e in found]
+    split_of = split_roles(stats_path) if stats_path else {}
+    roles = [split_of.get((e["tile"], e["date"]), "unused" if stats_path else "unknown") for e in found]
     classes = found[0]["classes"] if found else list(CLASSES)
     rows = []
     for evaluation, role in zip(found, roles):

@@ -41,7 +41,6 @@ READ_CHUNK_COLUMNS = 1024  # scene columns read and normalised at once (two 512-
 # GDAL block cache while predicting (GDAL's default is 5 % of the RAM): two rows of 512 x 512 tiles of a 14-band
 # 10980-wide scene (2 x 161 MB), so each tile is decoded once although overlapping strips read it up to 4 times.
 GDAL_CACHE_MB = 512
-INFERENCE_METADATA = ("bands", "normalisation", "patch_size")  # checkpoint metadata predict_scene needs
 
 
 class InferenceError(ValueError):
@@ -396,7 +395,7 @@ def load_for_inference(model_path: str | Path, options: dict, threads: int = 1) 
     """Load a checkpoint for prediction with the inference `options` (device, amp, batch_size, tta)."""
     settings = run_settings(options, threads)
     model, metadata = checkpoint.load_model(model_path, settings.device)
-    missing = [key for key in INFERENCE_METADATA if key not in metadata]
+    missing = [key for key in checkpoint.INFERENCE_METADATA if key not in metadata]
     if missing:
         raise InferenceError(f"checkpoint {model_path} lacks {', '.join(missing)} in its metadata: it cannot be run")
     return LoadedModel(str(model_path), prepare_model(model, settings), metadata, settings)

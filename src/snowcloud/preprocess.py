@@ -82,6 +82,15 @@ def scene_value_options(options: dict) -> dict:
     return {key: options[key] for key in SCENE_VALUE_OPTIONS}
 
 
+def options_for_model(configured: dict, recorded: dict | None) -> dict | None:
+    """Preprocess options for the scenes of a given model: None when the scenes made with the `configured`
+    options serve (same values, or the model records none), else the configured options with the model's
+    `recorded` value-deciding options over them."""
+    if recorded is None or scene_value_options(recorded) == scene_value_options(configured):
+        return None
+    return preprocess_options({**configured, **scene_value_options(recorded)})
+
+
 def scene_preprocessing(scene: str | Path) -> dict | None:
     """The value-deciding preprocess options a scene raster was made with (from its tags); None if it has none."""
     recorded = recorded_preprocess(scene)

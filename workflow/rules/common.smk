@@ -1,8 +1,10 @@
 # Configuration check, scene discovery and target lists shared by every rule file.
+import re
 from pathlib import Path
 
-from snowcloud import demo
-from snowcloud.config import experiments_to_run, validate_config
+from snowcloud import checkpoint, demo
+from snowcloud.config import datasets_of, experiments_to_run, model_file, validate_config
+from snowcloud.preprocess import options_for_model
 from snowcloud.inventory import find_products, scene_path
 from snowcloud.labels import label_files
 
@@ -59,9 +61,39 @@ def experiment_dataset(wildcards):
 
 
 def datasets_to_build():
-    return sorted(
-        {config["experiments"][name]["dataset"] for name in experiments_to_run(config)}
+    return datasets_of(config, experiments_to_run(config))
+
+
+# Inference-only experiments (`model:` a path) run a given model.pt instead of training one.
+GIVEN = [name for name, e in config["experiments"].items() if model_file(e) is not None]
+TRAINED = [name for name in config["experiments"] if name not in GIVEN]
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names (nothing when there are none)."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
+def given_model(wildcards):
+    """(SHA-256, metadata) of the model.pt an inference-only experiment names."""
+    return checkpoint.given_model(model_file(config["experiments"][wildcards.experiment]))
+
+
+def own_scene_options(wildcards):
+    """Preprocess options of an experiment's own scene rasters: set when its given model was trained on
+    scenes made otherwise than `preprocess` says (docs/inference.md), else None (the shared scenes)."""
+    if wildcards.experiment not in GIVEN:
+        return None
+    return options_for_model(
+        config["preprocess"], given_model(wildcards)[1].get("preprocess")
     )
+
+
+def scene_of(wildcards):
+    """The scene raster an experiment predicts: the shared one, or its own."""
+    own = own_scene_options(wildcards) is not None
+    folder = f"results/scenes/{wildcards.experiment}" if own else "results/scenes"
+    return f"{folder}/{wildcards.tile}/{wildcards.date}.tif"
 
 
 def final_targets():
@@ -80,9 +112,16 @@ def final_targets():
 
 
 # Input functions of the rules.
+def preprocess_options(wildcards):
+    """The shared scenes' options, or (results/scenes/{experiment}/...) an experiment's own."""
+    if "experiment" in wildcards.keys():
+        return own_scene_options(wildcards)
+    return config["preprocess"]
+
+
 def preprocess_inputs(wildcards):
     inputs = {"safe": str(PRODUCTS[(wildcards.tile, wildcards.date)].path)}
-    if config["preprocess"]["dem"]:
+    if preprocess_options(wildcards)["dem"]:
         inputs["dem"] = dem_path(wildcards)
     return inputs
 
@@ -98,19 +137,22 @@ def train_inputs(wildcards):
 def run_configuration(wildcards):
     """The configuration sections behind an experiment's results (shown in the report)."""
     experiment = config["experiments"][wildcards.experiment]
+    datasets = {name: config["datasets"][name] for name in [experiment.get("dataset")] if name}
     return {
         "experiment": {wildcards.experiment: experiment},
-        "dataset": {experiment["dataset"]: config["datasets"][experiment["dataset"]]},
-        "preprocess": config["preprocess"],
+        "dataset": datasets,
+        "preprocess": own_scene_options(wildcards) or config["preprocess"],
         "evaluation": config["evaluation"],
     }
 
 
 def evaluation_summary_inputs(wildcards):
-    return {
+    inputs = {
         "evaluations": [
             f"results/evaluation/{wildcards.experiment}/{tile}/{date}.json"
             for tile, date in LABELLED
-        ],
-        "stats": f"results/datasets/{experiment_dataset(wildcards)}/stats.json",
+        ]
     }
+    if wildcards.experiment in TRAINED:  # the split roles of the dates
+        inputs["stats"] = f"results/datasets/{experiment_dataset(wildcards)}/stats.json"
+    return inputs

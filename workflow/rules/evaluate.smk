@@ -6,7 +6,7 @@ rule evaluate:
         prediction="results/predictions/{experiment}/{tile}/{date}.tif",
         label=label_path,
         label_files=label_files_of,
-        scene="results/scenes/{tile}/{date}.tif",
+        scene=scene_of,
     output:
         "results/evaluation/{experiment}/{tile}/{date}.json",
     log:

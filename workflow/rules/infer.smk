@@ -4,7 +4,7 @@
 rule infer:
     input:
         model="results/models/{experiment}/model.pt",
-        scene="results/scenes/{tile}/{date}.tif",
+        scene=scene_of,
     output:
         "results/predictions/{experiment}/{tile}/{date}.tif",
     log:
@@ -22,7 +22,7 @@ rule infer:
 
 rule quicklook:
     input:
-        scene="results/scenes/{tile}/{date}.tif",
+        scene=scene_of,
         prediction="results/predictions/{experiment}/{tile}/{date}.tif",
     output:
         report(

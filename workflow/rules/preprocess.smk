@@ -15,3 +15,22 @@ rule preprocess:
         options=config["preprocess"],
     script:
         "../scripts/preprocess.py"
+
+
+# The same for an inference-only experiment whose model was trained on scenes made with other options.
+rule preprocess_for_model:
+    input:
+        unpack(preprocess_inputs),
+    output:
+        "results/scenes/{experiment}/{tile}/{date}.tif",
+    wildcard_constraints:
+        experiment=one_of(GIVEN),
+    log:
+        "logs/preprocess/{experiment}/{tile}/{date}.log",
+    conda:
+        "../../envs/snowcloud.yaml"
+    threads: 2
+    params:
+        options=preprocess_options,
+    script:
+        "../scripts/preprocess.py"

@@ -5,7 +5,7 @@ logged(
     snakemake.log[0],
     summarise,
     evaluations=list(snakemake.input.evaluations),
-    stats_path=snakemake.input.stats,
+    stats_path=snakemake.input.get("stats"),
     summary_path=snakemake.output.summary,
     confusion_path=snakemake.output.confusion,
     page_path=snakemake.output.page,
