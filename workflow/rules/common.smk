@@ -3,7 +3,12 @@ import re
 from pathlib import Path
 
 from snowcloud import checkpoint, demo
-from snowcloud.config import datasets_of, experiments_to_run, model_file, validate_config
+from snowcloud.config import (
+    datasets_of,
+    experiments_to_run,
+    model_file,
+    validate_config,
+)
 from snowcloud.preprocess import options_for_model
 from snowcloud.inventory import find_products, scene_path
 from snowcloud.labels import label_files
@@ -76,12 +81,15 @@ def one_of(names):
 
 def given_model(wildcards):
     """(SHA-256, metadata) of the model.pt an inference-only experiment names."""
-    return checkpoint.given_model(model_file(config["experiments"][wildcards.experiment]))
+    return checkpoint.given_model(
+        model_file(config["experiments"][wildcards.experiment])
+    )
 
 
 def own_scene_options(wildcards):
     """Preprocess options of an experiment's own scene rasters: set when its given model was trained on
-    scenes made otherwise than `preprocess` says (docs/inference.md), else None (the shared scenes)."""
+    scenes made otherwise than `preprocess` says (docs/inference.md), else None (the shared scenes).
+    """
     if wildcards.experiment not in GIVEN:
         return None
     return options_for_model(

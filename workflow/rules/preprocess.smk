@@ -23,10 +23,10 @@ rule preprocess_for_model:
         unpack(preprocess_inputs),
     output:
         "results/scenes/{experiment}/{tile}/{date}.tif",
-    wildcard_constraints:
-        experiment=one_of(GIVEN),
     log:
         "logs/preprocess/{experiment}/{tile}/{date}.log",
+    wildcard_constraints:
+        experiment=one_of(GIVEN),
     conda:
         "../../envs/snowcloud.yaml"
     threads: 2

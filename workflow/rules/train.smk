@@ -13,10 +13,10 @@ rule train:
             caption="../report/curves.rst",
             category="Training",
         ),
-    wildcard_constraints:
-        experiment=one_of(TRAINED),
     log:
         "logs/train/{experiment}.log",
+    wildcard_constraints:
+        experiment=one_of(TRAINED),
     conda:
         "../../envs/snowcloud.yaml"
     threads: 4
@@ -35,10 +35,10 @@ rule train:
 rule use_model:
     output:
         "results/models/{experiment}/model.pt",
-    wildcard_constraints:
-        experiment=one_of(GIVEN),
     log:
         "logs/use_model/{experiment}.log",
+    wildcard_constraints:
+        experiment=one_of(GIVEN),
     conda:
         "../../envs/snowcloud.yaml"
     params:
