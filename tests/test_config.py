@@ -41,6 +41,24 @@ def test_experiment_must_name_a_known_dataset(default_config):
         validate_config(default_config)
 
 
+def test_inference_only_experiment_takes_a_model_path_instead_of_a_dataset(default_config):
+    default_config["experiments"]["reuse"] = {"model": "models/thesis.pt"}
+    config = validate_config(default_config)
+    assert config["experiments"]["reuse"]["model"] == "models/thesis.pt"
+    assert config["experiments"]["demo"]["model"]["architecture"] == "unet", "a trained experiment keeps its network"
+
+
+@pytest.mark.parametrize(
+    ("experiment", "message"),
+    [({"model": "m.pt", "dataset": "demo"}, "model is the path of a trained model.pt, so there is no dataset"),
+     ({"model": {"base_channels": 8}}, "give a dataset to train on, or model: path/to/model.pt")],
+)  # fmt: skip
+def test_experiment_needs_either_a_dataset_or_a_model_path(default_config, experiment, message):
+    default_config["experiments"]["x"] = experiment
+    with pytest.raises(ConfigError, match=f"experiments.x: {message}"):
+        validate_config(default_config)
+
+
 def test_presets_are_valid(repo):
     presets = sorted((repo / "config" / "presets").glob("*.yaml"))
     for preset in presets:
