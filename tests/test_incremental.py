@@ -17,13 +17,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import rasterio
+import torch
 from workflow_runs import DATES, TILE, jobs_by_rule, planned_jobs, snakemake, tiny_config, write_config
 
+from snowcloud import checkpoint
 from snowcloud.demo import make_demo_data, planned_products
 
 pytestmark = pytest.mark.workflow
 
 NEW_DATE = "20220113T102341"
+UNLABELLED_DATE = "20220218T102049"  # a download without a label
+LATE_DATE = "20220310T101829"  # a labelled download added while only the inference-only experiment runs
+REUSE = "reuse"  # the inference-only experiment: the demo's model, copied to CHECKPOINT
+CHECKPOINT = "checkpoints/demo.pt"
 EXPERIMENT = "demo"
 STATS = "results/datasets/demo/stats.json"
 MODEL = f"results/models/{EXPERIMENT}/model.pt"
@@ -94,9 +101,12 @@ def season(tmp_path_factory) -> Season:
     season = Season(tmp_path_factory.mktemp("incremental"))
     root = season.root
     demo = {**tiny_config()["demo"], "dates": [*DATES, NEW_DATE]}
-    make_demo_data(demo, root / "raw", str(root / "dem" / "T{tile}.tif"), str(root / "labels" / "T{tile}" / "{date}.tif"))
-    for path in (season.product(NEW_DATE), season.label(NEW_DATE)):  # not downloaded yet
-        move(path, root / "downloads" / path.relative_to(root))
+    make_demo_data({**demo, "dates": [*demo["dates"], UNLABELLED_DATE, LATE_DATE]}, root / "raw",
+                   str(root / "dem" / "T{tile}.tif"), str(root / "labels" / "T{tile}" / "{date}.tif"))  # fmt: skip
+    for date in (NEW_DATE, UNLABELLED_DATE, LATE_DATE):  # not downloaded yet
+        for path in (season.product(date), season.label(date)):
+            move(path, root / "downloads" / path.relative_to(root))
+    season.label(UNLABELLED_DATE, "downloads").unlink()
     # Other content for the same dates (another seed): a reprocessed product, a corrected label.
     other = root / "other"
     make_demo_data({**demo, "seed": demo["seed"] + 1}, other / "raw", str(other / "dem" / "T{tile}.tif"),
@@ -104,6 +114,13 @@ def season(tmp_path_factory) -> Season:
     season.write_config()
     snakemake(root, "--cores", "2")
     return season
+
+
+def download(season: Season, date: str) -> None:
+    """The user drops a new product (and its label, if it has one) into the inputs."""
+    for path in (season.product(date), season.label(date)):
+        if (waiting := season.root / "downloads" / path.relative_to(season.root)).exists():
+            move(waiting, path)
 
 
 def move(source: Path, target: Path) -> None:
@@ -130,8 +147,7 @@ def test_unchanged_tree_schedules_nothing(season):
 
 def test_new_date_runs_its_chain_and_what_aggregates_all_dates(season):
     before = season.mtimes([scene(d) for d in DATES] + [shard(d) for d in DATES] + [MODEL])
-    for path in (season.product(NEW_DATE), season.label(NEW_DATE)):  # the user downloads a new date
-        move(season.root / "downloads" / path.relative_to(season.root), path)
+    download(season, NEW_DATE)
     season.dates = sorted([*DATES, NEW_DATE])
 
     assert season.plan() == {
@@ -225,3 +241,91 @@ def test_config_key_reruns_its_stage_and_what_follows(season, change, stale):
     finally:
         season.write_config()
     assert season.plan() == {}
+
+
+# ----------------------------------------------------------------------------------------------- predicted only
+
+
+def predicted(experiment: str, dates: list[str], evaluated: list[str]) -> dict[str, list[str]]:
+    """An experiment's inference and quicklook of `dates`, the evaluation of `evaluated`, and its summary."""
+    return {
+        "infer": sorted(f"results/predictions/{experiment}/{TILE}/{d}.tif" for d in dates),
+        "quicklook": sorted(f"results/quicklooks/{experiment}/{TILE}/{d}.png" for d in dates),
+        "evaluate": sorted(f"results/evaluation/{experiment}/{TILE}/{d}.json" for d in evaluated),
+        "evaluation_summary": [f"results/evaluation/{experiment}/summary.csv"],
+    }
+
+
+def test_unlabelled_date_is_predicted_without_retraining(season):
+    download(season, UNLABELLED_DATE)
+    plan = season.plan()
+    assert plan == {
+        "preprocess": [scene(UNLABELLED_DATE)],
+        "infer": [f"results/predictions/{EXPERIMENT}/{TILE}/{UNLABELLED_DATE}.tif"],
+        "quicklook": [f"results/quicklooks/{EXPERIMENT}/{TILE}/{UNLABELLED_DATE}.png"],
+    }, "no shard, no training, no evaluation"
+    snakemake(season.root, "--cores", "2")
+    assert season.plan() == {}
+
+
+def reuse_mask(experiment: str, date: str, season: Season) -> bytes:
+    with rasterio.open(season.root / f"results/predictions/{experiment}/{TILE}/{date}.tif") as dataset:
+        return dataset.read(1).tobytes()
+
+
+def test_inference_only_experiment_runs_a_given_model_without_training(season):
+    """The demo's trained model.pt, given to a second experiment: predictions identical to the demo's, no shard,
+    no statistics, no training; the summary marks the dates' split as unknown."""
+    (season.root / CHECKPOINT).parent.mkdir()
+    shutil.copy2(season.root / MODEL, season.root / CHECKPOINT)
+    inference = tiny_config()["experiments"][EXPERIMENT]["inference"]
+    season.overrides.append({"experiments": {REUSE: {"model": CHECKPOINT, "inference": inference}}})
+    season.write_config()
+    dates = sorted([*season.dates, UNLABELLED_DATE])
+    assert season.plan() == {"use_model": [f"results/models/{REUSE}/model.pt"], **predicted(REUSE, dates, season.dates)}
+    snakemake(season.root, "--cores", "2")
+    for date in dates:
+        assert reuse_mask(REUSE, date, season) == reuse_mask(EXPERIMENT, date, season)
+    summary = (season.root / f"results/evaluation/{REUSE}/summary.csv").read_text()
+    assert ",unknown,model," in summary and ",validation," not in summary
+    assert season.plan() == {}
+
+
+def test_touched_checkpoint_reruns_nothing(season):
+    os.utime(season.root / CHECKPOINT)
+    assert season.plan() == {}
+
+
+def test_replaced_checkpoint_reruns_every_inference_of_its_experiment(season, tmp_path):
+    network, metadata = checkpoint.load_model(season.root / CHECKPOINT)
+    with torch.no_grad():
+        network.outc.bias.add_(0.1)  # other weights: a retrained model
+    checkpoint.save_model(tmp_path / "other.pt", network, {k: v for k, v in metadata.items() if k != "format"})
+    dates = sorted([*season.dates, UNLABELLED_DATE])
+    with replaced(season.root / CHECKPOINT, tmp_path / "other.pt"):
+        assert season.plan() == {"use_model": [f"results/models/{REUSE}/model.pt"], **predicted(REUSE, dates, season.dates)}
+    assert season.plan() == {}
+
+
+def test_checkpoint_trained_on_other_scenes_gets_scene_rasters_of_its_own(season, tmp_path):
+    """A model whose training scenes were made with other preprocess options than the configuration's gets its
+    own scene rasters, made with the model's options; the shared scenes (and the trained experiment) stay."""
+    network, metadata = checkpoint.load_model(season.root / CHECKPOINT)
+    metadata = {k: v for k, v in metadata.items() if k != "format"}
+    metadata["preprocess"] = {**metadata["preprocess"], "resampling": "nearest"}
+    checkpoint.save_model(tmp_path / "nearest.pt", network, metadata)
+    dates = sorted([*season.dates, UNLABELLED_DATE])
+    with replaced(season.root / CHECKPOINT, tmp_path / "nearest.pt"):
+        assert season.plan() == {
+            "use_model": [f"results/models/{REUSE}/model.pt"],
+            "preprocess_for_model": sorted(f"results/scenes/{REUSE}/{TILE}/{d}.tif" for d in dates),
+            **predicted(REUSE, dates, season.dates),
+        }
+    assert season.plan() == {}
+
+
+def test_new_date_of_an_inference_only_experiment_runs_that_dates_jobs_and_its_summary(season):
+    season.overrides.append({"run": [REUSE]})
+    season.write_config()
+    download(season, LATE_DATE)
+    assert season.plan() == {"preprocess": [scene(LATE_DATE)], **predicted(REUSE, [LATE_DATE], [LATE_DATE])}
