@@ -88,7 +88,7 @@ def options_for_model(configured: dict, recorded: dict | None) -> dict | None:
     `recorded` value-deciding options over them."""
     if recorded is None or scene_value_options(recorded) == scene_value_options(configured):
         return None
-    return preprocess_options({**configured, **scene_value_options(recorded)})
+    return validated({**configured, **scene_value_options(recorded)}, "preprocess")
 
 
 def scene_preprocessing(scene: str | Path) -> dict | None:

@@ -145,7 +145,9 @@ def train_inputs(wildcards):
 def run_configuration(wildcards):
     """The configuration sections behind an experiment's results (shown in the report)."""
     experiment = config["experiments"][wildcards.experiment]
-    datasets = {name: config["datasets"][name] for name in [experiment.get("dataset")] if name}
+    datasets = {
+        name: config["datasets"][name] for name in [experiment.get("dataset")] if name
+    }
     return {
         "experiment": {wildcards.experiment: experiment},
         "dataset": datasets,
