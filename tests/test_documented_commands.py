@@ -34,6 +34,7 @@ NOT_RUN = {
     r"^snowcloud demo .*--size 10980": "a full-size tile (minutes, GBs): tests/test_cli.py runs `snowcloud demo` small",
     r"--device cuda": "needs a GPU",
     r"my\.yaml": "a placeholder for the user's own file",
+    r"^snowcloud import-thesis": "needs a thesis .pth: tests/test_thesis_import.py imports one saved from a replica of the thesis U-Net",
     r"^python benchmarks/bench_preprocess\.py$": "a full-size tile benchmark (minutes, GBs)",
     r"^python benchmarks/bench_infer\.py --rows .*10980": "a full-width benchmark (minutes)",
     r"^python benchmarks/bench_workflow\.py": "runs the demo locally and through Slurm (tests/test_slurm_profile.py)",
