@@ -16,7 +16,7 @@ from safe_factory import band_shape, constant_bands, make_product
 from snowcloud import cog, preprocess, resample
 from snowcloud.bands import BANDS, RESOLUTION_M
 from snowcloud.cog import CogWriter
-from snowcloud.config import ConfigError
+from snowcloud.config import ConfigError, validated
 from snowcloud.demo.landscape import Landscape
 from snowcloud.demo.tiles import tile_grid
 from snowcloud.preprocess import PreprocessError, preprocess_scene
@@ -395,3 +395,14 @@ def test_10m_offset_in_integers_equals_the_float_path(offset):
         np.testing.assert_array_equal(out, expected)
 
 
+
+
+def test_a_models_scenes_are_the_shared_ones_unless_its_value_options_differ():
+    """options_for_model: the configured scenes serve a model whose recorded options agree on every key that
+    changes values (storage keys do not count); otherwise the model's options over the configured ones."""
+    configured = validated({}, "preprocess")
+    values = preprocess.scene_value_options(configured)
+    assert preprocess.options_for_model(configured, None) is None
+    assert preprocess.options_for_model({**configured, "compress": "lzw"}, values) is None
+    own = preprocess.options_for_model({**configured, "compress": "lzw"}, {**values, "resampling": "cubic"})
+    assert own["resampling"] == "cubic" and own["compress"] == "lzw"
