@@ -109,6 +109,30 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     errors += _cross_reference_errors(config) + _range_errors(config) + _pattern_errors(config) if not errors else []
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+    if config.get("smoke", {}).get("enabled"):
+        apply_smoke(config)
+    return config
+
+
+def apply_smoke(config: dict) -> dict:
+    """Shrink every dataset and experiment to the `smoke` values (config/presets/smoke.yaml), in place."""
+    smoke = config["smoke"]
+    for dataset in config["datasets"].values():
+        dataset["patch_size"] = smoke["patch_size"]
+        dataset["sampler"]["patches_per_date"] = smoke["patches_per_date"]
+        dataset["sampler"]["min_labelled_fraction"] = min(
+            dataset["sampler"]["min_labelled_fraction"], smoke["min_labelled_fraction"]
+        )
+    for experiment in config["experiments"].values():
+        experiment["model"]["base_channels"] = smoke["base_channels"]
+        training = experiment["training"]
+        training.update(epochs=smoke["epochs"], batch_size=smoke["batch_size"], compile=False)
+        training.update(steps_per_epoch=smoke["steps_per_epoch"], validation_steps=smoke["steps_per_epoch"])
+        half = max(1, smoke["patch_size"] // 2)
+        training["augmentation"]["erase_size"] = [min(side, half) for side in training["augmentation"]["erase_size"]]
+        experiment["inference"]["batch_size"] = smoke["batch_size"]
+        if experiment["thesis"]:
+            experiment["thesis"]["validation_steps"] = smoke["steps_per_epoch"]
     return config
 
 

@@ -42,6 +42,7 @@ WEIGHT_FORMULAS = {
     "inverse-ratio": lambda f: (1 - f) / f,
     "sqrt-inverse-ratio": lambda f: np.sqrt((1 - f) / f),
     "inverse": lambda f: 1 / f,
+    "normalised-inverse": lambda f: (1 / f) / (1 / f).sum(),
     "median-frequency": lambda f: np.median(f) / f,
 }
 

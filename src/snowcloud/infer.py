@@ -257,9 +257,12 @@ def shift_up(array: np.ndarray, rows: int) -> None:
     array[..., array.shape[-2] - rows :, :] = 0
 
 
-def classes_from_block(block: RowBlock) -> np.ndarray:
-    """Argmax class per pixel as uint8, IGNORE_INDEX where the scene is invalid."""
-    classes = block.probabilities.argmax(axis=0).astype(np.uint8)
+def classes_from_block(block: RowBlock, threshold: float | None = None) -> np.ndarray:
+    """Argmax class per pixel as uint8, IGNORE_INDEX where the scene is invalid. With a `threshold` (the
+    thesis's thresholded prediction) the argmax is over `probability > threshold`: the first class above it,
+    background (0) where none is."""
+    probabilities = block.probabilities if threshold is None else block.probabilities > threshold
+    classes = probabilities.argmax(axis=0).astype(np.uint8)
     classes[~block.valid] = IGNORE_INDEX
     return classes
 
@@ -296,6 +299,7 @@ def write_prediction(
     class_names: list[str],
     tags: dict[str, str],
     probabilities: bool,
+    threshold: float | None = None,
 ) -> None:
     """Stream row blocks into plain GeoTIFFs in a scratch folder beside `output`, then copy them to COGs
     (probabilities first, so the mask, the Snakemake output, appears last)."""
@@ -324,7 +328,7 @@ def write_prediction(
                 proba.update_tags(**tags, **class_tags, scale="probability = value / 255")
             for block in blocks:
                 window = Window(0, block.row, profile["width"], block.valid.shape[0])
-                mask.write(classes_from_block(block), 1, window=window)
+                mask.write(classes_from_block(block, threshold), 1, window=window)
                 if proba is not None:
                     proba.write(probabilities_as_bytes(block), window=window)
                     proba.write_mask(np.where(block.valid, 255, 0).astype(np.uint8), window=window)
@@ -422,7 +426,7 @@ def predict_with(
                                 options["overlap"], model.settings, progress)  # fmt: skip
         tags = provenance_tags(model.path, metadata, scene, options, model.settings)
         write_prediction(require_valid_pixels(blocks, scene), dataset.profile, output, model.class_names, tags,
-                         options["probabilities"])  # fmt: skip
+                         options["probabilities"], options["threshold"])  # fmt: skip
     stale = probabilities_path(output)
     if not options["probabilities"] and stale.exists():
         log.info("removing %s left by an earlier run (probabilities are off now)", stale)

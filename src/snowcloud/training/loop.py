@@ -156,8 +156,17 @@ def confusion_on_device(prediction: torch.Tensor, label: torch.Tensor, n_classes
     return counts[:cells].view(n_classes, n_classes)
 
 
-def make_optimizer(model: nn.Module, options: Mapping[str, Any]) -> torch.optim.AdamW:
-    """AdamW with the `training.optimizer` options."""
+def make_optimizer(model: nn.Module, options: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """AdamW or RMSprop (`training.optimizer.name`) with the `training.optimizer` options."""
+    if options["name"] == "rmsprop":
+        return torch.optim.RMSprop(
+            model.parameters(),
+            lr=options["lr"],
+            alpha=options["alpha"],
+            eps=options["eps"],
+            weight_decay=options["weight_decay"],
+            momentum=options["momentum"],
+        )
     return torch.optim.AdamW(
         model.parameters(),
         lr=options["lr"],
@@ -268,11 +277,13 @@ class Trainer:
         torch.manual_seed(self.seed)
         model = build_model(self.architecture, **self.model_args)
         self.model = runtime.prepare_model(global_batchnorm(model, runtime.device) if self.world.parallel else model)
-        self.loss_fn = build_loss(training["loss"], class_weights, training["dice_weight"]).to(runtime.device)
+        self.loss_fn = build_loss(
+            training["loss"], class_weights, training["dice_weight"], reduction=training["loss_reduction"]
+        ).to(runtime.device)
         self.optimizer = make_optimizer(self.model, training["optimizer"])
         scheduler = training["scheduler"]
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="min", factor=scheduler["factor"], patience=scheduler["patience"]
+            self.optimizer, mode=scheduler["mode"], factor=scheduler["factor"], patience=scheduler["patience"]
         )
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)
         self.stopper = EarlyStopping(training["early_stopping"]["patience"], training["early_stopping"]["min_delta"])
