@@ -48,6 +48,31 @@ def label_files_of(wildcards):
     return [str(file) for file in label_files(path)] if path.is_dir() else str(path)
 
 
+def auto_labelled(dataset):
+    return config["datasets"][dataset]["label_source"] == "auto"
+
+
+def shard_label_path(wildcards):
+    """The label a shard reads: the configured mask, or the automatic one (label_source auto)."""
+    if auto_labelled(wildcards.dataset):
+        return f"results/auto_labels/{wildcards.tile}/{wildcards.date}.tif"
+    return label_path(wildcards)
+
+
+def shard_label_files(wildcards):
+    return [] if auto_labelled(wildcards.dataset) else label_files_of(wildcards)
+
+
+def auto_label_inputs(wildcards):
+    inputs = {"scene": f"results/scenes/{wildcards.tile}/{wildcards.date}.tif"}
+    for layer in ("glacier", "surface_water"):
+        if config["auto_labels"][layer]:
+            inputs[layer] = str(
+                scene_path(config["auto_labels"][layer], wildcards.tile)
+            )
+    return inputs
+
+
 def has_label(tile, date):
     return (
         config["demo"]["enabled"] or scene_path(config["labels"], tile, date).exists()
@@ -58,7 +83,8 @@ LABELLED = [(tile, date) for tile, date in SCENES if has_label(tile, date)]
 
 
 def shards_of(dataset):
-    return [f"results/shards/{dataset}/{tile}/{date}.h5" for tile, date in LABELLED]
+    scenes = SCENES if auto_labelled(dataset) else LABELLED
+    return [f"results/shards/{dataset}/{tile}/{date}.h5" for tile, date in scenes]
 
 
 def experiment_dataset(wildcards):

@@ -6,8 +6,8 @@ SHARD_KEYS = ("normalisation", "elevation", "patch_size", "sampler")
 rule shard:
     input:
         scene="results/scenes/{tile}/{date}.tif",
-        label=label_path,
-        label_files=label_files_of,
+        label=shard_label_path,
+        label_files=shard_label_files,
     output:
         "results/shards/{dataset}/{tile}/{date}.h5",
     log:
