@@ -22,6 +22,7 @@ include: "workflow/rules/dataset.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/reproduction.smk"
 
 
 rule all:
@@ -49,3 +50,12 @@ rule datasets:
 rule models:
     input:
         [f"results/models/{name}/model.pt" for name in experiments_to_run(config)],
+
+
+rule reproductions:
+    input:
+        [
+            f"results/reproduction/{name}.md"
+            for name in experiments_to_run(config)
+            if config["experiments"][name]["thesis"]
+        ],

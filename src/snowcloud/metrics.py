@@ -76,10 +76,19 @@ def thesis_metric_lines(metrics: dict[str, object], class_names: tuple[str, ...]
     The thesis names classes background, snow, clouds, water; its values came from thresholded softmax maps
     averaged over batches, ours from the argmax confusion matrix, so small differences are expected.
     """
-    thesis_names = {"background": "background", "snow": "snow", "cloud": "clouds", "water": "water"}
     lines = []
-    for key, label in (("class_accuracy", "pixel_accuracy___"), ("iou", "union_over_inter_"), ("f1", "dice_coefficient_")):
+    for key in THESIS_METRIC_PREFIXES:
         for cls in class_names:
             value = metrics[key][cls]
-            lines.append(f"- {label}{thesis_names.get(cls, cls)}: {'nan' if value is None else f'{value:.4f}'}")
+            lines.append(f"- {thesis_metric_name(key, cls)}: {'nan' if value is None else f'{value:.4f}'}")
     return lines
+
+
+# The thesis's names: metric prefix per key of `metrics_from_confusion`, and class names.
+THESIS_METRIC_PREFIXES = {"class_accuracy": "pixel_accuracy___", "iou": "union_over_inter_", "f1": "dice_coefficient_"}
+THESIS_CLASS_NAMES = {"background": "background", "snow": "snow", "cloud": "clouds", "water": "water"}
+
+
+def thesis_metric_name(key: str, cls: str) -> str:
+    """("iou", "cloud") -> "union_over_inter_clouds", as the thesis's log names it."""
+    return f"{THESIS_METRIC_PREFIXES[key]}{THESIS_CLASS_NAMES.get(cls, cls)}"

@@ -142,6 +142,8 @@ def final_targets():
             for tile, date in SCENES
         ]
         targets.append(f"results/evaluation/{experiment}/summary.csv")
+        if config["experiments"][experiment]["thesis"]:
+            targets.append(f"results/reproduction/{experiment}.md")
     return targets
 
 
