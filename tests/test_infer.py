@@ -276,3 +276,11 @@ def test_quicklook_shows_scene_and_mask_and_checks_the_grid(tmp_path, pixel_rule
     with pytest.raises(SceneError, match="same grid"):
         quicklook(str(shifted), str(prediction), str(tmp_path / "other.png"))
     assert not (tmp_path / "other.png").exists()
+
+
+def test_thresholded_prediction_is_background_where_no_class_passes_the_threshold():
+    probabilities = np.array([[0.1, 0.2, 0.05], [0.8, 0.3, 0.05], [0.05, 0.45, 0.1], [0.05, 0.05, 0.8]], np.float32)
+    block = infer.RowBlock(row=0, probabilities=probabilities[:, None, :], valid=np.array([[True, True, False]]))
+    assert infer.classes_from_block(block).tolist() == [[1, 2, IGNORE_INDEX]]
+    # e40b271: class map > 0.75, then argmax: the 0.45 cloud is below the threshold -> background
+    assert infer.classes_from_block(block, threshold=0.75).tolist() == [[1, 0, IGNORE_INDEX]]

@@ -174,3 +174,21 @@ def test_normalise_scene_window_equals_apply_on_the_same_values(tmp_path, rng):
         out, normalisation.apply(spec, expected_values.astype(np.float32), expected_valid, {})
     )
     assert not valid[2, 2] and np.all(out[:, 2, 2] == 0)
+
+
+def test_each_thesis_era_normalises_a_known_pixel_as_thesis_md_computes_it():
+    """One pixel, numbers by hand from THESIS.md section 3 (not from the module's constants)."""
+    p30 = [1390, 1032, 759, 544, 633, 900, 974, 907, 981, 470, 16, 236, 151]
+    offsets = [0.5245, 0.5470, 0.5728, 0.6057, 0.6024, 0.5964, 0.6009, 0.6063, 0.6095, 0.6049, 0.6064, 0.6829, 0.6716]
+    pixel = np.array([*p30, 1862.78 + 3913.0], np.float32).reshape(14, 1, 1)
+    valid = np.ones((1, 1), bool)
+    # eras A/B (913b2a3 .. e40b271): DN / 10000, elevation / 10000
+    legacy = normalisation.apply(normalisation.spec("legacy-dn10000"), pixel, valid, {})[:, 0, 0]
+    np.testing.assert_allclose(legacy, [*(np.array(p30) / 10000), 0.577578], rtol=1e-5)
+    # 1c88144: clip to [low, high], min-max to [0, 1]; elevation / scene maximum
+    statistics = {"low": [0.0] * 13, "high": [2 * v for v in p30], "elevation_max": 2 * (1862.78 + 3913.0)}
+    sigma = normalisation.apply(normalisation.spec("sigma-clip"), pixel, valid, statistics)[:, 0, 0]
+    np.testing.assert_allclose(sigma, [0.5] * 14, rtol=1e-5)
+    # dccb618 .. a82e3cd: P30 maps to sigmoid(-1.7346) = 0.15, minus the band's offset; DEM (e - 1862.78) / 3913
+    dw = normalisation.apply(normalisation.spec("dynamic-world-percentile"), pixel, valid, {})[:, 0, 0]
+    np.testing.assert_allclose(dw, [*(0.15 - np.array(offsets)), 1.0], atol=1e-4)
