@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from rasters import synthetic_scene, write_scene
 from s2cloudless import S2PixelCloudDetector
-from test_normalisation import synthetic_scene, write_scene
 
 from snowcloud import cloudprob
-from snowcloud.normalisation import NODATA
+from snowcloud.scene import NODATA, SceneError
 
 
 @pytest.fixture(scope="module")
@@ -84,5 +84,5 @@ def test_a_resolution_that_is_not_a_multiple_of_the_pixel_size_is_refused(scene)
 
 def test_a_scene_without_the_bands_names_them(tmp_path):
     path = write_scene(tmp_path / "s.tif", synthetic_scene(np.random.default_rng(1), 8, 8)[:5])
-    with pytest.raises(cloudprob.CloudProbabilityError, match="B06, B07"):
+    with pytest.raises(SceneError, match="B06, B07.* s2cloudless"):
         next(cloudprob.cloud_strips(path))

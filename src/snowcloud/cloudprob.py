@@ -31,6 +31,9 @@ are on the scene's 10 m grid. `average_over` / `dilation_size` of 0 skip that st
 are the two steps on arrays: reflectance (H, W, 13 or 10) float32 -> probability (H, W); probability -> bool mask.
 `scene_reflectance(values, nodata)` turns int16 scene values (C, H, W) into reflectance (H, W, C) (negative values
 after the offset as 0) and the valid mask.
+
+Errors: a scene without the needed bands raises `scene.SceneError` (naming the bands); a `resolution_m` that is not
+a multiple of the scene's pixel size raises `CloudProbabilityError`.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from snowcloud import scene as scene_raster
 from snowcloud.bands import BANDS
 
 REFLECTANCE_SCALE = 10000.0  # scene value / 10000 = top-of-atmosphere reflectance
@@ -101,7 +105,7 @@ def cloud_mask(probability: np.ndarray, threshold: float, average_over: int, dil
 def scene_reflectance(values: np.ndarray, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Reflectance (H, W, C) float32 of int16 scene values (C, H, W), negatives as 0, 0 where not valid; and
     the valid mask (H, W): where every band holds data."""
-    valid = np.ones(values.shape[1:], bool) if nodata is None else np.all(values != nodata, axis=0)
+    valid = scene_raster.valid_pixels(values, nodata)
     reflectance = np.maximum(np.moveaxis(values, 0, -1).astype(np.float32) / REFLECTANCE_SCALE, 0.0)
     reflectance[~valid] = 0.0
     return reflectance, valid
@@ -117,15 +121,6 @@ def block_mean(reflectance: np.ndarray, valid: np.ndarray, factor: int) -> tuple
     counts = valid.reshape(h // factor, factor, w // factor, factor).sum(axis=(1, 3))
     mean = np.divide(sums, counts[..., None], out=np.zeros_like(sums), where=counts[..., None] > 0)
     return mean, counts > 0
-
-
-def band_indexes(dataset: rasterio.DatasetReader, names: tuple[str, ...]) -> list[int]:
-    """1-based indexes of the named bands in a scene raster (by band description)."""
-    descriptions = list(dataset.descriptions)
-    missing = [name for name in names if name not in descriptions]
-    if missing:
-        raise CloudProbabilityError(f"scene {dataset.name} lacks band(s) {', '.join(missing)} that s2cloudless needs")
-    return [descriptions.index(name) + 1 for name in names]
 
 
 def block_factor(dataset: rasterio.DatasetReader, resolution_m: float) -> int:
@@ -170,7 +165,7 @@ def cloud_strips(
     names = BANDS if all_bands else MODEL_BANDS
     halo = int(average_over) + int(dilation_size)
     with rasterio.open(scene) as dataset:
-        indexes = band_indexes(dataset, names)
+        indexes = scene_raster.band_indexes(dataset, names, "s2cloudless")
         factor = block_factor(dataset, resolution_m)
         rows = -(-dataset.height // factor)  # working rows
         step = max(1, strip_rows // factor)
@@ -196,6 +191,6 @@ def to_scene_grid(dataset: rasterio.DatasetReader, working: CloudStrip, factor: 
     def expand(array: np.ndarray) -> np.ndarray:
         return np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)[:height, : dataset.width]
 
-    valid = dataset.read(1, window=Window(0, row, dataset.width, height)) != dataset.nodata
+    valid = scene_raster.valid_pixels(dataset.read([1], window=Window(0, row, dataset.width, height)), dataset.nodata)
     probability = np.where(valid, expand(working.probability), 0.0).astype(np.float32)
     return CloudStrip(row, probability, expand(working.mask) & valid, valid)
