@@ -75,7 +75,7 @@ def test_a_glacier_raster_on_a_30_m_grid_paints_snow(demo_scene, tmp_path):
     with rasterio.open(glacier, "w", driver="GTiff", dtype="uint8", count=1, height=values.shape[0],
                        width=values.shape[1], crs=crs, transform=coarse) as dst:  # fmt: skip
         dst.write(values, 1)
-    output = tmp_path / "32TNS" / scene.name
+    output = tmp_path / "auto_labels" / "32TNS" / scene.name
     auto_label(scene, output, {**OPTIONS, "glacier": str(tmp_path / "T{tile}_glacier.tif"), "cloud_threshold": 0.999})
     labels = read_label(output, scene)
     assert set(np.unique(labels[:15, :15])) <= {1, 255}

@@ -20,7 +20,7 @@ from workflow_runs import REPO, jobs_by_rule, planned_jobs, snakemake, write_con
 
 from snowcloud.augment import Augmentation
 from snowcloud.config import load_config, merge_into, validate_config
-from snowcloud.datasets import class_weights
+from snowcloud.dataset_stats import class_weights
 from snowcloud.loader import ShardDataset
 from snowcloud.model import build_model, count_parameters
 from snowcloud.training.loop import Trainer

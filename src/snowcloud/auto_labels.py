@@ -26,9 +26,11 @@ import rasterio
 from rasterio.windows import Window
 
 from snowcloud import cloudprob, labels
+from snowcloud import scene as scenes
 from snowcloud.atomic import atomic_output
 from snowcloud.bands import IGNORE_INDEX
 from snowcloud.baselines import CLOUD, SNOW, WATER, normalised_difference, reflectance
+from snowcloud.config import validated
 from snowcloud.inventory import scene_path
 
 log = logging.getLogger(__name__)
@@ -77,11 +79,12 @@ def auxiliary_layer(pattern: str | None, tile: str, scene: str | Path, window: W
 def auto_label(scene: str | Path, output: str | Path, options: dict, threads: int = 1) -> dict[str, float]:
     """Scene raster -> automatic label mask (uint8 GeoTIFF, 255 = not labelled); returns the class fractions of
     the labelled pixels. The tile is read from the output path (results/auto_labels/{tile}/{date}.tif)."""
-    tile = Path(output).parent.name
+    options = validated(options, "auto_labels")
+    tile, _ = scenes.identity(output)
     cloud_options = {CLOUD_OPTIONS[key]: options[key] for key in CLOUD_OPTIONS}
     counts = np.zeros(256, np.int64)
     with rasterio.open(scene) as src:
-        indexes = cloudprob.band_indexes(src, RULE_BANDS)
+        indexes = scenes.band_indexes(src, RULE_BANDS, "the automatic labels")
         profile = {
             "driver": "GTiff", "width": src.width, "height": src.height, "count": 1, "dtype": "uint8",
             "crs": src.crs, "transform": src.transform, "nodata": IGNORE_INDEX, "compress": "deflate",

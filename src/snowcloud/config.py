@@ -170,6 +170,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "dataset": ("$defs", "dataset"),
     "experiment": ("$defs", "experiment"),
     "inference": ("$defs", "experiment", "properties", "inference"),
+    "auto_labels": ("properties", "auto_labels"),
 }
 
 

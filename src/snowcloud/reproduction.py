@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from snowcloud import checkpoint, datasets, thesis_metrics
+from snowcloud import checkpoint, dataset_stats, thesis_metrics
 from snowcloud.atomic import atomic_output
 from snowcloud.bands import CLASSES
+from snowcloud.config import validated
 from snowcloud.loader import ShardDataset
 from snowcloud.metrics import confusion_matrix, metrics_from_confusion, thesis_metric_lines, thesis_metric_name
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def validation_batches(stats_path: str | Path, batch_size: int, batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first `batches` validation batches in the training's fixed validation order."""
-    dataset = ShardDataset(datasets.load_split(stats_path)["validation"])
+    dataset = ShardDataset(dataset_stats.load_split(stats_path)["validation"])
     n = min(len(dataset), batches * batch_size)
     return [dataset.read_batch(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
 
@@ -93,11 +94,14 @@ def write_reproduction(
     options: Mapping[str, Any],
     threads: int = 1,
 ) -> None:
-    """The reproduction page of one experiment (options: its `training` and `thesis` sections)."""
+    """The reproduction page of one experiment (options: its `experiments.<name>` section with `thesis` set)."""
+    options = validated(options, "experiment")
+    if not options["thesis"]:
+        raise ValueError(f"experiments.{experiment}.thesis is not set: there is no thesis run to compare with")
     torch.set_num_threads(max(1, threads))
     thesis, training = options["thesis"], options["training"]
     model, metadata = checkpoint.load_model(model_path)
-    stats = datasets.load_stats(stats_path)
+    stats = dataset_stats.load_stats(stats_path)
     batch_size = int(training["batch_size"])
     n_validation = stats["split"]["patches"]["validation"]
     steps = thesis["validation_steps"] or training["validation_steps"] or math.ceil(n_validation / batch_size)

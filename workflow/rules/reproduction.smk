@@ -20,7 +20,7 @@ rule reproduction:
     params:
         options=lambda wildcards: {
             key: config["experiments"][wildcards.experiment][key]
-            for key in ("training", "thesis")
+            for key in ("dataset", "training", "thesis")
         },
     script:
         "../scripts/reproduction.py"
