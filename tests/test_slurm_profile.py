@@ -30,7 +30,7 @@ from workflow_runs import DATES, SNAKEFILE, TILE, partial_files, planned_jobs, t
 
 from snowcloud.checkpoint import load_model
 
-GPU_RULES = {"train", "infer"}
+GPU_RULES = {"train", "infer", "reproduction"}
 # Enough epochs that the training is still running when it is cancelled after epoch 1 (an epoch takes seconds).
 EPOCHS = 4
 

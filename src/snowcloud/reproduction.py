@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,25 +31,30 @@ from snowcloud.metrics import confusion_matrix, metrics_from_confusion, thesis_m
 log = logging.getLogger(__name__)
 
 
-def validation_batches(stats_path: str | Path, batch_size: int, batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The first `batches` validation batches in the training's fixed validation order."""
+def validation_batches(
+    stats_path: str | Path, batch_size: int, batches: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The first `batches` validation batches in the training's fixed validation order, read one at a time."""
     dataset = ShardDataset(dataset_stats.load_split(stats_path)["validation"])
     n = min(len(dataset), batches * batch_size)
-    return [dataset.read_batch(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
+    for start in range(0, n, batch_size):
+        yield dataset.read_batch(range(start, min(start + batch_size, n)))
 
 
 def evaluate_thesis_way(
-    model: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], threshold: float, steps: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(3, K) thesis metrics averaged the thesis's way, and the argmax confusion matrix of the same pixels."""
+    model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], threshold: float, steps: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(3, K) thesis metrics averaged the thesis's way, the argmax confusion matrix of the same pixels and the
+    number of batches (the model runs on its device, in float32)."""
     per_batch, confusion = [], 0
+    device = next(model.parameters()).device
     with torch.inference_mode():
         for image, label in batches:
-            probabilities = model(image).float().softmax(dim=1).numpy()
+            probabilities = model(image.to(device)).float().softmax(dim=1).cpu().numpy()
             labels = label.numpy()
             per_batch.append(thesis_metrics.batch_metrics(probabilities, labels, threshold))
             confusion = confusion + confusion_matrix(probabilities.argmax(axis=1), labels, len(CLASSES))
-    return thesis_metrics.epoch_average(per_batch, steps), np.asarray(confusion)
+    return thesis_metrics.epoch_average(per_batch, steps), np.asarray(confusion), len(per_batch)
 
 
 def history_row(history_path: str | Path, epoch: int) -> dict[str, str]:
@@ -107,14 +112,15 @@ def write_reproduction(
         raise ValueError(f"experiments.{experiment}.thesis is not set: there is no thesis run to compare with")
     torch.set_num_threads(max(1, threads))
     thesis, training = options["thesis"], options["training"]
-    model, metadata = checkpoint.load_model(model_path)
+    device = torch.device("cuda" if torch.cuda.is_available() and training["device"] != "cpu" else "cpu")
+    model, metadata = checkpoint.load_model(model_path, device)
     stats = dataset_stats.load_stats(stats_path)
     batch_size = int(training["batch_size"])
     n_validation = stats["split"]["patches"]["validation"]
     steps = thesis["validation_steps"] or training["validation_steps"] or math.ceil(n_validation / batch_size)
     steps = min(steps, math.ceil(n_validation / batch_size))
     batches = validation_batches(stats_path, batch_size, steps + 1)
-    values, confusion = evaluate_thesis_way(model, batches, thesis["threshold"], steps)
+    values, confusion, n_batches = evaluate_thesis_way(model, batches, thesis["threshold"], steps)
     ours = thesis_metrics.as_metrics(values)
     argmax = metrics_from_confusion(confusion)
     epoch = int(metadata["best_epoch"])
@@ -123,13 +129,13 @@ def write_reproduction(
     patience = training["early_stopping"]["patience"]
     ours_log = log_format(epoch, float(row["train_loss"]), float(row["val_loss"]), ours,
                           f"{row['early_stopping_counter']}/{patience}")  # fmt: skip
-    pixels = sum(label.numel() for _, label in batches)
+    pixels = min(n_validation, n_batches * batch_size) * int(stats["patch_size"]) ** 2
 
     lines = [
         f"# Thesis run {thesis['commit']}: experiment `{experiment}`",
         "",
         f"Model `{model_path}`: epoch {epoch} of {metadata['epochs_trained']} (the best validation loss, the "
-        f"weights `model.pt` holds). Validation: {len(batches)} batch(es) of up to {batch_size} patches ({pixels} "
+        f"weights `model.pt` holds). Validation: {n_batches} batch(es) of up to {batch_size} patches ({pixels} "
         f"pixels) in the training's fixed order: {steps} step(s) plus, where the set has it, the one extra batch "
         f"the thesis's loop processed; sums divided by {steps}. Thesis metrics: softmax > THRESHOLD {thesis['threshold']} per class, one "
         "against the rest, every pixel of a batch (unlabelled pixels are negatives of every class). Losses are "
