@@ -124,13 +124,15 @@ def apply_smoke(config: dict) -> dict:
             dataset["sampler"]["min_labelled_fraction"], smoke["min_labelled_fraction"]
         )
     for experiment in config["experiments"].values():
+        experiment["inference"]["batch_size"] = smoke["batch_size"]
+        if model_file(experiment) is not None:
+            continue  # inference-only: nothing to train
         experiment["model"]["base_channels"] = smoke["base_channels"]
         training = experiment["training"]
         training.update(epochs=smoke["epochs"], batch_size=smoke["batch_size"], compile=False)
         training.update(steps_per_epoch=smoke["steps_per_epoch"], validation_steps=smoke["steps_per_epoch"])
         half = max(1, smoke["patch_size"] // 2)
         training["augmentation"]["erase_size"] = [min(side, half) for side in training["augmentation"]["erase_size"]]
-        experiment["inference"]["batch_size"] = smoke["batch_size"]
         if experiment["thesis"]:
             experiment["thesis"]["validation_steps"] = smoke["steps_per_epoch"]
     return config
