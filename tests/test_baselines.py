@@ -1,10 +1,13 @@
 import numpy as np
+from rasters import synthetic_scene, write_scene
 from surface_spectra import SPECTRA
 
-from snowcloud.bands import IGNORE_INDEX
-from snowcloud.baselines import BASELINES, ndsi_rule, normalised_difference
+from snowcloud.bands import BANDS, IGNORE_INDEX
+from snowcloud.baselines import BASELINES, NDSI_BANDS, StripRows, ndsi_rule, normalised_difference
+from snowcloud.scene import NODATA
 
 OPTIONS = {"snow_ndsi": 0.4, "snow_green": 0.1, "cloud_blue": 0.25, "water_ndwi": 0.2}
+
 
 def bands_of(reflectances: list[tuple[float, float, float, float]]) -> dict[str, np.ndarray]:
     """Scene values (reflectance * 10000, int16 like the scene raster) of a row of pixels."""
@@ -48,6 +51,13 @@ def test_normalised_difference_is_zero_where_both_are_zero():
     np.testing.assert_allclose(normalised_difference(a, b), [0.0, 0.5, -0.5], rtol=1e-6)
 
 
-def test_registry_lists_the_bands_the_rule_reads():
-    assert set(BASELINES["ndsi"].bands) == {"B02", "B03", "B08", "B11"}
-    assert BASELINES["ndsi"].rule is ndsi_rule
+def test_the_ndsi_baseline_of_a_scene_raster_is_the_rule_on_its_bands_in_any_windows(tmp_path):
+    values = synthetic_scene(np.random.default_rng(5), 150, 20)
+    values[:, 140:, :3] = NODATA
+    scene = write_scene(tmp_path / "32TNS" / "20220201T102209.tif", values)  # 64-row blocks: strips of 64, 64, 22
+    bands = {name: values[BANDS.index(name)] for name in NDSI_BANDS}
+    expected = ndsi_rule(bands, OPTIONS, values[0] != NODATA)
+    rows = StripRows(BASELINES["ndsi"](scene, {"ndsi": OPTIONS}, 1))
+    taken = [rows.take(n) for n in (10, 100, 1, 39)]  # across strip borders, within one, to the end
+    np.testing.assert_array_equal(np.concatenate(taken), expected)
+    assert (expected[140:, :3] == IGNORE_INDEX).all()

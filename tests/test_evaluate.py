@@ -13,17 +13,19 @@ from rasterio.transform import from_origin
 from rasters import CRS, TRANSFORM, write_scene
 from surface_spectra import SPECTRA
 
-from snowcloud import dataset_stats
+from snowcloud import cloudprob, dataset_stats
 from snowcloud.bands import BANDS, IGNORE_INDEX
+from snowcloud.baselines import NDSI_BANDS, ndsi_rule
 from snowcloud.evaluate import EvaluationError, evaluate_scene, summarise
 from snowcloud.labels import LabelError
-from snowcloud.metrics import metrics_from_confusion
+from snowcloud.metrics import confusion_matrix, metrics_from_confusion
 from snowcloud.scene import NODATA, SceneError
 
 OPTIONS = {
     "margin_pixels": 0,
     "baselines": ["ndsi"],
     "ndsi": {"snow_ndsi": 0.4, "snow_green": 0.1, "cloud_blue": 0.25, "water_ndwi": 0.2},
+    "s2cloudless": {"threshold": 0.4, "average_over": 4, "dilation_size": 2, "all_bands": True, "resolution_m": 60},
 }
 TILE, DATE = "32TNS", "20210116T102351"
 
@@ -222,3 +224,41 @@ def test_no_evaluated_dates_give_an_empty_summary(tmp_path):
     lines = summary.read_text().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tile,date,split,method,dates,pixels")
     assert confusion.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+S2CLOUDLESS = {"threshold": 0.4, "average_over": 1, "dilation_size": 1, "all_bands": True, "resolution_m": 10}
+
+
+def test_s2cloudless_is_scored_on_exactly_the_model_pixels_with_the_ndsi_rule_for_the_other_classes(tmp_path):
+    # Meadow with a bright cloud block (reflectance 0.6 in every band) and a snow block; a no-data corner the model
+    # did not predict, an unlabelled row; s2cloudless in strips of 5 rows re-cut into the evaluation's windows.
+    shape = (23, 30)
+    cloud, snow = np.zeros(shape, bool), np.zeros(shape, bool)
+    cloud[3:11, 4:16], snow[14:20, 18:27] = True, True
+    invalid = np.zeros(shape, bool)
+    invalid[:4, 24:] = True
+    values = scene_from_spectra(snow, invalid)
+    values[BANDS.index("B10")][~invalid] = 20  # cirrus band: dark where clear
+    values[:, cloud] = 6000
+    scene = write_scene(tmp_path / "scenes" / TILE / f"{DATE}.tif", values)
+    label = np.where(cloud, 2, np.where(snow, 1, 0)).astype(np.uint8)
+    label[21] = IGNORE_INDEX
+    prediction = np.where(invalid, IGNORE_INDEX, label).astype(np.uint8)
+    inputs = {"scene": str(scene), "label": str(write_mask(tmp_path / "label.tif", label)),
+              "prediction": str(write_mask(tmp_path / "prediction.tif", prediction))}  # fmt: skip
+    options = {**OPTIONS, "baselines": ["ndsi", "s2cloudless"], "s2cloudless": {**S2CLOUDLESS, "strip_rows": 5}}
+    output = tmp_path / "evaluation.json"
+    evaluate_scene(**inputs, output=str(output), options=options, threads=1)
+    result = json.loads(output.read_text())
+
+    evaluated = (label != IGNORE_INDEX) & ~invalid
+    assert result["pixels"]["evaluated"] == evaluated.sum()
+    mask = np.concatenate([s.mask for s in cloudprob.cloud_strips(scene, **S2CLOUDLESS)])
+    bands = {band: values[BANDS.index(band)] for band in NDSI_BANDS}
+    expected = ndsi_rule(bands, OPTIONS["ndsi"], ~invalid, cloud=mask)
+    s2 = result["methods"]["s2cloudless"]
+    assert s2["confusion"] == confusion_matrix(expected[evaluated], label[evaluated], 4).tolist()
+    assert np.sum(s2["confusion"]) == np.sum(result["methods"]["model"]["confusion"]) == evaluated.sum()
+    assert s2["metrics"]["recall"]["cloud"] == 1.0  # the cloud block is found
+    assert s2["confusion"][0][2] < 0.2 * np.sum(s2["confusion"][0])  # most of the meadow is clear
+    assert result["baseline_options"]["s2cloudless"]["resolution_m"] == 10

@@ -1,26 +1,24 @@
-"""Trivial per-pixel rules that a trained model has to beat, evaluated on exactly the model's pixels."""
+"""Baselines a trained model has to beat, evaluated on exactly the model's pixels: the NDSI rule (per pixel) and
+s2cloudless (Sentinel Hub's cloud detector) as its cloud test. Each yields class rows of a scene raster top to
+bottom, strip by strip (bounded memory); `StripRows` hands them out in the evaluation's windows."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import numpy as np
+import rasterio
+from rasterio.windows import Window
 
+from snowcloud import cloudprob
 from snowcloud.bands import CLASSES, IGNORE_INDEX
+from snowcloud.scene import block_strips, read_bands
 
 BACKGROUND, SNOW, CLOUD, WATER = (CLASSES.index(name) for name in ("background", "snow", "cloud", "water"))
 
 # Scene rasters hold offset-corrected DN: reflectance = value / 10000.
 REFLECTANCE_SCALE = 10000.0
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """A rule: the scene bands it reads and a function (bands by name, options, valid mask) -> uint8 classes."""
-
-    bands: tuple[str, ...]
-    rule: Callable[[Mapping[str, np.ndarray], dict, np.ndarray], np.ndarray]
 
 
 def reflectance(values: np.ndarray) -> np.ndarray:
@@ -36,10 +34,13 @@ def normalised_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def ndsi_rule(bands: Mapping[str, np.ndarray], options: dict, valid: np.ndarray) -> np.ndarray:
+def ndsi_rule(
+    bands: Mapping[str, np.ndarray], options: dict, valid: np.ndarray, cloud: np.ndarray | None = None
+) -> np.ndarray:
     """The NDSI rule (`evaluation.ndsi`), first match wins:
 
-    1. cloud: B02 > cloud_blue and NDSI < snow_ndsi (bright in blue, not snow-like in the SWIR);
+    1. cloud: B02 > cloud_blue and NDSI < snow_ndsi (bright in blue, not snow-like in the SWIR), or the given
+       `cloud` mask instead of that test (the s2cloudless baseline);
     2. snow: NDSI = (B03 - B11) / (B03 + B11) > snow_ndsi and B03 > snow_green;
     3. water: NDWI = (B03 - B08) / (B03 + B08) > water_ndwi;
     4. background otherwise; IGNORE_INDEX outside `valid`.
@@ -53,7 +54,8 @@ def ndsi_rule(bands: Mapping[str, np.ndarray], options: dict, valid: np.ndarray)
     classes = np.full(ndsi.shape, BACKGROUND, np.uint8)
     water = ndwi > options["water_ndwi"]
     snow = (ndsi > options["snow_ndsi"]) & (green > options["snow_green"])
-    cloud = (blue > options["cloud_blue"]) & (ndsi < options["snow_ndsi"])
+    if cloud is None:
+        cloud = (blue > options["cloud_blue"]) & (ndsi < options["snow_ndsi"])
     # Paint from the lowest to the highest precedence.
     classes[water] = WATER
     classes[snow] = SNOW
@@ -62,4 +64,50 @@ def ndsi_rule(bands: Mapping[str, np.ndarray], options: dict, valid: np.ndarray)
     return classes
 
 
-BASELINES: dict[str, Baseline] = {"ndsi": Baseline(bands=("B02", "B03", "B08", "B11"), rule=ndsi_rule)}
+NDSI_BANDS = ("B02", "B03", "B08", "B11")
+
+# A baseline: (scene raster, the `evaluation` options, threads) -> class rows (uint8, IGNORE_INDEX where the
+# scene has no data) top to bottom, in strips of any height.
+Baseline = Callable[[str | Path, dict, int], Iterator[np.ndarray]]
+
+
+def ndsi_strips(scene: str | Path, options: dict, threads: int = 1) -> Iterator[np.ndarray]:
+    """The NDSI rule on a scene raster, block row by block row."""
+    with rasterio.open(scene) as src:
+        for window in block_strips(src):
+            bands, valid = read_bands(src, NDSI_BANDS, window, "the ndsi baseline")
+            yield ndsi_rule(bands, options["ndsi"], valid)
+
+
+def s2cloudless_strips(scene: str | Path, options: dict, threads: int = 1) -> Iterator[np.ndarray]:
+    """s2cloudless's cloud mask (`evaluation.s2cloudless`) as the cloud test of the NDSI rule: cloud scores are
+    s2cloudless's alone; snow, water and background come from the NDSI rule's other tests, so that its macro
+    scores compare with the others'."""
+    with rasterio.open(scene) as src:
+        for strip in cloudprob.cloud_strips(scene, **options["s2cloudless"], threads=threads):
+            window = Window(0, strip.row, src.width, strip.valid.shape[0])
+            bands, valid = read_bands(src, NDSI_BANDS, window, "the s2cloudless baseline")
+            yield ndsi_rule(bands, options["ndsi"], valid & strip.valid, cloud=strip.mask)
+
+
+BASELINES: dict[str, Baseline] = {"ndsi": ndsi_strips, "s2cloudless": s2cloudless_strips}
+
+
+class StripRows:
+    """The rows of a strip iterator handed out in chunks of any height (strips of one height, windows of another);
+    holds at most one strip beside the chunk."""
+
+    def __init__(self, strips: Iterator[np.ndarray]):
+        self.strips = strips
+        self.pending: np.ndarray | None = None
+
+    def take(self, rows: int) -> np.ndarray:
+        """The next `rows` rows."""
+        parts, have = [], 0
+        while have < rows:
+            if self.pending is None or len(self.pending) == 0:
+                self.pending = next(self.strips)
+            part, self.pending = self.pending[: rows - have], self.pending[rows - have :]
+            parts.append(part)
+            have += len(part)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)

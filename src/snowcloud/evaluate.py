@@ -3,6 +3,7 @@ the same pixels, and the summary over dates (CSV and confusion-matrix plot)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import html
 import json
@@ -18,10 +19,10 @@ import snowcloud
 from snowcloud import dataset_stats, labels
 from snowcloud.atomic import atomic_output
 from snowcloud.bands import CLASSES, IGNORE_INDEX
-from snowcloud.baselines import BASELINES
+from snowcloud.baselines import BASELINES, StripRows
 from snowcloud.config import validated
 from snowcloud.metrics import confusion_matrix, metrics_from_confusion, thesis_metric_lines
-from snowcloud.scene import check_same_grid, identity, read_bands, row_strips
+from snowcloud.scene import check_same_grid, identity, row_strips
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def inside_margin(window: Window, shape: tuple[int, int], margin: int) -> np.nda
     return rows_inside[:, None] & cols_inside[None, :]
 
 
-def evaluate_scene(prediction: str, label: str, scene: str, output: str, options: dict) -> None:
+def evaluate_scene(prediction: str, label: str, scene: str, output: str, options: dict, threads: int = 1) -> None:
     """Confusion matrices and metrics of the prediction and of each baseline against the label mask, on the
     pixels that are labelled, predicted and at least `margin_pixels` from the border; written as JSON."""
     options = validated(options, "evaluation")
@@ -62,10 +63,15 @@ def evaluate_scene(prediction: str, label: str, scene: str, output: str, options
     n_classes = len(CLASSES)
     confusions = {method: np.zeros((n_classes, n_classes), np.int64) for method in methods}
     counts = {"total": 0, "labelled": 0, "predicted": 0, "margin_excluded": 0, "evaluated": 0}
-    with rasterio.open(scene) as scene_ds, rasterio.open(prediction) as prediction_ds:
+    with contextlib.ExitStack() as stack:
+        scene_ds, prediction_ds = (stack.enter_context(rasterio.open(path)) for path in (scene, prediction))
         check_same_grid(prediction_ds, scene_ds)
         check_margin(scene_ds.shape, options["margin_pixels"], scene)
         model_tags = prediction_ds.tags()
+        baselines = {
+            name: StripRows(stack.enter_context(contextlib.closing(BASELINES[name](scene, options, threads))))
+            for name in options["baselines"]
+        }
         for window in row_strips(scene_ds.height, scene_ds.width, BLOCK_ROWS):
             inside = inside_margin(window, scene_ds.shape, options["margin_pixels"])
             predicted = prediction_ds.read(1, window=window)
@@ -78,10 +84,8 @@ def evaluate_scene(prediction: str, label: str, scene: str, output: str, options
             counts["margin_excluded"] += int((labelled & has_prediction & ~inside).sum())
             counts["evaluated"] += int(evaluated.sum())
             confusions[MODEL] += confusion_matrix(predicted[evaluated], truth[evaluated], n_classes)
-            for name in options["baselines"]:
-                baseline = BASELINES[name]
-                bands, valid = read_bands(scene_ds, baseline.bands, window, f"the {name} baseline")
-                guess = baseline.rule(bands, options[name], valid)
+            for name, rows in baselines.items():
+                guess = rows.take(window.height)
                 if (guess[evaluated] == IGNORE_INDEX).any():
                     raise EvaluationError(
                         f"prediction {prediction} has classes where scene {scene} has no data: they are not from "
@@ -101,7 +105,7 @@ def evaluate_scene(prediction: str, label: str, scene: str, output: str, options
         "classes": list(CLASSES),
         "pixels": counts,
         "methods": {method: method_result(confusions[method]) for method in methods},
-        "baseline_options": {name: options[name] for name in options["baselines"]},
+        "baseline_options": {name: options[name] for name in BASELINES},
         "snowcloud_version": snowcloud.__version__,
     }
     with atomic_output(output) as tmp:
@@ -129,7 +133,9 @@ PER_CLASS_METRICS = ("iou", "f1", "precision", "recall")
 def split_roles(stats_path: str | Path) -> dict[tuple[str, str], str]:
     """Role of each (tile, date) in the dataset's split: train or validation for a date split, mixed when its
     patches are divided by a patch split."""
-    scene_of = {entry["shard"]: (entry["tile"], entry["date"]) for entry in dataset_stats.load_stats(stats_path)["dates"]}
+    scene_of = {
+        entry["shard"]: (entry["tile"], entry["date"]) for entry in dataset_stats.load_stats(stats_path)["dates"]
+    }
     roles: dict[tuple[str, str], str] = {}
     for role, members in dataset_stats.load_split(stats_path).items():
         for shard, indices in members:
@@ -182,9 +188,9 @@ def summarise(
     configuration: dict | None = None,
 ) -> None:
     """summary.csv: a row per date and method with its split role, then rows per split (and 'all') computed
-    from the summed confusion matrices; confusion.png: row-normalised confusion matrices of the model on the
-    validation dates and on all dates, and per-class IoU of the model against the baselines; summary.html
-    (for the report): the rows as tables, with the configuration the run used. Without stats (an inference-only
+    from the summed confusion matrices; confusion.png: row-normalised confusion matrices of the model and of each
+    baseline side by side, and per-class IoU of all of them (`write_confusion_plot`); summary.html (for the
+    report): the rows as tables, with the configuration the run used. Without stats (an inference-only
     experiment) every date's split role is "unknown"."""
     found = load_evaluations(evaluations)
     split_of = split_roles(stats_path) if stats_path else {}
@@ -299,22 +305,27 @@ def plot_iou_bars(axes, confusions: dict[str, np.ndarray], classes: list[str], t
 
 
 def write_confusion_plot(aggregates: dict[str, dict[str, np.ndarray]], classes: list[str], path: str | Path) -> None:
-    """The model's confusion matrices on the validation dates and on all dates, and the IoU bars, as PNG."""
+    """Side by side, as PNG: the confusion matrix of each method (model, then the baselines) on the validation
+    dates (all dates when no date is wholly validation), the model's on all dates, and the per-class IoU bars of
+    every method."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(15, 4.8), dpi=100, layout="constrained")
-    panels = figure.subplots(1, 3)
-    for axes, split in zip(panels[:2], ("validation", "all")):
-        if split in aggregates:
-            plot_confusion(axes, aggregates[split][MODEL], classes, f"model, {split} dates")
-        else:
+    split = next((s for s in ("validation", "all") if s in aggregates), None)
+    methods = list(aggregates[split]) if split else [MODEL]
+    panels_wanted = [(method, split) for method in methods]
+    if split == "validation":
+        panels_wanted.append((MODEL, "all"))
+    figure = Figure(figsize=(4.6 * (len(panels_wanted) + 1), 4.8), dpi=100, layout="constrained")
+    panels = figure.subplots(1, len(panels_wanted) + 1)
+    for axes, (method, panel_split) in zip(panels, panels_wanted):
+        if panel_split is None:
             axes.set_axis_off()
-            reason = "no date is wholly validation (patch split?)" if split == "validation" else "no evaluated dates"
-            axes.text(0.5, 0.5, f"model, {split} dates:\n{reason}", ha="center", va="center", fontsize=9)
-    bars_split = next((s for s in ("validation", "all") if s in aggregates), None)
-    if bars_split is None:
-        panels[2].set_axis_off()
+            axes.text(0.5, 0.5, f"{method}:\nno evaluated dates", ha="center", va="center", fontsize=9)
+        else:
+            plot_confusion(axes, aggregates[panel_split][method], classes, f"{method}, {panel_split} dates")
+    if split is None:
+        panels[-1].set_axis_off()
     else:
-        plot_iou_bars(panels[2], aggregates[bars_split], classes, f"IoU, {bars_split} dates")
+        plot_iou_bars(panels[-1], aggregates[split], classes, f"IoU, {split} dates")
     with atomic_output(path) as tmp:
         figure.savefig(tmp, format="png")

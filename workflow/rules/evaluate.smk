@@ -13,6 +13,7 @@ rule evaluate:
         "logs/evaluate/{experiment}/{tile}/{date}.log",
     conda:
         "../../envs/snowcloud.yaml"
+    threads: 2
     params:
         options=config["evaluation"],
     script:

@@ -9,4 +9,5 @@ logged(
     scene=snakemake.input.scene,
     output=snakemake.output[0],
     options=snakemake.params.options,
+    threads=snakemake.threads,
 )
