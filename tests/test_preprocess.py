@@ -20,7 +20,7 @@ from snowcloud.config import ConfigError, validated
 from snowcloud.demo.landscape import Landscape
 from snowcloud.demo.tiles import tile_grid
 from snowcloud.preprocess import PreprocessError, preprocess_scene
-from snowcloud.safe import SafeError
+from snowcloud.safe import SafeError, open_safe
 from snowcloud.scene import NODATA
 
 NO_DEM = {"dem": False}
@@ -296,9 +296,37 @@ def test_unreadable_dem_and_dem_without_crs_are_named(tmp_path):
         preprocess_scene(safe, None, tmp_path / "scene.tif", {})
 
 
+def test_b10_zeros_over_water_are_values_and_no_data_is_where_the_other_bands_are_zero(tmp_path):
+    """An older-baseline product (no offset) whose cirrus band reads DN 0 over a lake, as real ones do: the lake
+    keeps data (B10 = 0), no 60 m holes; outside the swath (DN 0 in every band) the scene has no data."""
+    dn = constant_bands(36, 2000)
+    dn["B10"][:] = 15
+    dn["B10"][1:4, 2:5] = 0  # a lake of 3 x 3 60 m pixels: 18 x 18 10 m pixels
+    for band in BANDS:  # the swath ends at 10 m column 30 (60 m column 5) in every band
+        k = RESOLUTION_M[band] // 10
+        dn[band][:, 30 // k :] = 0
+    values, tags = run(make_product(tmp_path, dn, baseline="0301"), tmp_path / "scene.tif", resampling="nearest", **NO_DEM)
+    b10 = values[BANDS.index("B10")]
+    outside = np.zeros((36, 36), dtype=bool)
+    outside[:, 30:] = True
+    assert (values[:, outside] == NODATA).all() and (values[:, ~outside] != NODATA).all()
+    assert (b10[6:24, 12:30] == 0).all() and (b10[:6, :30] == 15).all()
+    assert float(tags["VALID_FRACTION"]) == pytest.approx(30 / 36)
+
+
+def test_demo_products_of_older_baselines_read_b10_zero_in_dark_places_and_the_scene_keeps_it(tmp_path, tiny_demo):
+    product = tiny_demo["products"][("32TNS", "20211208T102421")].path  # N0301: no offset, no swath edge
+    with rasterio.open(open_safe(product).band_paths["B10"]) as band:
+        zeros = int((band.read(1) == 0).sum())
+    assert zeros > 0, "the demo's cirrus band reads 0 over dark low ground and water, as real products do"
+    values, _ = run(product, tmp_path / "scene.tif", resampling="nearest", **NO_DEM)
+    assert ((values[BANDS.index("B10")] == 0) & (values[0] != NODATA)).sum() == 36 * zeros
+    assert (values != NODATA).all()
+
+
 def test_all_no_data_scene_is_an_error_naming_the_product(tmp_path):
-    dn = constant_bands(12)
-    dn["B10"][:] = 0
+    dn = {band: np.zeros_like(values) for band, values in constant_bands(12).items()}
+    dn["B10"][:] = 7  # a band whose 0 is a value does not make a pixel valid
     safe = make_product(tmp_path, dn)
     with pytest.raises(PreprocessError, match=f"{safe}: no valid pixel"):
         preprocess_scene(safe, None, tmp_path / "scene.tif", NO_DEM)

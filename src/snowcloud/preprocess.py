@@ -2,8 +2,9 @@
 
 The 13 bands on B02's 10 m grid (20 m / 60 m bands upsampled by snowcloud.resample), value = DN +
 RADIO_ADD_OFFSET in a signed type, saturating at 32767, clipped per config; the DEM reprojected onto the
-same grid as band 14 (ELEVATION, metres); nodata -32768 in every band wherever any band has DN 0 (or the DEM
-is missing). The JP2 files are decoded once, in strips of `block_rows` 10 m rows, so memory does not grow
+same grid as band 14 (ELEVATION, metres); nodata -32768 in every band wherever any band but B10 has DN 0 (or the
+DEM is missing): B10 reads 0 over dark water in valid pixels, so its 0 is kept as a value
+(`scene.ZERO_IS_VALUE_BANDS`). The JP2 files are decoded once, in strips of `block_rows` 10 m rows, so memory does not grow
 with the tile:
 
 1. the bands of a strip (and its DEM rows) are read through GDAL (/vsizip/ for zips), upsampled, offset and
@@ -48,7 +49,14 @@ from snowcloud.counting import bincount_in_chunks
 from snowcloud.gdal import gdal_env
 from snowcloud.resample import MARGIN, RESULT, gain, phase_taps, replicate_edges, thread_scratch, upsample
 from snowcloud.safe import SafeProduct, open_safe
-from snowcloud.scene import NODATA, PREPROCESS_TAG, VALUE_RANGE, channel_names, recorded_preprocess
+from snowcloud.scene import (
+    NODATA,
+    PREPROCESS_TAG,
+    VALUE_RANGE,
+    channel_names,
+    product_band_valid,
+    recorded_preprocess,
+)
 from snowcloud.scene import profile as scene_profile
 
 log = logging.getLogger(__name__)
@@ -333,15 +341,15 @@ def _read_strips(product: SafeProduct, elevation: DemOnGrid | None, options: dic
 
 def _fill_band(product: SafeProduct, source, lock: threading.Lock, band: str, taps: dict, row: int, rows: int, out: np.ndarray) -> np.ndarray:
     """One band of a strip on the 10 m grid into `out` (int16, offset applied, saturated); returns its validity
-    (DN > 0) on the band's own grid. Bands run in parallel threads: GDAL decoding and the numpy work release
-    the GIL; the work arrays are the thread's own (snowcloud.resample.Scratch)."""
+    (`scene.product_band_valid`) on the band's own grid. Bands run in parallel threads: GDAL decoding and the
+    numpy work release the GIL; the work arrays are the thread's own (snowcloud.resample.Scratch)."""
     k = RESOLUTION_M[band] // 10
     scratch = thread_scratch()
     offset = product.offsets[band]
     if k == 1:
         dn = _read_rows(product, source, lock, band, row, rows, scratch)
         _offset_dn(dn, offset, out, scratch)
-        return dn > 0
+        return product_band_valid(band, dn)
     first, count = row // k, rows // k
     top, bottom = max(0, first - MARGIN), min(source.height, first + count + MARGIN)
     dn = _read_rows(product, source, lock, band, top, bottom - top, scratch)
@@ -349,7 +357,7 @@ def _fill_band(product: SafeProduct, source, lock: threading.Lock, band: str, ta
     native = scratch.array("native", (count + 2 * MARGIN, source.width + 2 * MARGIN))
     np.add(dn, np.float32(offset), out=native[before : before + dn.shape[0], MARGIN:-MARGIN])
     replicate_edges(native, before, after, MARGIN)
-    valid = dn > 0
+    valid = product_band_valid(band, dn)
     padded_valid = None if valid.all() else np.pad(valid, ((before, after), (MARGIN, MARGIN)), mode="edge")
     saturate = _may_saturate(max(-float(native.min()), float(native.max())) * gain(taps[k]))
 
@@ -457,7 +465,7 @@ def _check_summary(product: SafeProduct, elevation: DemOnGrid | None, summary: S
         elevation.check_coverage(summary.dem_missing / summary.pixels)
     if summary.valid == 0:
         reason = "" if elevation is None else " with DEM coverage"
-        raise PreprocessError(f"{product.path}: no valid pixel{reason} (every pixel has DN 0 in some band): nothing to process")
+        raise PreprocessError(f"{product.path}: no valid pixel{reason} (every pixel has DN 0 in some band other than B10): nothing to process")
 
 
 def clip_limits(histograms: dict[str, np.ndarray], clip: dict) -> dict[str, tuple[int, int]]:

@@ -103,6 +103,20 @@ def check_same_grid(a: rasterio.DatasetReader, b: rasterio.DatasetReader) -> Non
 
 # ----------------------------------------------------------------------------------------------- validity
 
+# L1C products mark no data with DN 0 (Special_Values NODATA in the metadata), in every band at once outside the
+# swath. B10 (cirrus, 1375 nm) sees little but the water vapour above the ground: over dark water and in deep
+# shadow it reads DN 0 in valid pixels (products of baselines before 04.00, without the +1000 offset), so its 0
+# is a value; whether a pixel holds data is decided by the other bands (all of which read DN > 0 there).
+ZERO_IS_VALUE_BANDS = ("B10",)
+
+
+def product_band_valid(band: str, dn: np.ndarray) -> np.ndarray:
+    """Which pixels of an L1C band (DN on its native grid) hold data: DN > 0, or every pixel for a band in
+    ZERO_IS_VALUE_BANDS (its validity comes from the other bands)."""
+    if band in ZERO_IS_VALUE_BANDS:
+        return np.ones(dn.shape, bool)
+    return dn > 0
+
 
 def valid_pixels(values: np.ndarray, nodata: float | None = NODATA) -> np.ndarray:
     """(H, W) mask of the pixels where every band of (C, H, W) raster values holds data (all, without nodata)."""

@@ -31,6 +31,7 @@ from snowcloud.demo.surface import Conditions, render_surface
 from snowcloud.demo.tiles import TileGrid
 from snowcloud.gdal import gdal_env
 from snowcloud.inventory import Product
+from snowcloud.scene import ZERO_IS_VALUE_BANDS
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,10 @@ def _render_bands(scene: Scene, landscape: Landscape, work: Path, label_path: Pa
                     native = toa[index].reshape(rows // k, k, grid.size // k, k).mean(axis=(1, 3))
                     noise = rng_for(scene.seed, "noise", grid.tile, scene.product.date, index, strip)
                     native += NOISE[index] * noise.standard_normal(native.shape, dtype=np.float32)
-                    dn = np.clip(np.rint(native * QUANTIFICATION_VALUE) - offset, 1, 65535).astype(np.uint16)
+                    # As in real products, DN 0 is left for no data, except in B10, which reads 0 over dark water
+                    # and in deep shadow (without the offset of baseline 04.00); scene.ZERO_IS_VALUE_BANDS.
+                    lowest = 0 if band in ZERO_IS_VALUE_BANDS else 1
+                    dn = np.clip(np.rint(native * QUANTIFICATION_VALUE) - offset, lowest, 65535).astype(np.uint16)
                     band_valid = _native_validity(scene, band, row // k, rows // k)
                     dn[~band_valid] = metadata.NODATA
                     datasets[band].write(dn, 1, window=Window(0, row // k, grid.size // k, rows // k))
