@@ -23,7 +23,8 @@ from snowcloud.scene import NODATA, SceneError
 
 CLASS_BANDS = ("B04", "B03", "B02", "B08")  # the band whose value decides each class in PixelRule
 GAIN = 10.0
-OPTIONS = {"batch_size": 3, "overlap": 0.5, "tta": True, "probabilities": True, "device": "cpu", "amp": True}
+OPTIONS = {"batch_size": 3, "scheme": "blend", "window": 1280, "margin": 64, "overlap": 0.5, "blending": "sine",
+           "tta": True, "probabilities": True, "device": "cpu", "amp": True}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -133,14 +134,45 @@ def test_blending_weights_sum_is_positive_everywhere_in_two_dimensions():
     np.testing.assert_allclose(weights, weights[::-1, ::-1])  # symmetric: flips see the same weights
 
 
+@pytest.mark.parametrize(("length", "window", "margin"), [(10980, 1024, 64), (10980, 1024, 0), (203, 96, 16),
+                                                           (1000, 256, 32), (100, 1024, 64), (97, 64, 8)])  # fmt: skip
+def test_margin_windows_take_every_pixel_from_one_core_away_from_inner_edges(length, window, margin):
+    plan = infer.margin_axis(length, window, margin)
+    assert plan.size % infer.WINDOW_MULTIPLE == 0 and plan.size <= max(window, infer.round_up(length, 16))
+    taken = np.zeros(length)
+    for start, weights in zip(plan.starts, plan.weights):
+        assert 0 <= start and (start + plan.size <= length or plan.starts == [0])
+        core = np.flatnonzero(weights)
+        assert set(np.unique(weights)) <= {0.0, 1.0}
+        taken[start + core[0] : start + core[-1] + 1] += 1
+        # the core keeps `margin` pixels to every window edge that is not the scene's border
+        assert core[0] >= margin or start == 0
+        assert plan.size - 1 - core[-1] >= margin or start + plan.size >= length
+    np.testing.assert_array_equal(taken, 1)  # every pixel, the last one included, exactly once
+
+
+def test_margin_scheme_computes_a_full_tile_at_most_1_3_times_and_blend_about_4_times():
+    margin = infer.margin_axis(10980, 1280, 64).work(10980) ** 2  # the defaults
+    blend = infer.blend_axis(10980, 256, 0.5, "sine").work(10980) ** 2
+    assert margin <= 1.3 and 3.9 < blend < 4.1
+
+
+def test_tent_blending_is_the_thesis_tent_sampled_at_pixel_centres():
+    tent = infer.blending_profile(256, "tent")
+    assert tent.min() > 0 and tent.max() <= 1
+    np.testing.assert_allclose(tent[:3], [0.5 / 128, 1.5 / 128, 2.5 / 128], rtol=1e-6)
+    np.testing.assert_allclose(tent, tent[::-1])
+
+
 # ----------------------------------------------------------------------------------------------- predict_scene
 
 
-@pytest.mark.parametrize("tta", [True, False])
-def test_per_pixel_model_gives_the_known_mask_everywhere(tmp_path, pixel_rule, tta):
-    """Windows overlap unevenly (203 = 5 strides + a shifted last window); every pixel including the last row
-    and column gets the rule's class, invalid pixels 255, and the blended probabilities equal the per-window
-    softmax (which only holds if blending divides by the summed weights)."""
+@pytest.mark.parametrize(("scheme", "tta"), [("blend", True), ("blend", False), ("margin", True)])
+def test_per_pixel_model_gives_the_known_mask_everywhere(tmp_path, pixel_rule, scheme, tta):
+    """Windows overlap unevenly (blend: 203 = 5 strides + a shifted last window; margin: 3 x 4 windows of 96 px
+    with 16 px margins); every pixel including the last row and column gets the rule's class, invalid pixels
+    255, and the blended probabilities equal the per-window softmax (which only holds if blending divides by the
+    summed weights)."""
     bands = [*BANDS, ELEVATION]
     values = invalidate(synthetic_values(150, 203), slice(10, 20), slice(30, 45))
     values = invalidate(values, slice(70, 150), slice(0, 70))  # whole windows without data are skipped
@@ -148,7 +180,8 @@ def test_per_pixel_model_gives_the_known_mask_everywhere(tmp_path, pixel_rule, t
     model_path = pixel_rule_checkpoint(tmp_path / "models" / "exp1" / "model.pt", bands)
     output = tmp_path / "predictions" / "exp1" / "32TNS" / "20210116T102351.tif"
 
-    predict_scene(str(model_path), str(scene), str(output), {**OPTIONS, "tta": tta})
+    predict_scene(str(model_path), str(scene), str(output), {**OPTIONS, "tta": tta, "scheme": scheme, "window": 96,
+                                                            "margin": 16})  # fmt: skip
 
     probabilities = expected_probabilities(values, normalisation.spec("legacy-dn10000"), bands)
     valid = np.all(values != NODATA, axis=0)

@@ -1,16 +1,19 @@
-"""Full-scene prediction: overlapping windows, blending normalised by the summed weights, flip TTA, bounded
-memory; the class mask (and optionally the probabilities) as COGs; quicklook PNGs."""
+"""Full-scene prediction: large windows whose margins are discarded (the default) or patch-size windows blended
+with weights normalised by their sum, flip TTA, reading and writing overlapped with the network, bounded memory;
+the class mask (and optionally the probabilities) as COGs."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Full, Queue
 
 import numpy as np
 import rasterio
@@ -37,10 +40,13 @@ FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 # messages to the model input (C, H, W) float32, 0 at invalid pixels.
 Normaliser = Callable[[np.ndarray, np.ndarray, str], np.ndarray]
 
-READ_CHUNK_COLUMNS = 1024  # scene columns read and normalised at once (two 512-pixel COG tiles)
-# GDAL block cache while predicting (GDAL's default is 5 % of the RAM): two rows of 512 x 512 tiles of a 14-band
-# 10980-wide scene (2 x 161 MB), so each tile is decoded once although overlapping strips read it up to 4 times.
+# GDAL block cache while predicting (GDAL's default is 5 % of the RAM): about three rows of 512 x 512 tiles of a
+# 14-band 10980-wide scene (161 MB each), so overlapping windows seldom decode a tile twice.
 GDAL_CACHE_MB = 512
+# The U-Net halves the grid four times: window sides that are multiples of 16 keep every level aligned, so a
+# window's result does not depend on padding inside the network.
+WINDOW_MULTIPLE = 16
+PREFETCH_BATCHES = 2  # batches read and normalised ahead of the network
 
 
 class InferenceError(ValueError):
@@ -69,17 +75,88 @@ def window_starts(length: int, patch_size: int, stride: int) -> list[int]:
     return starts
 
 
-def window_count(height: int, width: int, patch_size: int, overlap: float) -> int:
-    """Windows that cover a height x width scene (before skipping those without a valid pixel)."""
-    stride = window_stride(patch_size, overlap)
-    return len(window_starts(height, patch_size, stride)) * len(window_starts(width, patch_size, stride))
+def blending_profile(size: int, shape: str = "sine") -> np.ndarray:
+    """1-D blending weights sampled at pixel centres, 1 in the centre and > 0 up to the edges (so every covered
+    pixel has a positive summed weight): `sine` sin(pi (i + 0.5) / P), or `tent` 1 - |2 (i + 0.5) / P - 1| (the
+    thesis's "gaussian_smoother", which was 0 on the edge pixels themselves)."""
+    u = (np.arange(size) + 0.5) / size
+    profile = np.sin(np.pi * u) if shape == "sine" else 1 - np.abs(2 * u - 1)
+    return profile.astype(np.float32)
 
 
-def blending_weights(patch_size: int) -> np.ndarray:
-    """Separable sine (cosine-bell) window sampled at pixel centres: smooth, 1 in the centre and > 0 up to
-    the edges, so every covered pixel has a positive summed weight."""
-    profile = np.sin(np.pi * (np.arange(patch_size) + 0.5) / patch_size)
-    return np.outer(profile, profile).astype(np.float32)
+def blending_weights(patch_size: int, shape: str = "sine") -> np.ndarray:
+    """Separable 2-D blending weights of a P x P window (outer product of `blending_profile`)."""
+    profile = blending_profile(patch_size, shape)
+    return np.outer(profile, profile)
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """The windows along one axis: their starts, their common size (the network's input side; larger than the
+    axis only for an axis shorter than one window, padded) and each window's 1-D weights over its size."""
+
+    starts: list[int]
+    size: int
+    weights: list[np.ndarray]
+
+    def work(self, length: int) -> float:
+        """Pixels the network computes along this axis per pixel of the axis."""
+        return len(self.starts) * self.size / length
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def blend_axis(length: int, patch_size: int, overlap: float, shape: str) -> AxisPlan:
+    """Windows of the model's patch size at `overlap`, each weighted by the blending profile."""
+    starts = window_starts(length, patch_size, window_stride(patch_size, overlap))
+    return AxisPlan(starts, patch_size, [blending_profile(patch_size, shape)] * len(starts))
+
+
+def margin_axis(length: int, window: int, margin: int) -> AxisPlan:
+    """As few windows of at most `window` pixels as cover the axis when each keeps only its core, the part at
+    least `margin` pixels from its edges (at the scene's borders the window's own edge counts, nothing is
+    lost); cores split the axis evenly, the window size is the largest core plus both margins rounded up to a
+    multiple of WINDOW_MULTIPLE. Each window's weights are 1 on its core and 0 elsewhere: every pixel is taken
+    from exactly one window, away from that window's zero-padded edges."""
+    count = max(1, -(-length // max(1, window - 2 * margin)))
+    size = round_up(-(-length // count) + 2 * margin, WINDOW_MULTIPLE)
+    if size >= length:  # one window holds the whole axis
+        size = round_up(length, WINDOW_MULTIPLE)
+        return AxisPlan([0], size, [np.ones(size, np.float32)])
+    bounds = [i * length // count for i in range(count + 1)]
+    starts, weights = [], []
+    for first, last in zip(bounds, bounds[1:]):
+        start = min(max(first - margin, 0), length - size)
+        core = np.zeros(size, np.float32)
+        core[first - start : last - start] = 1.0
+        starts.append(start)
+        weights.append(core)
+    return AxisPlan(starts, size, weights)
+
+
+def window_count(height: int, width: int, patch_size: int, options: dict) -> int:
+    """Windows that cover a height x width scene under the scheme of `options` (before skipping those without a
+    valid pixel)."""
+    rows, cols = axis_plans(height, width, patch_size, options)
+    return len(rows.starts) * len(cols.starts)
+
+
+def axis_plans(height: int, width: int, patch_size: int, options: dict) -> tuple[AxisPlan, AxisPlan]:
+    """Row and column windows of the scheme in `options` (`scheme`: margin or blend)."""
+    if options["scheme"] == "margin":
+        return (margin_axis(height, options["window"], options["margin"]),
+                margin_axis(width, options["window"], options["margin"]))  # fmt: skip
+    return (blend_axis(height, patch_size, options["overlap"], options["blending"]),
+            blend_axis(width, patch_size, options["overlap"], options["blending"]))  # fmt: skip
+
+
+def scheme_description(options: dict) -> dict:
+    """The window scheme's settings (for logs and provenance tags)."""
+    if options["scheme"] == "margin":
+        return {"scheme": "margin", "window": options["window"], "margin": options["margin"]}
+    return {"scheme": "blend", "overlap": options["overlap"], "blending": f"{options['blending']}, normalised"}
 
 
 # ----------------------------------------------------------------------------------------------- model runs
@@ -125,10 +202,10 @@ def prepare_model(model: torch.nn.Module, settings: RunSettings) -> torch.nn.Mod
     return model
 
 
-def window_probabilities(model: torch.nn.Module, windows: np.ndarray, settings: RunSettings) -> torch.Tensor:
-    """Softmax (B, K, P, P) float32 of a batch of (B, C, P, P) windows, averaged over the flips when TTA is on
+def window_probabilities(model: torch.nn.Module, windows: torch.Tensor, settings: RunSettings) -> torch.Tensor:
+    """Softmax (B, K, h, w) float32 of a batch of (B, C, h, w) windows, averaged over the flips when TTA is on
     (each flipped output is flipped back before averaging)."""
-    batch = torch.from_numpy(windows).to(settings.device, non_blocking=True)
+    batch = windows.to(settings.device, non_blocking=True)
     if settings.device.type == "cuda":
         batch = batch.contiguous(memory_format=torch.channels_last)
     flips = FLIPS if settings.tta else FLIPS[:1]
@@ -149,21 +226,99 @@ def window_probabilities(model: torch.nn.Module, windows: np.ndarray, settings: 
 # ----------------------------------------------------------------------------------------------- scene reading
 
 
-def read_strip(
-    dataset: rasterio.DatasetReader, indexes: list[int], row: int, height: int, normalise: Normaliser
+@dataclass
+class Batch:
+    """Windows of one window row, read and normalised (B, C, h, w), padded to the plan's window size (pinned
+    memory on CUDA) and their column indexes; on the row's last batch also the validity of the row's scene rows
+    (h, W) (`windows` is None when no window is left to run)."""
+
+    row_index: int
+    col_indexes: list[int]
+    windows: torch.Tensor | None
+    valid: np.ndarray | None = None
+
+
+def read_window(
+    dataset: rasterio.DatasetReader, indexes: list[int], window: Window, normalise: Normaliser
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows row..row+height of the given bands, normalised, and where all of them hold data. Read and
-    normalised in column chunks, so the normalisation's temporaries stay small beside the strip."""
-    image = np.empty((len(indexes), height, dataset.width), np.float32)
-    valid = np.empty((height, dataset.width), bool)
-    for col in range(0, dataset.width, READ_CHUNK_COLUMNS):
-        width = min(READ_CHUNK_COLUMNS, dataset.width - col)
-        raw = dataset.read(indexes, window=Window(col, row, width, height))
-        chunk_valid = valid_pixels(raw, dataset.nodata)
-        source = f"{dataset.name} rows {row}..{row + height} columns {col}..{col + width}"
-        image[:, :, col : col + width] = normalise(raw.astype(np.float32), chunk_valid, source)
-        valid[:, col : col + width] = chunk_valid
-    return image, valid
+    """The given bands in a window, normalised, and where all of them hold data."""
+    raw = dataset.read(indexes, window=window)
+    valid = valid_pixels(raw, dataset.nodata)
+    source = f"{dataset.name} rows {window.row_off}..{window.row_off + window.height} columns {window.col_off}.."
+    return normalise(raw.astype(np.float32), valid, source + f"{window.col_off + window.width}"), valid
+
+
+def window_batches(
+    dataset: rasterio.DatasetReader,
+    indexes: list[int],
+    normalise: Normaliser,
+    plans: tuple[AxisPlan, AxisPlan],
+    per_batch: int,
+    pin: bool,
+) -> Iterator[Batch]:
+    """Read and normalise the windows row by row, in batches of `per_batch`; windows without a valid pixel
+    are left out (a tile at the edge of the swath is often half empty)."""
+    rows, cols = plans
+    height, width = min(rows.size, dataset.height), min(cols.size, dataset.width)
+
+    def batch(i: int, chosen: list[int], images: list[np.ndarray], valid: np.ndarray | None = None) -> Batch:
+        windows = torch.from_numpy(np.stack(images)) if images else None
+        return Batch(i, chosen, windows.pin_memory() if pin and windows is not None else windows, valid)
+
+    for i, row in enumerate(rows.starts):
+        valid_rows = np.zeros((height, dataset.width), bool)
+        chosen, images = [], []
+        for j, col in enumerate(cols.starts):
+            image, valid = read_window(dataset, indexes, Window(col, row, width, height), normalise)
+            valid_rows[:, col : col + width] = valid
+            if valid.any():
+                chosen.append(j)
+                images.append(pad_to_window(image, rows.size, cols.size))
+            if len(images) == per_batch:
+                yield batch(i, chosen, images)
+                chosen, images = [], []
+        yield batch(i, chosen, images, valid_rows)
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def prefetched(items: Iterator, depth: int) -> Iterator:
+    """The items of an iterator, produced in a background thread up to `depth` items ahead (so reading and
+    normalising overlap the network); an exception there is raised here; stopping early stops the thread."""
+    queue: Queue = Queue(maxsize=depth)
+    stop, done = threading.Event(), object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(_Failure(error))
+
+    thread = threading.Thread(target=produce, name="snowcloud-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not done:
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 # ----------------------------------------------------------------------------------------------- blending
@@ -178,70 +333,63 @@ class RowBlock:
     valid: np.ndarray
 
 
+def windows_per_batch(settings: RunSettings, patch_size: int, plans: tuple[AxisPlan, AxisPlan]) -> int:
+    """`batch_size` counts windows of the model's patch size; larger windows go in batches of as many pixels."""
+    return max(1, round(settings.batch_size * patch_size**2 / (plans[0].size * plans[1].size)))
+
+
 def predict_blocks(
     model: torch.nn.Module,
     dataset: rasterio.DatasetReader,
     indexes: list[int],
     normalise: Normaliser,
     n_classes: int,
-    patch_size: int,
-    overlap: float,
+    plans: tuple[AxisPlan, AxisPlan],
+    per_batch: int,
     settings: RunSettings,
     progress: tqdm | None = None,
 ) -> Iterator[RowBlock]:
-    """Slide windows over the scene strip by strip and yield each band of rows as soon as no later window
-    touches it. Memory holds one strip of input and a (K, P, W) accumulator, never the whole scene. Windows
-    are counted on `progress` (a bar of its own when None)."""
-    height, width = dataset.height, dataset.width
-    stride = window_stride(patch_size, overlap)
-    rows = window_starts(height, patch_size, stride)
-    cols = window_starts(width, patch_size, stride)
-    strip_height, window_width = min(patch_size, height), min(patch_size, width)
-    weights = blending_weights(patch_size)[:strip_height, :window_width]
-    weights_on_device = torch.from_numpy(weights).to(settings.device)
-    accumulator = np.zeros((n_classes, strip_height, width), np.float32)
-    weight_sum = np.zeros((strip_height, width), np.float32)
-    log.info(
-        "%d x %d pixels, %d x %d windows of %d px (stride %d), batch %d, TTA %s, %s on %s",
-        height, width, len(rows), len(cols), patch_size, stride, settings.batch_size, settings.tta,
-        settings.precision, settings.device,
-    )  # fmt: skip
-
-    def read(row: int) -> tuple[np.ndarray, np.ndarray]:
-        return read_strip(dataset, indexes, row, strip_height, normalise)
-
+    """Run the windows of `plans` row by row and yield each band of rows as soon as no later window touches it.
+    Memory holds a few batches of input (read ahead in a thread) and a (K, window height, W) accumulator, never
+    the whole scene. Windows are counted on `progress` (a bar of its own when None)."""
+    rows, cols = plans
+    height, width = min(rows.size, dataset.height), min(cols.size, dataset.width)
+    accumulator = np.zeros((n_classes, height, dataset.width), np.float32)
+    weight_sum = np.zeros((height, dataset.width), np.float32)
+    batches = window_batches(dataset, indexes, normalise, plans, per_batch, pin=settings.device.type == "cuda")
+    total = len(rows.starts) * len(cols.starts)
     bar = contextlib.nullcontext(progress) if progress is not None else tqdm(
-        total=len(rows) * len(cols), unit="window", desc="windows", mininterval=2.0
+        total=total, unit="window", desc="windows", mininterval=2.0
     )
-    with ThreadPoolExecutor(max_workers=1) as reader, bar as progress:
-        upcoming = reader.submit(read, rows[0])
-        for i, row in enumerate(rows):
-            image, valid = upcoming.result()
-            if i + 1 < len(rows):
-                upcoming = reader.submit(read, rows[i + 1])  # read ahead while the model runs
-            useful = [col for col in cols if valid[:, col : col + window_width].any()]
-            progress.update(len(cols) - len(useful))
-            for start in range(0, len(useful), settings.batch_size):
-                batch_cols = useful[start : start + settings.batch_size]
-                windows = np.stack([pad_to_patch(image[:, :, c : c + window_width], patch_size) for c in batch_cols])
-                probabilities = window_probabilities(model, windows, settings)[:, :, :strip_height, :window_width]
-                weighted = (probabilities * weights_on_device).cpu().numpy()
-                for col, window_probs in zip(batch_cols, weighted):
-                    accumulator[:, :, col : col + window_width] += window_probs
-                    weight_sum[:, col : col + window_width] += weights
-                progress.update(len(batch_cols))
-            done = (rows[i + 1] if i + 1 < len(rows) else height) - row
-            yield RowBlock(row, normalised_blend(accumulator[:, :done], weight_sum[:done]), valid[:done])
-            shift_up(accumulator, done)
-            shift_up(weight_sum, done)
+    with bar as progress:
+        first = progress.n
+        for batch in prefetched(batches, PREFETCH_BATCHES):
+            if batch.windows is not None:
+                row_weights = rows.weights[batch.row_index][:height]
+                weights = np.stack([np.outer(row_weights, cols.weights[j][:width]) for j in batch.col_indexes])
+                probabilities = window_probabilities(model, batch.windows, settings)[:, :, :height, :width]
+                weighted = (probabilities * torch.from_numpy(weights)[:, None].to(settings.device)).cpu().numpy()
+                for j, window_probs, window_weights in zip(batch.col_indexes, weighted, weights):
+                    col = cols.starts[j]
+                    accumulator[:, :, col : col + width] += window_probs
+                    weight_sum[:, col : col + width] += window_weights
+                progress.update(len(batch.col_indexes))
+            if batch.valid is not None:  # the last batch of its window row
+                i = batch.row_index
+                row = rows.starts[i]
+                done = (rows.starts[i + 1] if i + 1 < len(rows.starts) else dataset.height) - row
+                progress.update(first + (i + 1) * len(cols.starts) - progress.n)  # the skipped windows
+                yield RowBlock(row, normalised_blend(accumulator[:, :done], weight_sum[:done]), batch.valid[:done])
+                shift_up(accumulator, done)
+                shift_up(weight_sum, done)
 
 
-def pad_to_patch(window: np.ndarray, patch_size: int) -> np.ndarray:
-    """Zero-pad a (C, h, w) window at the bottom/right to (C, P, P) (only scenes smaller than a patch)."""
+def pad_to_window(window: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Zero-pad a (C, h, w) window at the bottom/right to (C, height, width) (only scenes smaller than a window)."""
     _, h, w = window.shape
-    if (h, w) == (patch_size, patch_size):
+    if (h, w) == (height, width):
         return window
-    return np.pad(window, ((0, 0), (0, patch_size - h), (0, patch_size - w)))
+    return np.pad(window, ((0, 0), (0, height - h), (0, width - w)))
 
 
 def normalised_blend(accumulator: np.ndarray, weight_sum: np.ndarray) -> np.ndarray:
@@ -326,12 +474,22 @@ def write_prediction(
                 for i, name in enumerate(class_names, start=1):
                     proba.set_band_description(i, f"p_{name}")
                 proba.update_tags(**tags, **class_tags, scale="probability = value / 255")
-            for block in blocks:
+
+            def write(block: RowBlock) -> None:
                 window = Window(0, block.row, profile["width"], block.valid.shape[0])
                 mask.write(classes_from_block(block, threshold), 1, window=window)
                 if proba is not None:
                     proba.write(probabilities_as_bytes(block), window=window)
                     proba.write_mask(np.where(block.valid, 255, 0).astype(np.uint8), window=window)
+
+            with ThreadPoolExecutor(max_workers=1) as writer:  # writes while the network runs the next rows
+                pending = None
+                for block in blocks:
+                    if pending is not None:
+                        pending.result()
+                    pending = writer.submit(write, block)
+                if pending is not None:
+                    pending.result()
         if probabilities:
             write_cog(proba_path, probabilities_path(output), "AVERAGE")
         write_cog(mask_path, output, "MODE")
@@ -361,8 +519,8 @@ def provenance_tags(
         "normalisation": json.dumps(metadata["normalisation"]),
         "patch_size": str(metadata["patch_size"]),
         "scene": str(scene),
-        "inference": json.dumps({"overlap": options["overlap"], "tta": settings.tta, "precision": settings.precision,
-                                 "device": settings.device.type, "blending": "sine window, normalised"}),
+        "inference": json.dumps({**scheme_description(options), "tta": settings.tta, "precision": settings.precision,
+                                 "device": settings.device.type}),
         "snowcloud_version": snowcloud.__version__,
     }  # fmt: skip
 
@@ -422,8 +580,17 @@ def predict_with(
         needed_by = f"the model {model.path} (model bands: {', '.join(metadata['bands'])})"
         indexes = band_indexes(dataset, list(metadata["bands"]), needed_by)
         normalise = checkpoint_normaliser(metadata["normalisation"], scene)
-        blocks = predict_blocks(model.network, dataset, indexes, normalise, len(model.class_names), model.patch_size,
-                                options["overlap"], model.settings, progress)  # fmt: skip
+        plans = axis_plans(dataset.height, dataset.width, model.patch_size, options)
+        per_batch = windows_per_batch(model.settings, model.patch_size, plans)
+        log.info(
+            "%d x %d pixels, %d x %d windows of %d x %d px (%s; each pixel computed %.2f times), %d per batch, "
+            "TTA %s, %s on %s", dataset.height, dataset.width, len(plans[0].starts), len(plans[1].starts),
+            plans[0].size, plans[1].size, scheme_description(options),
+            plans[0].work(dataset.height) * plans[1].work(dataset.width), per_batch, model.settings.tta,
+            model.settings.precision, model.settings.device,
+        )  # fmt: skip
+        blocks = predict_blocks(model.network, dataset, indexes, normalise, len(model.class_names), plans, per_batch,
+                                model.settings, progress)  # fmt: skip
         tags = provenance_tags(model.path, metadata, scene, options, model.settings)
         write_prediction(require_valid_pixels(blocks, scene), dataset.profile, output, model.class_names, tags,
                          options["probabilities"], options["threshold"])  # fmt: skip

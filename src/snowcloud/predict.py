@@ -121,7 +121,7 @@ def inspect(job: Job, model: infer.LoadedModel, options: dict, dem: str | None) 
             k: v for k, v in recorded.items() if k != "dem"
         }:
             log.warning("%s was preprocessed with %s, the model's training scenes with %s", job.source, made_with, recorded)
-    job.windows = infer.window_count(*shape, model.patch_size, options["overlap"])
+    job.windows = infer.window_count(*shape, model.patch_size, options)
 
 
 def output_path(out: Path, job: Job) -> Path:
