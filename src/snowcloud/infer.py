@@ -118,13 +118,13 @@ def margin_axis(length: int, window: int, margin: int) -> AxisPlan:
     """As few windows of at most `window` pixels as cover the axis when each keeps only its core, the part at
     least `margin` pixels from its edges (at the scene's borders the window's own edge counts, nothing is
     lost); cores split the axis evenly, the window size is the largest core plus both margins rounded up to a
-    multiple of WINDOW_MULTIPLE. Each window's weights are 1 on its core and 0 elsewhere: every pixel is taken
-    from exactly one window, away from that window's zero-padded edges."""
+    multiple of WINDOW_MULTIPLE (an axis that fits into one window is one window of its own length). Each
+    window's weights are 1 on its core and 0 elsewhere: every pixel is taken from exactly one window, away from
+    that window's zero-padded edges."""
     count = max(1, -(-length // max(1, window - 2 * margin)))
     size = round_up(-(-length // count) + 2 * margin, WINDOW_MULTIPLE)
-    if size >= length:  # one window holds the whole axis
-        size = round_up(length, WINDOW_MULTIPLE)
-        return AxisPlan([0], size, [np.ones(size, np.float32)])
+    if size >= length:  # one window of exactly the axis: zeros fed beyond the scene would change its border
+        return AxisPlan([0], length, [np.ones(length, np.float32)])
     bounds = [i * length // count for i in range(count + 1)]
     starts, weights = [], []
     for first, last in zip(bounds, bounds[1:]):
