@@ -1,16 +1,26 @@
-"""Full-scene inference figures: windows per second and peak memory of `infer.predict_scene`.
+"""Full-scene inference figures: the window schemes side by side, and s2cloudless per scene.
 
-    python benchmarks/bench_infer.py [--rows 768 3072] [--width 10980] [--base-channels 8] [--tta]
-                                     [--batch-size 16] [--threads 2] [--device cpu] [--dir DIR]
-    python benchmarks/bench_infer.py --device cuda --base-channels 64 --rows 10980 --tta   # the thesis model
+    python benchmarks/bench_infer.py [--rows 10980] [--width 10980] [--model results/models/demo/model.pt]
+                                     [--base-channels 8] [--patch-size 256] [--tta] [--threads 2] [--device cpu]
+    python benchmarks/bench_infer.py --device cuda --base-channels 64 --tta   # the thesis model on a GPU
 
-For each height in --rows it writes a synthetic 14-band scene raster of --width x rows (int16, nodata -32768, a
-band of no-data columns, spatially structured values), saves a U-Net checkpoint (random weights: speed does not
-depend on them) and runs predict_scene end to end (reading, snowcloud-v1 normalisation, windows, blending, COG
-writing) in a fresh process, so that its peak RSS is its own. It prints windows/s, the peak RSS of each run
-and, measured in this run, the ratio of peak RSS between the tallest and the shortest scene (memory bounded by
-strips: about 1 while the scene grows), and extrapolates the time of a full 10980 x 10980 tile from the
-windows/s of the tallest run. A full tile is --rows 10980 (about 3.4 GB of scene raster under --dir).
+It writes a synthetic 14-band scene raster of --width x --rows (int16, nodata -32768, the last 5 % of the columns
+without data as at a swath edge, spatially structured values) and runs `infer.predict_scene` end to end (reading,
+snowcloud-v1 normalisation, windows, network, blending, COG writing) once per scheme, each in a fresh process so
+that its peak RSS is its own:
+
+- `today`: the 50 %-overlap blending of --patch-size windows with sine weights, batch 16 (the default before the
+  margin scheme);
+- `margin`: the new default (windows of up to 1280 px, 64 px margins discarded, batches of as many pixels as 16
+  patches);
+- `thesis`: the thesis's scheme, 50 % overlap (stride 128 at 256 px), tent weights, batch 1.
+
+For each it prints seconds, windows, windows/s, network passes per pixel, peak RSS and the share of valid pixels
+whose class equals today's. The model is --model (a trained checkpoint, e.g. the demo's; its patch size is set to
+--patch-size for the blend schemes, the weights are untouched) or a U-Net of --base-channels with random weights.
+It also prints the model's receptive field (radius around an output pixel holding 99 / 99.9 / 99.99 % of the
+input gradient, and where it ends) and, with --s2cloudless, s2cloudless over the same scene with the
+`evaluation.s2cloudless` defaults: seconds and peak RSS.
 """
 
 from __future__ import annotations
@@ -26,13 +36,19 @@ import numpy as np
 import rasterio
 import torch
 
-from snowcloud import checkpoint, normalisation
-from snowcloud.bands import BANDS, CLASSES, ELEVATION
-from snowcloud.infer import predict_scene, window_starts, window_stride
+from snowcloud import checkpoint, cloudprob, infer, normalisation
+from snowcloud.bands import BANDS, CLASSES, ELEVATION, IGNORE_INDEX
+from snowcloud.config import validated
 from snowcloud.model import build_model, count_parameters
+from snowcloud.scene import row_strips
 
 FULL_TILE = 10980
 NODATA = -32768
+SCHEMES = {
+    "today": {"scheme": "blend", "overlap": 0.5, "blending": "sine", "batch_size": 16},
+    "margin": {"scheme": "margin", "window": 1280, "margin": 64, "batch_size": 16},
+    "thesis": {"scheme": "blend", "overlap": 0.5, "blending": "tent", "batch_size": 1},
+}
 
 
 def write_scene(path: Path, rows: int, width: int, strip: int = 256, seed: int = 0) -> None:
@@ -59,27 +75,37 @@ def write_scene(path: Path, rows: int, width: int, strip: int = 256, seed: int =
             dst.write(values, window=rasterio.windows.Window(0, top, width, height))
 
 
-def save_unet(path: Path, base_channels: int, patch_size: int) -> int:
-    """A thesis U-Net checkpoint with random weights; returns its parameter count."""
-    bands = [*BANDS, ELEVATION]
-    args = {"in_channels": len(bands), "n_classes": len(CLASSES), "base_channels": base_channels}
-    torch.manual_seed(0)
-    network = build_model("unet", **args)
-    metadata = {
-        "architecture": "unet", "model_args": args, "bands": bands, "normalisation": normalisation.spec("snowcloud-v1"),
-        "patch_size": patch_size, "classes": list(CLASSES), "experiment": "bench",
-    }  # fmt: skip
+def save_model(path: Path, source: Path | None, base_channels: int, patch_size: int) -> torch.nn.Module:
+    """The benchmark's checkpoint: `source`'s weights and metadata with the patch size set, or a U-Net with
+    random weights."""
+    if source is not None:
+        network, metadata = checkpoint.load_model(source)
+        metadata = {**metadata, "patch_size": patch_size}
+    else:
+        bands = [*BANDS, ELEVATION]
+        args = {"in_channels": len(bands), "n_classes": len(CLASSES), "base_channels": base_channels}
+        torch.manual_seed(0)
+        network = build_model("unet", **args)
+        metadata = {
+            "architecture": "unet", "model_args": args, "bands": bands, "classes": list(CLASSES),
+            "normalisation": normalisation.spec("snowcloud-v1"), "patch_size": patch_size, "experiment": "bench",
+        }  # fmt: skip
     checkpoint.save_model(path, network, metadata)
-    return count_parameters(network)
+    return network.eval()
 
 
-def run_prediction(model: str, scene: str, output: str, options: dict, threads: int, results) -> None:
-    """Child process: one predict_scene, then its wall time and peak RSS (and peak CUDA memory)."""
-    start = time.perf_counter()
-    predict_scene(model, scene, output, options, threads=threads)
-    seconds = time.perf_counter() - start
-    cuda_peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
-    results.put((seconds, peak_rss(), cuda_peak))
+def receptive_field(network: torch.nn.Module, size: int = 384) -> str:
+    """Radii (Chebyshev, px) around an output pixel holding 99 / 99.9 / 99.99 % of the input gradient of its
+    logits, and the radius beyond which the gradient is exactly 0."""
+    x = torch.randn(1, network.inc[0].in_channels, size, size, requires_grad=True)
+    centre = size // 2
+    network(x)[0, :, centre, centre].sum().backward()
+    gradient = x.grad.abs().sum(dim=(0, 1)).numpy()
+    offsets = np.abs(np.arange(size) - centre)
+    distance = np.maximum(offsets[:, None], offsets[None, :])
+    total = gradient.sum()
+    radii = [next(r for r in range(size) if gradient[distance <= r].sum() >= q * total) for q in (0.99, 0.999, 0.9999)]
+    return f"{radii[0]} / {radii[1]} / {radii[2]} px; nonzero up to {distance[gradient > 0].max()} px"
 
 
 def peak_rss() -> int:
@@ -91,57 +117,90 @@ def peak_rss() -> int:
     return next(int(line.split()[1]) * 1024 for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
 
 
-def windows_of(rows: int, width: int, patch_size: int, overlap: float) -> int:
-    stride = window_stride(patch_size, overlap)
-    return len(window_starts(rows, patch_size, stride)) * len(window_starts(width, patch_size, stride))
+def run_prediction(model: str, scene: str, output: str, options: dict, threads: int, results) -> None:
+    """Child process: one predict_scene, then its wall time and peak RSS (and peak CUDA memory)."""
+    start = time.perf_counter()
+    infer.predict_scene(model, scene, output, options, threads=threads)
+    seconds = time.perf_counter() - start
+    cuda_peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+    results.put((seconds, peak_rss(), cuda_peak))
+
+
+def run_s2cloudless(scene: str, threads: int, results) -> None:
+    """Child process: s2cloudless over the scene with the evaluation defaults, then its wall time and peak RSS."""
+    settings = validated({}, "evaluation")["s2cloudless"]
+    start = time.perf_counter()
+    cloudy = sum(int(strip.mask.sum()) for strip in cloudprob.cloud_strips(scene, **settings, threads=threads))
+    results.put((time.perf_counter() - start, peak_rss(), cloudy, settings))
+
+
+def in_child(context, target, *args):
+    results = context.Queue()
+    child = context.Process(target=target, args=(*args, results))
+    child.start()
+    result = results.get()
+    child.join()
+    return result
+
+
+def agreement(a: Path, b: Path) -> float:
+    """Share of the valid pixels of two class masks with the same class (read in strips)."""
+    same = valid = 0
+    with rasterio.open(a) as first, rasterio.open(b) as second:
+        for window in row_strips(first.height, first.width, 1024):
+            x, y = first.read(1, window=window), second.read(1, window=window)
+            mask = x != IGNORE_INDEX
+            same += int((x[mask] == y[mask]).sum())
+            valid += int(mask.sum())
+    return same / valid
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, nargs="+", default=[768, 3072], help="scene heights to run")
+    parser.add_argument("--rows", type=int, default=FULL_TILE, help="scene height (a full tile: 10980)")
     parser.add_argument("--width", type=int, default=FULL_TILE)
-    parser.add_argument("--base-channels", type=int, default=8, help="U-Net width (thesis: 64)")
-    parser.add_argument("--patch-size", type=int, default=256)
-    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--model", type=Path, default=None, help="a trained model.pt (default: random weights)")
+    parser.add_argument("--base-channels", type=int, default=8, help="U-Net width without --model (thesis: 64)")
+    parser.add_argument("--patch-size", type=int, default=256, help="window of the blend schemes (thesis: 256)")
+    parser.add_argument("--schemes", nargs="+", choices=list(SCHEMES), default=list(SCHEMES))
     parser.add_argument("--tta", action="store_true", help="4-way flip TTA (4 forward passes per window)")
-    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--no-amp", action="store_true", help="float32 on CUDA")
+    parser.add_argument("--s2cloudless", action="store_true", help="also time s2cloudless over the scene")
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
-    options = {"batch_size": args.batch_size, "overlap": args.overlap, "tta": args.tta, "probabilities": False,
-               "device": args.device, "amp": not args.no_amp}  # fmt: skip
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(dir=args.dir) as scratch:
         root = Path(scratch)
-        parameters = save_unet(root / "model.pt", args.base_channels, args.patch_size)
-        print(f"U-Net base {args.base_channels} ({parameters:,} parameters), {args.patch_size} px windows, overlap "
-              f"{args.overlap}, TTA {args.tta}, batch {args.batch_size}, {args.device}, {args.threads} threads")  # fmt: skip
-        print(f"{'rows':>6} {'width':>6} {'windows':>8} {'seconds':>8} {'windows/s':>10} {'peak RSS MB':>12} "
-              f"{'scene MB':>9}{' CUDA peak MB' if args.device == 'cuda' else ''}")  # fmt: skip
-        measured = []
-        for rows in args.rows:
-            scene = root / "32TNS" / f"rows{rows}.tif"
-            scene.parent.mkdir(exist_ok=True)
-            write_scene(scene, rows, args.width)
-            results = context.Queue()
-            child = context.Process(target=run_prediction, args=(str(root / "model.pt"), str(scene),
-                                    str(root / f"prediction{rows}.tif"), options, args.threads, results))  # fmt: skip
-            child.start()
-            seconds, peak, cuda_peak = results.get()
-            child.join()
-            windows = windows_of(rows, args.width, args.patch_size, args.overlap)
-            scene_mb = (len(BANDS) + 1) * rows * args.width * 2 / 2**20
-            measured.append((rows, windows, seconds, peak))
-            print(f"{rows:>6} {args.width:>6} {windows:>8} {seconds:>8.1f} {windows / seconds:>10.2f} "
-                  f"{peak / 2**20:>12.0f} {scene_mb:>9.0f}{f' {cuda_peak / 2**20:>12.0f}' if args.device == 'cuda' else ''}")  # fmt: skip
-    (rows_a, _, _, peak_a), (rows_b, windows_b, seconds_b, peak_b) = measured[0], measured[-1]
-    full_windows = windows_of(FULL_TILE, FULL_TILE, args.patch_size, args.overlap)
-    print(f"peak RSS ratio {rows_b} rows / {rows_a} rows: {peak_b / peak_a:.2f} (scene {rows_b / rows_a:.1f}x taller)")
-    print(f"full {FULL_TILE}^2 tile: {full_windows} windows, about {full_windows / (windows_b / seconds_b) / 60:.1f} min "
-          f"at the {rows_b}-row rate; a full-tile float32 accumulator alone would be "
-          f"{len(CLASSES) * FULL_TILE**2 * 4 / 2**30:.2f} GiB")  # fmt: skip
+        network = save_model(root / "model.pt", args.model, args.base_channels, args.patch_size)
+        scene = root / "32TNS" / "20220201T102209.tif"
+        scene.parent.mkdir()
+        write_scene(scene, args.rows, args.width)
+        print(f"scene {args.width} x {args.rows}; model {args.model or 'random weights'}: U-Net "
+              f"({count_parameters(network):,} parameters); TTA {args.tta}; {args.device}, {args.threads} threads")
+        print(f"receptive field (99 / 99.9 / 99.99 % of the gradient): {receptive_field(network)}")  # fmt: skip
+        print(f"{'scheme':>7} {'windows':>8} {'window px':>10} {'passes/px':>9} {'seconds':>8} {'windows/s':>10} "
+              f"{'peak RSS MB':>12} {'agreement':>10}{' CUDA peak MB' if args.device == 'cuda' else ''}")  # fmt: skip
+        seconds = {}
+        for name in args.schemes:
+            options = validated({**SCHEMES[name], "tta": args.tta, "device": args.device}, "inference")
+            rows, cols = infer.axis_plans(args.rows, args.width, args.patch_size, options)
+            windows = len(rows.starts) * len(cols.starts)
+            output = root / f"{name}.tif"
+            seconds[name], peak, cuda_peak = in_child(context, run_prediction, str(root / "model.pt"), str(scene),
+                                                      str(output), options, args.threads)  # fmt: skip
+            same = agreement(root / f"{args.schemes[0]}.tif", output)
+            print(f"{name:>7} {windows:>8} {f'{rows.size}x{cols.size}':>10} "
+                  f"{rows.work(args.rows) * cols.work(args.width):>9.2f} {seconds[name]:>8.1f} "
+                  f"{windows / seconds[name]:>10.2f} {peak / 2**20:>12.0f} {100 * same:>9.2f}%"
+                  f"{f' {cuda_peak / 2**20:>12.0f}' if args.device == 'cuda' else ''}")  # fmt: skip
+        if "margin" in seconds:
+            for name in seconds.keys() - {"margin"}:
+                print(f"margin scheme {seconds[name] / seconds['margin']:.2f}x faster than {name}")
+        if args.s2cloudless:
+            took, peak, cloudy, settings = in_child(context, run_s2cloudless, str(scene), args.threads)
+            print(f"s2cloudless {settings}: {took:.1f} s, peak RSS {peak / 2**20:.0f} MB ({cloudy:,} cloud pixels)")
+    print(f"(agreement: share of valid pixels with the class of the first scheme, {args.schemes[0]})")
 
 
 if __name__ == "__main__":
