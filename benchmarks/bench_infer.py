@@ -176,8 +176,10 @@ def main() -> None:
         scene = root / "32TNS" / "20220201T102209.tif"
         scene.parent.mkdir()
         write_scene(scene, args.rows, args.width)
-        print(f"scene {args.width} x {args.rows}; model {args.model or 'random weights'}: U-Net "
-              f"({count_parameters(network):,} parameters); TTA {args.tta}; {args.device}, {args.threads} threads")
+        print(
+            f"scene {args.width} x {args.rows}; model {args.model or 'random weights'}: U-Net "
+            f"({count_parameters(network):,} parameters); TTA {args.tta}; {args.device}, {args.threads} threads"
+        )
         print(f"receptive field (99 / 99.9 / 99.99 % of the gradient): {receptive_field(network)}")  # fmt: skip
         print(f"{'scheme':>7} {'windows':>8} {'window px':>10} {'passes/px':>9} {'seconds':>8} {'windows/s':>10} "
               f"{'peak RSS MB':>12} {'agreement':>10}{' CUDA peak MB' if args.device == 'cuda' else ''}")  # fmt: skip
