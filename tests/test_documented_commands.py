@@ -36,7 +36,7 @@ NOT_RUN = {
     r"my\.yaml": "a placeholder for the user's own file",
     r"^snowcloud import-thesis": "needs a thesis .pth: tests/test_thesis_import.py imports one saved from a replica of the thesis U-Net",
     r"^python benchmarks/bench_preprocess\.py$": "a full-size tile benchmark (minutes, GBs)",
-    r"^python benchmarks/bench_infer\.py --rows .*10980": "a full-width benchmark (minutes)",
+    r"^python benchmarks/bench_infer\.py": "full-width scenes under three window schemes (many minutes)",
     r"^python benchmarks/bench_workflow\.py": "runs the demo locally and through Slurm (tests/test_slurm_profile.py)",
     r"^snakemake --forcerun preprocess": "reruns the whole demo; what reruns is tested in tests/test_incremental.py",
 }
