@@ -52,12 +52,12 @@ def per_date(rule_outputs: dict[str, str], dates: list[str]) -> dict[str, list[s
 
 
 def after_model(dates: list[str]) -> dict[str, list[str]]:
-    """What a new model.pt makes stale: every prediction, its quicklook and evaluation, and the summary."""
+    """What a new model.pt makes stale: every prediction (its job also makes the quicklook), its evaluation, and
+    the summary."""
     return {
         **per_date(
             {
                 "infer": f"results/predictions/{EXPERIMENT}/{TILE}/{{date}}.tif",
-                "quicklook": f"results/quicklooks/{EXPERIMENT}/{TILE}/{{date}}.png",
                 "evaluate": f"results/evaluation/{EXPERIMENT}/{TILE}/{{date}}.json",
             },
             dates,
@@ -187,7 +187,12 @@ def test_changed_label_reshards_that_date(season):
 def test_inference_option_reruns_inference_and_evaluation_only(season):
     season.write_config({"experiments": {EXPERIMENT: {"inference": {"tta": True}}}})
     try:
-        assert season.plan() == after_model(season.dates)
+        jobs = planned_jobs(season.root)
+        assert jobs_by_rule(jobs) == after_model(season.dates)
+        assert {job.outputs for job in jobs if job.rule == "infer"} == {
+            (f"results/predictions/{EXPERIMENT}/{TILE}/{date}.tif", f"results/quicklooks/{EXPERIMENT}/{TILE}/{date}.png")
+            for date in season.dates
+        }, "one job per date makes the prediction and its quicklook"
     finally:
         season.write_config()
     assert season.plan() == {}

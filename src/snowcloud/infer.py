@@ -29,6 +29,7 @@ from snowcloud.bands import CLASSES, IGNORE_INDEX, class_colour_table
 from snowcloud.config import validated
 from snowcloud.gdal import gdal_env, gdal_errors_raised
 from snowcloud.provenance import file_sha256
+from snowcloud.quicklook import quicklook
 from snowcloud.scene import band_indexes, valid_pixels
 
 log = logging.getLogger(__name__)
@@ -599,3 +600,12 @@ def predict_with(
         log.info("removing %s left by an earlier run (probabilities are off now)", stale)
         stale.unlink()
     log.info("predicted %s -> %s in %.1f s", scene, output, time.perf_counter() - start)
+
+
+def predict_scene_and_quicklook(
+    model_path: str, scene: str, output: str, quicklook_path: str, options: dict, threads: int = 1
+) -> None:
+    """predict_scene, then the quicklook of the new prediction: the workflow's `infer` job (one job per scene,
+    so a run of many dates does not pay a second job's scheduling and start-up for the quicklook)."""
+    predict_scene(model_path, scene, output, options, threads)
+    quicklook(scene, output, quicklook_path)

@@ -1,4 +1,4 @@
-# Model + scene raster -> class mask (COG with colour table) and a quicklook.
+# Model + scene raster -> class mask (COG with colour table) and its quicklook, in one job per scene.
 
 
 rule infer:
@@ -6,7 +6,13 @@ rule infer:
         model="results/models/{experiment}/model.pt",
         scene=scene_of,
     output:
-        "results/predictions/{experiment}/{tile}/{date}.tif",
+        prediction="results/predictions/{experiment}/{tile}/{date}.tif",
+        quicklook=report(
+            "results/quicklooks/{experiment}/{tile}/{date}.png",
+            caption="../report/quicklook.rst",
+            category="Predictions",
+            subcategory="{experiment}",
+        ),
     log:
         "logs/infer/{experiment}/{tile}/{date}.log",
     conda:
@@ -18,22 +24,3 @@ rule infer:
         ],
     script:
         "../scripts/infer.py"
-
-
-rule quicklook:
-    input:
-        scene=scene_of,
-        prediction="results/predictions/{experiment}/{tile}/{date}.tif",
-    output:
-        report(
-            "results/quicklooks/{experiment}/{tile}/{date}.png",
-            caption="../report/quicklook.rst",
-            category="Predictions",
-            subcategory="{experiment}",
-        ),
-    log:
-        "logs/quicklook/{experiment}/{tile}/{date}.log",
-    conda:
-        "../../envs/snowcloud.yaml"
-    script:
-        "../scripts/quicklook.py"

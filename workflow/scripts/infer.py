@@ -1,12 +1,13 @@
-from snowcloud.infer import predict_scene
+from snowcloud.infer import predict_scene_and_quicklook
 from snowcloud.workflow import logged
 
 logged(
     snakemake.log[0],
-    predict_scene,
+    predict_scene_and_quicklook,
     model_path=snakemake.input.model,
     scene=snakemake.input.scene,
-    output=snakemake.output[0],
+    output=snakemake.output.prediction,
+    quicklook_path=snakemake.output.quicklook,
     options=snakemake.params.options,
     threads=snakemake.threads,
 )
