@@ -61,7 +61,9 @@ def run_on_slurm(root: Path, config: dict) -> dict[str, float]:
         began = time.perf_counter()
         cluster.stop()
         stop_seconds = time.perf_counter() - began
-    return {"start": cluster.start_seconds, "wall": wall, "jobs": len(jobs), "stop": stop_seconds}
+    submissions = len({job.id for job in jobs})
+    return {"start": cluster.start_seconds, "wall": wall, "jobs": len(jobs), "submissions": submissions,
+            "stop": stop_seconds}  # fmt: skip
 
 
 def measure(config: dict, args: argparse.Namespace, root: Path) -> None:
@@ -81,7 +83,8 @@ def measure(config: dict, args: argparse.Namespace, root: Path) -> None:
         print(f"slurm: not measured ({error})")
         return
     per_job = (slurm["wall"] - local) / slurm["jobs"]
-    print(f"slurm   --profile     : {slurm['wall']:8.1f} s for {slurm['jobs']} Slurm jobs")
+    print(f"slurm   --profile     : {slurm['wall']:8.1f} s for {slurm['jobs']} Slurm jobs "
+          f"(array tasks counted one by one) from {slurm['submissions']} sbatch submissions")  # fmt: skip
     print(f"ratio slurm / local   : {slurm['wall'] / local:8.2f}")
     print(f"extra time per job    : {per_job:8.1f} s (submission, status polling, Snakemake start-up in the job)")
     print(f"Slurm start-up        : {slurm['start']:8.2f} s (munged, slurmctld, slurmd until the node is idle)")

@@ -268,27 +268,35 @@ class SlurmCluster:
         return max((job.id for job in self.jobs()), default=0)
 
     def jobs(self, after: int = 0) -> list[SlurmJob]:
-        """Jobs with an id above `after`, oldest first: finished ones stay listed for MinJobAge (1 h)."""
-        out = run_slurm("squeue", "--noheader", "--states=all", "--format=%i|%T|%j|%k")
+        """Jobs (each task of a job array as one) with an id above `after`, oldest first: finished ones stay listed
+        for MinJobAge (1 h)."""
+        out = run_slurm("squeue", "--noheader", "--states=all", "--format=%A|%a|%T|%j|%k")
         jobs = [SlurmJob.from_squeue(line) for line in out.splitlines() if line.strip()]
-        return sorted((job for job in jobs if job.id > after), key=lambda job: job.id)
+        return sorted((job for job in jobs if job.id > after), key=lambda job: (job.id, job.task or 0))
 
 
 @dataclass(frozen=True)
 class SlurmJob:
-    id: int
+    id: int  # the id sbatch returned: shared by the tasks of a job array
+    task: int | None  # the index of an array task, None for a plain job
     state: str
     name: str
     comment: str
 
     @classmethod
     def from_squeue(cls, line: str) -> SlurmJob:
-        job_id, state, name, comment = line.split("|", 3)
-        return cls(int(job_id), state, name, comment.strip())
+        job_id, task, state, name, comment = line.split("|", 4)
+        return cls(int(job_id), None if task == "N/A" else int(task), state, name, comment.strip())
+
+    @property
+    def key(self) -> str:
+        """How scontrol and scancel name it: 12, or 12_3 for task 3 of array 12."""
+        return str(self.id) if self.task is None else f"{self.id}_{self.task}"
 
     @property
     def rule(self) -> str:
-        """The Snakemake rule, from the comment the executor plugin sets: rule_{name}[_wildcards_{...}]."""
+        """The Snakemake rule, from the comment the executor plugin sets: rule_{name}[_wildcards_{...}] (an array
+        carries the wildcards of its first job)."""
         return self.comment.removeprefix("rule_").split("_wildcards_")[0]
 
 
