@@ -270,7 +270,7 @@ class SlurmCluster:
     def jobs(self, after: int = 0) -> list[SlurmJob]:
         """Jobs (each task of a job array as one) with an id above `after`, oldest first: finished ones stay listed
         for MinJobAge (1 h)."""
-        out = run_slurm("squeue", "--noheader", "--states=all", "--format=%A|%a|%T|%j|%k")
+        out = run_slurm("squeue", "--noheader", "--states=all", "--format=%F|%K|%T|%j|%k")
         jobs = [SlurmJob.from_squeue(line) for line in out.splitlines() if line.strip()]
         return sorted((job for job in jobs if job.id > after), key=lambda job: (job.id, job.task or 0))
 
