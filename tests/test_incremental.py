@@ -252,10 +252,9 @@ def test_config_key_reruns_its_stage_and_what_follows(season, change, stale):
 
 
 def predicted(experiment: str, dates: list[str], evaluated: list[str]) -> dict[str, list[str]]:
-    """An experiment's inference and quicklook of `dates`, the evaluation of `evaluated`, and its summary."""
+    """An experiment's inference (with the quicklook) of `dates`, the evaluation of `evaluated`, and its summary."""
     return {
         "infer": sorted(f"results/predictions/{experiment}/{TILE}/{d}.tif" for d in dates),
-        "quicklook": sorted(f"results/quicklooks/{experiment}/{TILE}/{d}.png" for d in dates),
         "evaluate": sorted(f"results/evaluation/{experiment}/{TILE}/{d}.json" for d in evaluated),
         "evaluation_summary": [f"results/evaluation/{experiment}/summary.csv"],
     }
@@ -267,7 +266,6 @@ def test_unlabelled_date_is_predicted_without_retraining(season):
     assert plan == {
         "preprocess": [scene(UNLABELLED_DATE)],
         "infer": [f"results/predictions/{EXPERIMENT}/{TILE}/{UNLABELLED_DATE}.tif"],
-        "quicklook": [f"results/quicklooks/{EXPERIMENT}/{TILE}/{UNLABELLED_DATE}.png"],
     }, "no shard, no training, no evaluation"
     snakemake(season.root, "--cores", "2")
     assert season.plan() == {}
