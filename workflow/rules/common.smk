@@ -164,7 +164,8 @@ def preprocess_inputs(wildcards):
 
 def train_inputs(wildcards):
     """The statistics only: they name the shards and are rewritten whenever a shard changes. Listing every
-    shard here too made building the DAG quadratic (Snakemake scans train's inputs once per `infer` job)."""
+    shard here too made building the DAG quadratic (Snakemake scans train's inputs once per `infer` job).
+    """
     return {"stats": f"results/datasets/{experiment_dataset(wildcards)}/stats.json"}
 
 
