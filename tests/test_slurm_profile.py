@@ -145,7 +145,7 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster: SlurmCluste
         "evaluation_summary": 1,
     }  # fmt: skip
     assert by_rule["train"] == ["CANCELLED", "COMPLETED"]
-    assert all(job.state == "COMPLETED" for job in jobs if job != cancelled)
+    assert all(job.state == "COMPLETED" for job in jobs if job.key != cancelled.key)
     assert len({job.name for job in jobs}) == 1, "one Snakemake run submitted them all"
     # The per-date jobs went as job arrays: the dates of preprocess (ready together after demo_data) and of infer
     # (ready together after train) were one sbatch each, and there were fewer submissions than jobs.
