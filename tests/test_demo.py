@@ -323,7 +323,8 @@ def test_lakes_freeze_from_the_shore_and_the_youngest_ice_is_bare(snowline_above
     lake = max(landscape.lakes_near(*grid.bounds), key=lambda lake: lake.radius)
     conditions = replace(
         Conditions.for_scene(DEMO["seed"], "32TMS", "20211208T102421", landscape, grid.bounds),
-        snowline_m=lake.level - snowline_above_level, cloud_cover=1e-6, cirrus_opacity=0.0, valley_haze=0.0,
+        snowline_m=lake.level - snowline_above_level, cloud_cover=1e-6, cirrus_opacity=0.0, cirrus_sheet=0.0,
+        cumulus=None, valley_haze=0.0,
     )  # fmt: skip
     offsets = 10 * (np.arange(-40, 40) + 0.5)
     x, y = lake.x + offsets, lake.y - offsets

@@ -16,7 +16,7 @@ from statistics import NormalDist
 import numpy as np
 
 from snowcloud.bands import BANDS
-from snowcloud.demo import spectra
+from snowcloud.demo import clouds, spectra
 from snowcloud.demo.landscape import SHORE_WIDTH_M, VALLEY_FLOOR_M, Landscape, WaveField, rng_for, smoothstep
 
 SNOW_TRANSITION_M = 60.0  # elevation over which the snow share goes from 0 to 1 across the snow line
@@ -31,6 +31,9 @@ SHADOW_RELIEF_M = 2500.0  # the most terrain can rise above a point towards the 
 PENUMBRA_M = 40.0  # relief over which a cast shadow goes from lit to dark (the sun's disc, smoothing)
 LABEL_MIXED = (0.3, 0.7)  # snow or water shares between these leave a pixel unlabelled (255)
 LABEL_CLOUD = (0.12, 0.3)  # cloud opacity from which a pixel is unlabelled (below 0.3) or cloud (from 0.3)
+CUMULUS_DATES = 0.7  # share of the dates with a field of broken cumulus
+CUMULUS_DECK_SHARE = 0.5  # on those dates the sky has broken up: decks cover half as much
+CIRRUS_SHEET_DATES = 0.4  # share of the dates with a thin cirrus sheet
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,10 @@ class Conditions:
     shadow_shift_m: tuple[float, float]
     cirrus_opacity: float
     cirrus_field: WaveField
+    cirrus_sheet: float  # opacity of a thin cirrus sheet (0: none)
+    sheet_field: WaveField
+    cumulus: clouds.CumulusField | None  # a field of broken cumulus, or none
+    roughness: WaveField  # fractal roughness of cloud edges (real metres)
     ice_share: float  # share of the thick cloud area that is ice-phase
     phase_field: WaveField
     crystal_field: WaveField  # crystal size of ice clouds: large crystals absorb more at 1.6 um
@@ -67,22 +74,30 @@ class Conditions:
         zenith = abs(latitude - declination) + 6.0
         azimuth = 158.0
         cover = float(season.uniform(0.08, 0.5))
-        clouds = WaveField.random(season, 24, (extent / 20, 1.5 * extent), 0.9)
+        decks = WaveField.random(season, 24, (extent / 20, 1.5 * extent), 0.9)
         height = season.uniform(1500, 4000) * landscape.slope_scale
         along = height * math.tan(math.radians(zenith))
         # The shadow of a cloud falls away from the sun: the shadow at p is cast by the cloud at p + shift.
         shift = (along * math.sin(math.radians(azimuth)), along * math.cos(math.radians(azimuth)))
         cirrus = float(season.uniform(0.3, 0.65)) if season.uniform() < 0.6 else 0.0
         streaks = WaveField.random(season, 24, (extent / 20, 1.5 * extent), 1.0, (season.uniform(0, math.pi), 0.5))
+        sky = rng_for(seed, "cumulus", date)  # apart from `season`: the decks stay those of earlier versions
+        has_cumulus, has_sheet = sky.uniform(size=2) < (CUMULUS_DATES, CIRRUS_SHEET_DATES)
+        cumulus = clouds.CumulusField.random(seed, date, sky)
+        sheet = float(sky.uniform(0.04, 0.11))
         return cls(
             snowline_m=snowline,
             sun_zenith_deg=zenith,
             sun_azimuth_deg=azimuth,
-            cloud_cover=cover,
-            cloud_field=clouds,
+            cloud_cover=cover * (CUMULUS_DECK_SHARE if has_cumulus else 1.0),
+            cloud_field=decks,
             shadow_shift_m=shift,
             cirrus_opacity=cirrus,
             cirrus_field=streaks,
+            cirrus_sheet=sheet if has_sheet else 0.0,
+            sheet_field=WaveField.random(sky, 16, (extent / 4, 2 * extent), 1.0),
+            cumulus=cumulus if has_cumulus else None,
+            roughness=clouds.roughness_field(sky),
             ice_share=float(season.uniform(0.1, 0.5)),
             phase_field=WaveField.random(season, 16, (extent / 15, extent), 1.0),
             crystal_field=WaveField.random(season, 16, (extent / 30, extent / 3), 1.0),
@@ -91,6 +106,13 @@ class Conditions:
             haze_field=WaveField.random(season, 16, (extent / 10, extent), 1.0),
             swath_edge=swath_edge(seed, tile, date, bounds),
         )
+
+
+def cumulus_shadow_shift(conditions: Conditions) -> tuple[float, float]:
+    """Where the cumulus that shades a point lies, relative to it (real metres: towards the sun)."""
+    along = conditions.cumulus.height_m * math.tan(math.radians(conditions.sun_zenith_deg))
+    azimuth = math.radians(conditions.sun_azimuth_deg)
+    return along * math.sin(azimuth), along * math.cos(azimuth)
 
 
 def swath_edge(seed: int, tile: str, date: str, bounds: tuple[float, float, float, float]) -> tuple[float, float, float] | None:
@@ -125,8 +147,8 @@ class Surface:
     direct: np.ndarray  # sun's direct beam relative to flat open ground (incidence, terrain and cloud shadows)
     diffuse: np.ndarray  # sky light relative to flat open ground (sky view, cloud shadow)
     aerosol: np.ndarray  # aerosol optical depth at 550 nm
-    cloud: np.ndarray  # thick cloud opacity
-    ice_phase: np.ndarray  # ice share of the thick cloud
+    cloud: np.ndarray  # opacity of the decks and cumulus (clouds.opacity of their optical depth)
+    ice_phase: np.ndarray  # ice share of that cloud
     crystals: np.ndarray  # 0 small .. 1 large ice crystals
     cloud_brightness: np.ndarray
     cirrus: np.ndarray  # thin ice cloud opacity
@@ -269,15 +291,30 @@ def render_surface(landscape: Landscape, conditions: Conditions, x: np.ndarray, 
     direct *= 1 - cast_shadow(landscape, x, y, raw[inner], conditions.sun_zenith_deg, conditions.sun_azimuth_deg)
     sky = (1 + np.cos(slope)) / 2
 
-    # Clouds: thick ones of water or ice, their shadows, thin cirrus streaks.
-    cloud_field = conditions.cloud_field.grid(x, y)
+    # Clouds: decks of water or ice and broken cumulus (water), their shadows, cirrus streaks and sheets.
+    roughness = conditions.roughness.grid(x, y)
     threshold = NormalDist().inv_cdf(1 - conditions.cloud_cover)
-    cloud = smoothstep((cloud_field - threshold) / 0.4)
+    cloud_field = conditions.cloud_field.grid(x, y)
+    deck = clouds.deck_depth(cloud_field, roughness, threshold)
     brightness = 0.85 + 0.25 * np.clip((cloud_field - threshold - 0.4) / 1.0, 0, 1)
-    shadow = smoothstep((conditions.cloud_field.shifted(*conditions.shadow_shift_m).grid(x, y) - threshold) / 0.4)
+    dx, dy = conditions.shadow_shift_m
+    deck_above = conditions.cloud_field.shifted(dx, dy).grid(x, y)  # the deck that shades each point
+    shading = [clouds.deck_depth(deck_above, conditions.roughness.shifted(dx, dy).grid(x, y), threshold)]
+    cumulus = np.zeros_like(deck)
+    if conditions.cumulus is not None:
+        cumulus = conditions.cumulus.depth(x, y, roughness)
+        sx, sy = cumulus_shadow_shift(conditions)
+        shading.append(conditions.cumulus.depth(x + sx, y + sy, conditions.roughness.shifted(sx, sy).grid(x, y)))
+    shadow = 1 - np.prod([1 - clouds.shadow_depth(tau, conditions.sun_zenith_deg) for tau in shading], axis=0)
+    depth = deck + cumulus
+    cloud = clouds.opacity(depth)
+    deck_share = np.divide(deck, depth, out=np.ones_like(depth), where=depth > 0)
+    brightness = deck_share * brightness + (1 - deck_share)
     direct *= 1 - CLOUD_SHADOW_DIRECT * shadow
     diffuse = sky * (1 - CLOUD_SHADOW_DIFFUSE * shadow)
-    cirrus = conditions.cirrus_opacity * smoothstep((conditions.cirrus_field.grid(x, y) - 0.6) / 1.2)
+    streaks = conditions.cirrus_opacity * smoothstep((conditions.cirrus_field.grid(x, y) - 0.6) / 1.2)
+    sheet = clouds.cirrus_sheet(conditions.sheet_field.grid(x, y), roughness, conditions.cirrus_sheet)
+    cirrus = np.maximum(streaks, sheet)
     ice_threshold = NormalDist().inv_cdf(1 - conditions.ice_share)
     ice_phase = smoothstep((conditions.phase_field.grid(x, y) - ice_threshold) / 0.6 + 0.5)
     crystals = smoothstep(conditions.crystal_field.grid(x, y) / 1.2 + 0.5)
@@ -318,7 +355,7 @@ def render_surface(landscape: Landscape, conditions: Conditions, x: np.ndarray, 
         diffuse=f32(diffuse),
         aerosol=f32(aerosol),
         cloud=f32(cloud),
-        ice_phase=f32(ice_phase),
+        ice_phase=f32(ice_phase * deck_share),
         crystals=f32(crystals),
         cloud_brightness=f32(brightness),
         cirrus=f32(cirrus),
