@@ -34,6 +34,7 @@ from snowcloud.bands import CLASSES, IGNORE_INDEX  # noqa: E402
 from snowcloud.baselines import BASELINES  # noqa: E402
 from snowcloud.config import validate_config  # noqa: E402
 from snowcloud.demo import planned_products  # noqa: E402
+from snowcloud.demo.clouds import THIN_BELOW  # noqa: E402
 from snowcloud.demo.cloudstats import cloud_objects  # noqa: E402
 from snowcloud.demo.landscape import Landscape  # noqa: E402
 from snowcloud.demo.product import GENERATION_ROWS, make_scene  # noqa: E402
@@ -42,7 +43,6 @@ from snowcloud.demo.tiles import tile_grid  # noqa: E402
 from snowcloud.evaluate import inside_margin, read_bands  # noqa: E402
 from snowcloud.metrics import confusion_matrix, metrics_from_confusion  # noqa: E402
 
-THIN_BELOW = 0.7  # opacity under which a cloud pixel is semi-transparent
 SMALL_CLOUD_PIXELS = 1000  # cloud objects under 0.1 km2 (equivalent diameter under ~360 m) are small
 ZONE_PIXELS = 3
 CLOUD = CLASSES.index("cloud")

@@ -1,3 +1,4 @@
+import math
 import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import replace
@@ -6,14 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import yaml
 from rasterio.enums import Resampling
 from rasterio.warp import transform
 
 from snowcloud.bands import BANDS, RESOLUTION_M
 from snowcloud.baselines import ndsi_rule
 from snowcloud.config import load_schema
-from snowcloud.demo import make_demo_data, planned_products, surface, tiles
+from snowcloud.demo import clouds, make_demo_data, planned_products, surface, tiles
 from snowcloud.demo import product as demo_product
+from snowcloud.demo.cloudstats import cloud_objects, equivalent_diameters, size_slope, thin_share
 from snowcloud.demo.landscape import Landscape
 from snowcloud.demo.product import make_scene, write_scene
 from snowcloud.demo.surface import Conditions, Surface, cast_shadow, render_surface
@@ -342,3 +345,98 @@ def test_lakes_freeze_from_the_shore_and_the_youngest_ice_is_bare(snowline_above
         assert swir[bare].max() < 0.03 and green[bare].max() < green[near_shore].min()  # dark grey ice
     else:
         assert (label[centre] == SNOW).all() and (label[near_shore] == SNOW).all() and not bare.any()
+
+
+# Cloud morphology (docs/demo.md, "Clouds as real skies have them"): the statistics the generator targets.
+SIZE_SLOPE_BOUNDS = (1.4, 2.3)  # n(D) ~ D^-b of cumulus below 1 km (Sengupta et al. 1990)
+COVER_TOLERANCE = 0.05  # labelled cover of a field against the cover it was drawn with
+THIN_SHARE_BOUNDS = (0.15, 0.35)  # semi-transparent share of the cloud-affected pixels (about a quarter)
+
+
+@pytest.mark.parametrize("field", [0, 1])
+def test_cumulus_fields_have_published_size_slope_cover_and_thin_share(field):
+    size = 768  # 7.7 km square at 10 m: several hundred clouds
+    x = 10 * (np.arange(size) + 0.5)
+    y = 5_000_000 - 10 * (np.arange(size) + 0.5)
+    rng = np.random.default_rng(field)
+    cumulus = clouds.CumulusField.random(DEMO["seed"], f"field{field}", rng)
+    opacity = clouds.opacity(cumulus.depth(x, y, clouds.roughness_field(rng).grid(x, y)))
+    cloud_from, thin_from = surface.LABEL_CLOUD[1], surface.LABEL_CLOUD[0]
+    _, areas = cloud_objects(opacity >= cloud_from)
+    slope = size_slope(equivalent_diameters(areas[1:]), *clouds.CUMULUS_DIAMETER_M)
+    assert SIZE_SLOPE_BOUNDS[0] <= slope <= SIZE_SLOPE_BOUNDS[1]
+    assert abs((opacity >= cloud_from).mean() - cumulus.cover) <= COVER_TOLERANCE
+    assert THIN_SHARE_BOUNDS[0] <= thin_share(opacity, thin_from, clouds.THIN_BELOW) <= THIN_SHARE_BOUNDS[1]
+    assert (areas[1:] < 10).sum() > 0.3 * len(areas[1:])  # clouds of a few pixels are the most numerous
+
+
+def test_cloud_objects_are_eight_connected_and_the_slope_of_a_known_power_law_is_found():
+    mask = np.zeros((6, 6), bool)
+    mask[0, 0] = mask[1, 1] = True  # touching at a corner: one object
+    mask[4:6, 3:6] = True
+    ids, areas = cloud_objects(mask)
+    assert sorted(areas[1:]) == [2, 6] and (ids[mask] > 0).all() and (ids[~mask] == 0).all()
+    rng = np.random.default_rng(0)
+    diameters = (1 - rng.uniform(size=20000)) ** (-1 / 1.0) * 20  # n(D) ~ D^-2 above 20 m
+    assert size_slope(diameters, 20, 2000) == pytest.approx(2.0, abs=0.1)
+
+
+def test_thin_margins_are_labelled_as_documented_and_show_the_snow_below():
+    """Opacity is the two-stream reflectance of the optical depth: the annotator's cloud line (opacity 0.3) runs
+    at tau ~ 3; below opacity 0.12 the pixel is the surface, between the two it is not labelled. A thin margin
+    mixes with the snow below it: its NDSI falls from snow's towards the cloud's as the cloud thickens."""
+    assert clouds.opacity(clouds.LABEL_TAU) == pytest.approx(surface.LABEL_CLOUD[1], abs=0.02)
+    depths = [0.5, 2.0, 3.5, 8.0, 40.0]
+    strip = scenario_surface([dict(snow=1.0, cloud=float(clouds.opacity(tau))) for tau in depths])
+    assert list(strip.labels()[0]) == [SNOW, 255, CLOUD, CLOUD, CLOUD]
+    toa = strip.toa()
+    green, swir = toa[BANDS.index("B03")][0], toa[BANDS.index("B11")][0]
+    ndsi = (green - swir) / (green + swir)
+    assert (np.diff(ndsi) < 0).all() and ndsi[2] > 0.4 > 0.2 > ndsi[-1]  # the NDSI rule calls the thin margin snow
+
+
+def test_a_thin_cirrus_sheet_shows_mainly_in_b10_and_leaves_the_label_to_the_ground():
+    sheet = float(clouds.cirrus_sheet(np.array(3.0), np.array(0.0), 0.1))
+    strip = scenario_surface([{}, dict(cirrus=sheet), dict(snow=1.0), dict(snow=1.0, cirrus=sheet)])
+    toa, label = strip.toa(), strip.labels()[0]
+    assert list(label) == [BACKGROUND, BACKGROUND, SNOW, SNOW]
+    b10, b03 = toa[BANDS.index("B10")][0], toa[BANDS.index("B03")][0]
+    assert b10[1] > 5 * b10[0] and b10[3] > 5 * b10[2]  # plain in B10 over dark and bright ground
+    assert abs(b03[3] - b03[2]) < 0.1 * b03[2] and b03[1] - b03[0] < 0.05  # faint in the visible
+
+
+def test_cumulus_shadows_fall_away_from_the_sun_by_the_cloud_height():
+    landscape = Landscape(DEMO["seed"], 384)
+    grid = tiles.tile_grid("32TMS", 384)
+    conditions = Conditions.for_scene(DEMO["seed"], "32TMS", "20220201T102209", landscape, grid.bounds)
+    conditions = replace(conditions, cloud_cover=1e-6, cirrus_opacity=0.0, cirrus_sheet=0.0)
+    assert conditions.cumulus is not None
+    x = grid.x0 + 10 * (np.arange(200) + 0.5)
+    y = grid.y0 - 10 * (np.arange(200) + 0.5)
+    lit = render_surface(landscape, replace(conditions, cumulus=None), x, y, np.ones((200, 200), np.float32)).direct
+    state = render_surface(landscape, conditions, x, y, np.ones((200, 200), np.float32))
+    dx, dy = surface.cumulus_shadow_shift(conditions)
+    assert dx > 0 and dy < 0 and math.hypot(dx, dy) > conditions.cumulus.height_m  # towards the sun in the SSE
+    roughness = conditions.roughness.shifted(dx, dy).grid(x, y)
+    above = clouds.opacity(conditions.cumulus.depth(x + dx, y + dy, roughness))
+    shaded, clear = (above > 0.7) & (state.cloud == 0) & (lit > 0.3), (above == 0) & (lit > 0.3)
+    assert shaded.sum() > 100 and clear.sum() > 100
+    assert (state.direct[shaded] / lit[shaded]).max() < 0.6 and (state.direct[clear] == lit[clear]).all()
+
+
+def test_the_default_validation_date_holds_broken_cumulus_with_small_clouds_over_snow():
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
+    demo = config["demo"]
+    (date,) = config["datasets"]["demo"]["split"]["validation_dates"]
+    landscape = Landscape(demo["seed"], demo["size"])
+    grid = tiles.tile_grid(demo["tiles"][0], demo["size"])
+    conditions = Conditions.for_scene(demo["seed"], grid.tile, date, landscape, grid.bounds)
+    assert conditions.cumulus is not None
+    x = grid.x0 + 10 * (np.arange(grid.size) + 0.5)
+    y = grid.y0 - 10 * (np.arange(grid.size) + 0.5)
+    state = render_surface(landscape, conditions, x, y, np.ones((grid.size, grid.size), np.float32))
+    ids, areas = cloud_objects(state.labels() == CLOUD)
+    small = (areas < 1000) & (np.arange(len(areas)) > 0)
+    assert small.sum() >= 20
+    under_small = small[ids]
+    assert (state.snow[under_small] >= 0.5).sum() > 100  # small clouds over snow

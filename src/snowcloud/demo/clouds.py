@@ -20,6 +20,7 @@ from snowcloud.demo.landscape import WaveField, rng_for, smoothstep
 
 ASYMMETRY = 0.85  # asymmetry parameter g of cloud droplets and crystals in the visible (strong forward scattering)
 OPAQUE_TAU = 40.0  # optical depth of the opaque layer whose reflectance the cloud spectra give
+THIN_BELOW = 0.7  # opacity under which a cloud is semi-transparent: the surface shows through (tau ~ 12)
 LABEL_TAU = 3.0  # optical depth at a cumulus's nominal edge: opacity 0.3, where the annotator's line runs
 CUMULUS_DIAMETER_M = (20.0, 1000.0)  # smallest and largest cumulus (nominal diameter, real metres)
 CUMULUS_SIZE_SLOPE = 1.8  # number density n(D) ~ D^-b of cumulus diameters (Sengupta et al. 1990: 1.4-2.3 below 1 km)
