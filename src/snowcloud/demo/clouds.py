@@ -27,6 +27,7 @@ CUMULUS_SIZE_SLOPE = 1.8  # number density n(D) ~ D^-b of cumulus diameters (Sen
 CUMULUS_CORE_TAU = (4.0, 60.0)  # optical depth at the centre: thin for small clouds, rising with size
 CUMULUS_CELL_M = 1000.0  # cumulus are drawn per cell of a map lattice: strips and tiles of one date agree
 EDGE_ROUGHNESS = 0.25  # how far (in radii) the fractal roughness moves a cumulus's edge in or out
+HARMONIC_ORDERS = np.array([2.0, 3.0, 5.0])  # of the irregular outline of a cumulus
 DECK_TAU = 60.0  # optical depth deep inside a deck
 DECK_EDGE = 0.4  # excess of the deck field over its threshold across which a deck's edge thickens
 DECK_ROUGHNESS = 0.2  # the fractal roughness added to a deck's edge (in units of DECK_EDGE)
@@ -91,8 +92,10 @@ class Cumuli:
     core_tau: np.ndarray
     harmonics: np.ndarray  # (n, 3, 2): relative amplitude and phase of orders HARMONIC_ORDERS
 
-
-HARMONIC_ORDERS = np.array([2.0, 3.0, 5.0])
+    def half_extent(self) -> np.ndarray:
+        """Metres from each centre beyond which a cloud holds nothing (roughness up to 4 standard deviations)."""
+        bulge = np.prod(1 + self.harmonics[:, :, 0], axis=1)
+        return self.radius * np.sqrt(self.stretch) * bulge * (outer_radius(self.core_tau) + 4 * EDGE_ROUGHNESS)
 
 
 @dataclass(frozen=True)
@@ -160,26 +163,26 @@ class CumulusField:
         descending), given the roughness field on that grid; overlapping clouds add up."""
         tau = np.zeros((len(y), len(x)), dtype=np.float32)
         density = self.density()
-        reach = CUMULUS_DIAMETER_M[1] * 1.6 * (1 + EDGE_ROUGHNESS * 4)  # half length of the largest outline
+        # The largest half extent: stretch (at most 1.6) and harmonics (bulge at most 1.61) within a factor 2.5.
+        reach = CUMULUS_DIAMETER_M[1] / 2 * 2.5 * (outer_radius(CUMULUS_CORE_TAU[0]) + 4 * EDGE_ROUGHNESS)
         cells_x = range(math.floor((x.min() - reach) / CUMULUS_CELL_M), math.floor((x.max() + reach) / CUMULUS_CELL_M) + 1)
         cells_y = range(math.floor((y.min() - reach) / CUMULUS_CELL_M), math.floor((y.max() + reach) / CUMULUS_CELL_M) + 1)
-        neg_y = -y  # ascending, for searchsorted
-        for i in cells_x:
-            for j in cells_y:
-                clouds = self.cell(i, j, density)
-                for k in range(len(clouds.x)):
-                    _add_cumulus(tau, x, neg_y, roughness, clouds, k)
+        near = [self.cell(i, j, density) for i in cells_x for j in cells_y]
+        clouds = Cumuli(*(np.concatenate([getattr(cell, name) for cell in near]) for name in Cumuli.__dataclass_fields__))
+        half = clouds.half_extent()
+        overlapping = np.nonzero(
+            (clouds.x + half > x.min()) & (clouds.x - half < x.max()) & (clouds.y + half > y.min()) & (clouds.y - half < y.max())
+        )[0]
+        for k in overlapping:
+            _add_cumulus(tau, x, -y, roughness, clouds, int(k), float(half[k]))
         return tau
 
 
-def _add_cumulus(tau: np.ndarray, x: np.ndarray, neg_y: np.ndarray, roughness: np.ndarray, clouds: Cumuli, k: int) -> None:
-    """Add cloud k's optical depth: a parabolic profile from core_tau at the centre to LABEL_TAU at the nominal
-    (irregular, fractally roughened) outline and zero a little beyond it: the thin margin."""
-    core = float(clouds.core_tau[k])
-    outer = 1 / math.sqrt(1 - LABEL_TAU / core)  # in nominal radii: where the depth reaches zero
-    radius, stretch = float(clouds.radius[k]), float(clouds.stretch[k])
-    bulge = float(np.prod(1 + clouds.harmonics[k, :, 0]))
-    half = radius * math.sqrt(stretch) * bulge * (outer + 4 * EDGE_ROUGHNESS)
+def _add_cumulus(tau: np.ndarray, x: np.ndarray, neg_y: np.ndarray, roughness: np.ndarray, clouds: Cumuli, k: int, half: float) -> None:
+    """Add cloud k's optical depth within `half` metres of its centre (neg_y: the row coordinates negated,
+    ascending): a parabolic profile from core_tau at the centre to LABEL_TAU at the nominal (irregular, fractally
+    roughened) outline and zero a little beyond it: the thin margin."""
+    core, radius, stretch = float(clouds.core_tau[k]), float(clouds.radius[k]), float(clouds.stretch[k])
     cx, cy = float(clouds.x[k]), float(clouds.y[k])
     c0, c1 = np.searchsorted(x, [cx - half, cx + half])
     r0, r1 = np.searchsorted(neg_y, [-cy - half, -cy + half])
@@ -195,7 +198,12 @@ def _add_cumulus(tau: np.ndarray, x: np.ndarray, neg_y: np.ndarray, roughness: n
     for order, (amplitude, phase) in zip(HARMONIC_ORDERS, clouds.harmonics[k]):
         outline *= 1 + amplitude * np.cos(order * direction + phase)
     rho = np.maximum(np.hypot(along, across) / (radius * outline) + EDGE_ROUGHNESS * roughness[r0:r1, c0:c1], 0)
-    tau[r0:r1, c0:c1] += core * np.clip(1 - (rho / outer) ** 2, 0, None)
+    tau[r0:r1, c0:c1] += core * np.clip(1 - (rho / outer_radius(core)) ** 2, 0, None)
+
+
+def outer_radius(core_tau: np.ndarray | float) -> np.ndarray | float:
+    """Where a cumulus's optical depth reaches zero, in nominal radii (LABEL_TAU at 1)."""
+    return 1 / np.sqrt(1 - LABEL_TAU / core_tau)
 
 
 def cirrus_sheet(field: np.ndarray, roughness: np.ndarray, sheet_opacity: float) -> np.ndarray:
