@@ -440,3 +440,14 @@ def test_the_default_validation_date_holds_broken_cumulus_with_small_clouds_over
     assert small.sum() >= 20
     under_small = small[ids]
     assert (state.snow[under_small] >= 0.5).sum() > 100  # small clouds over snow
+
+
+def test_cumulus_in_streets_lie_in_rows_along_the_wind_with_clear_lanes_between():
+    size = 512
+    x = 10 * (np.arange(size) + 0.5)
+    y = 5_000_000 - 10 * (np.arange(size) + 0.5)
+    rng = np.random.default_rng(7)
+    cumulus = replace(clouds.CumulusField.random(DEMO["seed"], "streets", rng), street_strength=0.9, cover=0.25)
+    cloud = clouds.opacity(cumulus.depth(x, y, clouds.roughness_field(rng).grid(x, y))) >= surface.LABEL_CLOUD[1]
+    rows = cumulus.street(x[None, :], y[:, None])
+    assert cloud[rows > 1.5].mean() > 3 * cloud[rows < 0.3].mean()
