@@ -83,7 +83,7 @@ def model_preprocessing(model: infer.LoadedModel) -> dict:
     if recorded is None:
         log.warning(
             "%s does not record how its training scenes were preprocessed (a checkpoint from before that was "
-            "stored): products are preprocessed with the defaults of config/schema.yaml", model.path
+            "stored): products are preprocessed with the defaults of the schema (src/snowcloud/schema.yaml)", model.path
         )  # fmt: skip
     return validated({**(recorded or {}), "dem": uses_elevation(model)}, "preprocess")
 
