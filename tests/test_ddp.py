@@ -8,7 +8,6 @@ sign-like for near-zero gradients (which would turn a rounding difference into a
 history then agrees to 1e-6 and the weights after 2 epochs (12 steps) to 1e-3 (measured ~1e-4).
 """
 
-import csv
 import json
 import logging
 import math
@@ -22,12 +21,11 @@ import time
 
 import pytest
 import torch
-from training_shards import experiment_options, real_dataset
+from training_shards import experiment_options, outputs, read_history, real_dataset
 
 from snowcloud.checkpoint import load_model
 from snowcloud.train import train_experiment
 from snowcloud.training.distributed import requested_processes
-from snowcloud.training.history import TIMING_COLUMNS
 
 AUGMENTATION = {"flip_p": 0.5, "channel_dropout_p": 0.2, "erase_p": 0.5, "erase_size": [2, 8]}
 
@@ -59,20 +57,6 @@ def options(**training):
         epochs=2, batch_size=4, augmentation=AUGMENTATION, workers=0, device="cpu",
         optimizer={"lr": 1e-2, "eps": 1e-2}, **training,
     )  # fmt: skip
-
-
-def outputs(folder):
-    return {
-        "model_path": str(folder / "model.pt"),
-        "history_path": str(folder / "history.csv"),
-        "curves_path": str(folder / "curves.png"),
-        "state_dir": str(folder / "state"),
-    }
-
-
-def read_history(path):
-    with open(path) as handle:
-        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(handle)]
 
 
 def assert_rows_close(rows, expected, rel):

@@ -1,7 +1,6 @@
 """Resume after a kill: SIGTERM (as Slurm sends it to every process of the job) in the middle of epoch 3, then the
 rule's function runs again and ends with the weights and history of an uninterrupted run."""
 
-import csv
 import json
 import os
 import re
@@ -11,11 +10,10 @@ import sys
 import time
 
 import torch
-from training_shards import experiment_options, real_dataset
+from training_shards import experiment_options, outputs, read_history, real_dataset
 
 from snowcloud.checkpoint import load_model
 from snowcloud.train import train_experiment
-from snowcloud.training.history import TIMING_COLUMNS
 
 # The training process of the rule, with one change: training batches of epoch 3 are slow (0.3 s each), and the
 # first one leaves a marker file, so the test knows when epoch 3 is under way and has time to send the signal.
@@ -37,20 +35,6 @@ def slow_in_epoch_3(self, keys, **options):
 ShardDataset.read_batch = slow_in_epoch_3
 logged(None, train_experiment, **json.loads(sys.argv[2]))
 """
-
-
-def outputs(folder):
-    return {
-        "model_path": str(folder / "model.pt"),
-        "history_path": str(folder / "history.csv"),
-        "curves_path": str(folder / "curves.png"),
-        "state_dir": str(folder / "state"),
-    }
-
-
-def read_history(path):
-    with open(path) as handle:
-        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(handle)]
 
 
 def test_sigterm_in_epoch_3_then_rerun_equals_an_uninterrupted_run(tmp_path):

@@ -3,6 +3,7 @@ and label through `shards.build_shard`, their options and validated training opt
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from rasters import synthetic_scene, write_label, write_scene
 from snowcloud.config import validate_config
 from snowcloud.dataset_stats import build_dataset_stats
 from snowcloud.shards import build_shard
+from snowcloud.training.history import TIMING_COLUMNS
 
 BANDS = ["B02", "B03", "B04", "B08", "ELEVATION"]
 NORMALISATION = {"name": "test-identity", "version": 1}
@@ -97,3 +99,19 @@ def build_real_shard(root: Path, tile: str, date: str, seed: int, patches: int =
     options["sampler"] |= {"patches_per_date": patches}
     build_shard(scene, label, output, "demo", options)
     return str(output)
+
+
+def outputs(folder: Path) -> dict[str, str]:
+    """The output arguments of `train.train_experiment` for a run in `folder`."""
+    return {
+        "model_path": str(folder / "model.pt"),
+        "history_path": str(folder / "history.csv"),
+        "curves_path": str(folder / "curves.png"),
+        "state_dir": str(folder / "state"),
+    }
+
+
+def read_history(path: Path) -> list[dict[str, str]]:
+    """history.csv without its timing columns (which differ between identical runs)."""
+    with open(path) as handle:
+        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(handle)]
