@@ -42,7 +42,6 @@ from snowcloud.demo.surface import render_surface  # noqa: E402
 from snowcloud.demo.tiles import tile_grid  # noqa: E402
 from snowcloud.evaluate import inside_margin  # noqa: E402
 from snowcloud.metrics import confusion_matrix, metrics_from_confusion  # noqa: E402
-from snowcloud.scene import read_bands  # noqa: E402
 
 SMALL_CLOUD_PIXELS = 1000  # cloud objects under 0.1 km2 (equivalent diameter under ~360 m) are small
 ZONE_PIXELS = 3
@@ -93,11 +92,10 @@ def scene_maps(workdir: Path, config: dict, tile: str, date: str) -> dict[str, n
         model = source.read(1)
     with rasterio.open(workdir / config["labels"].format(tile=tile, date=date)) as source:
         label = source.read(1)
-    with rasterio.open(workdir / "results" / "scenes" / tile / f"{date}.tif") as scene:
-        baseline = BASELINES["ndsi"]
+    scene_path = workdir / "results" / "scenes" / tile / f"{date}.tif"
+    rule = np.concatenate(list(BASELINES["ndsi"](scene_path, config["evaluation"])))
+    with rasterio.open(scene_path) as scene:
         window = rasterio.windows.Window(0, 0, scene.width, scene.height)
-        bands, valid = read_bands(scene, baseline.bands, window, "the ndsi baseline")
-        rule = baseline.rule(bands, config["evaluation"]["ndsi"], valid)
         inside = inside_margin(window, scene.shape, config["evaluation"]["margin_pixels"])
     evaluated = (label != IGNORE_INDEX) & (model != IGNORE_INDEX) & inside
     opacity = opacity_map(config["demo"], tile, date)

@@ -198,7 +198,7 @@ def test_a_moment_of_full_disk_while_the_mask_is_written_fails_the_inference_and
 ):
     model_path, scene = write_model_and_scene(tmp_path)
     output = small_filesystem / "20210116T102351.tif"
-    with full_for_a_moment(monkeypatch, rasterio.io.DatasetWriter, "close", small_filesystem):
+    with full_for_a_moment(monkeypatch, rasterio.io.DatasetWriter, "write", small_filesystem):
         with pytest.raises(OSError, match=f"{output} \\(its scratch rasters\\)"):
             predict_scene(str(model_path), str(scene), str(output), INFERENCE)
     assert sorted(small_filesystem.iterdir()) == []
