@@ -59,16 +59,9 @@ def test_a_preprocess_killed_while_assembling_leaves_temporaries_that_the_next_r
 
 
 def test_an_inference_killed_before_its_cogs_leaves_a_scratch_folder_that_the_next_run_removes(tmp_path):
-    bands = [*BANDS, ELEVATION]
-    torch.manual_seed(0)
-    model_args = {"in_channels": len(bands), "n_classes": 4, "base_channels": 4}
-    metadata = {"architecture": "unet", "model_args": model_args, "bands": bands, "patch_size": 64,
-                "normalisation": normalisation.spec("snowcloud-v1")}  # fmt: skip
-    model_path = tmp_path / "model.pt"
-    save_model(model_path, model_registry.build_model("unet", **model_args), metadata)
-    scene = write_scene(tmp_path / "scenes" / "20210116T102351.tif", synthetic_scene(np.random.default_rng(0), 64, 64))
+    model_path, scene = write_model_and_scene(tmp_path, size=64)
     output = tmp_path / "predictions" / "20210116T102351.tif"
-    options = {"batch_size": 4, "overlap": 0.5, "tta": False, "probabilities": True, "device": "cpu", "amp": False}
+    options = INFERENCE
     killed_at("snowcloud.infer", "write_cog",
               f"from snowcloud.infer import predict_scene; predict_scene({str(model_path)!r}, {str(scene)!r}, {str(output)!r}, {options!r})",
               tmp_path)  # fmt: skip
@@ -178,7 +171,8 @@ def test_every_writer_on_a_full_disk_fails_with_no_space_left(small_filesystem, 
     assert sorted(small_filesystem.iterdir()) == [small_filesystem / "filler"]
 
 
-def write_model_and_scene(tmp_path: Path) -> tuple[Path, Path]:
+def write_model_and_scene(tmp_path: Path, size: int = 200) -> tuple[Path, Path]:
+    """A small 14-band U-Net checkpoint and a `size` x `size` scene raster for it."""
     bands = [*BANDS, ELEVATION]
     torch.manual_seed(0)
     model_args = {"in_channels": len(bands), "n_classes": 4, "base_channels": 4}
@@ -186,7 +180,7 @@ def write_model_and_scene(tmp_path: Path) -> tuple[Path, Path]:
                 "normalisation": normalisation.spec("snowcloud-v1")}  # fmt: skip
     model_path = tmp_path / "model.pt"
     save_model(model_path, model_registry.build_model("unet", **model_args), metadata)
-    scene = write_scene(tmp_path / "scenes" / "20210116T102351.tif", synthetic_scene(np.random.default_rng(0), 200, 200))
+    scene = write_scene(tmp_path / "scenes" / "20210116T102351.tif", synthetic_scene(np.random.default_rng(0), size, size))
     return model_path, scene
 
 
