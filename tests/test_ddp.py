@@ -11,17 +11,13 @@ history then agrees to 1e-6 and the weights after 2 epochs (12 steps) to 1e-3 (m
 import json
 import logging
 import math
-import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from training_shards import experiment_options, outputs, read_history, real_dataset
+from training_shards import experiment_options, outputs, read_history, real_dataset, sigterm_once_marked
 
 from snowcloud.checkpoint import load_model
 from snowcloud.train import train_experiment
@@ -117,19 +113,11 @@ def test_sigterm_to_both_ranks_in_epoch_2_resumes_exactly_on_two_ranks_and_close
     run, marker, child_script = tmp_path / "run", tmp_path / "epoch-3-started", tmp_path / "child.py"
     child_script.write_text(CHILD)
     arguments = json.dumps({**common, "threads": 1, **outputs(run), "options": options()})
-    child = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(child_script),
-         str(marker), arguments],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 240
-    while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert marker.exists(), "the ranks never reached epoch 2"
-    os.killpg(child.pid, signal.SIGTERM)  # as Slurm does: every process of the job
-    _, stderr = child.communicate(timeout=120)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(child_script),
+               str(marker), arguments]  # fmt: skip
+    returncode, stderr = sigterm_once_marked(command, marker, 240, "ranks (epoch 2)")
 
-    assert child.returncode != 0
+    assert returncode != 0
     stops = re.findall(r"training interrupted by SIGTERM at epoch 2 training step (\d+)/6; state saved", stderr)
     assert len(stops) >= 2 and len(set(stops)) == 1, stderr[-3000:]  # both ranks (and torchrun's summary), one step
     assert 1 <= int(stops[0]) < 6

@@ -2,15 +2,11 @@
 rule's function runs again and ends with the weights and history of an uninterrupted run."""
 
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
-import time
 
 import torch
-from training_shards import experiment_options, outputs, read_history, real_dataset
+from training_shards import experiment_options, outputs, read_history, real_dataset, sigterm_once_marked
 
 from snowcloud.checkpoint import load_model
 from snowcloud.train import train_experiment
@@ -53,18 +49,10 @@ def test_sigterm_in_epoch_3_then_rerun_equals_an_uninterrupted_run(tmp_path):
     # one loader worker: Slurm signals the whole process group, and the worker must leave the signal to the trainer
     child_options = options | {"training": options["training"] | {"workers": 1}}
     arguments = json.dumps({**common, **outputs(run), "options": child_options})
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(marker), arguments],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert marker.exists(), "the training process never reached epoch 3"
-    os.killpg(child.pid, signal.SIGTERM)
-    _, stderr = child.communicate(timeout=120)
+    returncode, stderr = sigterm_once_marked([sys.executable, "-c", CHILD, str(marker), arguments], marker, 120,
+                                             "training process (epoch 3)")  # fmt: skip
 
-    assert child.returncode != 0
+    assert returncode != 0
     found = re.search(
         r"training interrupted by SIGTERM at epoch 3 training step (\d+)/(\d+); state saved to (\S+);", stderr
     )

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import h5py
@@ -115,3 +119,17 @@ def read_history(path: Path) -> list[dict[str, str]]:
     """history.csv without its timing columns (which differ between identical runs)."""
     with open(path) as handle:
         return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(handle)]
+
+
+def sigterm_once_marked(command: list[str], marker: Path, wait_s: float, what: str) -> tuple[int, str]:
+    """Start a training run in its own process group, wait until it writes `marker`, then SIGTERM the whole group
+    (as Slurm does to a job); its exit status and standard error."""
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + wait_s
+    while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert marker.exists(), f"the {what} never reached the marked point"
+    os.killpg(child.pid, signal.SIGTERM)
+    _, stderr = child.communicate(timeout=120)
+    return child.returncode, stderr
