@@ -11,6 +11,7 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
+from devices import DEVICE_PRECISIONS
 from rasters import CRS, TRANSFORM, write_scene
 from torch import nn
 
@@ -168,12 +169,15 @@ def test_tent_blending_is_the_thesis_tent_sampled_at_pixel_centres():
 # ----------------------------------------------------------------------------------------------- predict_scene
 
 
+@pytest.mark.parametrize("device_amp", DEVICE_PRECISIONS)
 @pytest.mark.parametrize(("scheme", "tta"), [("blend", True), ("blend", False), ("margin", True)])
-def test_per_pixel_model_gives_the_known_mask_everywhere(tmp_path, pixel_rule, scheme, tta):
+def test_per_pixel_model_gives_the_known_mask_everywhere(tmp_path, pixel_rule, scheme, tta, device_amp):
     """Windows overlap unevenly (blend: 203 = 5 strides + a shifted last window; margin: 3 x 4 windows of 96 px
     with 16 px margins); every pixel including the last row and column gets the rule's class, invalid pixels
     255, and the blended probabilities equal the per-window softmax (which only holds if blending divides by the
-    summed weights)."""
+    summed weights). On a GPU the logits carry bf16 / fp16 rounding (< 0.05 here, against class margins >= 1),
+    so the classes are exact and the probabilities within 4 / 255."""
+    device, amp = device_amp
     bands = [*BANDS, ELEVATION]
     values = invalidate(synthetic_values(150, 203), slice(10, 20), slice(30, 45))
     values = invalidate(values, slice(70, 150), slice(0, 70))  # whole windows without data are skipped
@@ -182,7 +186,7 @@ def test_per_pixel_model_gives_the_known_mask_everywhere(tmp_path, pixel_rule, s
     output = tmp_path / "predictions" / "exp1" / "32TNS" / "20210116T102351.tif"
 
     predict_scene(str(model_path), str(scene), str(output), {**OPTIONS, "tta": tta, "scheme": scheme, "window": 96,
-                                                            "margin": 16})  # fmt: skip
+                                                            "margin": 16, "device": device, "amp": amp})  # fmt: skip
 
     probabilities = expected_probabilities(values, normalisation.spec("legacy-dn10000"), bands)
     valid = np.all(values != NODATA, axis=0)
@@ -200,7 +204,7 @@ def test_per_pixel_model_gives_the_known_mask_everywhere(tmp_path, pixel_rule, s
 
     proba, proba_info = read(output.with_name("20210116T102351_proba.tif"))
     assert proba.shape == (4, 150, 203) and proba_info["layout"] == "COG"
-    assert np.abs(proba[:, valid].astype(float) - 255 * probabilities[:, valid]).max() <= 1.0
+    assert np.abs(proba[:, valid].astype(float) - 255 * probabilities[:, valid]).max() <= (1.0 if amp is False else 4.0)
     np.testing.assert_array_equal(proba_info["mask"] > 0, valid)
 
 
@@ -368,9 +372,12 @@ def context_rule_checkpoint(monkeypatch, tmp_path) -> Path:
                            normalisation.spec("snowcloud-v1"), patch_size=64)  # fmt: skip
 
 
-def classes_by_scheme(model_path: Path, scene: Path, root: Path, schemes: dict[str, dict]) -> dict[str, np.ndarray]:
-    """The class mask of a scene under each named scheme (options over OPTIONS, without TTA)."""
-    options = {**OPTIONS, "tta": False, "probabilities": False, "batch_size": 4}
+def classes_by_scheme(
+    model_path: Path, scene: Path, root: Path, schemes: dict[str, dict], device_amp: tuple[str, bool | str]
+) -> dict[str, np.ndarray]:
+    """The class mask of a scene under each named scheme (options over OPTIONS, without TTA) on a device."""
+    device, amp = device_amp
+    options = {**OPTIONS, "tta": False, "probabilities": False, "batch_size": 4, "device": device, "amp": amp}
     masks = {}
     for name, scheme in schemes.items():
         output = root / f"{name}_{scene.stem}.tif"
@@ -379,13 +386,16 @@ def classes_by_scheme(model_path: Path, scene: Path, root: Path, schemes: dict[s
     return masks
 
 
+@pytest.mark.parametrize("device_amp", DEVICE_PRECISIONS)
 def test_margin_scheme_agrees_with_the_50_percent_blending_on_the_demo_scenes(
-    tmp_path, demo_scenes, context_rule_checkpoint
+    tmp_path, demo_scenes, context_rule_checkpoint, device_amp
 ):
     """The default margin scheme (on a 120 px demo scene one window holds the scene) gives the classes of
     today's blending of 64 px windows at overlap 0.5 on at least 99.5 % of the valid pixels; small windows with
     seams (4 x 4 windows of 64 px) whose margins (16 px) exceed the model's reach (6 px) give the classes of one
-    window over the whole scene; without margins the seams show."""
+    window over the whole scene (all but 1 in 10,000 pixels in float32; on a GPU in bf16 / fp16 a near-tie may
+    round either way in windows of other sizes: all but 1 in 1,000); without margins the seams show."""
+    same_small = 0.9999 if device_amp[1] is False else 0.999
     schemes = {
         "blend": {"scheme": "blend"},
         "default": {"scheme": "margin", "window": 1280, "margin": 64},
@@ -393,11 +403,11 @@ def test_margin_scheme_agrees_with_the_50_percent_blending_on_the_demo_scenes(
         "no_margin": {"scheme": "margin", "window": 32, "margin": 0},
     }
     for scene in demo_scenes:
-        masks = classes_by_scheme(context_rule_checkpoint, scene, tmp_path, schemes)
+        masks = classes_by_scheme(context_rule_checkpoint, scene, tmp_path, schemes, device_amp)
         valid = masks["blend"] != IGNORE_INDEX
         assert len(np.unique(masks["blend"][valid])) > 1, "a model that predicts one class cannot disagree"
         for mask in masks.values():
             np.testing.assert_array_equal(mask == IGNORE_INDEX, ~valid)  # every valid pixel predicted
         share = {name: float((mask[valid] == masks["default"][valid]).mean()) for name, mask in masks.items()}
-        assert share["blend"] >= 0.995 and share["small"] >= 0.9999, (scene.name, share)
+        assert share["blend"] >= 0.995 and share["small"] >= same_small, (scene.name, share)
         assert share["no_margin"] < 0.999, (scene.name, share)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 import snowcloud
 from snowcloud import checkpoint, normalisation
+from snowcloud.accelerator import autocast_dtype, precision_name, resolve_device
 from snowcloud.atomic import atomic_output, scratch_folder
 from snowcloud.bands import CLASSES, IGNORE_INDEX, class_colour_table
 from snowcloud.config import validated
@@ -174,25 +175,21 @@ class RunSettings:
 
     @property
     def precision(self) -> str:
-        return "float32" if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch.")
+        return precision_name(self.amp_dtype)
 
 
 def run_settings(options: dict, threads: int = 1) -> RunSettings:
     """Resolve `options` (device, amp, batch_size, tta) for this machine; on a CPU use `threads` threads."""
-    requested = options.get("device", "auto")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise InferenceError("inference.device is 'cuda' but PyTorch sees no CUDA device on this machine")
-    device = torch.device(
-        "cuda" if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()) else "cpu"
-    )
-    amp_dtype = None
-    if device.type == "cuda" and options.get("amp", True):
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        device = resolve_device(options.get("device", "auto"), "inference.device")
+    except RuntimeError as error:
+        raise InferenceError(str(error)) from None
     if device.type == "cpu":
         torch.set_num_threads(max(1, threads))
     return RunSettings(
-        device=device, batch_size=int(options["batch_size"]), tta=bool(options["tta"]), amp_dtype=amp_dtype
-    )
+        device=device, batch_size=int(options["batch_size"]), tta=bool(options["tta"]),
+        amp_dtype=autocast_dtype(options.get("amp", True), device),
+    )  # fmt: skip
 
 
 def prepare_model(model: torch.nn.Module, settings: RunSettings) -> torch.nn.Module:

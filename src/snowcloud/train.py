@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from snowcloud import __version__, dataset_stats
+from snowcloud.accelerator import resolve_device
 from snowcloud.augment import Augmentation
 from snowcloud.bands import CLASSES
 from snowcloud.checkpoint import save_model
@@ -30,7 +31,7 @@ from snowcloud.training.distributed import World, joined, requested_processes
 from snowcloud.training.history import plot_curves, write_history
 from snowcloud.training.launch import launch_ranks
 from snowcloud.training.loop import Trainer
-from snowcloud.training.runtime import resolve_device, resolve_runtime
+from snowcloud.training.runtime import resolve_runtime
 from snowcloud.training.state import trajectory_options
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def train_experiment(
     options = validated(options, "experiment")
     arguments = dict(locals())
     training = options["training"]
-    device = resolve_device(str(training["device"]))
+    device = resolve_device(str(training["device"]), "training.device")
     world = World.from_environment()
     if world is None:
         processes = requested_processes(training, device)

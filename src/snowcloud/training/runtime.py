@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from snowcloud.accelerator import autocast_dtype, resolve_device
+
 log = logging.getLogger(__name__)
 
 # Signals that ask the training process to save its state and stop (what Slurm sends before the wall time).
@@ -69,15 +71,6 @@ class Runtime:
         )
 
 
-def resolve_device(requested: str) -> torch.device:
-    """`auto` -> cuda when available, else cpu; asking for cuda without one is an error."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("training.device is 'cuda' but PyTorch sees no GPU (use 'auto' or 'cpu')")
-    return torch.device(requested)
-
-
 def available_cpus() -> int:
     """CPUs this process may run on (the Slurm allocation, not the whole node)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -92,13 +85,11 @@ def loader_workers(requested: int | None, threads: int) -> int:
 
 def resolve_runtime(training: Mapping[str, object], threads: int = 1) -> Runtime:
     """The runtime for the validated `training` options, with the process-wide switches set (threads, cuDNN)."""
-    device = resolve_device(str(training.get("device", "auto")))
+    device = resolve_device(str(training.get("device", "auto")), "training.device")
     workers = loader_workers(training.get("workers"), threads)  # type: ignore[arg-type]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        amp_dtype = None
-        if training.get("amp", True):
-            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        amp_dtype = autocast_dtype(training.get("amp", True), device)  # type: ignore[arg-type]
         runtime = Runtime(
             device, amp_dtype, bool(training.get("channels_last", True)), bool(training.get("compile")), workers
         )
