@@ -16,7 +16,10 @@ that its peak RSS is its own:
 - `thesis`: the thesis's scheme, 50 % overlap (stride 128 at 256 px), tent weights, batch 1.
 
 For each it prints seconds, windows, windows/s, network passes per pixel, peak RSS and the share of valid pixels
-whose class equals today's. The model is --model (a trained checkpoint, e.g. the demo's; its patch size is set to
+whose class equals today's; on a GPU also the peak CUDA memory and the mean GPU utilisation (nvidia-smi sampled
+every 100 ms). `--stages` also times, for the first scheme, reading and normalising the scene alone (1 thread
+and --threads threads) and the network alone (windows/s on the device), so that the end-to-end time can be
+read against its parts. The model is --model (a trained checkpoint, e.g. the demo's; its patch size is set to
 --patch-size for the blend schemes, the weights are untouched) or a U-Net of --base-channels with random weights.
 It also prints the model's receptive field (radius around an output pixel holding 99 / 99.9 / 99.99 % of the
 input gradient, and where it ends) and, with --s2cloudless, s2cloudless over the same scene with the
@@ -28,13 +31,18 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import resource
+import shutil
+import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import torch
+from rasterio.windows import Window
+from synthetic import write_scene
 
 from snowcloud import checkpoint, cloudprob, infer, normalisation
 from snowcloud.bands import BANDS, CLASSES, ELEVATION, IGNORE_INDEX
@@ -43,36 +51,11 @@ from snowcloud.model import build_model, count_parameters
 from snowcloud.scene import row_strips
 
 FULL_TILE = 10980
-NODATA = -32768
 SCHEMES = {
     "today": {"scheme": "blend", "overlap": 0.5, "blending": "sine", "batch_size": 16},
     "margin": {"scheme": "margin", "window": 1280, "margin": 64, "batch_size": 16},
     "thesis": {"scheme": "blend", "overlap": 0.5, "blending": "tent", "batch_size": 1},
 }
-
-
-def write_scene(path: Path, rows: int, width: int, strip: int = 256, seed: int = 0) -> None:
-    """A synthetic scene raster written strip by strip (bounded memory): bright 'snow/cloud' blobs over dark
-    ground, a DEM ramp, and the last 5 % of the columns without data (as at a swath edge)."""
-    rng = np.random.default_rng(seed)
-    profile = {
-        "driver": "GTiff", "width": width, "height": rows, "count": len(BANDS) + 1, "dtype": "int16",
-        "nodata": NODATA, "crs": "EPSG:32632", "transform": rasterio.transform.from_origin(600000, 5200020, 10, 10),
-        "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "zstd", "bigtiff": "IF_SAFER",
-    }  # fmt: skip
-    band_gain = (1 + 0.3 * np.sin(np.arange(len(BANDS)) / 2))[:, None, None]
-    with rasterio.open(path, "w", **profile) as dst:
-        for i, name in enumerate([*BANDS, ELEVATION], start=1):
-            dst.set_band_description(i, name)
-        for top in range(0, rows, strip):
-            height = min(strip, rows - top)
-            yy, xx = np.mgrid[top : top + height, 0:width].astype(np.float32) / 300
-            bright = np.sin(yy) + np.cos(0.7 * xx) > 0.5
-            noise = rng.normal(0, 200, (len(BANDS), height, width)).astype(np.float32)
-            dn = np.where(bright, 8000, 900)[None] * band_gain + noise
-            values = np.concatenate([dn, (800 + 20 * yy + 10 * xx)[None]]).astype(np.int16)
-            values[:, :, int(0.95 * width) :] = NODATA
-            dst.write(values, window=rasterio.windows.Window(0, top, width, height))
 
 
 def save_model(path: Path, source: Path | None, base_channels: int, patch_size: int) -> torch.nn.Module:
@@ -134,6 +117,57 @@ def run_s2cloudless(scene: str, threads: int, results) -> None:
     results.put((time.perf_counter() - start, peak_rss(), cloudy, settings))
 
 
+def run_stages(model: str, scene: str, options: dict, threads: int, results) -> None:
+    """Child process: reading + normalising the scene's windows alone (1 thread over the first two window rows,
+    scaled to the scene; then `threads` threads over all), and the network alone (one batch again and again)."""
+    loaded = infer.load_for_inference(model, options, threads)
+    spec = loaded.metadata["normalisation"]
+    normalise = infer.checkpoint_normaliser(spec, scene)
+    with rasterio.open(scene) as dataset:
+        indexes = list(range(1, len(loaded.metadata["bands"]) + 1))
+        plans = infer.axis_plans(dataset.height, dataset.width, loaded.patch_size, options)
+        rows, cols = plans
+        height, width = min(rows.size, dataset.height), min(cols.size, dataset.width)
+        windows = [Window(c, r, width, height) for r in rows.starts for c in cols.starts]
+    read = {}
+    for readers, chosen in ((1, windows[: 2 * len(cols.starts)]), (threads, windows)):
+        start = time.perf_counter()
+        for _ in infer.read_ahead(scene, indexes, normalise, chosen, readers):
+            pass
+        read[readers] = (time.perf_counter() - start) * len(windows) / len(chosen)
+    per_batch = infer.windows_per_batch(loaded.settings, loaded.patch_size, plans)
+    batch = torch.randn(per_batch, len(indexes), rows.size, cols.size)
+    if loaded.settings.device.type == "cuda":
+        batch = batch.pin_memory()
+    for _ in range(3):
+        infer.window_probabilities(loaded.network, batch, loaded.settings).cpu()
+    repeats = max(3, min(50, len(windows) // per_batch))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        infer.window_probabilities(loaded.network, batch, loaded.settings).cpu()
+    network = (time.perf_counter() - start) / (repeats * per_batch) * len(windows)
+    results.put((read, network, len(windows)))
+
+
+@contextmanager
+def gpu_utilisation():
+    """Sample the GPU's utilisation (%) every 100 ms while the block runs; yields a list that holds the samples
+    afterwards (empty without nvidia-smi)."""
+    samples: list[float] = []
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        yield samples
+        return
+    command = [smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100"]
+    sampler = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        yield samples
+    finally:
+        sampler.terminate()
+        output, _ = sampler.communicate()
+        samples.extend(float(line) for line in output.split() if line.strip().replace(".", "").isdigit())
+
+
 def in_child(context, target, *args):
     results = context.Queue()
     child = context.Process(target=target, args=(*args, results))
@@ -141,6 +175,10 @@ def in_child(context, target, *args):
     result = results.get()
     child.join()
     return result
+
+
+def mean(samples: list[float]) -> float:
+    return sum(samples) / len(samples) if samples else float("nan")
 
 
 def agreement(a: Path, b: Path) -> float:
@@ -167,6 +205,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--s2cloudless", action="store_true", help="also time s2cloudless over the scene")
+    parser.add_argument("--stages", action="store_true", help="also time reading alone and the network alone")
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
     context = multiprocessing.get_context("spawn")
@@ -181,21 +220,30 @@ def main() -> None:
             f"({count_parameters(network):,} parameters); TTA {args.tta}; {args.device}, {args.threads} threads"
         )
         print(f"receptive field (99 / 99.9 / 99.99 % of the gradient): {receptive_field(network)}")  # fmt: skip
+        gpu = args.device == "cuda"
+        if args.stages:
+            options = validated({**SCHEMES[args.schemes[0]], "tta": args.tta, "device": args.device}, "inference")
+            read, network, windows = in_child(context, run_stages, str(root / "model.pt"), str(scene), options,
+                                              args.threads)  # fmt: skip
+            print(f"{args.schemes[0]} scheme, parts alone ({windows} windows): reading + normalising "
+                  f"{read[1]:.1f} s on 1 thread, {read[args.threads]:.1f} s on {args.threads}; network "
+                  f"{network:.1f} s ({windows / network:.1f} windows/s, TTA {args.tta}, {args.device})")  # fmt: skip
         print(f"{'scheme':>7} {'windows':>8} {'window px':>10} {'passes/px':>9} {'seconds':>8} {'windows/s':>10} "
-              f"{'peak RSS MB':>12} {'agreement':>10}{' CUDA peak MB' if args.device == 'cuda' else ''}")  # fmt: skip
+              f"{'peak RSS MB':>12} {'agreement':>10}{' CUDA peak MB  GPU util %' if gpu else ''}")  # fmt: skip
         seconds = {}
         for name in args.schemes:
             options = validated({**SCHEMES[name], "tta": args.tta, "device": args.device}, "inference")
             rows, cols = infer.axis_plans(args.rows, args.width, args.patch_size, options)
             windows = len(rows.starts) * len(cols.starts)
             output = root / f"{name}.tif"
-            seconds[name], peak, cuda_peak = in_child(context, run_prediction, str(root / "model.pt"), str(scene),
-                                                      str(output), options, args.threads)  # fmt: skip
+            with gpu_utilisation() as utilisation:
+                seconds[name], peak, cuda_peak = in_child(context, run_prediction, str(root / "model.pt"), str(scene),
+                                                          str(output), options, args.threads)  # fmt: skip
             same = agreement(root / f"{args.schemes[0]}.tif", output)
             print(f"{name:>7} {windows:>8} {f'{rows.size}x{cols.size}':>10} "
                   f"{rows.work(args.rows) * cols.work(args.width):>9.2f} {seconds[name]:>8.1f} "
                   f"{windows / seconds[name]:>10.2f} {peak / 2**20:>12.0f} {100 * same:>9.2f}%"
-                  f"{f' {cuda_peak / 2**20:>12.0f}' if args.device == 'cuda' else ''}")  # fmt: skip
+                  f"{f' {cuda_peak / 2**20:>12.0f} {mean(utilisation):>10.0f}' if gpu else ''}")  # fmt: skip
         if "margin" in seconds:
             for name in seconds.keys() - {"margin"}:
                 print(f"margin scheme {seconds[name] / seconds['margin']:.2f}x faster than {name}")

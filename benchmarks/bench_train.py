@@ -1,14 +1,16 @@
-"""Training throughput (patches/s) of the thesis U-Net: our GPU configuration (AMP, channels-last, optionally
-torch.compile) against the thesis's (float32, default memory format), measured in one run with the training
-code itself (`snowcloud.training.loop.train_step`).
+"""Training throughput (patches/s) of the thesis U-Net: our GPU configuration (bf16 autocast, channels-last,
+optionally torch.compile, float16 batches) against the thesis's (e40b271: fp16 autocast with a grad scaler,
+default memory format, eager; and float32 as before ae13857), measured in one run with the training code itself
+(`snowcloud.training.loop.train_step`), with the peak CUDA memory of each.
 
 By default the batches are synthetic and already on the device, which isolates the model step from data
-loading; `--stats results/datasets/<name>/stats.json` also times the real loader over that dataset's training
-shards (HDF5 reads, augmentation, workers, pinned memory), alone and feeding our configuration.
+loading. `--stats results/datasets/<name>/stats.json` (or `--synthetic-shards N`: N patches in real shards
+made by the shard stage from synthetic scenes) also times the real loader (`batch_loader`: HDF5 reads,
+augmentation, workers, pinned memory) alone and feeding our configuration, and the share of that step time
+spent waiting for the next batch.
 
-    python benchmarks/bench_train.py --device cuda                 # H100: goal >= 1100 patches/s, >= 2x thesis
-    python benchmarks/bench_train.py --device cuda --compile
-    python benchmarks/bench_train.py --device cuda --stats results/datasets/thesis/stats.json --workers 8
+    python benchmarks/bench_train.py --device cuda --compile --synthetic-shards 1024 --workers 7   # goal >= 1100/s, >= 2x
+    python benchmarks/bench_train.py --device cuda --stats results/datasets/thesis/stats.json --workers 7
     python benchmarks/bench_train.py --device cpu --batch-size 2 --steps 3   # a CPU smoke run (fp32 only)
 """
 
@@ -19,11 +21,15 @@ import itertools
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
+from synthetic import write_dataset
 
+from snowcloud.accelerator import resolve_device
 from snowcloud.augment import Augmentation
 from snowcloud.config import validate_config
 from snowcloud.dataset_stats import load_split
@@ -31,10 +37,11 @@ from snowcloud.loader import EpochSampler, ShardDataset
 from snowcloud.losses import build_loss
 from snowcloud.model import build_model, count_parameters
 from snowcloud.training.loop import make_loader, make_optimizer, train_step
-from snowcloud.training.runtime import Runtime, resolve_device, resolve_runtime
+from snowcloud.training.runtime import Runtime, resolve_runtime
 
 GOAL_PATCHES_PER_S = 1100  # on one H100, batch 32, 256 x 256, 14 channels
-GOAL_RATIO = 2.0
+GOAL_RATIO = 2.0  # against the thesis's e40b271 configuration
+THESIS = "thesis e40b271"
 
 
 def arguments() -> argparse.Namespace:
@@ -50,11 +57,13 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile our configuration")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all available)")
     parser.add_argument("--stats", help="a dataset's stats.json: also time the real loader over its shards")
+    parser.add_argument("--synthetic-shards", type=int, metavar="N",
+                        help="also time the real loader over N patches in real shards made from synthetic scenes")  # fmt: skip
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: the training rule's)")
     return parser.parse_args()
 
 
-def training_options(args: argparse.Namespace, amp: bool, channels_last: bool, compile_: bool) -> dict:
+def training_options(args: argparse.Namespace, amp: bool | str, channels_last: bool, compile_: bool) -> dict:
     """Validated training options (the schema's defaults, i.e. the thesis's optimiser, clip and augmentation)."""
     training = {"amp": amp, "channels_last": channels_last, "compile": compile_, "device": args.device,
                 "batch_size": args.batch_size, "workers": args.workers}  # fmt: skip
@@ -102,6 +111,20 @@ def seconds_per_step(step: Callable[[], object], device: torch.device, steps: in
     return (time.perf_counter() - start) / steps
 
 
+class Waiting:
+    """Batches of an iterator, with the wall time spent waiting for them."""
+
+    def __init__(self, batches: Iterator) -> None:
+        self.batches, self.seconds = batches, 0.0
+        self.share = 0.0  # of the timed steps (set by time_configurations)
+
+    def __next__(self):
+        start = time.perf_counter()
+        batch = next(self.batches)
+        self.seconds += time.perf_counter() - start
+        return batch
+
+
 def model_stepper(args: argparse.Namespace, runtime: Runtime, training: dict, batches: Iterator) -> Callable[[], None]:
     """One training step of a fresh thesis U-Net under `runtime` per call, with the training code's step."""
     torch.manual_seed(0)
@@ -119,19 +142,31 @@ def model_stepper(args: argparse.Namespace, runtime: Runtime, training: dict, ba
     return step
 
 
+def peak_memory(device: torch.device) -> float:
+    """Peak CUDA memory allocated since the last reset, in GiB (0 on a CPU)."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+
+
 def main() -> None:
     args = arguments()
     threads = args.threads or torch.get_num_threads()
-    gpu = resolve_device(args.device).type == "cuda"
+    gpu = resolve_device(args.device, "--device").type == "cuda"
     args.batch_size = args.batch_size or (32 if gpu else 2)
     args.steps = args.steps or (20 if gpu else 2)
     args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 1)
     args.rounds = args.rounds or (5 if gpu else 1)
-    # The thesis configuration: float32, default memory format, eager; ours: the training defaults.
-    thesis_training = training_options(args, amp=False, channels_last=False, compile_=False)
-    ours_training = training_options(args, amp=True, channels_last=True, compile_=args.compile)
-    thesis = resolve_runtime(thesis_training, threads)
-    ours = resolve_runtime(ours_training, threads)
+    # The thesis: fp16 autocast + grad scaler (e40b271) or float32 (before ae13857), default memory format,
+    # eager; ours: the training defaults (bf16 where supported, channels-last), eager and compiled.
+    settings = {
+        THESIS: training_options(args, amp="fp16", channels_last=False, compile_=False),
+        "thesis before ae13857": training_options(args, amp=False, channels_last=False, compile_=False),
+        "ours, eager": training_options(args, amp=True, channels_last=True, compile_=False),
+    }
+    if args.compile:
+        settings["ours, compiled"] = training_options(args, amp=True, channels_last=True, compile_=True)
+    ours_label = "ours, compiled" if args.compile else "ours, eager"
+    runtimes = {label: resolve_runtime(training, threads) for label, training in settings.items()}
+    ours, ours_training = runtimes[ours_label], settings[ours_label]
 
     name = torch.cuda.get_device_name(ours.device) if gpu else platform.processor() or platform.machine()
     parameters = count_parameters(build_model("unet", args.channels, 4, base_channels=args.base_channels))
@@ -144,47 +179,77 @@ def main() -> None:
     )
     if not gpu:
         print(
-            "NOTE: CPU run. Batch and step counts are reduced, and AMP / channels-last apply on a GPU only, so both "
+            "NOTE: CPU run. Batch and step counts are reduced, and AMP / channels-last apply on a GPU only, so all "
             "configurations run in float32 here and their ratio is ~1 by construction."
         )
     if args.batch_size != 32:
         print(f"NOTE: batch {args.batch_size} instead of the thesis's 32.")
 
     configurations: dict[str, tuple[Runtime, Callable[[], object]]] = {
-        "thesis (fp32, contiguous)": (
-            thesis,
-            model_stepper(args, thesis, thesis_training, synthetic_batches(args, thesis.device)),
-        ),
-        "ours": (ours, model_stepper(args, ours, ours_training, synthetic_batches(args, ours.device))),
+        label: (runtime, model_stepper(args, runtime, settings[label], synthetic_batches(args, runtime.device)))
+        for label, runtime in runtimes.items()
     }
-    if args.stats:
-        alone = loader_batches(args, ours, ours_training)
-        configurations["real loader alone"] = (ours, lambda: next(alone))
-        feeding = loader_batches(args, ours, ours_training)
-        configurations["ours, fed by the real loader"] = (ours, model_stepper(args, ours, ours_training, feeding))
+    waiting = None
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.synthetic_shards:
+            start = time.perf_counter()
+            per_date = -(-args.synthetic_shards // 4)
+            args.stats = write_dataset(Path(scratch), 5, per_date, args.patch_size)  # 4 training dates, 1 validation
+            print(
+                f"real shards: 5 dates x {per_date} patches made by the shard stage in {time.perf_counter() - start:.0f} s"
+            )
+        if args.stats:
+            alone = loader_batches(args, ours, ours_training)
+            configurations["real loader alone"] = (ours, lambda: next(alone))
+            waiting = Waiting(loader_batches(args, ours, ours_training))
+            configurations[f"{ours_label}, real loader"] = (ours, model_stepper(args, ours, ours_training, waiting))
+        rates, seconds, memory = time_configurations(args, configurations, waiting)
 
+    print(f"\n{'configuration':28s} {'runtime':68s} {'ms/step':>8s} {'patches/s':>10s} {'peak GiB':>9s}")
+    for label, (runtime, _) in configurations.items():
+        print(f"{label:28s} {runtime.describe():68s} {seconds[label] * 1000:8.1f} {rates[label]:10.1f} "
+              f"{memory[label]:9.2f}")  # fmt: skip
+    if waiting is not None:
+        fed = f"{ours_label}, real loader"
+        print(f"\nwaiting for the next batch: {100 * waiting.share:.1f} % of the step time fed by the real loader "
+              f"({args.workers if args.workers is not None else ours.workers} workers); "
+              f"{rates[fed] / rates[ours_label]:.2f}x the synthetic-batch rate")  # fmt: skip
+    ratio = rates[ours_label] / rates[THESIS]
+    print(f"\n{ours_label} / {THESIS} (model step, same run): {ratio:.2f}x; "
+          f"/ fp32: {rates[ours_label] / rates['thesis before ae13857']:.2f}x")  # fmt: skip
+    goal = f">= {GOAL_PATCHES_PER_S} patches/s and >= {GOAL_RATIO:.0f}x the thesis configuration"
+    if gpu and args.batch_size == 32 and args.patch_size == 256 and args.channels == 14 and args.base_channels == 64:
+        met = rates[ours_label] >= GOAL_PATCHES_PER_S and ratio >= GOAL_RATIO
+        print(f"goal ({goal}, for an H100): {'met' if met else 'NOT met'} on this {name}")
+    else:
+        print(f"goal ({goal} on one H100 at batch 32, 256x256, 14 channels): not measurable in this run")
+
+
+def time_configurations(
+    args: argparse.Namespace, configurations: dict[str, tuple[Runtime, Callable[[], object]]], waiting: Waiting | None
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Warm every configuration up, then time them in interleaved rounds: patches/s and s/step (medians), peak
+    GiB; `waiting` gets the share of its configuration's timed steps spent waiting for batches."""
     for _, step in configurations.values():
         for _ in range(args.warmup):  # cuDNN autotuning, compilation, worker start-up
             step()
     timings: dict[str, list[float]] = {label: [] for label in configurations}
+    memory = dict.fromkeys(configurations, 0.0)
+    waited = timed = 0.0
     for _ in range(args.rounds):
         for label, (runtime, step) in configurations.items():
+            if runtime.cuda:
+                torch.cuda.reset_peak_memory_stats(runtime.device)
+            before = waiting.seconds if waiting is not None else 0.0
             timings[label].append(seconds_per_step(step, runtime.device, args.steps))
-
-    print(f"\n{'configuration':30s} {'runtime':66s} {'ms/step':>9s} {'patches/s':>10s}")
-    rates = {}
-    for label, (runtime, _) in configurations.items():
-        seconds = statistics.median(timings[label])
-        rates[label] = args.batch_size / seconds
-        print(f"{label:30s} {runtime.describe():66s} {seconds * 1000:9.1f} {rates[label]:10.1f}")
-    ratio = rates["ours"] / rates["thesis (fp32, contiguous)"]
-    print(f"\nours / thesis (model step, same run): {ratio:.2f}x")
-    goal = f">= {GOAL_PATCHES_PER_S} patches/s and >= {GOAL_RATIO:.0f}x the thesis configuration"
-    if gpu and args.batch_size == 32 and args.patch_size == 256 and args.channels == 14 and args.base_channels == 64:
-        met = rates["ours"] >= GOAL_PATCHES_PER_S and ratio >= GOAL_RATIO
-        print(f"goal ({goal}, for an H100): {'met' if met else 'NOT met'} on this {name}")
-    else:
-        print(f"goal ({goal} on one H100 at batch 32, 256x256, 14 channels): not measurable in this run")
+            memory[label] = max(memory[label], peak_memory(runtime.device))
+            if waiting is not None and waiting.seconds != before:
+                waited += waiting.seconds - before
+                timed += timings[label][-1] * args.steps
+    if waiting is not None:
+        waiting.share = waited / timed if timed else 0.0
+    seconds = {label: statistics.median(values) for label, values in timings.items()}
+    return {label: args.batch_size / s for label, s in seconds.items()}, seconds, memory
 
 
 if __name__ == "__main__":

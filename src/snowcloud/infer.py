@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -166,12 +167,14 @@ def scheme_description(options: dict) -> dict:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """How windows go through the model: device, batch size, flips, precision."""
+    """How windows go through the model: device, batch size, flips, precision, and the CPU threads that read
+    the scene (and run the network on a CPU)."""
 
     device: torch.device
     batch_size: int
     tta: bool
     amp_dtype: torch.dtype | None  # None: float32
+    threads: int = 1
 
     @property
     def precision(self) -> str:
@@ -188,7 +191,7 @@ def run_settings(options: dict, threads: int = 1) -> RunSettings:
         torch.set_num_threads(max(1, threads))
     return RunSettings(
         device=device, batch_size=int(options["batch_size"]), tta=bool(options["tta"]),
-        amp_dtype=autocast_dtype(options.get("amp", True), device),
+        amp_dtype=autocast_dtype(options.get("amp", True), device), threads=max(1, threads),
     )  # fmt: skip
 
 
@@ -246,6 +249,37 @@ def read_window(
     return normalise(raw.astype(np.float32), valid, source + f"{window.col_off + window.width}"), valid
 
 
+def read_ahead(
+    path: str, indexes: list[int], normalise: Normaliser, windows: list[Window], readers: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """read_window over `windows`, in their order, on `readers` threads (GDAL's decoding and numpy's arithmetic
+    run outside the GIL), at most 2 x `readers` windows ahead. Each thread reads through its own handle on the
+    raster: a rasterio dataset must not be shared between threads."""
+    local, handles, opening = threading.local(), [], threading.Lock()
+
+    def read(window: Window) -> tuple[np.ndarray, np.ndarray]:
+        if not hasattr(local, "dataset"):
+            local.dataset = rasterio.open(path)
+            with opening:
+                handles.append(local.dataset)
+        return read_window(local.dataset, indexes, window, normalise)
+
+    pending: deque = deque()
+    try:
+        with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="snowcloud-read") as pool:
+            for window in windows:
+                pending.append(pool.submit(read, window))
+                if len(pending) >= 2 * readers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        for handle in handles:
+            handle.close()
+
+
 def window_batches(
     dataset: rasterio.DatasetReader,
     indexes: list[int],
@@ -253,29 +287,33 @@ def window_batches(
     plans: tuple[AxisPlan, AxisPlan],
     per_batch: int,
     pin: bool,
+    readers: int = 1,
 ) -> Iterator[Batch]:
-    """Read and normalise the windows row by row, in batches of `per_batch`; windows without a valid pixel
-    are left out (a tile at the edge of the swath is often half empty)."""
+    """Read and normalise the windows row by row (on `readers` threads), in batches of `per_batch`; windows
+    without a valid pixel are left out (a tile at the edge of the swath is often half empty)."""
     rows, cols = plans
     height, width = min(rows.size, dataset.height), min(cols.size, dataset.width)
+    windows = [Window(col, row, width, height) for row in rows.starts for col in cols.starts]
+    read = read_ahead(dataset.name, indexes, normalise, windows, readers)
 
     def batch(i: int, chosen: list[int], images: list[np.ndarray], valid: np.ndarray | None = None) -> Batch:
         windows = torch.from_numpy(np.stack(images)) if images else None
         return Batch(i, chosen, windows.pin_memory() if pin and windows is not None else windows, valid)
 
-    for i, row in enumerate(rows.starts):
-        valid_rows = np.zeros((height, dataset.width), bool)
-        chosen, images = [], []
-        for j, col in enumerate(cols.starts):
-            image, valid = read_window(dataset, indexes, Window(col, row, width, height), normalise)
-            valid_rows[:, col : col + width] = valid
-            if valid.any():
-                chosen.append(j)
-                images.append(pad_to_window(image, rows.size, cols.size))
-            if len(images) == per_batch:
-                yield batch(i, chosen, images)
-                chosen, images = [], []
-        yield batch(i, chosen, images, valid_rows)
+    with contextlib.closing(read):
+        for i in range(len(rows.starts)):
+            valid_rows = np.zeros((height, dataset.width), bool)
+            chosen, images = [], []
+            for j, col in enumerate(cols.starts):
+                image, valid = next(read)
+                valid_rows[:, col : col + width] = valid
+                if valid.any():
+                    chosen.append(j)
+                    images.append(pad_to_window(image, rows.size, cols.size))
+                if len(images) == per_batch:
+                    yield batch(i, chosen, images)
+                    chosen, images = [], []
+            yield batch(i, chosen, images, valid_rows)
 
 
 class _Failure:
@@ -348,13 +386,15 @@ def predict_blocks(
     progress: tqdm | None = None,
 ) -> Iterator[RowBlock]:
     """Run the windows of `plans` row by row and yield each band of rows as soon as no later window touches it.
-    Memory holds a few batches of input (read ahead in a thread) and a (K, window height, W) accumulator, never
+    Memory holds a few batches of input (read ahead on the settings' threads) and a (K, window height, W) accumulator, never
     the whole scene. Windows are counted on `progress` (a bar of its own when None)."""
     rows, cols = plans
     height, width = min(rows.size, dataset.height), min(cols.size, dataset.width)
     accumulator = np.zeros((n_classes, height, dataset.width), np.float32)
     weight_sum = np.zeros((height, dataset.width), np.float32)
-    batches = window_batches(dataset, indexes, normalise, plans, per_batch, pin=settings.device.type == "cuda")
+    batches = window_batches(
+        dataset, indexes, normalise, plans, per_batch, pin=settings.device.type == "cuda", readers=settings.threads
+    )
     total = len(rows.starts) * len(cols.starts)
     bar = contextlib.nullcontext(progress) if progress is not None else tqdm(
         total=total, unit="window", desc="windows", mininterval=2.0
