@@ -78,6 +78,7 @@ def time_rank(rank: int, ranks: int, args: argparse.Namespace, results: mp.Simpl
         generator = torch.Generator().manual_seed(rank)
         image = torch.randn(sizes[rank], args.channels, args.patch_size, args.patch_size, generator=generator)
         label = torch.randint(0, 4, (sizes[rank], args.patch_size, args.patch_size), generator=generator)
+        image, label = runtime.to_device(image, label)
 
         def step() -> None:
             train_step(runtime, network, loss_fn, optimizer, scaler, image, label, training["gradient_clip"],

@@ -71,14 +71,13 @@ def training_options(args: argparse.Namespace, amp: bool | str, channels_last: b
     return validate_config(config)["experiments"]["e"]["training"]
 
 
-def synthetic_batches(args: argparse.Namespace, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The same batch again and again, already on the device: the step alone is timed."""
+def synthetic_batches(args: argparse.Namespace, runtime: Runtime) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The same batch again and again, already on the device as the network takes it: the step alone is timed."""
     generator = torch.Generator().manual_seed(0)
     image = torch.randn(args.batch_size, args.channels, args.patch_size, args.patch_size, generator=generator)
     label = torch.randint(0, 4, (args.batch_size, args.patch_size, args.patch_size), generator=generator)
     label[:, :8, :8] = 255
-    image, label = image.to(device), label.to(device)
-    return itertools.repeat((image, label))
+    return itertools.repeat(runtime.to_device(image, label))
 
 
 def loader_batches(args: argparse.Namespace, runtime: Runtime, training: dict) -> Iterator:
@@ -186,7 +185,7 @@ def main() -> None:
         print(f"NOTE: batch {args.batch_size} instead of the thesis's 32.")
 
     configurations: dict[str, tuple[Runtime, Callable[[], object]]] = {
-        label: (runtime, model_stepper(args, runtime, settings[label], synthetic_batches(args, runtime.device)))
+        label: (runtime, model_stepper(args, runtime, settings[label], synthetic_batches(args, runtime)))
         for label, runtime in runtimes.items()
     }
     waiting = None
@@ -201,7 +200,7 @@ def main() -> None:
         if args.stats:
             alone = loader_batches(args, ours, ours_training)
             configurations["real loader alone"] = (ours, lambda: next(alone))
-            waiting = Waiting(loader_batches(args, ours, ours_training))
+            waiting = Waiting(ours.on_device(loader_batches(args, ours, ours_training)))
             configurations[f"{ours_label}, real loader"] = (ours, model_stepper(args, ours, ours_training, waiting))
         rates, seconds, memory = time_configurations(args, configurations, waiting)
 

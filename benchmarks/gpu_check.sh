@@ -6,6 +6,7 @@
 #
 #   bash benchmarks/gpu_check.sh                          # on the GPU machine
 #   DEVICE=cpu QUICK=1 bash benchmarks/gpu_check.sh       # a dry run of the script itself on a CPU (tiny sizes)
+#   STEPS="tests train" WORKERS="7 15" bash benchmarks/gpu_check.sh   # some steps; the loader with 7 and 15 workers
 #
 # Steps, each under its own time limit: the resume and inference agreement tests on CUDA in bf16 and fp16;
 # bench_train.py (the thesis U-Net at batch 32 of 256², thesis e40b271 against ours, compiled, and fed from real
@@ -15,6 +16,8 @@ set -u -o pipefail
 OUT=${OUT:-gpu-check}
 DEVICE=${DEVICE:-cuda}
 QUICK=${QUICK:-0}
+STEPS=${STEPS:-tests train infer}
+WORKERS=${WORKERS:-7}  # loader workers of bench_train (the Slurm profile: 8 threads per GPU, so 7)
 mkdir -p "$OUT"
 if [ -d .whl ] && ! python3 -c "import rasterio, jsonschema" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -43,17 +46,23 @@ step() {  # name, time limit in seconds, command...
 cat "$OUT/env.txt"
 
 if [ "$QUICK" = 1 ]; then
-    train=(--batch-size 2 --steps 2 --patch-size 64 --base-channels 8 --synthetic-shards 16 --workers 1 --threads 2)
+    train=(--batch-size 2 --steps 2 --patch-size 64 --base-channels 8 --synthetic-shards 16 --threads 2)
     infer=(--rows 1200 --width 1200 --base-channels 8 --threads 2)
     tests=(-k "cpu and (sigterm or known_mask)")
 else
-    train=(--synthetic-shards 1024 --workers 7 --threads 8)
+    train=(--synthetic-shards 1024 --threads 8)
     infer=(--base-channels 64 --threads 16)
     tests=(-k cuda)
 fi
-step tests 150 python3 -m pytest -q -p no:cacheprovider -rs -s tests/test_resume.py tests/test_infer.py "${tests[@]}"
-step train 240 python3 benchmarks/bench_train.py --device "$DEVICE" --compile "${train[@]}"
-step infer 220 python3 benchmarks/bench_infer.py --device "$DEVICE" --tta --schemes margin today --stages "${infer[@]}"
+for name in $STEPS; do
+    case $name in
+    tests) step tests 120 python3 -m pytest -q -p no:cacheprovider -rs -s tests/test_resume.py tests/test_infer.py "${tests[@]}" ;;
+    train) for workers in $WORKERS; do
+        step "train-$workers" 180 python3 benchmarks/bench_train.py --device "$DEVICE" --compile --workers "$workers" "${train[@]}"
+    done ;;
+    infer) step infer 220 python3 benchmarks/bench_infer.py --device "$DEVICE" --tta --schemes margin today --stages "${infer[@]}" ;;
+    esac
+done
 for err in "$OUT"/*.err; do  # progress bars: keep the last 2 MB
     tail -c 2000000 "$err" >"$err.tail" && mv "$err.tail" "$err"
 done

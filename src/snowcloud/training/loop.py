@@ -181,14 +181,15 @@ def make_loader(
     dataset: ShardDataset, sampler: EpochSampler, batch_size: int, runtime: Runtime, world: World | None = None
 ) -> DataLoader:
     """Whole batches read in shard order by each worker (2-4x the patch-by-patch read), in the sampler's order
-    (this rank's part of each in a data-parallel training); pinned memory on a GPU; persistent workers that leave
-    stop signals alone."""
+    (this rank's part of each in a data-parallel training), uint8 labels (made int64 on the device); pinned
+    memory on a GPU; persistent workers that leave stop signals alone."""
     world = world or World()
     return batch_loader(
         dataset,
         sampler,
         batch_size,
         image_dtype=runtime.batch_dtype,
+        label_dtype=torch.uint8,
         rank=world.rank,
         ranks=world.size,
         num_workers=runtime.workers,
@@ -210,10 +211,9 @@ def train_step(
     world: World | None = None,
     sizes: Sequence[int] = (),
 ) -> torch.Tensor:
-    """One optimisation step (forward under autocast, loss in float32, scaled backward, clipping); the loss,
-    still on the device. In a data-parallel training `image`, `label` are this rank's part of the batch (`sizes`:
-    every rank's part), and the loss is that of the whole batch."""
-    image, label = runtime.to_device(image, label)
+    """One optimisation step (forward under autocast, loss in float32, scaled backward, clipping) on a batch on
+    the device (`Runtime.on_device`); the loss, still on the device. In a data-parallel training `image`, `label`
+    are this rank's part of the batch (`sizes`: every rank's part), and the loss is that of the whole batch."""
     with runtime.autocast():
         logits = network(image)
     if world is not None:
@@ -287,7 +287,7 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)
         self.stopper = EarlyStopping(training["early_stopping"]["patience"], training["early_stopping"]["min_delta"])
-        self.progress = Progress(self.n_classes)
+        self._use(Progress(self.n_classes))
         self.history: list[dict[str, Any]] = []
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.best_metrics: dict[str, Any] = {}
@@ -328,8 +328,7 @@ class Trainer:
         self.stopper.load_state_dict(state["early_stopping"])
         self.best_weights = state["best_weights"]
         self.best_metrics = state["best_metrics"]
-        self.progress = Progress.from_state_dict(state["progress"])
-        self.progress.confusion = self.progress.confusion.to(self.runtime.device)
+        self._use(Progress.from_state_dict(state["progress"]))
         self.history = list(state["history"])
         restore_rng(state["rng"])
 
@@ -404,6 +403,11 @@ class Trainer:
             return model
         return DistributedDataParallel(model, device_ids=[self.world.local_rank] if self.runtime.cuda else None)
 
+    def _use(self, progress: Progress) -> None:
+        """Make `progress` the run's, its confusion matrix on the training device (where validation adds to it)."""
+        progress.confusion = progress.confusion.to(self.runtime.device)
+        self.progress = progress
+
     @property
     def _samplers(self) -> dict[str, EpochSampler]:
         return {"train": self.train_sampler, "validation": self.validation_sampler}
@@ -468,7 +472,7 @@ class Trainer:
             rate = patches_now / max(time.perf_counter() - started, 1e-9)
             bar.set_postfix(loss=f"{value:.4f}", patches_s=f"{rate:.1f}", refresh=False)
 
-        for image, label in self.loaders["train"]:
+        for image, label in self.runtime.on_device(self.loaders["train"]):
             sizes = self._part_sizes("train", p.train_step)
             loss = train_step(
                 self.runtime, self.network, self.loss_fn, self.optimizer, self.scaler, image, label,
@@ -496,8 +500,7 @@ class Trainer:
         bar = self._bar(self.validation_steps, p.validation_step, "validation")
         started = time.perf_counter()
         with torch.no_grad():
-            for image, label in self.loaders["validation"]:
-                image, label = self.runtime.to_device(image, label)
+            for image, label in self.runtime.on_device(self.loaders["validation"]):
                 with self.runtime.autocast():
                     logits = self.network(image)
                 logits, label = self.world.whole_batch(logits, label, self._part_sizes("validation", p.validation_step))
@@ -537,6 +540,5 @@ class Trainer:
                 "early stopping after epoch %d: no improvement for %d epochs; best epoch %d (validation loss %.6f)",
                 p.epoch, self.stopper.counter, self.stopper.best_epoch, self.stopper.best_loss,
             )  # fmt: skip
-        self.progress = p.next_epoch(finished)
-        self.progress.confusion = self.progress.confusion.to(self.runtime.device)
+        self._use(p.next_epoch(finished))
         self.save()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -58,9 +58,32 @@ class Runtime:
         return torch.float16 if self.cuda else torch.float32
 
     def to_device(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch as the network takes it: float32 images (channels-last if set) and int64 labels, on the device."""
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         image = image.to(self.device, non_blocking=True).to(torch.float32, memory_format=memory_format)
-        return image, label.to(self.device, non_blocking=True)
+        return image, label.to(self.device, non_blocking=True).long()
+
+    def on_device(
+        self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches through `to_device`. On a GPU each batch is copied and converted on a side stream while
+        the network computes on the previous one, so the copy is off the critical path (from pinned memory)."""
+        if not self.cuda:
+            yield from (self.to_device(image, label) for image, label in batches)
+            return
+        compute, copy = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
+        ready = None
+        for image, label in batches:
+            with torch.cuda.stream(copy):
+                moved = self.to_device(image, label)
+            if ready is not None:
+                yield ready  # the caller queues its work on the previous batch first
+            compute.wait_stream(copy)  # then the compute stream waits for this copy
+            for tensor in moved:
+                tensor.record_stream(compute)  # made on the copy stream, used on the compute stream
+            ready = moved
+        if ready is not None:
+            yield ready
 
     def describe(self) -> str:
         precision = {None: "float32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + grad scaler"}
