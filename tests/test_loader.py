@@ -206,6 +206,9 @@ def test_the_batch_loader_gives_the_default_loaders_batches(shards, workers):
     images, labels = dataset.read_batch([(7, 0), 2])
     np.testing.assert_array_equal(images[0].numpy(), stored(shards[1], 4)[0])
     np.testing.assert_array_equal(labels[1].numpy(), stored(shards[0], 0)[1])
-    half = next(iter(batch_loader(dataset, sampler, 4, image_dtype=torch.float16, num_workers=workers)))[0]
-    assert half.dtype == torch.float16
-    torch.testing.assert_close(half.float(), next(iter(DataLoader(dataset, batch_size=4, sampler=sampler)))[0])
+    half, small = next(iter(batch_loader(dataset, sampler, 4, image_dtype=torch.float16, label_dtype=torch.uint8,
+                                         num_workers=workers)))  # fmt: skip
+    assert half.dtype == torch.float16 and small.dtype == torch.uint8
+    image, label = next(iter(DataLoader(dataset, batch_size=4, sampler=sampler)))
+    torch.testing.assert_close(half.float(), image)
+    torch.testing.assert_close(small.long(), label, rtol=0, atol=0)
