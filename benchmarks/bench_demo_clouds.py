@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from workflow_runs import REPO, snakemake, write_config  # noqa: E402
 
-from snowcloud.bands import CLASSES, IGNORE_INDEX  # noqa: E402
 from snowcloud.baselines import BASELINES  # noqa: E402
 from snowcloud.config import validate_config  # noqa: E402
 from snowcloud.demo import planned_products  # noqa: E402
@@ -41,6 +40,7 @@ from snowcloud.demo.product import GENERATION_ROWS, make_scene  # noqa: E402
 from snowcloud.demo.surface import render_surface  # noqa: E402
 from snowcloud.demo.tiles import tile_grid  # noqa: E402
 from snowcloud.evaluate import inside_margin  # noqa: E402
+from snowcloud.labels import CLASSES, IGNORE_INDEX  # noqa: E402
 from snowcloud.metrics import confusion_matrix, metrics_from_confusion  # noqa: E402
 
 SMALL_CLOUD_PIXELS = 1000  # cloud objects under 0.1 km2 (equivalent diameter under ~360 m) are small

@@ -45,8 +45,9 @@ from rasterio.windows import Window
 from synthetic import write_scene
 
 from snowcloud import checkpoint, cloudprob, infer, normalisation
-from snowcloud.bands import BANDS, CLASSES, ELEVATION, IGNORE_INDEX
+from snowcloud.bands import BANDS, ELEVATION
 from snowcloud.config import validated
+from snowcloud.labels import CLASSES, IGNORE_INDEX
 from snowcloud.model import build_model, count_parameters
 from snowcloud.scene import row_strips
 

@@ -2,8 +2,9 @@ import numpy as np
 from rasters import synthetic_scene, write_scene
 from surface_spectra import SPECTRA
 
-from snowcloud.bands import BANDS, IGNORE_INDEX
+from snowcloud.bands import BANDS
 from snowcloud.baselines import BASELINES, NDSI_BANDS, StripRows, ndsi_rule, normalised_difference
+from snowcloud.labels import IGNORE_INDEX
 from snowcloud.scene import NODATA
 
 OPTIONS = {"snow_ndsi": 0.4, "snow_green": 0.1, "cloud_blue": 0.25, "water_ndwi": 0.2}

@@ -14,10 +14,10 @@ from rasters import CRS, TRANSFORM, write_scene
 from surface_spectra import SPECTRA
 
 from snowcloud import cloudprob, dataset_stats
-from snowcloud.bands import BANDS, IGNORE_INDEX
+from snowcloud.bands import BANDS
 from snowcloud.baselines import NDSI_BANDS, ndsi_rule
 from snowcloud.evaluate import EvaluationError, evaluate_scene, summarise
-from snowcloud.labels import LabelError
+from snowcloud.labels import IGNORE_INDEX, LabelError
 from snowcloud.metrics import confusion_matrix, metrics_from_confusion
 from snowcloud.scene import NODATA, SceneError
 

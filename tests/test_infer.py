@@ -17,8 +17,9 @@ from torch import nn
 
 from snowcloud import checkpoint, infer, normalisation
 from snowcloud import model as model_registry
-from snowcloud.bands import BANDS, CLASS_COLOURS, ELEVATION, IGNORE_INDEX
+from snowcloud.bands import BANDS, ELEVATION
 from snowcloud.infer import InferenceError, blending_weights, predict_scene, window_starts
+from snowcloud.labels import CLASS_COLOURS, IGNORE_INDEX
 from snowcloud.quicklook import quicklook
 from snowcloud.scene import NODATA, SceneError
 

@@ -13,7 +13,8 @@ import rasterio
 import torch
 
 from snowcloud import checkpoint, cli, infer, normalisation, preprocess
-from snowcloud.bands import BANDS, ELEVATION, IGNORE_INDEX
+from snowcloud.bands import BANDS, ELEVATION
+from snowcloud.labels import IGNORE_INDEX
 from snowcloud.model import build_model
 
 TILE, DATE = "32TNS", "20220201T102209"

@@ -68,14 +68,19 @@ def test_thesis_metrics_print_in_the_thesis_log_format():
     assert len(lines) == 12
 
 
-def test_class_distributions_print_in_the_thesis_format_with_its_fifth_class_where_it_printed_one():
+def test_class_distributions_print_in_the_thesis_format_with_the_real_fifth_class_where_it_printed_one():
     from snowcloud.reproduction import distribution_line, ours_distribution
 
     assert distribution_line([0.41002, 0.29181, 0.29019, 0.00798]) == (
         "Total Class Distribution: [0.41002, 0.29181, 0.29019, 0.00798]"
     )
-    stats = {"total": {"class_fraction": {"patch-mean": [0.5, 0.25, 0.2, 0.05]}}}
-    assert distribution_line(ours_distribution(stats, {"class_distribution": [0.27588, 0.23729, 0.48049, 0.00634, 0]})) == (
-        "Total Class Distribution: [0.50000, 0.25000, 0.20000, 0.05000, 0]"
-    )
-    assert len(ours_distribution(stats, {})) == 4
+    stats = {
+        "classes": ["background", "snow", "cloud", "water"],
+        "encoded_classes": ["background", "snow", "cloud", "water", "thin_cloud"],
+        "total": {"class_fraction": {"patch-mean": [0.5, 0.25, 0.2, 0.05],
+                                     "encoded patch-mean": [0.4, 0.2, 0.16, 0.04, 0.2]}},
+    }  # fmt: skip
+    names, fractions = ours_distribution(stats, {"class_distribution": [0.27588, 0.23729, 0.48049, 0.00634, 0]})
+    assert names[-1] == "thin_cloud"
+    assert distribution_line(fractions) == "Total Class Distribution: [0.40000, 0.20000, 0.16000, 0.04000, 0.20000]"
+    assert ours_distribution(stats, {}) == (stats["classes"], [0.5, 0.25, 0.2, 0.05])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from snowcloud.bands import IGNORE_INDEX
+from snowcloud.labels import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,10 @@ from rasterio.windows import Window
 from snowcloud import cloudprob, labels
 from snowcloud import scene as scenes
 from snowcloud.atomic import atomic_output
-from snowcloud.bands import IGNORE_INDEX
 from snowcloud.baselines import CLOUD, SNOW, WATER, normalised_difference, reflectance
 from snowcloud.config import validated
 from snowcloud.inventory import scene_path
+from snowcloud.labels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Fixed facts of Sentinel-2 L1C and of the class encoding, shared by every stage."""
+"""Fixed facts of Sentinel-2 L1C, shared by every stage (the classes: snowcloud.labels)."""
 
 from __future__ import annotations
 
@@ -11,21 +11,3 @@ RESOLUTION_M: dict[str, int] = {
     "B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20,
     "B08": 10, "B8A": 20, "B09": 60, "B10": 60, "B11": 20, "B12": 20,
 }  # fmt: skip
-
-# Label classes; 255 marks pixels that are not labelled (ignored in training and metrics) or have no data.
-CLASSES: tuple[str, ...] = ("background", "snow", "cloud", "water")
-IGNORE_INDEX = 255
-
-# Colours (RGB) of the classes in prediction colour tables and plots.
-CLASS_COLOURS: dict[int, tuple[int, int, int]] = {
-    0: (60, 120, 40),
-    1: (240, 250, 255),
-    2: (160, 160, 175),
-    3: (30, 90, 200),
-    IGNORE_INDEX: (0, 0, 0),
-}
-
-
-def class_colour_table() -> dict[int, tuple[int, int, int, int]]:
-    """Colour table of the class mask: class colours opaque, no data transparent."""
-    return {value: (*rgb, 0 if value == IGNORE_INDEX else 255) for value, rgb in CLASS_COLOURS.items()}

@@ -12,7 +12,7 @@ import rasterio
 from rasterio.windows import Window
 
 from snowcloud import cloudprob
-from snowcloud.bands import CLASSES, IGNORE_INDEX
+from snowcloud.labels import CLASSES, IGNORE_INDEX
 from snowcloud.scene import block_strips, read_bands
 
 BACKGROUND, SNOW, CLOUD, WATER = (CLASSES.index(name) for name in ("background", "snow", "cloud", "water"))

@@ -15,8 +15,8 @@ from pathlib import Path
 import yaml
 
 from snowcloud import __version__
-from snowcloud.bands import CLASSES
 from snowcloud.config import ConfigError, datasets_of, experiments_to_run, load_config, load_schema, validate_config
+from snowcloud.labels import CLASSES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +148,7 @@ def _check_config(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     import logging
 
+    from snowcloud.checkpoint import runnable_metadata
     from snowcloud.predict import predict_inputs, report
     from snowcloud.training.runtime import available_cpus
 
@@ -157,7 +158,8 @@ def _predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, probabilities=args.probabilities, quicklook=args.quicklook,
         threads=args.threads or available_cpus(), keep_scenes=args.keep_scenes,
     )  # fmt: skip
-    for line in report(jobs, list(CLASSES)):
+    class_names = runnable_metadata(args.model).get("classes", list(CLASSES))
+    for line in report(jobs, list(class_names)):
         print(line)
     for job in jobs:
         if job.error is not None:
@@ -227,7 +229,7 @@ def _describe_stats(path: Path) -> list[str]:
     stats = load_stats(path)
     weights = stats.get("class_weights", {})
     lines = [f"{path}: dataset {stats.get('dataset')}, digest {stats.get('digest')}"]
-    lines.append(f"  class weights ({weights.get('formula')}): {_classes(weights.get('values', []))}")
+    lines.append(f"  class weights ({weights.get('formula')}): {_classes(stats.get('classes', CLASSES), weights.get('values', []))}")
     lines += [f"  {key}: {_short(value)}" for key, value in sorted(stats.items()) if key not in ("class_weights",)]
     return lines
 
@@ -248,8 +250,8 @@ def _describe_model(path: Path) -> list[str]:
     return lines
 
 
-def _classes(values: list[float]) -> str:
-    return ", ".join(f"{name} {value:.4g}" for name, value in zip(CLASSES, values))
+def _classes(names: list[str], values: list[float]) -> str:
+    return ", ".join(f"{name} {value:.4g}" for name, value in zip(names, values))
 
 
 def _short(value: object, limit: int = 300) -> str:

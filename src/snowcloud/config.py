@@ -11,6 +11,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from snowcloud.labels import ClassSet, ClassSetError
+
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")  # ships with the package
 
 
@@ -196,6 +198,11 @@ def _range_errors(config: dict) -> list[str]:
     if percentiles and not percentiles[0] < percentiles[1]:
         errors.append(f"preprocess.clip.percentiles: {percentiles} must be [low, high] with low < high")
     datasets = config.get("datasets", {})
+    for name, dataset in datasets.items():
+        try:
+            ClassSet.from_options(dataset, f"datasets.{name}")
+        except ClassSetError as error:
+            errors.append(str(error))
     for name, experiment in config.get("experiments", {}).items():
         training = experiment.get("training", {})
         erase_size = training.get("augmentation", {}).get("erase_size")

@@ -2,7 +2,8 @@
 
 ``results/datasets/{dataset}/stats.json`` holds, per date and in total, the class distribution two ways
 (``patch-mean``: the thesis's "Total Class Distribution", the mean over patches of each patch's class fractions;
-``pixel``: pixel-weighted), the class weights by the configured formula, the split, and a digest of all of it
+``pixel``: pixel-weighted; both over the trained classes of the class set; ``encoded patch-mean``: the same
+over every encoded class, the ignored ones too, as the thesis printed its five), the class weights by the configured formula, the split, and a digest of all of it
 that the checkpoint records. Training reads the weights and the split from here (:func:`load_split`).
 """
 
@@ -19,17 +20,17 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from snowcloud.atomic import atomic_output
-from snowcloud.bands import CLASS_COLOURS, CLASSES
 from snowcloud.config import validated
+from snowcloud.labels import ClassSet, class_colours
 from snowcloud.provenance import settings_digest
-from snowcloud.shards import CLASS_COLUMNS, class_fractions, read_attributes
+from snowcloud.shards import FORMAT as SHARD_FORMAT
+from snowcloud.shards import class_columns, class_fractions, read_attributes
 
 log = logging.getLogger(__name__)
 
-FORMAT = "snowcloud-stats/1"
-N_CLASSES = len(CLASSES)
+FORMAT = "snowcloud-stats/2"  # 2: class_set, encoded patch-mean
 # "preprocess": the value-deciding preprocess options of the scenes (None in shards made before they were recorded)
-CONSISTENT_ATTRIBUTES = ("bands", "normalisation", "patch_size", "preprocess")
+CONSISTENT_ATTRIBUTES = ("bands", "normalisation", "patch_size", "preprocess", "class_set")
 
 
 class DatasetError(ValueError):
@@ -48,7 +49,7 @@ WEIGHT_FORMULAS = {
 
 
 def class_weights(fractions: list[float] | np.ndarray, formula: str) -> tuple[list[float], list[int]]:
-    """Weights of classes 0..3 from their fractions, and the classes absent from the data.
+    """Weights of the classes from their fractions, and the classes absent from the data.
 
     A class with fraction 0 gets the largest weight of the present classes (its weight multiplies no pixel of
     the training data, and a finite value keeps the loss finite); the median of median-frequency is over the
@@ -69,25 +70,33 @@ def class_weights(fractions: list[float] | np.ndarray, formula: str) -> tuple[li
 # --- distributions ------------------------------------------------------------------------------------------
 
 
-def distribution(counts: np.ndarray) -> dict:
-    """Class distribution of patches given their (n, 5) class counts (classes 0..3, 255)."""
-    labelled = counts[:, :N_CLASSES].sum(axis=1) > 0
-    fractions = class_fractions(counts)
+def distribution(counts: np.ndarray, class_set: ClassSet) -> dict:
+    """Class distribution of patches given their class counts (trained classes, ignored classes, 255)."""
+    n_classes, n_encoded = len(class_set.names), len(class_set.encoded_names)
     totals = counts.sum(axis=0, dtype=np.int64)
-    labelled_pixels = totals[:N_CLASSES].sum()
+    labelled_pixels = totals[:n_classes].sum()
     return {
         "patches": len(counts),
-        "class_pixel_counts": {str(c): int(t) for c, t in zip(CLASS_COLUMNS, totals)},
+        "class_pixel_counts": {str(c): int(t) for c, t in zip(class_columns(class_set), totals)},
         "class_fraction": {
-            "patch-mean": (fractions[labelled].mean(axis=0) if labelled.any() else np.zeros(N_CLASSES)).tolist(),
-            "pixel": (totals[:N_CLASSES] / labelled_pixels if labelled_pixels else np.zeros(N_CLASSES)).tolist(),
+            "patch-mean": _patch_mean(counts, n_classes).tolist(),
+            "pixel": (totals[:n_classes] / labelled_pixels if labelled_pixels else np.zeros(n_classes)).tolist(),
+            "encoded patch-mean": _patch_mean(counts, n_encoded).tolist(),
         },
     }
+
+
+def _patch_mean(counts: np.ndarray, n: int) -> np.ndarray:
+    """Mean over the patches holding any of the first n classes of their fractions of those classes."""
+    labelled = counts[:, :n].sum(axis=1) > 0
+    return class_fractions(counts, n)[labelled].mean(axis=0) if labelled.any() else np.zeros(n)
 
 
 def _read_shard(path: str) -> tuple[dict, np.ndarray]:
     try:
         attributes = read_attributes(path)
+        if attributes.get("format") != SHARD_FORMAT:
+            raise DatasetError(f"{path}: a {attributes.get('format')} shard, not {SHARD_FORMAT}; rebuild the shards")
         with h5py.File(path, "r") as shard:
             counts = shard["class_counts"][:]
     except (OSError, KeyError) as error:
@@ -166,21 +175,24 @@ def build_dataset_stats(
             common.setdefault(key, (attributes.get(key), path))
             if attributes.get(key) != common[key][0]:
                 raise DatasetError(f"{path}: {key} differs from that of {common[key][1]}; rebuild the shards")
+        class_set = ClassSet.from_options(attributes["class_set"], path)
         entry = {
-            "tile": attributes["tile"], "date": attributes["date"], "shard": path, **distribution(counts),
+            "tile": attributes["tile"], "date": attributes["date"], "shard": path, **distribution(counts, class_set),
             "sampler": attributes["sampler"], "inputs": _content_hashes(attributes["inputs"]),
         }  # fmt: skip
         shard_data.append((entry, counts))
     shard_data.sort(key=lambda pair: (pair[0]["tile"], pair[0]["date"], pair[0]["shard"]))
     entries = [entry for entry, _ in shard_data]
-    total = distribution(np.concatenate([counts for _, counts in shard_data]))
+    class_set = ClassSet.from_options(common["class_set"][0], dataset)
+    total = distribution(np.concatenate([counts for _, counts in shard_data]), class_set)
     weights, absent = class_weights(total["class_fraction"][options["class_fraction"]], options["class_weights"])
     if absent:
         log.warning("dataset %s: classes %s have no pixels; weighted like the rarest present class", dataset, absent)
     stats = {
         "format": FORMAT,
         "dataset": dataset,
-        "classes": list(CLASSES),
+        "classes": list(class_set.names),
+        "encoded_classes": list(class_set.encoded_names),
         **{key: value for key, (value, _) in common.items()},
         "options": options,
         "dates": entries,
@@ -260,21 +272,23 @@ def load_split(stats_path: str | Path) -> dict[str, list[tuple[str, np.ndarray |
 
 def plot_class_distribution(stats: dict, plot_path: str | Path) -> None:
     """Horizontal stacked bars of the patch-mean class fractions: the total, then one bar per tile and date,
-    with the patch count and the share of the rarest class (water) written beside each bar."""
+    with the patch count and the share of the last class (water by default) written beside each bar."""
     rows = [("total", stats["total"])] + [(f"{e['tile']} {e['date']}", e) for e in stats["dates"]]
     fractions = np.array([entry["class_fraction"]["patch-mean"] for _, entry in rows])
     figure = Figure(figsize=(9, 1.3 + 0.25 * len(rows)), layout="constrained")
     axes = figure.subplots()
     positions = np.arange(len(rows))[::-1]
     left = np.zeros(len(rows))
-    for c, name in enumerate(CLASSES):
-        colour = np.array(CLASS_COLOURS[c]) / 255
+    names = stats["classes"]
+    colours = class_colours(names)
+    for c, name in enumerate(names):
+        colour = np.array(colours[c]) / 255
         axes.barh(positions, fractions[:, c], left=left, color=colour, edgecolor="0.25", linewidth=0.4, label=name)
         left += fractions[:, c]
     axes.set_yticks(positions, [label for label, _ in rows], fontsize=8)
     axes.axhline(positions[0] - 0.5, color="black", linewidth=0.8)
     for position, (_, entry), fraction in zip(positions, rows, fractions):
-        note = f"{entry['patches']} patches, {CLASSES[-1]} {fraction[-1]:.1%}"
+        note = f"{entry['patches']} patches, {names[-1]} {fraction[-1]:.1%}"
         axes.text(1.01, position, note, va="center", fontsize=7, transform=axes.get_yaxis_transform())
     axes.set_xlim(0, 1)
     axes.set_ylim(-0.6, len(rows) - 0.4)
@@ -282,6 +296,6 @@ def plot_class_distribution(stats: dict, plot_path: str | Path) -> None:
     weights = ", ".join(f"{w:.3g}" for w in stats["class_weights"]["values"])
     axes.set_title(f"{stats['dataset']}: class distribution; weights ({stats['class_weights']['formula']}) {weights}",
                    fontsize=9)  # fmt: skip
-    figure.legend(ncols=N_CLASSES, loc="outside lower center", fontsize=8, frameon=False)
+    figure.legend(ncols=len(names), loc="outside lower center", fontsize=8, frameon=False)
     with atomic_output(plot_path) as tmp:
         figure.savefig(tmp, dpi=120, format="png")

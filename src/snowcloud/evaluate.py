@@ -18,9 +18,9 @@ from rasterio.windows import Window
 import snowcloud
 from snowcloud import dataset_stats, labels
 from snowcloud.atomic import atomic_output
-from snowcloud.bands import CLASSES, IGNORE_INDEX
 from snowcloud.baselines import BASELINES, StripRows
 from snowcloud.config import validated
+from snowcloud.labels import CLASSES, IGNORE_INDEX
 from snowcloud.metrics import confusion_matrix, metrics_from_confusion, thesis_metric_lines
 from snowcloud.scene import check_same_grid, identity, row_strips
 

@@ -27,9 +27,9 @@ import snowcloud
 from snowcloud import checkpoint, normalisation
 from snowcloud.accelerator import autocast_dtype, precision_name, resolve_device
 from snowcloud.atomic import atomic_output, scratch_folder
-from snowcloud.bands import CLASSES, IGNORE_INDEX, class_colour_table
 from snowcloud.config import validated
 from snowcloud.gdal import gdal_env, gdal_errors_raised
+from snowcloud.labels import CLASSES, IGNORE_INDEX, class_colour_table
 from snowcloud.provenance import file_sha256
 from snowcloud.quicklook import quicklook
 from snowcloud.scene import band_indexes, valid_pixels

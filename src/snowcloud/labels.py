@@ -1,4 +1,11 @@
-"""Label masks onto a scene's grid: a uint8 GeoTIFF (0..3, 255) or a thesis folder (mask.jp2 + mask_coverage.jp2).
+"""Label masks and the class set: a uint8 GeoTIFF or a thesis folder (mask.jp2 + mask_coverage.jp2) onto a
+scene's grid, and the classes their values stand for.
+
+The class set (a dataset's `classes` and `ignored_classes`, :class:`ClassSet`) names the classes a model learns,
+in the order of its outputs, and the label values each class takes; ignored classes are encoded in the labels,
+counted in the class distribution and not trained on (read as 255). 255 is always "not labelled"; any other
+value is an error naming the file. The default is the thesis encoding: 0 background, 1 snow, 2 cloud, 3 water
+trained, 4 semi-transparent ("thin") clouds ignored.
 
 A label may be on the scene's 10 m grid or on a coarser grid aligned with it (20 m, 30 m, 60 m ...): each scene
 pixel takes the label pixel it lies in (nearest). Another CRS, a rotated, finer or misaligned grid is an error
@@ -18,14 +25,123 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from snowcloud.bands import CLASSES, IGNORE_INDEX
 from snowcloud.counting import bincount_in_chunks
 
 THESIS_MASK = "mask.jp2"
 THESIS_COVERAGE = "mask_coverage.jp2"
-THESIS_IGNORED_CLASS = 4  # semi-transparent clouds: annotated in the thesis, never trained on
-LABEL_VALUES = (*range(len(CLASSES)), IGNORE_INDEX)
 ALIGNMENT_TOLERANCE = 1e-3  # in scene pixels
+
+# 255 marks pixels that are not labelled (ignored in training and metrics) or have no data.
+IGNORE_INDEX = 255
+# The default class set (schema defaults of datasets.*.classes and ignored_classes): the thesis encoding.
+DEFAULT_CLASSES: dict[str, list[int]] = {"background": [0], "snow": [1], "cloud": [2], "water": [3]}
+DEFAULT_IGNORED_CLASSES: dict[str, list[int]] = {"thin_cloud": [4]}
+CLASSES: tuple[str, ...] = tuple(DEFAULT_CLASSES)  # what the baselines produce
+
+# Colours (RGB) of the classes by name in prediction colour tables and plots; other names cycle OTHER_COLOURS.
+NAMED_COLOURS: dict[str, tuple[int, int, int]] = {
+    "background": (60, 120, 40),
+    "snow": (240, 250, 255),
+    "cloud": (160, 160, 175),
+    "water": (30, 90, 200),
+    "thin_cloud": (215, 180, 230),
+}
+OTHER_COLOURS = ((230, 120, 30), (200, 40, 40), (120, 60, 160), (240, 210, 40))
+NO_DATA_COLOUR = (0, 0, 0)
+
+
+def class_colours(names: tuple[str, ...] | list[str] = CLASSES) -> dict[int, tuple[int, int, int]]:
+    """RGB per mask value of classes `names` (in mask order), and black for IGNORE_INDEX."""
+    others = iter(OTHER_COLOURS * (len(names) // len(OTHER_COLOURS) + 1))
+    colours = {i: NAMED_COLOURS.get(name) or next(others) for i, name in enumerate(names)}
+    return colours | {IGNORE_INDEX: NO_DATA_COLOUR}
+
+
+CLASS_COLOURS = class_colours(CLASSES)
+
+
+def class_colour_table(names: tuple[str, ...] | list[str] = CLASSES) -> dict[int, tuple[int, int, int, int]]:
+    """Colour table of a class mask: class colours opaque, no data transparent."""
+    return {value: (*rgb, 0 if value == IGNORE_INDEX else 255) for value, rgb in class_colours(names).items()}
+
+
+class ClassSetError(ValueError):
+    """A class set that cannot be used; the message names the config key or file."""
+
+
+@dataclass(frozen=True)
+class ClassSet:
+    """Trained classes (model outputs, in order) and ignored classes, each with the label values it takes."""
+
+    classes: tuple[tuple[str, tuple[int, ...]], ...]
+    ignored: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    @classmethod
+    def from_options(cls, options: dict | None, key: str = "datasets.*") -> ClassSet:
+        """The class set of a dataset's options (`classes`, `ignored_classes`; defaults where absent)."""
+        options = options or {}
+        trained = options.get("classes") or DEFAULT_CLASSES
+        ignored = options.get("ignored_classes", DEFAULT_IGNORED_CLASSES) or {}
+        result = cls(
+            tuple((name, tuple(int(v) for v in values)) for name, values in trained.items()),
+            tuple((name, tuple(int(v) for v in values)) for name, values in ignored.items()),
+        )
+        result.check(key)
+        return result
+
+    def check(self, key: str) -> None:
+        """ClassSetError naming `key` for a name or value used twice, or a value outside 0..254."""
+        names = [name for name, _ in self.classes + self.ignored]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ClassSetError(f"{key}.classes / ignored_classes: class names {twice} are used twice")
+        owner: dict[int, str] = {}
+        for name, values in self.classes + self.ignored:
+            for value in values:
+                if not 0 <= value < IGNORE_INDEX:
+                    raise ClassSetError(f"{key}: class {name} takes label value {value}; values are 0..254")
+                if value in owner:
+                    raise ClassSetError(
+                        f"{key}: label value {value} belongs to both {owner[value]} and {name}; give it to one"
+                    )
+                owner[value] = name
+        if not self.classes:
+            raise ClassSetError(f"{key}.classes: at least one class to train is needed")
+
+    def options(self) -> dict[str, dict[str, list[int]]]:
+        """As in the configuration (and the shard's `class_set` attribute)."""
+        return {
+            "classes": {name: list(values) for name, values in self.classes},
+            "ignored_classes": {name: list(values) for name, values in self.ignored},
+        }
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The trained classes: the model's outputs and the values 0..K-1 of masks and shard labels."""
+        return tuple(name for name, _ in self.classes)
+
+    @property
+    def encoded_names(self) -> tuple[str, ...]:
+        """Trained then ignored classes: the indices of :func:`read_encoded` and of the shard's class counts."""
+        return tuple(name for name, _ in self.classes + self.ignored)
+
+    def values(self) -> tuple[int, ...]:
+        return tuple(value for _, values in self.classes + self.ignored for value in values)
+
+    def lookup(self) -> np.ndarray:
+        """uint8 (256,): label value -> encoded index; 255 (not labelled) for 255 and values of no class."""
+        table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+        for index, (_, values) in enumerate(self.classes + self.ignored):
+            table[list(values)] = index
+        return table
+
+    def trained(self, encoded: np.ndarray) -> np.ndarray:
+        """Encoded indices -> trained indices, the ignored classes becoming 255 (in place)."""
+        encoded[(encoded >= len(self.classes)) & (encoded != IGNORE_INDEX)] = IGNORE_INDEX
+        return encoded
+
+
+DEFAULT_CLASS_SET = ClassSet.from_options(None)
 
 
 class LabelError(ValueError):
@@ -63,30 +179,44 @@ def label_files(label_path: str | Path) -> list[Path]:
     return [path]
 
 
-def read_label(label_path: str | Path, scene_path: str | Path, window: Window | None = None) -> np.ndarray:
-    """The label (uint8 (H, W): 0..3, 255 not labelled) on the scene's grid, for `window` of the scene or all of it.
+def read_label(
+    label_path: str | Path, scene_path: str | Path, window: Window | None = None,
+    class_set: ClassSet = DEFAULT_CLASS_SET,
+) -> np.ndarray:  # fmt: skip
+    """The label as trained classes (uint8 (H, W): 0..K-1, 255 not labelled or an ignored class) on the
+    scene's grid, for `window` of the scene or all of it."""
+    return class_set.trained(read_encoded(label_path, scene_path, window, class_set))
 
-    Thesis folders: 255 where mask_coverage is 0, and class 4 (semi-transparent clouds) becomes 255.
-    """
+
+def read_encoded(
+    label_path: str | Path, scene_path: str | Path, window: Window | None = None,
+    class_set: ClassSet = DEFAULT_CLASS_SET,
+) -> np.ndarray:  # fmt: skip
+    """The label as encoded classes of `class_set` (uint8 (H, W): trained then ignored classes, 255 not
+    labelled). Thesis folders: 255 where mask_coverage is 0; within it every value must belong to a class."""
     grid = scene_grid(scene_path)
     window = window or Window(0, 0, grid.width, grid.height)
     files = label_files(label_path)
     label = read_on_grid(files[0], grid, window)
     if len(files) == 1:
-        _check_values(label, LABEL_VALUES, files[0])
-        return label
+        _check_values(label, (*class_set.values(), IGNORE_INDEX), files[0])
+        return class_set.lookup()[label]
     coverage = read_on_grid(files[1], grid, window)
     covered = (coverage != 0) & (coverage != IGNORE_INDEX)
-    _check_values(label[covered], (*range(len(CLASSES)), THESIS_IGNORED_CLASS), files[0])
-    label[~covered | (label == THESIS_IGNORED_CLASS)] = IGNORE_INDEX
-    return label
+    _check_values(label[covered], class_set.values(), files[0])
+    encoded = class_set.lookup()[label]
+    encoded[~covered] = IGNORE_INDEX
+    return encoded
 
 
 def _check_values(values: np.ndarray, allowed: tuple[int, ...], path: Path) -> None:
     present = np.flatnonzero(bincount_in_chunks(values, 256))
     unexpected = sorted(set(present.tolist()) - set(allowed))
     if unexpected:
-        raise LabelError(f"{path}: unexpected label values {unexpected} (allowed: {list(allowed)})")
+        raise LabelError(
+            f"{path}: unexpected label values {unexpected} (allowed: {sorted(allowed)}; see the dataset's "
+            "classes and ignored_classes)"
+        )
 
 
 def read_on_grid(path: str | Path, grid: Grid, window: Window) -> np.ndarray:

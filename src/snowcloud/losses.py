@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from snowcloud.bands import IGNORE_INDEX
+from snowcloud.labels import IGNORE_INDEX
 
 LOSSES = ("ce-dice", "thesis-bce", "thesis-bce-on-softmax")
 REDUCTIONS = ("mean", "sum")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from snowcloud.bands import CLASSES, IGNORE_INDEX
+from snowcloud.labels import CLASSES, IGNORE_INDEX
 
 
 def confusion_matrix(

@@ -22,9 +22,10 @@ import rasterio
 from tqdm import tqdm
 
 from snowcloud import infer, preprocess
-from snowcloud.bands import ELEVATION, IGNORE_INDEX
+from snowcloud.bands import ELEVATION
 from snowcloud.config import validated
 from snowcloud.inventory import find_products, scene_path
+from snowcloud.labels import IGNORE_INDEX
 from snowcloud.quicklook import quicklook
 from snowcloud.safe import open_safe
 from snowcloud.scene import band_indexes

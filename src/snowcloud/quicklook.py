@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from snowcloud.atomic import atomic_output
-from snowcloud.bands import CLASS_COLOURS, CLASSES, class_colour_table
+from snowcloud.labels import CLASS_COLOURS, CLASSES, class_colour_table
 from snowcloud.scene import band_indexes, check_same_grid, valid_pixels
 
 # False colour SWIR / NIR / red (the thesis's FCI family): snow cyan, cloud white, vegetation green.

@@ -23,7 +23,6 @@ import torch
 
 from snowcloud import checkpoint, dataset_stats, thesis_metrics
 from snowcloud.atomic import atomic_output
-from snowcloud.bands import CLASSES
 from snowcloud.config import validated
 from snowcloud.loader import ShardDataset
 from snowcloud.metrics import confusion_matrix, metrics_from_confusion, thesis_metric_lines, thesis_metric_name
@@ -42,7 +41,8 @@ def validation_batches(
 
 
 def evaluate_thesis_way(
-    model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], threshold: float, steps: int
+    model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], threshold: float, steps: int,
+    n_classes: int,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(3, K) thesis metrics averaged the thesis's way, the argmax confusion matrix of the same pixels and the
     number of batches (the model runs on its device, in float32)."""
@@ -53,7 +53,7 @@ def evaluate_thesis_way(
             probabilities = model(image.to(device)).float().softmax(dim=1).cpu().numpy()
             labels = label.numpy()
             per_batch.append(thesis_metrics.batch_metrics(probabilities, labels, threshold))
-            confusion = confusion + confusion_matrix(probabilities.argmax(axis=1), labels, len(CLASSES))
+            confusion = confusion + confusion_matrix(probabilities.argmax(axis=1), labels, n_classes)
     return thesis_metrics.epoch_average(per_batch, steps), np.asarray(confusion), len(per_batch)
 
 
@@ -65,10 +65,12 @@ def history_row(history_path: str | Path, epoch: int) -> dict[str, str]:
     raise ValueError(f"{history_path}: no row for epoch {epoch}")
 
 
-def log_format(epoch: int, train_loss: float, test_loss: float, metrics: Mapping[str, Any], estop: str) -> list[str]:
-    """The thesis's epoch block: the "Epoch: N, train_loss: ..." line and its 12 metric lines."""
+def log_format(
+    epoch: int, train_loss: float, test_loss: float, metrics: Mapping[str, Any], estop: str, classes: Sequence[str]
+) -> list[str]:
+    """The thesis's epoch block: the "Epoch: N, train_loss: ..." line and its 3 metric lines per class."""
     head = f"Epoch: {epoch}, train_loss: {train_loss:.6f}, test_loss: {test_loss:.6f}, EStop: {estop}"
-    return [head, *thesis_metric_lines(metrics)]
+    return [head, *thesis_metric_lines(metrics, tuple(classes))]
 
 
 def distribution_line(values: Sequence[float]) -> str:
@@ -76,21 +78,26 @@ def distribution_line(values: Sequence[float]) -> str:
     return "Total Class Distribution: [" + ", ".join("0" if v == 0 else f"{v:.5f}" for v in values) + "]"
 
 
-def ours_distribution(stats: Mapping[str, Any], documented: Mapping[str, Any]) -> list[float]:
-    """The dataset's patch-mean class fractions; with a fifth entry 0 (semi-transparent clouds) where the thesis
-    printed five: our masks hold none (automatic masks never paint them, thesis masks' class 4 reads as 255)."""
-    fractions = list(stats["total"]["class_fraction"]["patch-mean"])
-    return fractions + [0.0] if len(documented.get("class_distribution", [])) == len(fractions) + 1 else fractions
+def ours_distribution(stats: Mapping[str, Any], documented: Mapping[str, Any]) -> tuple[list[str], list[float]]:
+    """The dataset's class names and patch-mean class fractions: of the trained classes, or of every encoded class
+    (the ignored ones too, e.g. 4c654a2's fifth, semi-transparent clouds) where the thesis printed as many."""
+    fractions = stats["total"]["class_fraction"]
+    encoded = stats["encoded_classes"]
+    if len(documented.get("class_distribution", [])) == len(encoded) != len(stats["classes"]):
+        return list(encoded), list(fractions["encoded patch-mean"])
+    return list(stats["classes"]), list(fractions["patch-mean"])
 
 
 def _number(value: float | None, digits: int = 4) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def metric_table(ours: Mapping[str, Any], documented: Mapping[str, float], argmax: Mapping[str, Any]) -> list[str]:
+def metric_table(
+    ours: Mapping[str, Any], documented: Mapping[str, float], argmax: Mapping[str, Any], classes: Sequence[str]
+) -> list[str]:
     rows = ["| metric | ours, thesis definition | thesis documented | ours, argmax confusion |", "|---|---|---|---|"]
     for key in thesis_metrics.METRICS:
-        for cls in CLASSES:
+        for cls in classes:
             name = thesis_metric_name(key, cls)
             rows.append(f"| `{name}` | {_number(ours[key][cls])} | {_number(documented.get(name))} | "
                         f"{_number(argmax[key][cls])} |")  # fmt: skip
@@ -120,15 +127,17 @@ def write_reproduction(
     steps = thesis["validation_steps"] or training["validation_steps"] or math.ceil(n_validation / batch_size)
     steps = min(steps, math.ceil(n_validation / batch_size))
     batches = validation_batches(stats_path, batch_size, steps + 1)
-    values, confusion, n_batches = evaluate_thesis_way(model, batches, thesis["threshold"], steps)
-    ours = thesis_metrics.as_metrics(values)
-    argmax = metrics_from_confusion(confusion)
+    classes = tuple(stats["classes"])
+    values, confusion, n_batches = evaluate_thesis_way(model, batches, thesis["threshold"], steps, len(classes))
+    ours = thesis_metrics.as_metrics(values, classes)
+    argmax = metrics_from_confusion(confusion, classes)
     epoch = int(metadata["best_epoch"])
     row = history_row(history_path, epoch)
     documented = thesis["documented"]
     patience = training["early_stopping"]["patience"]
     ours_log = log_format(epoch, float(row["train_loss"]), float(row["val_loss"]), ours,
-                          f"{row['early_stopping_counter']}/{patience}")  # fmt: skip
+                          f"{row['early_stopping_counter']}/{patience}", classes)  # fmt: skip
+    distribution = ours_distribution(stats, documented)
     pixels = min(n_validation, n_batches * batch_size) * int(stats["patch_size"]) ** 2
 
     lines = [
@@ -161,15 +170,18 @@ def write_reproduction(
         lines += ["```", ""]
     else:
         lines += ["The thesis documents no epoch results for this run.", ""]
-    lines += [*metric_table(ours, documented.get("metrics", {}), argmax), ""]
+    lines += [*metric_table(ours, documented.get("metrics", {}), argmax, classes), ""]
     lines += [
         f"Argmax confusion on the same pixels (labelled pixels only): macro IoU {_number(argmax['macro_iou'])}, "
         f"pixel accuracy {_number(argmax['pixel_accuracy'])}.",
         "",
         "## Class distribution and class weights",
         "",
+        f"Classes, in the order printed: {', '.join(distribution[0])} (the dataset's class set: "
+        f"{', '.join(classes)} trained).",
+        "",
         "```",
-        f"ours:       {distribution_line(ours_distribution(stats, documented))}",
+        f"ours:       {distribution_line(distribution[1])}",
     ]
     if documented.get("class_distribution"):
         lines.append(f"documented: {distribution_line(documented['class_distribution'])}")

@@ -1,9 +1,10 @@
 """HDF5 patch shards: one per (dataset, tile, date), normalised patches ready to train, with class counts.
 
 Layout (docs/architecture.md): ``image`` (N, C, P, P) float16 chunked one patch per chunk, ``label`` (N, P, P)
-uint8 (255 = ignore), ``origin`` (N, 2) int32 row/col in the scene, ``class_counts`` (N, 5) int32 pixels of
-classes 0..3 and 255 per patch, ``class_fraction`` (N, 4) float32 (classes 0..3 over the labelled pixels of the
-patch); attributes are scalars or JSON text (see :func:`read_attributes`). The scene is normalised row block by
+uint8 (trained classes 0..K-1 of the dataset's class set, 255 = ignore), ``origin`` (N, 2) int32 row/col in the
+scene, ``class_counts`` (N, K + J + 1) int32 pixels of the K trained classes, the J ignored classes and 255 per
+patch, ``class_fraction`` (N, K) float32 (trained classes over the patch's pixels of trained classes); attributes
+are scalars or JSON text (see :func:`read_attributes`), ``class_set`` the class set (snowcloud.labels). The scene is normalised row block by
 row block (each row once, bounded memory) and patches are written in batches to a temporary file that is
 renamed into place when complete.
 """
@@ -23,23 +24,22 @@ from tqdm import tqdm
 import snowcloud
 from snowcloud import labels, normalisation, preprocess, sampling
 from snowcloud.atomic import atomic_output
-from snowcloud.bands import CLASSES, IGNORE_INDEX
 from snowcloud.config import validated
 from snowcloud.gdal import gdal_env
+from snowcloud.labels import IGNORE_INDEX, ClassSet
 from snowcloud.provenance import file_identity
 from snowcloud.scene import block_strips, check_scene, sub_strips, valid_mask, values_and_valid
 
 log = logging.getLogger(__name__)
 
-FORMAT = "snowcloud-shard/1"
-CLASS_COLUMNS = (*range(len(CLASSES)), IGNORE_INDEX)
+FORMAT = "snowcloud-shard/2"  # 2: class_set attribute, class counts of every encoded class
 BLOCK_ROWS = 256  # patch corner rows per buffer extension (buffer: C x (BLOCK_ROWS + P + block height) x W x 2 B)
 STRIP_ROWS = 32  # scene rows read and normalised at once (float32 temporaries: a few x channels x 32 x width x 4 B)
 WRITE_BATCH = 64  # patches per HDF5 write
 GDAL_CACHE_MB = 256  # GDAL block cache: holds a row of 512 x 512 tiles of a 14-band 10980-wide scene (161 MB)
 IMAGE_COMPRESSION = None  # benchmarks/bench_shards.py: lzf saves little on normalised float16, costs read speed
 JSON_ATTRIBUTES = ("bands", "normalisation", "normalisation_statistics", "sampler", "class_pixel_counts",
-                   "class_fraction_mean", "inputs", "scene_shape", "preprocess")  # fmt: skip
+                   "class_fraction_mean", "inputs", "scene_shape", "preprocess", "class_set")  # fmt: skip
 
 
 class ShardError(ValueError):
@@ -58,7 +58,8 @@ def _build_shard(scene: str | Path, label: str | Path, output: Path, dataset: st
     spec = normalisation.spec(options["normalisation"])
     with rasterio.open(scene) as src:
         bands = check_scene(src, options["elevation"], str(scene))
-    label_array = labels.read_label(label, scene)
+    class_set = ClassSet.from_options(options, f"datasets.{dataset}")
+    label_array = labels.read_encoded(label, scene, class_set=class_set)
     with rasterio.open(scene) as src:
         valid = valid_mask(src, len(bands))
     if not valid.any():
@@ -76,32 +77,33 @@ def _build_shard(scene: str | Path, label: str | Path, output: Path, dataset: st
         "scene_shape": list(label_array.shape), "preprocess": preprocess.scene_preprocessing(scene),
         "package_version": snowcloud.__version__,
         "inputs": {"scene": file_identity(scene), "label": [file_identity(f) for f in labels.label_files(label)]},
+        "class_set": class_set.options(),
     }  # fmt: skip
     needs_bytes = len(origins) * size * size * (2 * len(bands) + 1)  # float16 images and uint8 labels, uncompressed
     with atomic_output(output, needs_bytes) as tmp, h5py.File(tmp, "w") as shard:
-        counts = _write_patches(shard, scene, spec, statistics, len(bands), origins, label_array, size)
-        _write_class_statistics(shard, counts)
+        counts = _write_patches(shard, scene, spec, statistics, len(bands), origins, label_array, size, class_set)
+        _write_class_statistics(shard, counts, class_set)
         for key, value in attributes.items():
             shard.attrs[key] = json.dumps(value) if key in JSON_ATTRIBUTES else value
 
 
 def _write_patches(
     shard: h5py.File, scene: str | Path, spec: dict, statistics: dict, channels: int, origins: np.ndarray,
-    label: np.ndarray, size: int,
+    label: np.ndarray, size: int, class_set: ClassSet,
 ) -> np.ndarray:  # fmt: skip
-    """Write image, label and origin; return the per-patch class counts (N, 5)."""
+    """Write image, label (trained classes of the encoded `label`) and origin; return the per-patch class counts."""
     n = len(origins)
     image, labels_out = create_patch_datasets(shard, n, channels, size)
     shard.create_dataset("origin", data=origins, dtype=np.int32, track_times=False)
-    counts = np.zeros((n, len(CLASS_COLUMNS)), dtype=np.int32)
+    counts = np.zeros((n, len(class_columns(class_set))), dtype=np.int32)
     with rasterio.open(scene) as src, tqdm(total=n, desc=f"patches {Path(scene).name}", unit="patch") as progress:
         batches = patch_batches(src, spec, statistics, channels, origins, size, BLOCK_ROWS, WRITE_BATCH)
         for start, images in batches:
             stop = start + len(images)
             patch_labels = np.stack([label[r : r + size, c : c + size] for r, c in origins[start:stop]])
             image[start:stop] = images
-            labels_out[start:stop] = patch_labels
-            counts[start:stop] = class_counts(patch_labels)
+            counts[start:stop] = class_counts(patch_labels, class_set)
+            labels_out[start:stop] = class_set.trained(patch_labels)
             progress.update(len(images))
     return counts
 
@@ -174,30 +176,37 @@ def normalise_rows(src: rasterio.DatasetReader, spec: dict, statistics: dict, to
             )
 
 
-def class_counts(patch_labels: np.ndarray) -> np.ndarray:
-    """int32 (n, 5): pixels of classes 0..3 and 255 in each (P, P) label patch."""
+def class_columns(class_set: ClassSet) -> tuple[int, ...]:
+    """The encoded values the class counts count: trained classes, ignored classes, 255."""
+    return (*range(len(class_set.encoded_names)), IGNORE_INDEX)
+
+
+def class_counts(patch_labels: np.ndarray, class_set: ClassSet) -> np.ndarray:
+    """int32 (n, K + J + 1): pixels of each encoded class and of 255 in each (P, P) encoded label patch."""
+    columns = list(class_columns(class_set))
     per_value = np.stack([np.bincount(patch.ravel(), minlength=256) for patch in patch_labels])
-    unexpected = per_value.sum(axis=1) - per_value[:, list(CLASS_COLUMNS)].sum(axis=1)
+    unexpected = per_value.sum(axis=1) - per_value[:, columns].sum(axis=1)
     if unexpected.any():
-        raise ShardError(f"label patches hold values outside {list(CLASS_COLUMNS)}")
-    return per_value[:, list(CLASS_COLUMNS)].astype(np.int32)
+        raise ShardError(f"label patches hold values outside {columns}")
+    return per_value[:, columns].astype(np.int32)
 
 
-def class_fractions(counts: np.ndarray) -> np.ndarray:
-    """float64 (n, 4): classes 0..3 over the labelled pixels of each patch (0 for a patch without any)."""
-    labelled = counts[:, : len(CLASSES)].sum(axis=1, keepdims=True)
-    return np.divide(counts[:, : len(CLASSES)], labelled, out=np.zeros(labelled.shape[:1] + (len(CLASSES),)),
+def class_fractions(counts: np.ndarray, n_classes: int) -> np.ndarray:
+    """float64 (n, n_classes): the first n_classes columns of `counts` over their sum per patch (0 for none)."""
+    labelled = counts[:, :n_classes].sum(axis=1, keepdims=True)
+    return np.divide(counts[:, :n_classes], labelled, out=np.zeros(labelled.shape[:1] + (n_classes,)),
                      where=labelled > 0)  # fmt: skip
 
 
-def _write_class_statistics(shard: h5py.File, counts: np.ndarray) -> None:
-    fractions = class_fractions(counts)
-    labelled = counts[:, : len(CLASSES)].sum(axis=1) > 0
+def _write_class_statistics(shard: h5py.File, counts: np.ndarray, class_set: ClassSet) -> None:
+    n_classes = len(class_set.names)
+    fractions = class_fractions(counts, n_classes)
+    labelled = counts[:, :n_classes].sum(axis=1) > 0
     shard.create_dataset("class_counts", data=counts, track_times=False)
     shard.create_dataset("class_fraction", data=fractions.astype(np.float32), track_times=False)
     totals = counts.sum(axis=0, dtype=np.int64)
-    shard.attrs["class_pixel_counts"] = json.dumps({str(c): int(t) for c, t in zip(CLASS_COLUMNS, totals)})
-    mean = fractions[labelled].mean(axis=0) if labelled.any() else np.zeros(len(CLASSES))
+    shard.attrs["class_pixel_counts"] = json.dumps({str(c): int(t) for c, t in zip(class_columns(class_set), totals)})
+    mean = fractions[labelled].mean(axis=0) if labelled.any() else np.zeros(n_classes)
     shard.attrs["class_fraction_mean"] = json.dumps(mean.tolist())
     shard.attrs["patches"] = len(counts)
 

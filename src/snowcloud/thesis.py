@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from snowcloud import __version__, normalisation
-from snowcloud.bands import CLASSES
 from snowcloud.checkpoint import save_model
 from snowcloud.config import load_config
+from snowcloud.labels import ClassSet
 from snowcloud.model import build_model
 from snowcloud.preprocess import scene_value_options
 from snowcloud.provenance import file_sha256
@@ -91,16 +91,17 @@ def import_thesis(pth: str | Path, preset: str, out: str | Path) -> None:
     experiment = config["experiments"][name]
     dataset = config["datasets"][experiment["dataset"]]
     bands = channel_names(dataset["elevation"])
+    class_set = ClassSet.from_options(dataset, f"datasets.{experiment['dataset']}")
     state = read_thesis_state_dict(pth)
     if "inc.0.weight" not in state or "outc.weight" not in state:
         raise ThesisImportError(f"{pth}: the first or the last convolution of the U-Net is missing")
     base, in_channels = state["inc.0.weight"].shape[:2]
     n_classes = state["outc.weight"].shape[0]
-    expected = (len(bands), len(CLASSES), experiment["model"]["base_channels"])
+    expected = (len(bands), len(class_set.names), experiment["model"]["base_channels"])
     if (in_channels, n_classes, base) != expected:
         raise ThesisImportError(
             f"{pth} has {in_channels} input channels, {n_classes} classes and base width {base}, but preset "
-            f"{preset} means {expected[0]} channels ({', '.join(bands)}), {expected[1]} classes, base {expected[2]}"
+            f"{preset} means {expected[0]} channels ({', '.join(bands)}), {expected[1]} classes ({', '.join(class_set.names)}), base {expected[2]}"
         )
     model_args = {"in_channels": in_channels, "n_classes": n_classes, "base_channels": base}
     model = build_model("unet", **model_args)
@@ -113,7 +114,8 @@ def import_thesis(pth: str | Path, preset: str, out: str | Path) -> None:
         "model_args": model_args,
         "bands": bands,
         "normalisation": normalisation.spec(dataset["normalisation"]),
-        "classes": list(CLASSES),
+        "classes": list(class_set.names),
+        "class_set": class_set.options(),
         "patch_size": dataset["patch_size"],
         "preprocess": scene_value_options({**config["preprocess"], "dem": dataset["elevation"]}),
         "experiment": name,

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from snowcloud.bands import CLASSES
+from snowcloud.labels import CLASSES
 from snowcloud.metrics import THESIS_METRIC_PREFIXES
 
 METRICS = tuple(THESIS_METRIC_PREFIXES)  # class_accuracy, iou, f1: pixel accuracy, IoU, Dice

@@ -22,7 +22,6 @@ import torch
 from snowcloud import __version__, dataset_stats
 from snowcloud.accelerator import resolve_device
 from snowcloud.augment import Augmentation
-from snowcloud.bands import CLASSES
 from snowcloud.checkpoint import save_model
 from snowcloud.config import validated
 from snowcloud.loader import ShardDataset
@@ -46,8 +45,6 @@ def load_training_stats(stats_path: str | Path) -> dict[str, Any]:
     missing = [key for key in STATS_KEYS if key not in stats]
     if missing:
         raise ValueError(f"{stats_path}: dataset stats lack {', '.join(missing)}; rebuild the dataset")
-    if list(stats["classes"]) != list(CLASSES):
-        raise ValueError(f"{stats_path}: classes {stats['classes']} differ from {list(CLASSES)}")
     return stats
 
 
@@ -122,6 +119,7 @@ def _train(
         in_channels=len(stats["bands"]),
         training=training,
         class_weights=class_weights,
+        class_names=stats["classes"],
         runtime=resolve_runtime(training, threads),
         state_path=Path(state_dir) / STATE_FILE,
         fingerprint_inputs=fingerprint_inputs,
@@ -137,7 +135,8 @@ def _train(
         "model_args": trainer.model_args,
         "bands": list(stats["bands"]),
         "normalisation": stats["normalisation"],
-        "classes": list(CLASSES),
+        "classes": list(stats["classes"]),
+        "class_set": stats["class_set"],
         "patch_size": int(stats["patch_size"]),
         "preprocess": stats.get("preprocess"),
         "experiment": experiment,
@@ -155,7 +154,7 @@ def _train(
     }
     save_model(model_path, result.model, metadata)
     write_history(result.history, history_path)
-    plot_curves(result.history, curves_path, CLASSES, result.best_epoch)
+    plot_curves(result.history, curves_path, stats["classes"], result.best_epoch)
     log.info("best epoch %d of %d (validation loss %.6f, macro IoU %s); wrote %s",
              result.best_epoch, result.epochs_trained, best["val_loss"], best.get("macro_iou"), model_path)  # fmt: skip
     trainer.discard_state()  # it has served its purpose: a later run of the rule trains afresh (docs/training.md)

@@ -1,6 +1,13 @@
 # Scene raster + label mask -> one HDF5 shard of normalised patches per dataset, tile and date.
 
-SHARD_KEYS = ("normalisation", "elevation", "patch_size", "sampler")
+SHARD_KEYS = (
+    "normalisation",
+    "elevation",
+    "patch_size",
+    "sampler",
+    "classes",
+    "ignored_classes",
+)
 
 
 rule shard:

@@ -23,7 +23,7 @@ import rasterio.shutil
 from rasterio.windows import Window
 
 from snowcloud.atomic import atomic_output, scratch_folder
-from snowcloud.bands import BANDS, CLASS_COLOURS, IGNORE_INDEX, RESOLUTION_M
+from snowcloud.bands import BANDS, RESOLUTION_M
 from snowcloud.demo import metadata
 from snowcloud.demo.landscape import Landscape, rng_for
 from snowcloud.demo.metadata import QUANTIFICATION_VALUE, ProductInfo
@@ -31,6 +31,7 @@ from snowcloud.demo.surface import Conditions, render_surface
 from snowcloud.demo.tiles import TileGrid
 from snowcloud.gdal import gdal_env
 from snowcloud.inventory import Product
+from snowcloud.labels import CLASS_COLOURS, IGNORE_INDEX
 from snowcloud.scene import ZERO_IS_VALUE_BANDS
 
 log = logging.getLogger(__name__)

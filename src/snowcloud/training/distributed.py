@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from snowcloud.bands import IGNORE_INDEX
+from snowcloud.labels import IGNORE_INDEX
 
 # What torchrun sets for each process it starts.
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")

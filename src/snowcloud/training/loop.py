@@ -28,8 +28,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from snowcloud.bands import CLASSES
 from snowcloud.checkpoint import plain
+from snowcloud.labels import CLASSES
 from snowcloud.loader import EpochSampler, ShardDataset, batch_loader, part_sizes
 from snowcloud.losses import build_loss
 from snowcloud.metrics import metrics_from_confusion
