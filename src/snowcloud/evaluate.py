@@ -20,7 +20,7 @@ from snowcloud import dataset_stats, labels
 from snowcloud.atomic import atomic_output
 from snowcloud.baselines import BASELINES, StripRows
 from snowcloud.config import validated
-from snowcloud.labels import CLASSES, IGNORE_INDEX
+from snowcloud.labels import CLASSES, IGNORE_INDEX, ClassSet
 from snowcloud.metrics import confusion_matrix, metrics_from_confusion, thesis_metric_lines
 from snowcloud.scene import check_same_grid, identity, row_strips
 
@@ -54,20 +54,33 @@ def inside_margin(window: Window, shape: tuple[int, int], margin: int) -> np.nda
     return rows_inside[:, None] & cols_inside[None, :]
 
 
-def evaluate_scene(prediction: str, label: str, scene: str, output: str, options: dict, threads: int = 1) -> None:
+def evaluate_scene(
+    prediction: str, label: str, scene: str, output: str, options: dict, threads: int = 1,
+    class_set: dict | None = None,
+) -> None:  # fmt: skip
     """Confusion matrices and metrics of the prediction and of each baseline against the label mask, on the
-    pixels that are labelled, predicted and at least `margin_pixels` from the border; written as JSON."""
+    pixels that are labelled, predicted and at least `margin_pixels` from the border; written as JSON.
+
+    The label is read with `class_set` (a dataset's classes and ignored_classes; the default when None). The
+    prediction's classes (its mask's `classes` tag) and the baselines' (the default classes) are matched to the
+    label's by name; a class only one side has is counted in the matrices but has no scores ("not_compared")."""
     options = validated(options, "evaluation")
     tile, date = identity(scene)
     methods = [MODEL, *options["baselines"]]
-    n_classes = len(CLASSES)
-    confusions = {method: np.zeros((n_classes, n_classes), np.int64) for method in methods}
+    truth_set = ClassSet.from_options(class_set, "the experiment's dataset")
     counts = {"total": 0, "labelled": 0, "predicted": 0, "margin_excluded": 0, "evaluated": 0}
     with contextlib.ExitStack() as stack:
         scene_ds, prediction_ds = (stack.enter_context(rasterio.open(path)) for path in (scene, prediction))
         check_same_grid(prediction_ds, scene_ds)
         check_margin(scene_ds.shape, options["margin_pixels"], scene)
         model_tags = prediction_ds.tags()
+        names = {method: list(CLASSES) for method in methods}
+        names[MODEL] = json.loads(model_tags.get("classes", json.dumps(list(CLASSES))))
+        classes = list(truth_set.names)
+        classes += [name for method in methods for name in names[method] if name not in classes]
+        lookups = {method: by_name(names[method], classes) for method in methods}
+        n_classes = len(classes)
+        confusions = {method: np.zeros((n_classes, n_classes), np.int64) for method in methods}
         baselines = {
             name: StripRows(stack.enter_context(contextlib.closing(BASELINES[name](scene, options, threads))))
             for name in options["baselines"]
@@ -75,7 +88,7 @@ def evaluate_scene(prediction: str, label: str, scene: str, output: str, options
         for window in row_strips(scene_ds.height, scene_ds.width, BLOCK_ROWS):
             inside = inside_margin(window, scene_ds.shape, options["margin_pixels"])
             predicted = prediction_ds.read(1, window=window)
-            truth = labels.read_label(label, scene, window)
+            truth = labels.read_label(label, scene, window, truth_set)
             labelled, has_prediction = truth != IGNORE_INDEX, predicted != IGNORE_INDEX
             evaluated = labelled & has_prediction & inside
             counts["total"] += truth.size
@@ -83,7 +96,7 @@ def evaluate_scene(prediction: str, label: str, scene: str, output: str, options
             counts["predicted"] += int(has_prediction.sum())
             counts["margin_excluded"] += int((labelled & has_prediction & ~inside).sum())
             counts["evaluated"] += int(evaluated.sum())
-            confusions[MODEL] += confusion_matrix(predicted[evaluated], truth[evaluated], n_classes)
+            confusions[MODEL] += confusion_matrix(lookups[MODEL][predicted[evaluated]], truth[evaluated], n_classes)
             for name, rows in baselines.items():
                 guess = rows.take(window.height)
                 if (guess[evaluated] == IGNORE_INDEX).any():
@@ -91,7 +104,7 @@ def evaluate_scene(prediction: str, label: str, scene: str, output: str, options
                         f"prediction {prediction} has classes where scene {scene} has no data: they are not from "
                         "the same scene (rerun inference)"
                     )
-                confusions[name] += confusion_matrix(guess[evaluated], truth[evaluated], n_classes)
+                confusions[name] += confusion_matrix(lookups[name][guess[evaluated]], truth[evaluated], n_classes)
     if counts["evaluated"] == 0:
         log.warning(
             "%s %s: no pixel is labelled, predicted and inside the margin; all metrics are undefined", tile, date
@@ -102,9 +115,12 @@ def evaluate_scene(prediction: str, label: str, scene: str, output: str, options
         "inputs": {"prediction": str(prediction), "label": str(label), "scene": str(scene)},
         "model": {key: model_tags[key] for key in ("experiment", "model_path", "model_sha256") if key in model_tags},
         "margin_pixels": options["margin_pixels"],
-        "classes": list(CLASSES),
+        "classes": classes,
         "pixels": counts,
-        "methods": {method: method_result(confusions[method]) for method in methods},
+        "methods": {
+            method: method_result(confusions[method], classes, compared(truth_set.names, names[method]))
+            for method in methods
+        },
         "baseline_options": {name: options[name] for name in BASELINES},
         "snowcloud_version": snowcloud.__version__,
     }
@@ -116,10 +132,27 @@ def evaluate_scene(prediction: str, label: str, scene: str, output: str, options
     )
 
 
-def method_result(confusion: np.ndarray) -> dict[str, object]:
-    """Confusion matrix (rows: label, columns: prediction), its metrics and the thesis-format lines."""
-    metrics = metrics_from_confusion(confusion)
-    return {"confusion": confusion.tolist(), "metrics": metrics, "thesis_lines": thesis_metric_lines(metrics)}
+def by_name(names: list[str], classes: list[str]) -> np.ndarray:
+    """uint8 (256,): mask value of a map with classes `names` -> index of that class in `classes`; 255 kept."""
+    table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    table[: len(names)] = [classes.index(name) for name in names]
+    return table
+
+
+def compared(truth: tuple[str, ...] | list[str], predicted: list[str]) -> list[str]:
+    """The classes both the labels and a prediction have: the ones with scores."""
+    return [name for name in truth if name in predicted]
+
+
+def method_result(confusion: np.ndarray, classes: list[str], compared: list[str]) -> dict[str, object]:
+    """Confusion matrix (rows: label, columns: prediction), its metrics, the thesis-format lines and the classes
+    compared (the others have no scores: only the labels or only the prediction have them)."""
+    metrics = metrics_from_confusion(confusion, tuple(classes), tuple(compared))
+    return {
+        "confusion": confusion.tolist(), "metrics": metrics, "compared": compared,
+        "not_compared": [name for name in classes if name not in compared],
+        "thesis_lines": thesis_metric_lines(metrics, tuple(classes)),
+    }  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- summary
@@ -162,10 +195,11 @@ def load_evaluations(paths: list[str]) -> list[dict]:
 
 
 def summary_row(
-    tile: str, date: str, split: str, method: str, dates: int, confusion: np.ndarray, classes: list[str]
-) -> dict:
-    """One CSV row: identity, pixel count and the metrics of one confusion matrix."""
-    metrics = metrics_from_confusion(confusion, tuple(classes))
+    tile: str, date: str, split: str, method: str, dates: int, confusion: np.ndarray, classes: list[str],
+    compared: list[str] | None = None,
+) -> dict:  # fmt: skip
+    """One CSV row: identity, pixel count and the metrics of one confusion matrix (scores of `compared` only)."""
+    metrics = metrics_from_confusion(confusion, tuple(classes), None if compared is None else tuple(compared))
     row = {"tile": tile, "date": date, "split": split, "method": method, "dates": dates, "pixels": metrics["pixels"]}
     row |= {name: metrics[name] for name in METRIC_COLUMNS}
     row |= {f"{name}_{cls}": metrics[name][cls] for name in PER_CLASS_METRICS for cls in classes}
@@ -200,13 +234,15 @@ def summarise(
     for evaluation, role in zip(found, roles):
         for method, result in evaluation["methods"].items():
             confusion = np.asarray(result["confusion"], np.int64)
-            rows.append(summary_row(evaluation["tile"], evaluation["date"], role, method, 1, confusion, classes))
+            rows.append(summary_row(evaluation["tile"], evaluation["date"], role, method, 1, confusion, classes,
+                                    result.get("compared")))  # fmt: skip
     aggregates: dict[str, dict[str, np.ndarray]] = {}
     for split in [s for s in SPLIT_ORDER if s in roles] + (["all"] if found else []):
         aggregates[split] = summed_confusions(found, roles, split)
         dates = len(found) if split == "all" else roles.count(split)
         for method, confusion in aggregates[split].items():
-            rows.append(summary_row("all", "all", split, method, dates, confusion, classes))
+            rows.append(summary_row("all", "all", split, method, dates, confusion, classes,
+                                    found[0]["methods"][method].get("compared")))  # fmt: skip
     if not found:
         log.warning("no evaluated dates: the summary is empty")
     write_summary_csv(rows, summary_path, classes)

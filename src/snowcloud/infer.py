@@ -503,7 +503,7 @@ def write_prediction(
         with contextlib.ExitStack() as stack:
             stack.enter_context(gdal_errors_raised(f"{output} (its scratch rasters)"))  # checked once they are closed
             mask = stack.enter_context(rasterio.open(mask_path, "w", **base, count=1, nodata=IGNORE_INDEX))
-            mask.write_colormap(1, class_colour_table())
+            mask.write_colormap(1, class_colour_table(class_names))
             mask.set_band_description(1, "class")
             mask.update_tags(**tags, **class_tags)
             proba = None

@@ -28,11 +28,14 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return out
 
 
-def metrics_from_confusion(confusion: np.ndarray, class_names: tuple[str, ...] = CLASSES) -> dict[str, object]:
+def metrics_from_confusion(
+    confusion: np.ndarray, class_names: tuple[str, ...] = CLASSES, compared: tuple[str, ...] | None = None
+) -> dict[str, object]:
     """Per-class IoU, F1 (Dice), precision, recall and binary accuracy; pixel accuracy; macro and micro means.
 
     Rows of `confusion` are the target class, columns the prediction. A class that neither occurs nor is
-    predicted has NaN scores and is left out of the macro means.
+    predicted has NaN scores and is left out of the macro means; so has a class not in `compared` (when given:
+    a class only the labels or only the prediction has, which cannot be compared).
     """
     confusion = np.asarray(confusion, dtype=np.float64)
     true_positive = np.diag(confusion)
@@ -50,6 +53,10 @@ def metrics_from_confusion(confusion: np.ndarray, class_names: tuple[str, ...] =
         # The thesis's per-class "pixel accuracy": agreement of the binary map of one class, (TP + TN) / all.
         "class_accuracy": _ratio(total - false_positive - false_negative, np.full_like(true_positive, total)),
     }
+    if compared is not None:
+        left_out = np.array([name not in compared for name in class_names])
+        for values in per_class.values():
+            values[left_out] = np.nan
     micro_iou = _ratio(true_positive.sum(), (true_positive + false_positive + false_negative).sum())
     result: dict[str, object] = {
         "pixels": int(total),

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from snowcloud.atomic import atomic_output
-from snowcloud.labels import CLASS_COLOURS, CLASSES, class_colour_table
+from snowcloud.labels import CLASSES, class_colour_table, class_colours
 from snowcloud.scene import band_indexes, check_same_grid, valid_pixels
 
 # False colour SWIR / NIR / red (the thesis's FCI family): snow cyan, cloud white, vegetation green.
@@ -37,10 +37,10 @@ def false_colour(dataset: rasterio.DatasetReader, out_shape: tuple[int, int]) ->
     return np.dstack([*rgb, valid.astype(np.float32)])
 
 
-def class_colours_rgba(classes: np.ndarray) -> np.ndarray:
-    """RGBA float image of a class mask in the class colours (no data transparent)."""
+def class_colours_rgba(classes: np.ndarray, class_names: list[str] | tuple[str, ...] = CLASSES) -> np.ndarray:
+    """RGBA float image of a class mask of classes `class_names` in their colours (no data transparent)."""
     table = np.zeros((256, 4), np.float32)
-    for value, rgba in class_colour_table().items():
+    for value, rgba in class_colour_table(class_names).items():
         table[value] = np.asarray(rgba, np.float32) / 255.0
     return table[classes]
 
@@ -60,13 +60,14 @@ def quicklook(scene: str, prediction: str, output: str) -> None:
     left, right = figure.subplots(1, 2)
     left.imshow(image, interpolation="nearest")
     left.set_title(f"{Path(scene).parent.name} {Path(scene).stem}: {' / '.join(QUICKLOOK_BANDS)}", fontsize=9)
-    right.imshow(class_colours_rgba(classes), interpolation="nearest")
+    right.imshow(class_colours_rgba(classes, class_names), interpolation="nearest")
     right.set_title(" ".join(["prediction", tags.get("experiment", "")]), fontsize=9)
     for axes in (left, right):
         axes.set_xticks([])
         axes.set_yticks([])
         axes.set_facecolor(QUICKLOOK_NODATA_COLOUR)
-    handles = [Patch(facecolor=np.asarray(CLASS_COLOURS[i]) / 255, edgecolor="black", label=name)
+    colours = class_colours(class_names)
+    handles = [Patch(facecolor=np.asarray(colours[i]) / 255, edgecolor="black", label=name)
                for i, name in enumerate(class_names)]  # fmt: skip
     handles.append(Patch(facecolor=QUICKLOOK_NODATA_COLOUR, edgecolor="black", label="no data"))
     figure.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)

@@ -183,6 +183,14 @@ def run_configuration(wildcards):
     }
 
 
+def evaluation_class_set(wildcards):
+    """The class set the labels are evaluated with: the trained experiment's dataset's, else the default."""
+    if wildcards.experiment not in TRAINED:
+        return None
+    dataset = config["datasets"][experiment_dataset(wildcards)]
+    return {key: dataset[key] for key in ("classes", "ignored_classes")}
+
+
 def evaluation_summary_inputs(wildcards):
     inputs = {
         "evaluations": [

@@ -16,6 +16,7 @@ rule evaluate:
     threads: 2
     params:
         options=config["evaluation"],
+        class_set=evaluation_class_set,
     script:
         "../scripts/evaluate.py"
 

@@ -10,4 +10,5 @@ logged(
     output=snakemake.output[0],
     options=snakemake.params.options,
     threads=snakemake.threads,
+    class_set=snakemake.params.class_set,
 )

@@ -94,5 +94,5 @@ def _make(demo: dict, task: tuple, gdal_threads: int) -> None:
         log.info("wrote %s", path)
     else:
         scene = make_scene(subject, tile_grid(subject.tile, demo["size"]), demo["seed"], landscape)
-        write_scene(scene, landscape, path, gdal_threads=gdal_threads)
+        write_scene(scene, landscape, path, gdal_threads=gdal_threads, thin_clouds=demo.get("thin_clouds", False))
 

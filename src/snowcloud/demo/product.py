@@ -31,7 +31,7 @@ from snowcloud.demo.surface import Conditions, render_surface
 from snowcloud.demo.tiles import TileGrid
 from snowcloud.gdal import gdal_env
 from snowcloud.inventory import Product
-from snowcloud.labels import CLASS_COLOURS, IGNORE_INDEX
+from snowcloud.labels import CLASSES, IGNORE_INDEX, class_colours
 from snowcloud.scene import ZERO_IS_VALUE_BANDS
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 GENERATION_ROWS = 366  # 10 m rows rendered at once (a multiple of 6); it fixes the random streams: keep it
 GDAL_CACHE_MB = 256  # bounds the blocks GDAL keeps while the temporary band files are written
 JP2_OPTIONS = dict(QUALITY=100, REVERSIBLE="YES", YCC="NO", BLOCKXSIZE=1024, BLOCKYSIZE=1024)
-LABEL_CLOUD = 2
+LABEL_CLOUDS = (2, 4)  # label values that count as cloud cover (4: thin clouds, when labelled)
 # Sensor noise (standard deviation of TOA reflectance) at the native resolution of each band.
 NOISE = np.array([0.003, 0.002, 0.002, 0.002, 0.002, 0.002, 0.002, 0.002, 0.002, 0.003, 0.001, 0.002, 0.002])
 # Where the swath edge lies for each band, relative to B02 (metres across track): detectors see it apart.
@@ -68,15 +68,17 @@ def make_scene(product: Product, grid: TileGrid, seed: int, landscape: Landscape
 
 
 def write_scene(
-    scene: Scene, landscape: Landscape, label_path: str | Path | None, zipped: bool = True, gdal_threads: int = 1
-) -> None:
+    scene: Scene, landscape: Landscape, label_path: str | Path | None, zipped: bool = True, gdal_threads: int = 1,
+    thin_clouds: bool = False,
+) -> None:  # fmt: skip
     """Write the product at scene.product.path (a .SAFE.zip, or the .SAFE folder with zipped=False) and,
-    when given, the label mask; both appear whole or not at all."""
+    when given, the label mask (semi-transparent clouds as 4 with `thin_clouds`); both appear whole or not at
+    all."""
     scene.product.path.parent.mkdir(parents=True, exist_ok=True)
     label_output = atomic_output(label_path) if label_path is not None else contextlib.nullcontext(None)
     with scratch_folder(scene.product.path, "bands") as tmp, label_output as label_tmp:
         with gdal_env(GDAL_CACHE_MB):
-            band_files, counts = _render_bands(scene, landscape, Path(tmp), label_tmp)
+            band_files, counts = _render_bands(scene, landscape, Path(tmp), label_tmp, thin_clouds)
         write_safe(scene.product.path, _product_info(scene, counts), band_files, zipped, gdal_threads)
 
 
@@ -107,7 +109,9 @@ def write_safe(path: Path, info: ProductInfo, band_files: dict[str, Path], zippe
     return target
 
 
-def _render_bands(scene: Scene, landscape: Landscape, work: Path, label_path: Path | None) -> tuple[dict[str, Path], dict[str, int]]:
+def _render_bands(
+    scene: Scene, landscape: Landscape, work: Path, label_path: Path | None, thin_clouds: bool = False
+) -> tuple[dict[str, Path], dict[str, int]]:
     """Render all strips into one temporary GeoTIFF per band (plus TCI) and the label mask."""
     grid = scene.grid
     offset = scene.radio_add_offset or 0
@@ -125,7 +129,7 @@ def _render_bands(scene: Scene, landscape: Landscape, work: Path, label_path: Pa
     )  # fmt: skip
     counts = {"pixels": grid.size * grid.size, "nodata": 0, "cloud": 0}
     x = grid.x0 + 10 * (np.arange(grid.size) + 0.5)
-    with _label_writer(label_path, grid) as labels_out:
+    with _label_writer(label_path, grid, thin_clouds) as labels_out:
         try:
             for strip, row in enumerate(range(0, grid.size, GENERATION_ROWS)):
                 rows = min(GENERATION_ROWS, grid.size - row)
@@ -152,10 +156,10 @@ def _render_bands(scene: Scene, landscape: Landscape, work: Path, label_path: Pa
                         visible[band] = dn
                 tci = np.stack([_true_colour(visible[band], offset) for band in ("B04", "B03", "B02")])
                 datasets["TCI"].write(np.where(valid, tci, 0).astype(np.uint8), window=Window(0, row, grid.size, rows))
-                label = surface.labels()
+                label = surface.labels(thin_clouds)
                 label[~valid] = IGNORE_INDEX
                 counts["nodata"] += int((~valid).sum())
-                counts["cloud"] += int((label == LABEL_CLOUD).sum())
+                counts["cloud"] += int(np.isin(label, LABEL_CLOUDS).sum())
                 if labels_out is not None:
                     labels_out.write(label, 1, window=Window(0, row, grid.size, rows))
         finally:
@@ -165,7 +169,7 @@ def _render_bands(scene: Scene, landscape: Landscape, work: Path, label_path: Pa
 
 
 @contextlib.contextmanager
-def _label_writer(path: Path | None, grid: TileGrid) -> Iterator[rasterio.io.DatasetWriter | None]:
+def _label_writer(path: Path | None, grid: TileGrid, thin_clouds: bool) -> Iterator[rasterio.io.DatasetWriter | None]:
     """An open label GeoTIFF (uint8 with a colour table), or None when no label is wanted."""
     if path is None:
         yield None
@@ -175,8 +179,10 @@ def _label_writer(path: Path | None, grid: TileGrid) -> Iterator[rasterio.io.Dat
         transform=grid.transform(), nodata=IGNORE_INDEX, tiled=True, blockxsize=256, blockysize=256, compress="deflate",
     )  # fmt: skip
     with rasterio.open(path, "w", **profile) as dataset:
-        dataset.write_colormap(1, {value: (*rgb, 255) for value, rgb in CLASS_COLOURS.items()})
-        dataset.update_tags(CLASSES="0 background, 1 snow, 2 cloud, 3 water, 255 not labelled")
+        names = (*CLASSES, "thin_cloud") if thin_clouds else CLASSES
+        dataset.write_colormap(1, {value: (*rgb, 255) for value, rgb in class_colours(names).items()})
+        thin = ", 4 thin (semi-transparent) cloud" if thin_clouds else ""
+        dataset.update_tags(CLASSES=f"0 background, 1 snow, 2 cloud, 3 water{thin}, 255 not labelled")
         yield dataset
 
 

@@ -31,6 +31,8 @@ SHADOW_RELIEF_M = 2500.0  # the most terrain can rise above a point towards the 
 PENUMBRA_M = 40.0  # relief over which a cast shadow goes from lit to dark (the sun's disc, smoothing)
 LABEL_MIXED = (0.3, 0.7)  # snow or water shares between these leave a pixel unlabelled (255)
 LABEL_CLOUD = (0.12, 0.3)  # cloud opacity from which a pixel is unlabelled (below 0.3) or cloud (from 0.3)
+LABEL_THIN = 0.7  # with thin clouds labelled: cloud opacity below which a cloud pixel is thin (semi-transparent)
+LABEL_THIN_CLOUD = 4  # the thesis's class 4, semi-transparent clouds
 CUMULUS_DATES = 0.7  # share of the dates with a field of broken cumulus
 CUMULUS_DECK_SHARE = 0.5  # on those dates the sky has broken up: decks cover half as much
 CIRRUS_SHEET_DATES = 0.4  # share of the dates with a thin cirrus sheet
@@ -189,10 +191,10 @@ class Surface:
         toa += mix(spectra.CLOUD_SPECTRA, cloud_weights)
         return toa
 
-    def labels(self) -> np.ndarray:
+    def labels(self, thin_clouds: bool = False) -> np.ndarray:
         """Class per pixel as an annotator would draw it: 0 background, 1 snow (and ice), 2 cloud (thin cloud
         and cirrus too), 3 open water; 255 where unsure: mixed pixels, cloud edges. Shadow and haze change
-        nothing: snow in shadow is snow."""
+        nothing: snow in shadow is snow. With `thin_clouds`, semi-transparent cloud (opacity 0.3-0.7) is 4."""
         low, high = LABEL_MIXED
         opacity = np.maximum(self.cloud, self.cirrus)
         frozen = self.snow + self.ice
@@ -202,6 +204,8 @@ class Surface:
         mixed = ((frozen > low) & (frozen < high)) | ((self.water > low) & (self.water < high))
         label[mixed | (opacity >= LABEL_CLOUD[0])] = 255
         label[opacity >= LABEL_CLOUD[1]] = 2
+        if thin_clouds:
+            label[(opacity >= LABEL_CLOUD[1]) & (opacity < LABEL_THIN)] = LABEL_THIN_CLOUD
         return label
 
 
