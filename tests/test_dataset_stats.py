@@ -21,6 +21,7 @@ from snowcloud.dataset_stats import (
     patch_split,
     validation_dates,
 )
+from snowcloud.labels import DEFAULT_CLASS_SET
 from snowcloud.loader import ShardDataset
 
 THESIS_F = [0.4132, 0.31163, 0.26706, 0.00812]  # e40b271
@@ -58,12 +59,15 @@ def test_an_absent_class_gets_the_rarest_present_weight_and_no_labels_is_an_erro
 
 
 def test_patch_mean_and_pixel_distributions_on_a_hand_example():
-    counts = np.array([[10, 0, 0, 0, 6], [1, 1, 1, 1, 0], [0, 0, 0, 0, 16]])
-    result = distribution(counts)
+    # columns: background, snow, cloud, water, thin_cloud (the default's ignored class), 255
+    counts = np.array([[10, 0, 0, 0, 6, 0], [1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 0, 16]])
+    result = distribution(counts, DEFAULT_CLASS_SET)
     assert result["patches"] == 3
-    assert result["class_pixel_counts"] == {"0": 11, "1": 1, "2": 1, "3": 1, "255": 22}
+    assert result["class_pixel_counts"] == {"0": 11, "1": 1, "2": 1, "3": 1, "4": 6, "255": 16}
     np.testing.assert_allclose(result["class_fraction"]["patch-mean"], [0.625, 0.125, 0.125, 0.125])
     np.testing.assert_allclose(result["class_fraction"]["pixel"], np.array([11, 1, 1, 1]) / 14)
+    # the thesis's five encoded classes: patch 1 is 10/16 background and 6/16 thin clouds, patch 2 a quarter each
+    np.testing.assert_allclose(result["class_fraction"]["encoded patch-mean"], [0.4375, 0.125, 0.125, 0.125, 0.1875])
 
 
 def test_stats_match_a_direct_count_of_the_shards(tmp_path, shard_paths):
@@ -76,7 +80,7 @@ def test_stats_match_a_direct_count_of_the_shards(tmp_path, shard_paths):
     for entry in stats["dates"]:
         labels = read_labels(entry["shard"])
         assert entry["patches"] == len(labels)
-        direct = {str(c): int((labels == c).sum()) for c in (0, 1, 2, 3, 255)}
+        direct = {str(c): int((labels == c).sum()) for c in (0, 1, 2, 3, 4, 255)}  # 4: no thin clouds here
         assert entry["class_pixel_counts"] == direct
         fractions = np.array([[(patch == c).mean() for c in range(4)] for patch in labels])
         np.testing.assert_allclose(entry["class_fraction"]["patch-mean"], fractions.mean(axis=0))

@@ -10,7 +10,7 @@ from rasterio.windows import Window
 from rasters import ORIGIN, synthetic_scene, write_label, write_scene
 
 from snowcloud.counting import bincount_in_chunks
-from snowcloud.labels import LabelError, read_label
+from snowcloud.labels import ClassSet, ClassSetError, LabelError, read_encoded, read_label
 
 
 @pytest.fixture
@@ -91,3 +91,30 @@ def test_a_thesis_folder_without_its_coverage_is_an_error(tmp_path, scene, class
 def test_counts_in_chunks_equal_a_bincount():
     values = np.random.default_rng(5).integers(0, 256, size=(37, 11)).astype(np.uint8)
     np.testing.assert_array_equal(bincount_in_chunks(values, 256, chunk=7), np.bincount(values.ravel(), minlength=256))
+
+
+ERA_A = {"classes": {"snow": [1], "cloud": [2], "water": [3], "thin_cloud": [4]}, "ignored_classes": {"background": [0]}}
+
+
+def test_a_class_set_maps_label_values_onto_its_classes_and_its_ignored_classes(tmp_path, scene):
+    values = np.random.default_rng(6).choice(np.array([0, 1, 2, 3, 4, 255], np.uint8), size=(24, 30))
+    label = write_label(tmp_path / "thin.tif", values)
+    era_a = ClassSet.from_options(ERA_A)
+    assert era_a.names == ("snow", "cloud", "water", "thin_cloud") and era_a.encoded_names[-1] == "background"
+    encoded = np.choose(np.searchsorted([0, 1, 2, 3, 4, 255], values), [4, 0, 1, 2, 3, 255]).astype(np.uint8)
+    np.testing.assert_array_equal(read_encoded(label, scene, class_set=era_a), encoded)
+    np.testing.assert_array_equal(read_label(label, scene, class_set=era_a), np.where(encoded == 4, 255, encoded))
+    # the default: thin clouds (4) encoded as the ignored class thin_cloud, not labelled for training
+    np.testing.assert_array_equal(read_label(label, scene), np.where(values == 4, 255, values))
+    merged = ClassSet.from_options({"classes": {"snow": [1], "cloud": [2, 4]}, "ignored_classes": {}})
+    clouds = write_label(tmp_path / "clouds.tif", np.where(np.isin(values, [0, 3]), 255, values).astype(np.uint8))
+    np.testing.assert_array_equal(read_label(clouds, scene, class_set=merged)[values == 4], 1)  # thin is cloud
+    with pytest.raises(LabelError, match=r"thin\.tif: unexpected label values \[0, 3\].*classes and ignored_classes"):
+        read_label(label, scene, class_set=merged)
+
+
+def test_a_class_set_refuses_a_value_or_a_name_used_twice_naming_the_key():
+    with pytest.raises(ClassSetError, match="datasets.x: label value 4 belongs to both cloud and thin_cloud"):
+        ClassSet.from_options({"classes": {"cloud": [2, 4]}}, "datasets.x")  # the default ignores 4 as thin_cloud
+    with pytest.raises(ClassSetError, match=r"datasets.x.classes / ignored_classes: class names \['snow'\] are used"):
+        ClassSet.from_options({"classes": {"snow": [1]}, "ignored_classes": {"snow": [7]}}, "datasets.x")

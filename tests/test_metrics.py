@@ -46,3 +46,21 @@ def test_thesis_lines_use_the_thesis_class_names():
     assert "- union_over_inter_clouds: 1.0000" in lines
     assert "- dice_coefficient_water: 1.0000" in lines
     assert len(lines) == 12
+
+
+def test_five_classes_score_by_name_and_classes_not_compared_have_no_scores():
+    """913b2a3's classes against labels read with them, and a default-class baseline on the same pixels: the
+    union of both sets, scores only for the classes both have (background and thin_cloud are left out)."""
+    classes = ("snow", "cloud", "water", "thin_cloud", "background")
+    cm = np.zeros((5, 5), int)  # rows: label, columns: prediction
+    cm[0, 0], cm[0, 4] = 40, 10  # snow: 40 right, 10 called background (a class the labels do not have)
+    cm[1, 1], cm[3, 1] = 30, 20  # cloud: 30 right; 20 thin-cloud pixels called cloud
+    cm[2, 2] = 10
+    m = metrics_from_confusion(cm, classes, compared=("snow", "cloud", "water"))
+    assert m["iou"]["snow"] == pytest.approx(40 / 50) and m["iou"]["cloud"] == pytest.approx(30 / 50)
+    assert m["iou"]["thin_cloud"] is None and m["iou"]["background"] is None and m["f1"]["background"] is None
+    assert m["macro_iou"] == pytest.approx(np.mean([40 / 50, 30 / 50, 1.0]))
+    assert m["pixel_accuracy"] == pytest.approx(80 / 110)  # every evaluated pixel counts, compared or not
+    assert "- union_over_inter_thin_cloud: nan" in thesis_metric_lines(m, classes)
+    everything = metrics_from_confusion(cm, classes)
+    assert everything["iou"]["thin_cloud"] == 0.0 and everything["iou"]["background"] == 0.0

@@ -90,10 +90,10 @@ def test_attributes_record_the_inputs_options_and_direct_class_counts(tmp_path):
         labels, counts, fractions = shard["label"][:], shard["class_counts"][:], shard["class_fraction"][:]
     values, frequencies = np.unique(labels, return_counts=True)
     direct = {str(v): int(f) for v, f in zip(values, frequencies)}
-    assert attributes["class_pixel_counts"] == {key: direct.get(key, 0) for key in ("0", "1", "2", "3", "255")}
+    assert attributes["class_pixel_counts"] == {key: direct.get(key, 0) for key in ("0", "1", "2", "3", "4", "255")}
     assert attributes["class_pixel_counts"]["255"] > 0, "half-labelled windows were allowed"
     for patch, count, fraction in zip(labels, counts, fractions):
-        assert list(count) == [int((patch == c).sum()) for c in (0, 1, 2, 3, 255)]
+        assert list(count) == [int((patch == c).sum()) for c in (0, 1, 2, 3, 4, 255)]  # 4: thin_cloud, ignored
         np.testing.assert_allclose(fraction, count[:4] / count[:4].sum(), rtol=1e-6)
     np.testing.assert_allclose(attributes["class_fraction_mean"], fractions.astype(np.float64).mean(axis=0), rtol=1e-6)
 

@@ -3,12 +3,14 @@ class weights, train with their own loss / optimiser / scheduler, and run end to
 smoke override (config/presets/smoke.yaml) without being edited.
 
 Cost: the 13 presets are planned in one dry run and each trains two steps of a width-4 network on tiny shards;
-three of them (a82e3cd: era C, 14 channels; 4c654a2: automatic labels, RMSprop, summed loss; 8ad1ca2: 13
-channels, a date list) run together in one Snakemake invocation on one demo: demo data, scenes, automatic
-labels, shards, statistics, training and reproduction pages, and for a82e3cd inference and evaluation too."""
+four of them (a82e3cd: era C, 14 channels; 4c654a2: automatic labels, RMSprop, summed loss, a fifth encoded
+class; 8ad1ca2: 13 channels, a date list; 913b2a3: its own class set, thin clouds without background) run
+together in one Snakemake invocation on one demo: demo data, scenes, automatic labels, shards, statistics,
+training and reproduction pages, and for a82e3cd and 913b2a3 inference and evaluation too."""
 
 import copy
 import functools
+import json
 import resource
 import time
 
@@ -20,6 +22,7 @@ from training_shards import write_shard
 from workflow_runs import REPO, jobs_by_rule, planned_jobs, snakemake, write_config
 
 from snowcloud.augment import Augmentation
+from snowcloud.checkpoint import read_checkpoint
 from snowcloud.config import load_config, merge_into, validate_config
 from snowcloud.dataset_stats import class_weights
 from snowcloud.loader import ShardDataset
@@ -30,7 +33,7 @@ from snowcloud.training.runtime import resolve_runtime
 PRESETS = ["913b2a3", "4c654a2", "8fe0cea", "a2528d2", "202ea7d", "8ad1ca2", "2d0d993", "e40b271", "1c88144",
            "8d687e8", "27926e7", "eaa7527", "a82e3cd"]  # fmt: skip
 THIRTEEN_CHANNELS = {"913b2a3", "4c654a2", "8fe0cea", "202ea7d", "8ad1ca2"}
-FULL_RUNS = ["a82e3cd", "4c654a2", "8ad1ca2"]
+FULL_RUNS = ["a82e3cd", "4c654a2", "8ad1ca2", "913b2a3"]
 CONFIG = REPO / "config" / "config.yaml"
 SMOKE = REPO / "config" / "presets" / "smoke.yaml"
 
@@ -149,22 +152,37 @@ def test_all_thirteen_presets_plan_every_stage_under_the_smoke_override(tmp_path
 
 
 @pytest.mark.workflow
-def test_three_presets_run_end_to_end_on_the_demo_under_the_smoke_override(tmp_path):
+def test_four_presets_run_end_to_end_on_the_demo_under_the_smoke_override(tmp_path):
     config = merged(*FULL_RUNS)
     validate_config(copy.deepcopy(config))
     write_config(tmp_path, config)
     started, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    # All three to their reproduction pages; the first also through inference and evaluation of every date.
-    snakemake(tmp_path, "--cores", "2", "reproductions", f"results/evaluation/{FULL_RUNS[0]}/summary.csv", timeout=1200)
+    # All four to their reproduction pages; a82e3cd and 913b2a3 also through inference and evaluation.
+    evaluated = [f"results/evaluation/{name}/summary.csv" for name in (FULL_RUNS[0], "913b2a3")]
+    snakemake(tmp_path, "--cores", "2", "reproductions", *evaluated, timeout=1200)
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_s = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
-    print(f"3 presets on the demo: {time.perf_counter() - started:.1f} s wall, {cpu_s:.1f} s CPU")
+    print(f"{len(FULL_RUNS)} presets on the demo: {time.perf_counter() - started:.1f} s wall, {cpu_s:.1f} s CPU")
     for name in FULL_RUNS:
         page = (tmp_path / "results" / "reproduction" / f"{name}.md").read_text()
         assert "Total Class Distribution: [" in page and f"Thesis run {name}" in page
     a82e3cd = (tmp_path / "results" / "reproduction" / "a82e3cd.md").read_text()
     assert "| `union_over_inter_water` |" in a82e3cd and "| 0.7838 |" in a82e3cd
     assert "The thesis documents no epoch results for this run." in (tmp_path / "results/reproduction/8ad1ca2.md").read_text()
+    # 913b2a3's class set (no background, thin clouds learnt, from the demo's thin-cloud labels) reaches the
+    # stats, the checkpoint and its page; 4c654a2 prints five classes, the fifth computed from its masks.
+    era_a = json.loads((tmp_path / "results/datasets/thesis-era-a/stats.json").read_text())
+    assert era_a["classes"] == ["snow", "cloud", "water", "thin_cloud"] and era_a["encoded_classes"][-1] == "background"
+    assert era_a["total"]["class_fraction"]["patch-mean"][3] > 0, "the smoke demo labels thin clouds"
+    assert read_checkpoint(tmp_path / "results/models/913b2a3/model.pt")["metadata"]["classes"] == era_a["classes"]
+    assert "- union_over_inter_thin_cloud: " in (tmp_path / "results/reproduction/913b2a3.md").read_text()
+    auto = json.loads((tmp_path / "results/datasets/thesis-auto-600/stats.json").read_text())
+    fifth = auto["total"]["class_fraction"]["encoded patch-mean"][4]
+    page = (tmp_path / "results/reproduction/4c654a2.md").read_text().splitlines()
+    line = next(text for text in page if text.startswith("ours:       Total"))
+    assert line.count(",") == 4 and line.endswith(f", {'0' if fifth == 0 else f'{fifth:.5f}'}]")
+    ndsi = json.loads((tmp_path / "results/evaluation/913b2a3/32TNS/20220303T101829.json").read_text())["methods"]["ndsi"]
+    assert ndsi["compared"] == ["snow", "cloud", "water"] and ndsi["metrics"]["iou"]["thin_cloud"] is None
     assert sorted(p.name for p in (tmp_path / "results" / "auto_labels" / "32TNS").iterdir()) == [
         f"{date}.tif" for date in yaml.safe_load(SMOKE.read_text())["demo"]["dates"]
     ]

@@ -63,12 +63,15 @@ def experiment_options(model: dict | None = None, **training) -> dict:
     return {key: experiment[key] for key in ("dataset", "model", "training")}
 
 
-def real_dataset(root: Path, dates: int = 3, patches: int = 12, patch_size: int = 16) -> Path:
-    """Real shards (scene raster + label through `shards.build_shard`) and their stats.json; the last date
-    validates. Returns the stats path."""
+def real_dataset(
+    root: Path, dates: int = 3, patches: int = 12, patch_size: int = 16, class_set: dict | None = None
+) -> Path:
+    """Real shards (scene raster + label through `shards.build_shard`, with `class_set`: a dataset's classes and
+    ignored_classes) and their stats.json; the last date validates. Returns the stats path."""
     names = [f"202107{day:02d}T101559" for day in range(10, 10 + dates)]
     shard_paths = [
-        build_real_shard(root, "32TNS", date, seed, patches=patches, patch_size=patch_size) for seed, date in enumerate(names)
+        build_real_shard(root, "32TNS", date, seed, patches=patches, patch_size=patch_size, class_set=class_set)
+        for seed, date in enumerate(names)
     ]
     stats_path = root / "stats.json"
     options = stats_options(validation_dates=names[-1:])
@@ -90,16 +93,21 @@ def stats_options(**split) -> dict:
     return {"class_weights": "inverse-ratio", "class_fraction": "patch-mean", "split": base | split}
 
 
-def build_real_shard(root: Path, tile: str, date: str, seed: int, patches: int = 12, patch_size: int = 16) -> str:
-    """A real shard of a 48 x 40 scene whose label holds water only for some seeds."""
+def build_real_shard(
+    root: Path, tile: str, date: str, seed: int, patches: int = 12, patch_size: int = 16, class_set: dict | None = None
+) -> str:
+    """A real shard of a 48 x 40 scene whose label holds water only for some seeds; with a `class_set`, the
+    label holds thin clouds (4) too."""
     rng = np.random.default_rng(seed)
     scene = write_scene(root / "scenes" / tile / f"{date}.tif", synthetic_scene(rng, 48, 40))
     classes = rng.choice(np.array([0, 0, 1, 2], np.uint8), size=(48, 40))
     if seed % 2:
         classes[10:20, 10:14] = 3
+    if class_set is not None:
+        classes[30:40, 5:35] = 4
     label = write_label(root / "labels" / tile / f"{date}.tif", classes)
     output = root / "shards" / tile / f"{date}.h5"
-    options = shard_options(patch_size=patch_size)
+    options = shard_options(patch_size=patch_size) | (class_set or {})
     options["sampler"] |= {"patches_per_date": patches}
     build_shard(scene, label, output, "demo", options)
     return str(output)

@@ -77,15 +77,16 @@ def _none_if_nan(value: float) -> float | None:
     return None if np.isnan(value) else value
 
 
-def thesis_metric_lines(metrics: dict[str, object], class_names: tuple[str, ...] = CLASSES) -> list[str]:
+def thesis_metric_lines(metrics: dict[str, object], class_names: tuple[str, ...] | None = None) -> list[str]:
     """Metric lines in the thesis log format ("- union_over_inter_snow: 0.9424"), for side-by-side reading.
 
-    The thesis names classes background, snow, clouds, water; its values came from thresholded softmax maps
+    `class_names` defaults to the classes of `metrics`, in their order. The thesis names classes background,
+    snow, clouds, water; its values came from thresholded softmax maps
     averaged over batches, ours from the argmax confusion matrix, so small differences are expected.
     """
     lines = []
     for key in THESIS_METRIC_PREFIXES:
-        for cls in class_names:
+        for cls in class_names or tuple(metrics[key]):  # type: ignore[call-overload]
             value = metrics[key][cls]
             lines.append(f"- {thesis_metric_name(key, cls)}: {'nan' if value is None else f'{value:.4f}'}")
     return lines
