@@ -229,7 +229,8 @@ def _describe_stats(path: Path) -> list[str]:
     stats = load_stats(path)
     weights = stats.get("class_weights", {})
     lines = [f"{path}: dataset {stats.get('dataset')}, digest {stats.get('digest')}"]
-    lines.append(f"  class weights ({weights.get('formula')}): {_classes(stats.get('classes', CLASSES), weights.get('values', []))}")
+    values = _classes(stats.get("classes", CLASSES), weights.get("values", []))
+    lines.append(f"  class weights ({weights.get('formula')}): {values}")
     lines += [f"  {key}: {_short(value)}" for key, value in sorted(stats.items()) if key not in ("class_weights",)]
     return lines
 

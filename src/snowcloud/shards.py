@@ -4,9 +4,9 @@ Layout (docs/architecture.md): ``image`` (N, C, P, P) float16 chunked one patch 
 uint8 (trained classes 0..K-1 of the dataset's class set, 255 = ignore), ``origin`` (N, 2) int32 row/col in the
 scene, ``class_counts`` (N, K + J + 1) int32 pixels of the K trained classes, the J ignored classes and 255 per
 patch, ``class_fraction`` (N, K) float32 (trained classes over the patch's pixels of trained classes); attributes
-are scalars or JSON text (see :func:`read_attributes`), ``class_set`` the class set (snowcloud.labels). The scene is normalised row block by
-row block (each row once, bounded memory) and patches are written in batches to a temporary file that is
-renamed into place when complete.
+are scalars or JSON text (see :func:`read_attributes`), ``class_set`` the class set (snowcloud.labels). The scene
+is normalised row block by row block (each row once, bounded memory) and patches are written in batches to a
+temporary file that is renamed into place when complete.
 """
 
 from __future__ import annotations

@@ -101,7 +101,8 @@ def import_thesis(pth: str | Path, preset: str, out: str | Path) -> None:
     if (in_channels, n_classes, base) != expected:
         raise ThesisImportError(
             f"{pth} has {in_channels} input channels, {n_classes} classes and base width {base}, but preset "
-            f"{preset} means {expected[0]} channels ({', '.join(bands)}), {expected[1]} classes ({', '.join(class_set.names)}), base {expected[2]}"
+            f"{preset} means {expected[0]} channels ({', '.join(bands)}), {expected[1]} classes "
+            f"({', '.join(class_set.names)}), base {expected[2]}"
         )
     model_args = {"in_channels": in_channels, "n_classes": n_classes, "base_channels": base}
     model = build_model("unet", **model_args)
