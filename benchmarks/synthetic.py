@@ -10,9 +10,10 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from snowcloud.bands import BANDS, ELEVATION, IGNORE_INDEX
+from snowcloud.bands import BANDS, ELEVATION
 from snowcloud.config import validated
 from snowcloud.dataset_stats import build_dataset_stats
+from snowcloud.labels import IGNORE_INDEX
 from snowcloud.scene import NODATA
 from snowcloud.shards import build_shard
 
