@@ -262,3 +262,28 @@ def test_s2cloudless_is_scored_on_exactly_the_model_pixels_with_the_ndsi_rule_fo
     assert s2["metrics"]["recall"]["cloud"] == 1.0  # the cloud block is found
     assert s2["confusion"][0][2] < 0.2 * np.sum(s2["confusion"][0])  # most of the meadow is clear
     assert result["baseline_options"]["s2cloudless"]["resolution_m"] == 10
+
+
+def test_another_class_set_is_compared_by_name_and_what_one_side_lacks_is_not_scored(tmp_path):
+    """913b2a3's classes (snow, cloud, water, thin_cloud; background ignored) in the labels and the model, the NDSI
+    baseline with the default four: the matrices span the union of names; each method is scored on the classes
+    both it and the labels have."""
+    inputs = hand_counted_inputs(tmp_path)
+    era_a = ["snow", "cloud", "water", "thin_cloud"]
+    recoded = np.choose(np.minimum(PREDICTION, 4), [3, 0, 1, 2, 255]).astype(np.uint8)  # background -> thin_cloud
+    with rasterio.open(write_mask(Path(inputs["prediction"]), recoded), "r+") as mask:
+        mask.update_tags(classes=json.dumps(era_a))
+    class_set = {"classes": {"snow": [1], "cloud": [2], "water": [3], "thin_cloud": [4]},
+                 "ignored_classes": {"background": [0]}}  # fmt: skip
+    output = tmp_path / "era_a.json"
+    evaluate_scene(**inputs, output=str(output), options=OPTIONS, class_set=class_set)
+    result = json.loads(output.read_text())
+    assert result["classes"] == [*era_a, "background"] and result["pixels"]["evaluated"] == 9
+    model, ndsi = result["methods"]["model"], result["methods"]["ndsi"]
+    # label background is not labelled now: of the hand-counted pairs, (1,1) x4 (1,2) (2,2) x3 (3,0) remain
+    assert model["confusion"] == [[4, 1, 0, 0, 0], [0, 3, 0, 0, 0], [0, 0, 0, 1, 0], [0] * 5, [0] * 5]
+    assert model["not_compared"] == ["background"] and model["metrics"]["iou"]["snow"] == pytest.approx(4 / 5)
+    assert model["metrics"]["iou"]["thin_cloud"] == 0.0 and model["metrics"]["iou"]["background"] is None
+    assert ndsi["confusion"] == [[5, 0, 0, 0, 0], [0, 0, 0, 0, 3], [0, 0, 0, 0, 1], [0] * 5, [0] * 5]
+    assert ndsi["compared"] == ["snow", "cloud", "water"] and ndsi["metrics"]["iou"]["thin_cloud"] is None
+    assert ndsi["metrics"]["macro_iou"] == pytest.approx(np.mean([1.0, 0.0, 0.0]))
