@@ -25,6 +25,7 @@ from snowcloud.augment import Augmentation
 from snowcloud.checkpoint import read_checkpoint
 from snowcloud.config import load_config, merge_into, validate_config
 from snowcloud.dataset_stats import class_weights
+from snowcloud.labels import ClassSet
 from snowcloud.loader import ShardDataset
 from snowcloud.model import build_model, count_parameters
 from snowcloud.training.loop import Trainer
@@ -80,8 +81,10 @@ def test_every_documented_run_has_a_preset_that_validates_alone_and_under_the_sm
 def test_full_width_models_have_the_thesis_parameter_counts(name):
     _, run, dataset = experiment(name)
     channels = 14 if dataset["elevation"] else 13
+    classes = ClassSet.from_options(dataset).names  # 913b2a3: snow, cloud, water, thin_cloud; the others the default
+    assert len(classes) == 4
     with torch.device("meta"):  # no memory, no time: only the shapes
-        model = build_model(run["model"]["architecture"], in_channels=channels, n_classes=4,
+        model = build_model(run["model"]["architecture"], in_channels=channels, n_classes=len(classes),
                             base_channels=run["model"]["base_channels"])  # fmt: skip
     assert count_parameters(model) == (31_044_164 if channels == 14 else 31_043_588)
 
