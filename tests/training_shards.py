@@ -137,7 +137,10 @@ def sigterm_once_marked(command: list[str], marker: Path, wait_s: float, what: s
     deadline = time.monotonic() + wait_s
     while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert marker.exists(), f"the {what} never reached the marked point"
+    if not marker.exists():  # leave nothing running behind a failed test; say why the child stopped
+        os.killpg(child.pid, signal.SIGKILL)
+        _, stderr = child.communicate(timeout=60)
+        raise AssertionError(f"the {what} never reached the marked point; its standard error ends:\n{stderr[-3000:]}")
     os.killpg(child.pid, signal.SIGTERM)
     _, stderr = child.communicate(timeout=120)
     return child.returncode, stderr
