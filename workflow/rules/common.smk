@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from snowcloud import checkpoint, demo
+from snowcloud import demo
 from snowcloud.config import (
     datasets_of,
     experiments_to_run,
@@ -41,26 +41,25 @@ def label_path(wildcards):
     return str(scene_path(config["labels"], wildcards.tile, wildcards.date))
 
 
-def label_files_of(wildcards):
-    """The files behind a label (a thesis folder's mask.jp2 and mask_coverage.jp2), so that editing
-    one of them in place reruns what reads the label."""
+def label_inputs(wildcards):
+    """The label (input `label`) and the files behind it (`label_files`: a thesis folder's mask.jp2 and
+    mask_coverage.jp2), so that editing one of them in place reruns what reads the label. One function for
+    both: Snakemake inspects and calls every input function once per job (docs/slurm.md, "Planning").
+    """
     path = Path(label_path(wildcards))
-    return [str(file) for file in label_files(path)] if path.is_dir() else str(path)
+    files = [str(file) for file in label_files(path)] if path.is_dir() else str(path)
+    return {"label": str(path), "label_files": files}
 
 
 def auto_labelled(dataset):
     return config["datasets"][dataset]["label_source"] == "auto"
 
 
-def shard_label_path(wildcards):
+def shard_label_inputs(wildcards):
     """The label a shard reads: the configured mask, or the automatic one (label_source auto)."""
     if auto_labelled(wildcards.dataset):
-        return f"results/auto_labels/{wildcards.tile}/{wildcards.date}.tif"
-    return label_path(wildcards)
-
-
-def shard_label_files(wildcards):
-    return [] if auto_labelled(wildcards.dataset) else label_files_of(wildcards)
+        return {"label": f"results/auto_labels/{wildcards.tile}/{wildcards.date}.tif"}
+    return label_inputs(wildcards)
 
 
 def auto_label_inputs(wildcards):
@@ -107,6 +106,10 @@ def one_of(names):
 
 def given_model(wildcards):
     """(SHA-256, metadata) of the model.pt an inference-only experiment names."""
+    # Imported here, not above: snowcloud.checkpoint imports torch (~1 s), which every Snakemake start would
+    # pay otherwise (the dry run, and each Slurm job's two) while only inference-only experiments need it.
+    from snowcloud import checkpoint
+
     return checkpoint.given_model(
         model_file(config["experiments"][wildcards.experiment])
     )
@@ -131,14 +134,11 @@ def scene_of(wildcards):
 
 
 def final_targets():
+    """The predictions (their `infer` jobs write the quicklooks too), evaluation summaries and reproductions."""
     targets = []
     for experiment in experiments_to_run(config):
         targets += [
             f"results/predictions/{experiment}/{tile}/{date}.tif"
-            for tile, date in SCENES
-        ]
-        targets += [
-            f"results/quicklooks/{experiment}/{tile}/{date}.png"
             for tile, date in SCENES
         ]
         targets.append(f"results/evaluation/{experiment}/summary.csv")

@@ -3,9 +3,8 @@
 
 rule evaluate:
     input:
+        unpack(label_inputs),
         prediction="results/predictions/{experiment}/{tile}/{date}.tif",
-        label=label_path,
-        label_files=label_files_of,
         scene=scene_of,
     output:
         "results/evaluation/{experiment}/{tile}/{date}.json",

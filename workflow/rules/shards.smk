@@ -12,9 +12,8 @@ SHARD_KEYS = (
 
 rule shard:
     input:
+        unpack(shard_label_inputs),
         scene="results/scenes/{tile}/{date}.tif",
-        label=shard_label_path,
-        label_files=shard_label_files,
     output:
         "results/shards/{dataset}/{tile}/{date}.h5",
     log:
