@@ -12,8 +12,10 @@ from snowcloud.config import (
 from snowcloud.preprocess import options_for_model
 from snowcloud.inventory import find_products, scene_path
 from snowcloud.labels import label_files
+from snowcloud.workflow import spare_the_cycle_collector
 
 validate_config(config)
+spare_the_cycle_collector()  # Snakemake holds every job until it exits: a quarter of planning 5000 scenes
 
 
 wildcard_constraints:
