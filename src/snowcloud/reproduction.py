@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from snowcloud import checkpoint, dataset_stats, thesis_metrics
+from snowcloud.accelerator import resolve_device
 from snowcloud.atomic import atomic_output
 from snowcloud.config import validated
 from snowcloud.loader import ShardDataset
@@ -119,7 +120,7 @@ def write_reproduction(
         raise ValueError(f"experiments.{experiment}.thesis is not set: there is no thesis run to compare with")
     torch.set_num_threads(max(1, threads))
     thesis, training = options["thesis"], options["training"]
-    device = torch.device("cuda" if torch.cuda.is_available() and training["device"] != "cpu" else "cpu")
+    device = resolve_device(str(training["device"]), f"experiments.{experiment}.training.device")
     model, metadata = checkpoint.load_model(model_path, device)
     stats = dataset_stats.load_stats(stats_path)
     batch_size = int(training["batch_size"])
