@@ -178,11 +178,6 @@ class ShardDataset(Dataset):
         member, local = self.locate(index)
         return self._handle(member).read(local)
 
-    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The stored patch behind a global index, unaugmented: (float32 (C, P, P), int64 (P, P))."""
-        image, label = self._stored(index)
-        return image.astype(np.float32), label.astype(np.int64)
-
     def _augmented(self, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """The stored patch augmented, in the stored dtypes (flips and zeroing need no float32: the values, and
         so the training, are the same, with a third of the bytes moved)."""
