@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
-from rasterio.windows import Window
 from synthetic import write_scene
 
 from snowcloud import checkpoint, cloudprob, infer, normalisation
@@ -49,7 +48,7 @@ from snowcloud.bands import BANDS, ELEVATION
 from snowcloud.config import validated
 from snowcloud.labels import CLASSES, IGNORE_INDEX
 from snowcloud.model import build_model, count_parameters
-from snowcloud.scene import row_strips
+from snowcloud.scene import band_indexes, row_strips
 
 FULL_TILE = 10980
 SCHEMES = {
@@ -125,11 +124,10 @@ def run_stages(model: str, scene: str, options: dict, threads: int, results) -> 
     spec = loaded.metadata["normalisation"]
     normalise = infer.checkpoint_normaliser(spec, scene)
     with rasterio.open(scene) as dataset:
-        indexes = list(range(1, len(loaded.metadata["bands"]) + 1))
+        indexes = band_indexes(dataset, list(loaded.metadata["bands"]), model)
         plans = infer.axis_plans(dataset.height, dataset.width, loaded.patch_size, options)
-        rows, cols = plans
-        height, width = min(rows.size, dataset.height), min(cols.size, dataset.width)
-        windows = [Window(c, r, width, height) for r in rows.starts for c in cols.starts]
+        windows = infer.plan_windows(plans, dataset.height, dataset.width)
+    rows, cols = plans
     read = {}
     for readers, chosen in ((1, windows[: 2 * len(cols.starts)]), (threads, windows)):
         start = time.perf_counter()

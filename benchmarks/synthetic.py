@@ -57,8 +57,8 @@ def write_label(path: Path, scene: Path) -> Path:
     """A label on the scene's grid: snow on the bright blobs, cloud on a band of them, water in a strip, background
     elsewhere; unlabelled where the scene has no data."""
     with rasterio.open(scene) as src:
-        profile, bright = src.profile, src.read(1) > 4000
-        nodata = src.read(1) == NODATA
+        profile, first_band = src.profile, src.read(1)
+    bright, nodata = first_band > 4000, first_band == NODATA
     rows, cols = np.mgrid[0 : bright.shape[0], 0 : bright.shape[1]]
     label = np.where(bright, np.where(rows % 600 < 200, 2, 1), 0).astype(np.uint8)
     label[(cols % 700 < 40) & ~bright] = 3

@@ -280,6 +280,14 @@ def read_ahead(
             handle.close()
 
 
+def plan_windows(plans: tuple[AxisPlan, AxisPlan], height: int, width: int) -> list[Window]:
+    """The windows of `plans` over a `height` x `width` scene, row by row (cut to the scene where it is smaller
+    than a window)."""
+    rows, cols = plans
+    size = (min(cols.size, width), min(rows.size, height))
+    return [Window(col, row, *size) for row in rows.starts for col in cols.starts]
+
+
 def window_batches(
     dataset: rasterio.DatasetReader,
     indexes: list[int],
@@ -293,8 +301,7 @@ def window_batches(
     without a valid pixel are left out (a tile at the edge of the swath is often half empty)."""
     rows, cols = plans
     height, width = min(rows.size, dataset.height), min(cols.size, dataset.width)
-    windows = [Window(col, row, width, height) for row in rows.starts for col in cols.starts]
-    read = read_ahead(dataset.name, indexes, normalise, windows, readers)
+    read = read_ahead(dataset.name, indexes, normalise, plan_windows(plans, dataset.height, dataset.width), readers)
 
     def batch(i: int, chosen: list[int], images: list[np.ndarray], valid: np.ndarray | None = None) -> Batch:
         windows = torch.from_numpy(np.stack(images)) if images else None
