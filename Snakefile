@@ -25,6 +25,15 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/reproduction.smk"
 
 
+# Steps that read and write little (per dataset or experiment, not per date) run inside Snakemake itself, also
+# under a cluster profile, instead of each costing a queue wait, a status check and two Snakemake starts as a
+# cluster job of their own (docs/slurm.md, "Rules that run inside Snakemake").
+localrules:
+    dataset_stats,
+    use_model,
+    evaluation_summary,
+
+
 rule all:
     default_target: True
     input:
