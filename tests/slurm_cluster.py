@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -270,7 +271,7 @@ class SlurmCluster:
     def jobs(self, after: int = 0) -> list[SlurmJob]:
         """Jobs (each task of a job array as one) with an id above `after`, oldest first: finished ones stay listed
         for MinJobAge (1 h)."""
-        out = run_slurm("squeue", "--noheader", "--states=all", "--format=%F|%K|%T|%j|%k")
+        out = run_slurm("squeue", "--noheader", "--states=all", "--format=%F|%K|%T|%S|%e|%j|%k")
         jobs = [SlurmJob.from_squeue(line) for line in out.splitlines() if line.strip()]
         return sorted((job for job in jobs if job.id > after), key=lambda job: (job.id, job.task or 0))
 
@@ -280,13 +281,16 @@ class SlurmJob:
     id: int  # the id sbatch returned: shared by the tasks of a job array
     task: int | None  # the index of an array task, None for a plain job
     state: str
+    started: datetime | None  # None until it starts
+    ended: datetime | None  # None until it ends
     name: str
     comment: str
 
     @classmethod
     def from_squeue(cls, line: str) -> SlurmJob:
-        job_id, task, state, name, comment = line.split("|", 4)
-        return cls(int(job_id), None if task == "N/A" else int(task), state, name, comment.strip())
+        job_id, task, state, started, ended, name, comment = line.split("|", 6)
+        return cls(int(job_id), None if task == "N/A" else int(task), state, _squeue_time(started),
+                   _squeue_time(ended), name, comment.strip())  # fmt: skip
 
     @property
     def key(self) -> str:
@@ -298,6 +302,14 @@ class SlurmJob:
         """The Snakemake rule, from the comment the executor plugin sets: rule_{name}[_wildcards_{...}] (an array
         carries the wildcards of its first job)."""
         return self.comment.removeprefix("rule_").split("_wildcards_")[0]
+
+
+def _squeue_time(text: str) -> datetime | None:
+    """squeue's %S / %e (2026-11-30T00:43:38), None for N/A or Unknown (not started, not ended)."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def run_slurm(*command: str, check: bool = True, timeout: float = 30.0) -> str:
