@@ -58,7 +58,7 @@ def rule_timeline(workdir: Path, origin: datetime) -> dict[str, Span]:
         elif started := re.match(r"(?:local)?rule (\w+):$", line):
             timeline.setdefault(started.group(1), [now, now])
         elif finished := re.search(r"Finished jobid: \d+ \(Rule: (\w+)\)", line):
-            timeline[finished.group(1)][1] = now
+            timeline.setdefault(finished.group(1), [now, now])[1] = now
     return {rule: _span(origin, *times) for rule, times in timeline.items() if rule != "all"}
 
 
