@@ -8,8 +8,11 @@ and the time to bring that Slurm up and down.
 The Slurm run needs root and the Debian packages slurmctld slurmd slurm-client munge (tests/slurm_cluster.py
 starts and stops the cluster); without them only the local figure is printed, with the reason. The cluster's
 node advertises 16 CPUs, so Slurm may run more jobs at once than --cores allows locally: the figures compare
-the two ways a user runs the workflow, not equal parallelism. Prints every figure and the ratio measured in
-this run; on a shared machine run it twice and compare.
+the two ways a user runs the workflow, not equal parallelism. The one exception is the training, which gets
+--cores threads in both runs (the profile's 8 would oversubscribe a small machine). Prints every figure, the
+ratio measured in this run, and each rule's span in both runs: locally, through Slurm as Snakemake saw it, and
+as Slurm ran its jobs (the gap between the last two is the wait for the plugin's next status check). On a shared
+machine run it twice and compare: a status check that just misses a finished level costs the next interval.
 """
 
 from __future__ import annotations
