@@ -104,7 +104,7 @@ def run_locally(root: Path, config: dict, cores: int) -> tuple[float, dict[str, 
     return wall, rule_timeline(workdir, origin)
 
 
-def run_on_slurm(root: Path, config: dict, cores: int) -> dict[str, float]:
+def run_on_slurm(root: Path, config: dict, cores: int) -> dict:
     """Start a test cluster, run the workflow through the profile, stop the cluster: each one timed. The training
     job gets the local run's `cores` threads, not the profile's 8 per GPU, so that both runs train alike."""
     cluster = SlurmCluster()
