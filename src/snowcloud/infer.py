@@ -265,17 +265,16 @@ def read_ahead(
         return read_window(local.dataset, indexes, window, normalise)
 
     pending: deque = deque()
+    pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="snowcloud-read")
     try:
-        with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="snowcloud-read") as pool:
-            for window in windows:
-                pending.append(pool.submit(read, window))
-                if len(pending) >= 2 * readers:
-                    yield pending.popleft().result()
-            while pending:
+        for window in windows:
+            pending.append(pool.submit(read, window))
+            if len(pending) >= 2 * readers:
                 yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # closed early (an error downstream): drop the reads not started, wait for the running ones
+        pool.shutdown(cancel_futures=True)
         for handle in handles:
             handle.close()
 
