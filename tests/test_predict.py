@@ -3,7 +3,12 @@ checkpoints the tests write: outputs like the workflow's, failing inputs named, 
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -11,8 +16,10 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from safe_factory import constant_bands, make_product
 
 from snowcloud import checkpoint, cli, infer, normalisation, preprocess
+from snowcloud import predict as predict_module
 from snowcloud.bands import BANDS, ELEVATION
 from snowcloud.labels import IGNORE_INDEX
 from snowcloud.model import build_model
@@ -21,6 +28,7 @@ TILE, DATE = "32TNS", "20220201T102209"
 OPTIONS = {"batch_size": 16, "overlap": 0.5, "tta": False, "probabilities": False, "device": "cpu", "amp": False}
 # What the model's training scenes were made with: not the defaults, so that a product preprocessed with the
 # defaults would differ.
+KILL_SIZE = 1200  # pixels per side of the product a predict is killed in: a few seconds of work
 TRAINED_WITH = {"resampling": "nearest", "clip": {"method": "percentile", "percentiles": [1, 99]}}
 
 
@@ -143,3 +151,42 @@ def test_model_without_elevation_runs_without_a_dem(tiny_demo, tmp_path, capsys)
     status, _, _ = predict(model, tiny_demo["products"][(TILE, DATE)].path, "--out", tmp_path / "out", capsys=capsys)
     assert status == 0
     assert set(np.unique(mask(tmp_path / "out" / TILE / f"{DATE}.tif"))) <= {0, 1, 2, 3, IGNORE_INDEX}
+
+
+def test_a_predict_killed_mid_run_leaves_scratch_that_the_next_run_removes(tmp_path, capsys):
+    model = unet_checkpoint(tmp_path / "model.pt", elevation=False)
+    product = make_product(tmp_path / "raw", constant_bands(KILL_SIZE), tile=TILE, date=DATE)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "snowcloud", "predict", model, product, "--out", out, "--no-tta", "--device",
+               "cpu", "--threads", "1"]  # fmt: skip
+    running = subprocess.Popen(list(map(str, command)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not hidden_entries(out) and running.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)  # into the preprocessing: its COG parts appear in the scratch
+    os.kill(running.pid, signal.SIGKILL)
+    assert running.wait() == -signal.SIGKILL, running.stderr.read().decode()[-3000:]
+    left = hidden_entries(out)
+    assert left, "the killed run left its scratch (the test killed it in time)"
+
+    status, _, _ = predict(model, product, "--out", out, capsys=capsys)
+    assert status == 0
+    assert hidden_entries(out) == [], f"the rerun removed what the killed one left: {left}"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [TILE, f"{TILE}/{DATE}.tif"]
+
+
+def hidden_entries(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob(".*")) if folder.is_dir() else []
+
+
+def test_a_bug_stops_the_run_with_its_traceback_instead_of_failing_one_input(tiny_demo, model, tmp_path, capsys,
+                                                                             monkeypatch):  # fmt: skip
+    def broken(mask: Path, class_names: list[str]) -> dict:  # a programming error, not a bad input
+        return dict(zip(class_names, np.zeros(4) + np.zeros(5), strict=True))
+
+    monkeypatch.setattr(predict_module, "class_percentages", broken)
+    products = [tiny_demo["products"][(tile, DATE)].path for tile in ("32TNS", "32TMS")]
+    status, out, err = predict(model, *products, "--dem", tiny_demo["dem"], "--out", tmp_path / "out", capsys=capsys)
+    assert status == 1 and "Traceback" in err and "operands could not be broadcast" in err
+    assert "input(s) predicted" not in out, "the run stopped at the bug, no report of inputs"
+    assert len(list((tmp_path / "out").rglob("*.tif"))) == 1, "the second input was not run"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,14 +20,26 @@ from snowcloud.config import ConfigError, datasets_of, experiments_to_run, load_
 from snowcloud.labels import CLASSES
 
 
+class CommandError(ValueError):
+    """A command line that names something the command cannot use; the message names it."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
     except (ConfigError, ValueError, OSError) as error:
+        if not _named_error(error):
+            traceback.print_exc()
         print(f"snowcloud {args.command}: {error}", file=sys.stderr)
         return 1
+
+
+def _named_error(error: BaseException) -> bool:
+    """One of the project's own errors (whose message names the file or key) or an I/O error; any other error
+    (a ValueError numpy raises, say) is a bug, shown with its traceback."""
+    return isinstance(error, OSError) or type(error).__module__.split(".")[0] == "snowcloud"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -182,7 +195,7 @@ def _info(args: argparse.Namespace) -> int:
             for line in describe(path):
                 print(line)
             return 0
-    raise ValueError(f"{path}: not a file snowcloud knows (SAFE product, .tif, .h5 shard, stats.json, model.pt)")
+    raise CommandError(f"{path}: not a file snowcloud knows (SAFE product, .tif, .h5 shard, stats.json, model.pt)")
 
 
 def _describe_product(path: Path) -> list[str]:

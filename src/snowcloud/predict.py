@@ -3,15 +3,15 @@
 Each input (a `.SAFE.zip`, a `.SAFE` folder, a folder holding products, or a scene raster the workflow made) is
 preprocessed with the options the model's training scenes were made with (`model.pt` records them), predicted
 with the model's bands and normalisation (snowcloud.infer) and written like the workflow's outputs:
-OUT/{tile}/{date}.tif (+ `{date}_proba.tif`, `{date}.png`). An input that fails is reported by name and the
-others go on.
+OUT/{tile}/{date}.tif (+ `{date}_proba.tif`, `{date}.png`). An input that fails for what it is (the project's
+errors for bad inputs, `INPUT_ERRORS`, and I/O errors) is reported by name and the others go on; any other
+exception is a bug and stops the run with its traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,13 +22,15 @@ import rasterio
 from tqdm import tqdm
 
 from snowcloud import infer, preprocess
+from snowcloud.atomic import scratch_folder
 from snowcloud.bands import ELEVATION
 from snowcloud.config import validated
 from snowcloud.inventory import find_products, scene_path
 from snowcloud.labels import IGNORE_INDEX
+from snowcloud.normalisation import NormalisationError
 from snowcloud.quicklook import quicklook
-from snowcloud.safe import open_safe
-from snowcloud.scene import band_indexes
+from snowcloud.safe import SafeError, open_safe
+from snowcloud.scene import SceneError, band_indexes
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,12 @@ SCENE_SUFFIXES = (".tif", ".tiff")
 
 class PredictError(ValueError):
     """A command line that cannot run at all (no input, a model that needs a DEM and none given)."""
+
+
+# What one input can fail with and leave the others to run: the errors the project raises for a product, scene
+# raster or DEM it cannot use, and I/O errors (a file that cannot be read, a full disk). Anything else is a bug.
+INPUT_ERRORS = (SafeError, SceneError, preprocess.PreprocessError, NormalisationError, infer.InferenceError,
+                PredictError, OSError)  # fmt: skip
 
 
 @dataclass
@@ -135,7 +143,7 @@ def run_job(
 ) -> None:  # fmt: skip
     """Preprocess (products), predict, quicklook; the class percentages of the mask."""
     output = output_path(out, job)
-    with _scene_for(job, out, settings["keep_scenes"]) as scene:
+    with _scene_for(job, output, out, settings["keep_scenes"]) as scene:
         if job.kind == "product":
             preprocess.preprocess_scene(job.source, dem_for(dem, job), scene, preprocessing, settings["threads"])
         infer.predict_with(model, scene, output, options, progress)
@@ -146,15 +154,16 @@ def run_job(
 
 
 @contextlib.contextmanager
-def _scene_for(job: Job, out: Path, keep: bool) -> Iterator[Path]:
-    """Where the job's scene raster is: the input itself, OUT/scenes/{tile}/{date}.tif, or a temporary file."""
+def _scene_for(job: Job, output: Path, out: Path, keep: bool) -> Iterator[Path]:
+    """Where the job's scene raster is: the input itself, OUT/scenes/{tile}/{date}.tif, or a file in a scratch
+    folder of the mask `output` (named as its temporaries are, so the next run removes that of a killed one)."""
     if job.kind == "scene":
         yield job.source
     elif keep:
         yield out / "scenes" / job.tile / f"{job.date}.tif"
     else:
-        with tempfile.TemporaryDirectory(dir=out, prefix=f".scene-{job.tile}-{job.date}-") as scratch:
-            yield Path(scratch) / f"{job.date}.tif"
+        with scratch_folder(output, "scene") as scratch:
+            yield scratch / f"{job.date}.tif"
 
 
 def class_percentages(mask: Path, class_names: list[str]) -> dict[str, float]:
@@ -207,14 +216,16 @@ def predict_inputs(
 
 
 def _attempt(job: Job, work) -> None:  # noqa: ANN001 - a callable without arguments
-    """Run `work` for a job, timing it; an exception becomes the job's error (logged with its traceback)."""
+    """Run `work` for a job, timing it; an input error becomes the job's error (logged with its traceback),
+    anything else propagates."""
     start = time.perf_counter()
     try:
         work()
-    except Exception as error:  # a broken input must not stop the others; the message names the file
+    except INPUT_ERRORS as error:  # a broken input must not stop the others; the message names the file
         log.debug("%s failed", job.source, exc_info=True)
         job.error = f"{type(error).__name__}: {error}"
-    job.seconds += time.perf_counter() - start
+    finally:
+        job.seconds += time.perf_counter() - start
 
 
 def report(jobs: list[Job], class_names: list[str]) -> list[str]:
