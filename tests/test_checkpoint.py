@@ -1,20 +1,24 @@
 import collections
+import re
 
 import numpy as np
 import pytest
 import torch
+from checkpoint_edits import edited
 
+from snowcloud import normalisation
 from snowcloud.checkpoint import CheckpointError, load_model, save_model
 from snowcloud.model import build_model
+from snowcloud.scene import channel_names
 
-BANDS = ["B01", "B02", "ELEVATION"]
-NORMALISATION = {"name": "test-spec", "version": 1, "offset": [0.1, 0.2, 1862.78], "scale": [1.0, 2.0, 3913.0]}
+BANDS = channel_names(elevation=True)
+NORMALISATION = normalisation.spec("dynamic-world-percentile")
 
 
 def _metadata(**extra):
     return {
         "architecture": "unet",
-        "model_args": {"in_channels": 3, "n_classes": 4, "base_channels": 4},
+        "model_args": {"in_channels": 14, "n_classes": 4, "base_channels": 4},
         "bands": BANDS,
         "normalisation": NORMALISATION,
         "classes": ("background", "snow", "cloud", "water"),
@@ -27,8 +31,8 @@ def _metadata(**extra):
 
 def _trained_like_model():
     torch.manual_seed(1)
-    model = build_model("unet", 3, 4, base_channels=4)
-    model.train()(torch.randn(4, 3, 32, 32))  # moves the BatchNorm running statistics off their defaults
+    model = build_model("unet", 14, 4, base_channels=4)
+    model.train()(torch.randn(4, 14, 32, 32))  # moves the BatchNorm running statistics off their defaults
     return model.eval()
 
 
@@ -50,7 +54,7 @@ def test_round_trip_restores_weights_buffers_and_metadata(tmp_path):
     assert metadata["torch_version"] == str(torch.__version__) and type(metadata["torch_version"]) is str
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
-    x = torch.randn(1, 3, 32, 32)
+    x = torch.randn(1, 14, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
 
@@ -100,7 +104,7 @@ def test_foreign_files_are_refused_with_a_clear_message(tmp_path):
 def test_weights_that_do_not_fit_the_metadata_are_refused(tmp_path):
     path = tmp_path / "model.pt"
     save_model(
-        path, _trained_like_model(), _metadata(model_args={"in_channels": 3, "n_classes": 4, "base_channels": 8})
+        path, _trained_like_model(), _metadata(model_args={"in_channels": 14, "n_classes": 4, "base_channels": 8})
     )
     with pytest.raises(CheckpointError, match="weights do not fit unet"):
         load_model(path)
@@ -109,6 +113,33 @@ def test_weights_that_do_not_fit_the_metadata_are_refused(tmp_path):
 def test_a_band_list_that_does_not_match_the_weights_is_refused_naming_the_file(tmp_path):
     """A hand-edited band list would otherwise surface as a torch channel error in the middle of inference."""
     path = tmp_path / "model.pt"
-    save_model(path, _trained_like_model(), _metadata(bands=["B02", "ELEVATION"]))
-    with pytest.raises(CheckpointError, match=rf"{path}: its metadata lists 2 band\(s\) \(B02, ELEVATION\) but its weights take 3"):
+    save_model(path, _trained_like_model(), _metadata(bands=BANDS[:13]))
+    with pytest.raises(CheckpointError, match=rf"{path}: metadata field 'bands' lists 13 band\(s\) but the network takes 14"):
         load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"classes": ["background", "snow", "cloud", "water", "ice"]},
+         "'classes' lists 5 class(es) (background, snow, cloud, water, ice) but the network has 4 outputs"),
+        ({"classes": ["snow", "snow", "cloud", "water"]}, "'classes' names a class twice"),
+        ({"bands": [BANDS[1], BANDS[0], *BANDS[2:]]}, "'bands' is ['B02', 'B01'"),
+        ({"patch_size": 0}, "'patch_size' is 0; a patch size is an integer of at least 16"),
+        ({"patch_size": 64.5}, "'patch_size' is 64.5"),
+        ({"normalisation": {**NORMALISATION, "name": "dw"}}, "'normalisation' unknown normalisation 'dw'"),
+        ({"normalisation": {**NORMALISATION, "p30": [1.0] * 12}}, "p30 must be 13 numbers"),
+        ({"normalisation": {k: v for k, v in NORMALISATION.items() if k != "mean"}}, "lacks its constant 'mean'"),
+        ({"class_set": {"classes": {"background": [0], "snow": [1], "cloud": [2], "lake": [3]}}},
+         "'class_set' trains background, snow, cloud, lake, but the field 'classes' says background, snow, cloud, water"),
+        ({"class_set": {"classes": {"background": [0], "snow": [0], "cloud": [2], "water": [3]}}},
+         "label value 0 belongs to both background and snow"),
+    ],
+)  # fmt: skip
+def test_metadata_that_contradicts_the_network_or_the_schema_is_refused_naming_file_and_field(tmp_path, fields, message):
+    path = tmp_path / "model.pt"
+    save_model(path, _trained_like_model(), _metadata(class_set={"classes": {n: [i] for i, n in enumerate(
+        ["background", "snow", "cloud", "water"])}}))  # fmt: skip
+    load_model(path)  # as training wrote it
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(path))}: metadata field .*{re.escape(message)}"):
+        load_model(edited(path, **fields))

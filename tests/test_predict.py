@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from checkpoint_edits import edited
 from safe_factory import constant_bands, make_product
 
 from snowcloud import checkpoint, cli, infer, normalisation, preprocess
@@ -190,3 +191,17 @@ def test_a_bug_stops_the_run_with_its_traceback_instead_of_failing_one_input(tin
     assert status == 1 and "Traceback" in err and "operands could not be broadcast" in err
     assert "input(s) predicted" not in out, "the run stopped at the bug, no report of inputs"
     assert len(list((tmp_path / "out").rglob("*.tif"))) == 1, "the second input was not run"
+
+
+def test_a_checkpoint_whose_classes_contradict_its_network_is_named_before_any_input(tiny_demo, tmp_path, capsys):
+    model = edited(unet_checkpoint(tmp_path / "model.pt"), classes=["background", "snow", "cloud", "water", "ice"])
+    product = tiny_demo["products"][(TILE, DATE)].path
+    status, _, err = predict(model, product, "--dem", tiny_demo["dem"], "--out", tmp_path / "out", capsys=capsys)
+    assert status == 1 and f"{model}: metadata field 'classes' lists 5 class(es)" in err and "4 outputs" in err
+    assert product.name not in err and not (tmp_path / "out").exists(), "the model is blamed, no input is run"
+
+
+def test_the_workflows_inference_names_a_patch_size_the_schema_does_not_allow(model, workflow_scene, tmp_path):
+    broken = edited(Path(shutil.copy(model, tmp_path / "model.pt")), patch_size=0)
+    with pytest.raises(checkpoint.CheckpointError, match=rf"{broken}: metadata field 'patch_size' is 0; a patch size"):
+        infer.predict_scene(str(broken), str(workflow_scene), str(tmp_path / "mask.tif"), OPTIONS | {"scheme": "blend"})

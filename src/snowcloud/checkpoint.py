@@ -19,9 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from snowcloud import normalisation
 from snowcloud.atomic import atomic_output
+from snowcloud.config import load_schema
+from snowcloud.labels import ClassSet, ClassSetError
 from snowcloud.model import build_model
 from snowcloud.provenance import file_sha256
+from snowcloud.scene import channel_names
 
 FORMAT = "snowcloud-model/1"
 REQUIRED_METADATA = ("architecture", "model_args")
@@ -123,13 +127,75 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         raise CheckpointError(
             f"{path}: weights do not fit {metadata['architecture']} {metadata['model_args']}: {error}"
         ) from None
-    bands, channels = metadata.get("bands"), metadata["model_args"].get("in_channels")
-    if bands is not None and channels is not None and len(bands) != channels:
-        raise CheckpointError(
-            f"{path}: its metadata lists {len(bands)} band(s) ({', '.join(map(str, bands))}) but its weights take "
-            f"{channels} input channel(s): the checkpoint was edited or damaged; use the model.pt training wrote"
-        )
+    check_metadata(path, metadata)
     return model.to(device).eval(), metadata
+
+
+def check_metadata(path: str | Path, metadata: dict[str, Any]) -> None:
+    """CheckpointError naming the file and the field where the metadata of a network whose weights fit its
+    `model_args` contradicts that network (bands and input channels, classes and outputs) or what the schema
+    and the formats allow (patch size, normalisation spec, class set)."""
+    for field, check in _FIELD_CHECKS.items():
+        if field not in metadata:
+            continue
+        try:
+            check(metadata[field], metadata)
+        except (ValueError, TypeError) as problem:
+            raise CheckpointError(
+                f"{path}: metadata field '{field}' {problem}: the checkpoint was edited or damaged; use the model.pt "
+                "that training (or import-thesis) wrote"
+            ) from None
+
+
+def _check_bands(bands: object, metadata: dict[str, Any]) -> None:
+    channels = metadata["model_args"].get("in_channels")
+    if not isinstance(bands, list) or bands not in (channel_names(False), channel_names(True)):
+        raise ValueError(
+            f"is {bands!r}; the normalisations read the scene raster's channels: {', '.join(channel_names(False))} "
+            "and optionally ELEVATION, in that order"
+        )
+    if channels is not None and len(bands) != channels:
+        raise ValueError(f"lists {len(bands)} band(s) but the network takes {channels} input channel(s)")
+
+
+def _check_classes(classes: object, metadata: dict[str, Any]) -> None:
+    outputs = metadata["model_args"].get("n_classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(name, str) and name for name in classes):
+        raise ValueError(f"is {classes!r}, not a list of class names")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"names a class twice: {classes}")
+    if outputs is not None and len(classes) != outputs:
+        raise ValueError(f"lists {len(classes)} class(es) ({', '.join(classes)}) but the network has {outputs} outputs")
+
+
+def _check_class_set(class_set: object, metadata: dict[str, Any]) -> None:
+    if not isinstance(class_set, dict) or not isinstance(class_set.get("classes"), dict):
+        raise ValueError(f"is {class_set!r}, not {{classes: {{name: [values]}}, ignored_classes: ...}}")
+    try:
+        names = ClassSet.from_options(class_set, "class_set").names
+    except (ClassSetError, TypeError, ValueError, AttributeError) as error:
+        raise ValueError(f"cannot be used: {error}") from None
+    if "classes" in metadata and list(names) != metadata["classes"]:
+        raise ValueError(f"trains {', '.join(names)}, but the field 'classes' says {', '.join(metadata['classes'])}")
+
+
+def _check_patch_size(patch_size: object, metadata: dict[str, Any]) -> None:
+    smallest = load_schema()["$defs"]["dataset"]["properties"]["patch_size"]["minimum"]
+    if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size < smallest:
+        raise ValueError(f"is {patch_size!r}; a patch size is an integer of at least {smallest} (datasets.*.patch_size)")
+
+
+def _check_normalisation(spec: object, metadata: dict[str, Any]) -> None:
+    normalisation.check_spec(spec)
+
+
+_FIELD_CHECKS = {
+    "bands": _check_bands,
+    "classes": _check_classes,
+    "class_set": _check_class_set,
+    "patch_size": _check_patch_size,
+    "normalisation": _check_normalisation,
+}
 
 
 # ----------------------------------------------------------------------------------------------- a given model.pt

@@ -175,6 +175,28 @@ def _method(spec: dict) -> Callable[[dict, np.ndarray, dict], np.ndarray]:
     return METHODS[key]
 
 
+def check_spec(stored: object) -> None:
+    """NormalisationError unless `stored` is a spec `apply` can use: a known name and version with every
+    constant of that spec, a number per band where the spec has per-band lists."""
+    if not isinstance(stored, dict):
+        raise NormalisationError(f"{stored!r} is not a spec (a mapping with name, version and constants)")
+    _method(stored)
+    for key, value in SPECS[stored["name"]]().items():
+        if key not in stored:
+            raise NormalisationError(f"normalisation {stored['name']} lacks its constant {key!r}")
+        given = stored[key]
+        if isinstance(value, list) and not (
+            isinstance(given, list) and len(given) == len(value) and all(map(_is_number, given))
+        ):
+            raise NormalisationError(f"normalisation {stored['name']}: {key} must be {len(value)} numbers, got {given!r}")
+        if isinstance(value, float) and not _is_number(given):
+            raise NormalisationError(f"normalisation {stored['name']}: {key} must be a number, got {given!r}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+
+
 def apply(spec: dict, window: np.ndarray, valid: np.ndarray, statistics: dict, source: str = "window") -> np.ndarray:
     """Normalise scene values (C, H, W) (13 bands, then elevation if C == 14) -> float32 (C, H, W).
 
