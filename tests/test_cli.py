@@ -7,10 +7,14 @@ import zipfile
 import pytest
 import rasterio
 import yaml
+from workflow_runs import snakemake, tiny_config, write_config
 
+from snowcloud import normalisation
 from snowcloud.checkpoint import save_model
 from snowcloud.cli import main
+from snowcloud.labels import CLASSES
 from snowcloud.model import build_model
+from snowcloud.scene import channel_names
 
 
 def test_check_config_accepts_a_preset_and_names_what_runs(repo, capsys):
@@ -113,3 +117,32 @@ def test_check_config_reports_an_unknown_placeholder_in_a_path_pattern(repo, tmp
     patterns.write_text(yaml.safe_dump({"dem": "dem/{tile}_{resolution}.tif"}))
     assert main(["check-config", str(repo / "config" / "config.yaml"), str(patterns)]) == 1
     assert "dem: unknown placeholder(s) {resolution}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_check_config_says_what_the_workflow_says_of_a_given_model_that_cannot_run(tmp_path, capsys, damage):
+    model = tmp_path / "given.pt"
+    save_model(model, build_model("unet", 14, 4, base_channels=4), {"architecture": "unet", "model_args": {
+        "in_channels": 14, "n_classes": 4, "base_channels": 4}})  # fmt: skip
+    if damage == "missing":
+        model.unlink()
+    else:
+        model.write_bytes(model.read_bytes()[:5000])  # a copy cut short
+    config = write_config(tmp_path / "work", tiny_config({"experiments": {"given": {"model": str(model)}}, "run": ["given"]}))
+    workflow = snakemake(tmp_path / "work", "--dry-run", "--cores", "1", check=False)
+    (said,) = {line.strip() for line in workflow.output.splitlines() if line.strip().startswith("CheckpointError: ")}
+    assert not workflow.ok and str(model) in said
+
+    assert main(["check-config", str(config)]) == 1
+    captured = capsys.readouterr()
+    assert said.removeprefix("CheckpointError: ") in captured.err and "configuration OK" not in captured.out
+
+
+def test_check_config_names_the_given_model_it_checked(tmp_path, capsys):
+    model = tmp_path / "given.pt"
+    args = {"in_channels": 14, "n_classes": 4, "base_channels": 4}
+    save_model(model, build_model("unet", **args), {"architecture": "unet", "model_args": args, "patch_size": 64,
+               "bands": channel_names(True), "normalisation": normalisation.spec(), "classes": list(CLASSES)})  # fmt: skip
+    config = write_config(tmp_path / "work", tiny_config({"experiments": {"given": {"model": str(model)}}, "run": ["given"]}))
+    assert main(["check-config", str(config)]) == 0
+    assert f"experiments.given.model: {model} (SHA-256 " in capsys.readouterr().out

@@ -16,7 +16,15 @@ from pathlib import Path
 import yaml
 
 from snowcloud import __version__
-from snowcloud.config import ConfigError, datasets_of, experiments_to_run, load_config, load_schema, validate_config
+from snowcloud.config import (
+    ConfigError,
+    datasets_of,
+    experiments_to_run,
+    load_config,
+    load_schema,
+    model_file,
+    validate_config,
+)
 from snowcloud.labels import CLASSES
 
 
@@ -152,10 +160,26 @@ def _check_config(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(config, sort_keys=False), end="")
     runs = experiments_to_run(config)
     datasets = datasets_of(config, runs)
+    given = {name: _check_given_model(config, name) for name in runs if model_file(config["experiments"][name])}
     source = "the demo data" if config["demo"]["enabled"] else f"products under {config['raw_data']}"
     print(f"configuration OK ({', '.join(map(str, args.files))})")
     print(f"  inputs: {source}; experiments: {', '.join(runs) or 'none'}; datasets: {', '.join(datasets) or 'none'}")
+    for name, line in given.items():
+        print(f"  experiments.{name}.model: {line}")
     return 0
+
+
+def _check_given_model(config: dict, name: str) -> str:
+    """What the workflow checks as it plans an inference-only experiment (its model.pt can predict, the
+    preprocessing it records is valid), with the same errors; a line saying what the model is."""
+    from snowcloud.checkpoint import given_model  # torch: only for configurations that run a given model
+    from snowcloud.preprocess import options_for_model
+
+    path = model_file(config["experiments"][name])
+    sha256, metadata = given_model(path)
+    own = options_for_model(config["preprocess"], metadata.get("preprocess")) is not None
+    scenes = "scene rasters of its own (its training scenes were made otherwise)" if own else "the shared scene rasters"
+    return f"{path} (SHA-256 {sha256[:12]}, classes {', '.join(metadata.get('classes', CLASSES))}) on {scenes}"
 
 
 def _predict(args: argparse.Namespace) -> int:
