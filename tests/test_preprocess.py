@@ -17,6 +17,7 @@ from snowcloud import cog, preprocess, resample
 from snowcloud.bands import BANDS, RESOLUTION_M
 from snowcloud.cog import CogWriter
 from snowcloud.config import ConfigError, validated
+from snowcloud.dem import DemError
 from snowcloud.demo.landscape import Landscape
 from snowcloud.demo.tiles import tile_grid
 from snowcloud.preprocess import PreprocessError, preprocess_scene
@@ -254,7 +255,7 @@ def test_dem_not_covering_the_tile_is_refused_with_the_missing_share(tmp_path):
     lon, _ = pixel_lonlat(grid)
     with rasterio.open(dem) as source:
         expected_missing = float((lon > source.bounds.right).mean())
-    with pytest.raises(PreprocessError) as error:
+    with pytest.raises(DemError) as error:
         preprocess_scene(safe, dem, tmp_path / "scene.tif", {})
     message = str(error.value)
     assert message.startswith(f"DEM {dem} covers about ") and "of tile 32TNS (" in message
@@ -275,7 +276,7 @@ def test_a_dem_beyond_the_int16_range_is_refused_not_saturated(tmp_path):
     safe = make_product(tmp_path, constant_bands(36))
     dem = tmp_path / "centimetres.tif"
     write_dem(dem, grid, lambda x, y: np.full(x.shape, 250_000.0))
-    with pytest.raises(PreprocessError, match=rf"DEM {dem} has heights from 250000 to 250000 on tile 32TNS, beyond .* metres"):
+    with pytest.raises(DemError, match=rf"DEM {dem} has heights from 250000 to 250000 on tile 32TNS, beyond .* metres"):
         preprocess_scene(safe, dem, tmp_path / "scene.tif", {})
     assert not (tmp_path / "scene.tif").exists()
 
@@ -285,12 +286,12 @@ def test_unreadable_dem_and_dem_without_crs_are_named(tmp_path):
     safe = make_product(tmp_path, constant_bands(12))
     not_a_raster = tmp_path / "dem.tif"
     not_a_raster.write_text("not a raster")
-    with pytest.raises(PreprocessError, match=f"cannot read DEM {not_a_raster}"):
+    with pytest.raises(DemError, match=f"cannot read DEM {not_a_raster}"):
         preprocess_scene(safe, not_a_raster, tmp_path / "scene.tif", {})
     no_crs = tmp_path / "no_crs.tif"
     with rasterio.open(no_crs, "w", driver="GTiff", width=4, height=4, count=1, dtype="float32") as out:
         out.write(np.zeros((4, 4), dtype=np.float32), 1)
-    with pytest.raises(PreprocessError, match=f"DEM {no_crs} has no coordinate reference system"):
+    with pytest.raises(DemError, match=f"DEM {no_crs} has no coordinate reference system"):
         preprocess_scene(safe, no_crs, tmp_path / "scene.tif", {})
     with pytest.raises(PreprocessError, match="preprocess.dem is on but no DEM was given"):
         preprocess_scene(safe, None, tmp_path / "scene.tif", {})

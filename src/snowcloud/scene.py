@@ -118,6 +118,14 @@ def product_band_valid(band: str, dn: np.ndarray) -> np.ndarray:
     return dn > 0
 
 
+def store_values(values: np.ndarray, out: np.ndarray, saturate: bool = True) -> None:
+    """float32 values -> the int16 scene values `out`: saturated to VALUE_RANGE (unless the caller knows they lie within),
+    rounded to the nearest integer in the same pass as the cast."""
+    if saturate:
+        np.clip(values, *VALUE_RANGE, out=values)
+    np.rint(values, out=out, casting="unsafe")
+
+
 def valid_pixels(values: np.ndarray, nodata: float | None = NODATA) -> np.ndarray:
     """(H, W) mask of the pixels where every band of (C, H, W) raster values holds data (all, without nodata)."""
     if nodata is None:
