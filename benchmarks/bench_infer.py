@@ -49,6 +49,7 @@ from snowcloud.config import validated
 from snowcloud.labels import CLASSES, IGNORE_INDEX
 from snowcloud.model import build_model, count_parameters
 from snowcloud.scene import band_indexes, row_strips
+from snowcloud.windows import axis_plans
 
 FULL_TILE = 10980
 SCHEMES = {
@@ -125,7 +126,7 @@ def run_stages(model: str, scene: str, options: dict, threads: int, results) -> 
     normalise = infer.checkpoint_normaliser(spec, scene)
     with rasterio.open(scene) as dataset:
         indexes = band_indexes(dataset, list(loaded.metadata["bands"]), model)
-        plans = infer.axis_plans(dataset.height, dataset.width, loaded.patch_size, options)
+        plans = axis_plans(dataset.height, dataset.width, loaded.patch_size, options)
         windows = infer.plan_windows(plans, dataset.height, dataset.width)
     rows, cols = plans
     read = {}
@@ -232,7 +233,7 @@ def main() -> None:
         seconds = {}
         for name in args.schemes:
             options = validated({**SCHEMES[name], "tta": args.tta, "device": args.device}, "inference")
-            rows, cols = infer.axis_plans(args.rows, args.width, args.patch_size, options)
+            rows, cols = axis_plans(args.rows, args.width, args.patch_size, options)
             windows = len(rows.starts) * len(cols.starts)
             output = root / f"{name}.tif"
             with gpu_utilisation() as utilisation:

@@ -62,7 +62,7 @@ def test_an_inference_killed_before_its_cogs_leaves_a_scratch_folder_that_the_ne
     model_path, scene = write_model_and_scene(tmp_path, size=64)
     output = tmp_path / "predictions" / "20210116T102351.tif"
     options = INFERENCE
-    killed_at("snowcloud.infer", "write_cog",
+    killed_at("snowcloud.mask", "write_cog",
               f"from snowcloud.infer import predict_scene; predict_scene({str(model_path)!r}, {str(scene)!r}, {str(output)!r}, {options!r})",
               tmp_path)  # fmt: skip
     assert [path.name for path in output.parent.iterdir() if path.is_dir()], "the killed run left its scratch folder"

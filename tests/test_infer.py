@@ -15,11 +15,12 @@ from devices import DEVICE_PRECISIONS
 from rasters import CRS, TRANSFORM, write_scene
 from torch import nn
 
-from snowcloud import checkpoint, infer, normalisation
+from snowcloud import checkpoint, infer, normalisation, windows
 from snowcloud import model as model_registry
 from snowcloud.bands import BANDS, ELEVATION
-from snowcloud.infer import InferenceError, blending_weights, predict_scene, window_starts
+from snowcloud.infer import InferenceError, predict_scene
 from snowcloud.labels import CLASS_COLOURS, IGNORE_INDEX
+from snowcloud.mask import RowBlock, classes_from_block
 from snowcloud.quicklook import quicklook
 from snowcloud.scene import NODATA, SceneError
 
@@ -115,7 +116,7 @@ def read(path: Path) -> tuple[np.ndarray, dict]:
 @pytest.mark.parametrize(("length", "patch", "stride"), [(150, 64, 32), (203, 64, 32), (128, 64, 64), (100, 64, 48),
                                                           (64, 64, 32), (40, 64, 32), (10980, 256, 128)])  # fmt: skip
 def test_windows_cover_every_pixel_and_end_on_the_border(length, patch, stride):
-    starts = window_starts(length, patch, stride)
+    starts = windows.window_starts(length, patch, stride)
     covered = np.zeros(length, int)
     for start in starts:
         covered[start : start + patch] += 1
@@ -126,10 +127,10 @@ def test_windows_cover_every_pixel_and_end_on_the_border(length, patch, stride):
 
 def test_blending_weights_sum_is_positive_everywhere_in_two_dimensions():
     height, width, patch, stride = 150, 203, 64, 32
-    weights = blending_weights(patch)
+    weights = windows.blending_weights(patch)
     total = np.zeros((height, width))
-    for row in window_starts(height, patch, stride):
-        for col in window_starts(width, patch, stride):
+    for row in windows.window_starts(height, patch, stride):
+        for col in windows.window_starts(width, patch, stride):
             total[row : row + patch, col : col + patch] += weights
     assert total.min() > 0
     assert weights.max() <= 1 and weights.min() > 0
@@ -139,9 +140,9 @@ def test_blending_weights_sum_is_positive_everywhere_in_two_dimensions():
 @pytest.mark.parametrize(("length", "window", "margin"), [(10980, 1024, 64), (10980, 1024, 0), (203, 96, 16),
                                                            (1000, 256, 32), (100, 1024, 64), (97, 64, 8)])  # fmt: skip
 def test_margin_windows_take_every_pixel_from_one_core_away_from_inner_edges(length, window, margin):
-    plan = infer.margin_axis(length, window, margin)
+    plan = windows.margin_axis(length, window, margin)
     assert plan.size <= window
-    assert plan.size % infer.WINDOW_MULTIPLE == 0 or plan.starts == [0] and plan.size == length
+    assert plan.size % windows.WINDOW_MULTIPLE == 0 or plan.starts == [0] and plan.size == length
     taken = np.zeros(length)
     for start, weights in zip(plan.starts, plan.weights):
         assert 0 <= start and start + plan.size <= length  # no padding
@@ -155,13 +156,13 @@ def test_margin_windows_take_every_pixel_from_one_core_away_from_inner_edges(len
 
 
 def test_margin_scheme_computes_a_full_tile_at_most_1_3_times_and_blend_about_4_times():
-    margin = infer.margin_axis(10980, 1280, 64).work(10980) ** 2  # the defaults
-    blend = infer.blend_axis(10980, 256, 0.5, "sine").work(10980) ** 2
+    margin = windows.margin_axis(10980, 1280, 64).work(10980) ** 2  # the defaults
+    blend = windows.blend_axis(10980, 256, 0.5, "sine").work(10980) ** 2
     assert margin <= 1.3 and 3.9 < blend < 4.1
 
 
 def test_tent_blending_is_the_thesis_tent_sampled_at_pixel_centres():
-    tent = infer.blending_profile(256, "tent")
+    tent = windows.blending_profile(256, "tent")
     assert tent.min() > 0 and tent.max() <= 1
     np.testing.assert_allclose(tent[:3], [0.5 / 128, 1.5 / 128, 2.5 / 128], rtol=1e-6)
     np.testing.assert_allclose(tent, tent[::-1])
@@ -319,10 +320,10 @@ def test_quicklook_shows_scene_and_mask_and_checks_the_grid(tmp_path, pixel_rule
 
 def test_thresholded_prediction_is_background_where_no_class_passes_the_threshold():
     probabilities = np.array([[0.1, 0.2, 0.05], [0.8, 0.3, 0.05], [0.05, 0.45, 0.1], [0.05, 0.05, 0.8]], np.float32)
-    block = infer.RowBlock(row=0, probabilities=probabilities[:, None, :], valid=np.array([[True, True, False]]))
-    assert infer.classes_from_block(block).tolist() == [[1, 2, IGNORE_INDEX]]
+    block = RowBlock(row=0, probabilities=probabilities[:, None, :], valid=np.array([[True, True, False]]))
+    assert classes_from_block(block).tolist() == [[1, 2, IGNORE_INDEX]]
     # e40b271: class map > 0.75, then argmax: the 0.45 cloud is below the threshold -> background
-    assert infer.classes_from_block(block, threshold=0.75).tolist() == [[1, 0, IGNORE_INDEX]]
+    assert classes_from_block(block, threshold=0.75).tolist() == [[1, 0, IGNORE_INDEX]]
 
 
 # ----------------------------------------------------------------------------------------------- window schemes

@@ -201,13 +201,18 @@ _FIELD_CHECKS = {
 # ----------------------------------------------------------------------------------------------- a given model.pt
 
 
-def runnable_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata of a checkpoint that can predict (the network rebuilds, the inference metadata is there)."""
-    _, metadata = load_model(path)
+def load_runnable(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """load_model of a checkpoint that can predict: the network rebuilds and the inference metadata is there."""
+    model, metadata = load_model(path, device)
     missing = [key for key in INFERENCE_METADATA if key not in metadata]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)} in its metadata: it cannot be run")
-    return metadata
+    return model, metadata
+
+
+def runnable_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of a checkpoint that can predict (see load_runnable)."""
+    return load_runnable(path)[1]
 
 
 @functools.cache

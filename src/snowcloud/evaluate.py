@@ -21,6 +21,7 @@ from snowcloud.atomic import atomic_output
 from snowcloud.baselines import BASELINES, StripRows
 from snowcloud.config import validated
 from snowcloud.labels import CLASSES, IGNORE_INDEX, ClassSet
+from snowcloud.mask import read_classes
 from snowcloud.metrics import confusion_matrix, metrics_from_confusion, thesis_metric_lines
 from snowcloud.scene import check_same_grid, identity, row_strips
 
@@ -75,7 +76,7 @@ def evaluate_scene(
         check_margin(scene_ds.shape, options["margin_pixels"], scene)
         model_tags = prediction_ds.tags()
         names = {method: list(CLASSES) for method in methods}
-        names[MODEL] = json.loads(model_tags.get("classes", json.dumps(list(CLASSES))))
+        names[MODEL] = read_classes(model_tags)
         classes = list(truth_set.names)
         classes += [name for method in methods for name in names[method] if name not in classes]
         lookups = {method: by_name(names[method], classes) for method in methods}

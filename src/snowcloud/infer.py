@@ -1,6 +1,6 @@
-"""Full-scene prediction: large windows whose margins are discarded (the default) or patch-size windows blended
-with weights normalised by their sum, flip TTA, reading and writing overlapped with the network, bounded memory;
-the class mask (and optionally the probabilities) as COGs."""
+"""Full-scene prediction: the windows of snowcloud.windows (large windows whose margins are discarded, the
+default, or patch-size windows blended with weights normalised by their sum) through the network, flip TTA,
+reading and writing overlapped with the network, bounded memory; the mask written by snowcloud.mask."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from queue import Full, Queue
 
 import numpy as np
 import rasterio
-import rasterio.shutil
 import torch
 from rasterio.windows import Window
 from tqdm import tqdm
@@ -26,13 +25,13 @@ from tqdm import tqdm
 import snowcloud
 from snowcloud import checkpoint, normalisation
 from snowcloud.accelerator import autocast_dtype, precision_name, resolve_device
-from snowcloud.atomic import atomic_output, scratch_folder
 from snowcloud.config import validated
-from snowcloud.gdal import gdal_env, gdal_errors_raised
-from snowcloud.labels import CLASSES, IGNORE_INDEX, class_colour_table
+from snowcloud.gdal import gdal_env
+from snowcloud.labels import CLASSES
+from snowcloud.mask import RowBlock, probabilities_path, write_prediction
 from snowcloud.provenance import file_sha256
-from snowcloud.quicklook import quicklook
 from snowcloud.scene import band_indexes, valid_pixels
+from snowcloud.windows import AxisPlan, axis_plans, scheme_description
 
 log = logging.getLogger(__name__)
 
@@ -46,120 +45,11 @@ Normaliser = Callable[[np.ndarray, np.ndarray, str], np.ndarray]
 # GDAL block cache while predicting (GDAL's default is 5 % of the RAM): about three rows of 512 x 512 tiles of a
 # 14-band 10980-wide scene (161 MB each), so overlapping windows seldom decode a tile twice.
 GDAL_CACHE_MB = 512
-# The U-Net halves the grid four times: window sides that are multiples of 16 keep every level aligned, so a
-# window's result does not depend on padding inside the network.
-WINDOW_MULTIPLE = 16
 PREFETCH_BATCHES = 2  # batches read and normalised ahead of the network
 
 
 class InferenceError(ValueError):
     """A model and a scene that cannot be run together; the message names both files."""
-
-
-# ----------------------------------------------------------------------------------------------- windows
-
-
-def window_stride(patch_size: int, overlap: float) -> int:
-    """Stride between window starts: P * (1 - overlap), at least one pixel."""
-    return max(1, round(patch_size * (1 - overlap)))
-
-
-def window_starts(length: int, patch_size: int, stride: int) -> list[int]:
-    """Window start offsets covering every pixel of 0..length-1.
-
-    The last window is shifted back inside so that it ends on the border (the thesis stopped short and left
-    strips unpredicted); an axis shorter than the patch gets one window at 0, padded for the model.
-    """
-    if length <= patch_size:
-        return [0]
-    starts = list(range(0, length - patch_size + 1, stride))
-    if starts[-1] != length - patch_size:
-        starts.append(length - patch_size)
-    return starts
-
-
-def blending_profile(size: int, shape: str = "sine") -> np.ndarray:
-    """1-D blending weights sampled at pixel centres, 1 in the centre and > 0 up to the edges (so every covered
-    pixel has a positive summed weight): `sine` sin(pi (i + 0.5) / P), or `tent` 1 - |2 (i + 0.5) / P - 1| (the
-    thesis's "gaussian_smoother", which was 0 on the edge pixels themselves)."""
-    u = (np.arange(size) + 0.5) / size
-    profile = np.sin(np.pi * u) if shape == "sine" else 1 - np.abs(2 * u - 1)
-    return profile.astype(np.float32)
-
-
-def blending_weights(patch_size: int, shape: str = "sine") -> np.ndarray:
-    """Separable 2-D blending weights of a P x P window (outer product of `blending_profile`)."""
-    profile = blending_profile(patch_size, shape)
-    return np.outer(profile, profile)
-
-
-@dataclass(frozen=True)
-class AxisPlan:
-    """The windows along one axis: their starts, their common size (the network's input side; larger than the
-    axis only for an axis shorter than one window, padded) and each window's 1-D weights over its size."""
-
-    starts: list[int]
-    size: int
-    weights: list[np.ndarray]
-
-    def work(self, length: int) -> float:
-        """Pixels the network computes along this axis per pixel of the axis."""
-        return len(self.starts) * self.size / length
-
-
-def round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
-def blend_axis(length: int, patch_size: int, overlap: float, shape: str) -> AxisPlan:
-    """Windows of the model's patch size at `overlap`, each weighted by the blending profile."""
-    starts = window_starts(length, patch_size, window_stride(patch_size, overlap))
-    return AxisPlan(starts, patch_size, [blending_profile(patch_size, shape)] * len(starts))
-
-
-def margin_axis(length: int, window: int, margin: int) -> AxisPlan:
-    """As few windows of at most `window` pixels as cover the axis when each keeps only its core, the part at
-    least `margin` pixels from its edges (at the scene's borders the window's own edge counts, nothing is
-    lost); cores split the axis evenly, the window size is the largest core plus both margins rounded up to a
-    multiple of WINDOW_MULTIPLE (an axis that fits into one window is one window of its own length). Each
-    window's weights are 1 on its core and 0 elsewhere: every pixel is taken from exactly one window, away from
-    that window's zero-padded edges."""
-    count = max(1, -(-length // max(1, window - 2 * margin)))
-    size = round_up(-(-length // count) + 2 * margin, WINDOW_MULTIPLE)
-    if size >= length:  # one window of exactly the axis: zeros fed beyond the scene would change its border
-        return AxisPlan([0], length, [np.ones(length, np.float32)])
-    bounds = [i * length // count for i in range(count + 1)]
-    starts, weights = [], []
-    for first, last in zip(bounds, bounds[1:]):
-        start = min(max(first - margin, 0), length - size)
-        core = np.zeros(size, np.float32)
-        core[first - start : last - start] = 1.0
-        starts.append(start)
-        weights.append(core)
-    return AxisPlan(starts, size, weights)
-
-
-def window_count(height: int, width: int, patch_size: int, options: dict) -> int:
-    """Windows that cover a height x width scene under the scheme of `options` (before skipping those without a
-    valid pixel)."""
-    rows, cols = axis_plans(height, width, patch_size, options)
-    return len(rows.starts) * len(cols.starts)
-
-
-def axis_plans(height: int, width: int, patch_size: int, options: dict) -> tuple[AxisPlan, AxisPlan]:
-    """Row and column windows of the scheme in `options` (`scheme`: margin or blend)."""
-    if options["scheme"] == "margin":
-        return (margin_axis(height, options["window"], options["margin"]),
-                margin_axis(width, options["window"], options["margin"]))  # fmt: skip
-    return (blend_axis(height, patch_size, options["overlap"], options["blending"]),
-            blend_axis(width, patch_size, options["overlap"], options["blending"]))  # fmt: skip
-
-
-def scheme_description(options: dict) -> dict:
-    """The window scheme's settings (for logs and provenance tags)."""
-    if options["scheme"] == "margin":
-        return {"scheme": "margin", "window": options["window"], "margin": options["margin"]}
-    return {"scheme": "blend", "overlap": options["overlap"], "blending": f"{options['blending']}, normalised"}
 
 
 # ----------------------------------------------------------------------------------------------- model runs
@@ -366,15 +256,6 @@ def prefetched(items: Iterator, depth: int) -> Iterator:
 # ----------------------------------------------------------------------------------------------- blending
 
 
-@dataclass
-class RowBlock:
-    """Finished rows of a scene: blended class probabilities (K, rows, W) and the valid mask (rows, W)."""
-
-    row: int
-    probabilities: np.ndarray
-    valid: np.ndarray
-
-
 def windows_per_batch(settings: RunSettings, patch_size: int, plans: tuple[AxisPlan, AxisPlan]) -> int:
     """`batch_size` counts windows of the model's patch size; larger windows go in batches of as many pixels."""
     return max(1, round(settings.batch_size * patch_size**2 / (plans[0].size * plans[1].size)))
@@ -449,96 +330,6 @@ def shift_up(array: np.ndarray, rows: int) -> None:
     array[..., array.shape[-2] - rows :, :] = 0
 
 
-def classes_from_block(block: RowBlock, threshold: float | None = None) -> np.ndarray:
-    """Argmax class per pixel as uint8, IGNORE_INDEX where the scene is invalid. With a `threshold` (the
-    thesis's thresholded prediction) the argmax is over `probability > threshold`: the first class above it,
-    background (0) where none is."""
-    probabilities = block.probabilities if threshold is None else block.probabilities > threshold
-    classes = probabilities.argmax(axis=0).astype(np.uint8)
-    classes[~block.valid] = IGNORE_INDEX
-    return classes
-
-
-def probabilities_as_bytes(block: RowBlock) -> np.ndarray:
-    """Probabilities scaled to 0..255 uint8 (0 where invalid; the file's mask marks those pixels)."""
-    scaled = np.rint(np.clip(block.probabilities, 0.0, 1.0) * 255).astype(np.uint8)
-    scaled[:, ~block.valid] = 0
-    return scaled
-
-
-# ----------------------------------------------------------------------------------------------- writing
-
-
-def probabilities_path(output: str | Path) -> Path:
-    """The optional probability COG beside a prediction: {date}_proba.tif."""
-    output = Path(output)
-    return output.with_name(f"{output.stem}_proba{output.suffix}")
-
-
-def write_cog(source: Path, output: str | Path, resampling: str) -> None:
-    """Copy a finished GeoTIFF to `output` as a tiled, compressed COG with overviews, atomically."""
-    with atomic_output(output) as tmp:
-        rasterio.shutil.copy(
-            source, tmp, driver="COG", compress="ZSTD", blocksize=512, overview_resampling=resampling,
-            bigtiff="IF_SAFER",
-        )  # fmt: skip
-
-
-def write_prediction(
-    blocks: Iterator[RowBlock],
-    profile: dict,
-    output: str | Path,
-    class_names: list[str],
-    tags: dict[str, str],
-    probabilities: bool,
-    threshold: float | None = None,
-) -> None:
-    """Stream row blocks into plain GeoTIFFs in a scratch folder beside `output`, then copy them to COGs
-    (probabilities first, so the mask, the Snakemake output, appears last)."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    base = {
-        "driver": "GTiff", "width": profile["width"], "height": profile["height"], "crs": profile["crs"],
-        "transform": profile["transform"], "dtype": "uint8", "tiled": False, "bigtiff": "IF_SAFER",
-    }  # fmt: skip
-    class_tags = {f"CLASS_{i}": name for i, name in enumerate(class_names)} | {"classes": json.dumps(class_names)}
-    layers = 1 + (len(class_names) + 1 if probabilities else 0)  # bytes per pixel: classes, probabilities, mask
-    needs_bytes = 2 * layers * profile["width"] * profile["height"]  # the plain GeoTIFFs and their COGs
-    with scratch_folder(output, needs_bytes=needs_bytes) as scratch:
-        mask_path, proba_path = Path(scratch) / "mask.tif", Path(scratch) / "proba.tif"
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(gdal_errors_raised(f"{output} (its scratch rasters)"))  # checked once they are closed
-            mask = stack.enter_context(rasterio.open(mask_path, "w", **base, count=1, nodata=IGNORE_INDEX))
-            mask.write_colormap(1, class_colour_table(class_names))
-            mask.set_band_description(1, "class")
-            mask.update_tags(**tags, **class_tags)
-            proba = None
-            if probabilities:
-                proba = stack.enter_context(rasterio.open(proba_path, "w", **base, count=len(class_names)))
-                for i, name in enumerate(class_names, start=1):
-                    proba.set_band_description(i, f"p_{name}")
-                proba.update_tags(**tags, **class_tags, scale="probability = value / 255")
-
-            def write(block: RowBlock) -> None:
-                window = Window(0, block.row, profile["width"], block.valid.shape[0])
-                mask.write(classes_from_block(block, threshold), 1, window=window)
-                if proba is not None:
-                    proba.write(probabilities_as_bytes(block), window=window)
-                    proba.write_mask(np.where(block.valid, 255, 0).astype(np.uint8), window=window)
-
-            with ThreadPoolExecutor(max_workers=1) as writer:  # writes while the network runs the next rows
-                pending = None
-                for block in blocks:
-                    if pending is not None:
-                        pending.result()
-                    pending = writer.submit(write, block)
-                if pending is not None:
-                    pending.result()
-        if probabilities:
-            write_cog(proba_path, probabilities_path(output), "AVERAGE")
-        write_cog(mask_path, output, "MODE")
-
-
 # ----------------------------------------------------------------------------------------------- the rule
 
 
@@ -600,10 +391,7 @@ class LoadedModel:
 def load_for_inference(model_path: str | Path, options: dict, threads: int = 1) -> LoadedModel:
     """Load a checkpoint for prediction with the inference `options` (device, amp, batch_size, tta)."""
     settings = run_settings(options, threads)
-    model, metadata = checkpoint.load_model(model_path, settings.device)
-    missing = [key for key in checkpoint.INFERENCE_METADATA if key not in metadata]
-    if missing:
-        raise InferenceError(f"checkpoint {model_path} lacks {', '.join(missing)} in its metadata: it cannot be run")
+    model, metadata = checkpoint.load_runnable(model_path, settings.device)
     return LoadedModel(str(model_path), prepare_model(model, settings), metadata, settings)
 
 
@@ -644,11 +432,3 @@ def predict_with(
         stale.unlink()
     log.info("predicted %s -> %s in %.1f s", scene, output, time.perf_counter() - start)
 
-
-def predict_scene_and_quicklook(
-    model_path: str, scene: str, output: str, quicklook_path: str, options: dict, threads: int = 1
-) -> None:
-    """predict_scene, then the quicklook of the new prediction: the workflow's `infer` job (one job per scene,
-    so a run of many dates does not pay a second job's scheduling and start-up for the quicklook)."""
-    predict_scene(model_path, scene, output, options, threads)
-    quicklook(scene, output, quicklook_path)

@@ -60,11 +60,6 @@ def class_colours(names: tuple[str, ...] | list[str] = CLASSES) -> dict[int, tup
 CLASS_COLOURS = class_colours(CLASSES)
 
 
-def class_colour_table(names: tuple[str, ...] | list[str] = CLASSES) -> dict[int, tuple[int, int, int, int]]:
-    """Colour table of a class mask: class colours opaque, no data transparent."""
-    return {value: (*rgb, 0 if value == IGNORE_INDEX else 255) for value, rgb in class_colours(names).items()}
-
-
 class ClassSetError(ValueError):
     """A class set that cannot be used; the message names the config key or file."""
 

@@ -31,6 +31,7 @@ from snowcloud.normalisation import NormalisationError
 from snowcloud.quicklook import quicklook
 from snowcloud.safe import SafeError, open_safe
 from snowcloud.scene import SceneError, band_indexes
+from snowcloud.windows import window_count
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,16 @@ def inspect(job: Job, model: infer.LoadedModel, options: dict, dem: str | None) 
             k: v for k, v in recorded.items() if k != "dem"
         }:
             log.warning("%s was preprocessed with %s, the model's training scenes with %s", job.source, made_with, recorded)
-    job.windows = infer.window_count(*shape, model.patch_size, options)
+    job.windows = window_count(*shape, model.patch_size, options)
+
+
+def predict_scene_and_quicklook(
+    model_path: str, scene: str, output: str, quicklook_path: str, options: dict, threads: int = 1
+) -> None:
+    """infer.predict_scene, then the quicklook of the new prediction: the workflow's `infer` job (one job per
+    scene, so a run of many dates does not pay a second job's scheduling and start-up for the quicklook)."""
+    infer.predict_scene(model_path, scene, output, options, threads)
+    quicklook(scene, output, quicklook_path)
 
 
 def output_path(out: Path, job: Job) -> Path:

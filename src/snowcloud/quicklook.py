@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from snowcloud.atomic import atomic_output
-from snowcloud.labels import CLASSES, class_colour_table, class_colours
+from snowcloud.labels import CLASSES, class_colours
+from snowcloud.mask import class_colour_table, read_classes
 from snowcloud.scene import band_indexes, check_same_grid, valid_pixels
 
 # False colour SWIR / NIR / red (the thesis's FCI family): snow cyan, cloud white, vegetation green.
@@ -53,7 +53,7 @@ def quicklook(scene: str, prediction: str, output: str) -> None:
         image = false_colour(scene_ds, out_shape)
         classes = prediction_ds.read(1, out_shape=out_shape, resampling=rasterio.enums.Resampling.nearest)
         tags = prediction_ds.tags()
-    class_names = json.loads(tags.get("classes", json.dumps(list(CLASSES))))
+    class_names = read_classes(tags)
     panel_height = QUICKLOOK_FIGURE_WIDTH / 2 * out_shape[0] / out_shape[1]
     figure = Figure(figsize=(QUICKLOOK_FIGURE_WIDTH, min(panel_height, QUICKLOOK_FIGURE_WIDTH) + 1.2), dpi=100,
                     layout="constrained")  # fmt: skip

@@ -1,4 +1,4 @@
-from snowcloud.infer import predict_scene_and_quicklook
+from snowcloud.predict import predict_scene_and_quicklook
 from snowcloud.workflow import logged
 
 logged(

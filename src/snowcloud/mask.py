@@ -1,0 +1,139 @@
+"""The prediction mask `results/predictions/{experiment}/{tile}/{date}.tif`: its writing, colour table, class tags
+and the optional probabilities `{date}_proba.tif` beside it; `read_classes` gives the class names of a mask.
+
+A mask is a uint8 COG: 0..K-1 the model's classes in the order of its outputs, IGNORE_INDEX (255) no data; a
+colour table (classes by name, no data transparent); the class names in the tags `classes` (a JSON list) and
+`CLASS_i`; overviews by mode. The probabilities are K uint8 bands, 255 x probability, 0 and masked where the
+scene has no data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.windows import Window
+
+from snowcloud.atomic import atomic_output, scratch_folder
+from snowcloud.gdal import gdal_errors_raised
+from snowcloud.labels import CLASSES, IGNORE_INDEX, class_colours
+
+CLASSES_TAG = "classes"  # JSON list of the class names, in mask order
+
+
+@dataclass
+class RowBlock:
+    """Finished rows of a scene: blended class probabilities (K, rows, W) and the valid mask (rows, W)."""
+
+    row: int
+    probabilities: np.ndarray
+    valid: np.ndarray
+
+
+def class_colour_table(names: tuple[str, ...] | list[str] = CLASSES) -> dict[int, tuple[int, int, int, int]]:
+    """Colour table of a class mask: class colours opaque, no data transparent."""
+    return {value: (*rgb, 0 if value == IGNORE_INDEX else 255) for value, rgb in class_colours(names).items()}
+
+
+def class_tags(class_names: list[str]) -> dict[str, str]:
+    """The tags that name a mask's classes: `CLASS_i` and `classes`."""
+    return {f"CLASS_{i}": name for i, name in enumerate(class_names)} | {CLASSES_TAG: json.dumps(class_names)}
+
+
+def read_classes(tags: dict[str, str]) -> list[str]:
+    """The class names of a mask from its tags (the default classes for a mask without the tag)."""
+    return json.loads(tags.get(CLASSES_TAG, json.dumps(list(CLASSES))))
+
+
+def probabilities_path(output: str | Path) -> Path:
+    """The optional probability COG beside a prediction: {date}_proba.tif."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}_proba{output.suffix}")
+
+
+def classes_from_block(block: RowBlock, threshold: float | None = None) -> np.ndarray:
+    """Argmax class per pixel as uint8, IGNORE_INDEX where the scene is invalid. With a `threshold` (the
+    thesis's thresholded prediction) the argmax is over `probability > threshold`: the first class above it,
+    background (0) where none is."""
+    probabilities = block.probabilities if threshold is None else block.probabilities > threshold
+    classes = probabilities.argmax(axis=0).astype(np.uint8)
+    classes[~block.valid] = IGNORE_INDEX
+    return classes
+
+
+def probabilities_as_bytes(block: RowBlock) -> np.ndarray:
+    """Probabilities scaled to 0..255 uint8 (0 where invalid; the file's mask marks those pixels)."""
+    scaled = np.rint(np.clip(block.probabilities, 0.0, 1.0) * 255).astype(np.uint8)
+    scaled[:, ~block.valid] = 0
+    return scaled
+
+
+def write_cog(source: Path, output: str | Path, resampling: str) -> None:
+    """Copy a finished GeoTIFF to `output` as a tiled, compressed COG with overviews, atomically."""
+    with atomic_output(output) as tmp:
+        rasterio.shutil.copy(
+            source, tmp, driver="COG", compress="ZSTD", blocksize=512, overview_resampling=resampling,
+            bigtiff="IF_SAFER",
+        )  # fmt: skip
+
+
+def write_prediction(
+    blocks: Iterator[RowBlock],
+    profile: dict,
+    output: str | Path,
+    class_names: list[str],
+    tags: dict[str, str],
+    probabilities: bool,
+    threshold: float | None = None,
+) -> None:
+    """Stream row blocks into plain GeoTIFFs in a scratch folder beside `output`, then copy them to COGs
+    (probabilities first, so the mask, the Snakemake output, appears last)."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    base = {
+        "driver": "GTiff", "width": profile["width"], "height": profile["height"], "crs": profile["crs"],
+        "transform": profile["transform"], "dtype": "uint8", "tiled": False, "bigtiff": "IF_SAFER",
+    }  # fmt: skip
+    names = class_tags(class_names)
+    layers = 1 + (len(class_names) + 1 if probabilities else 0)  # bytes per pixel: classes, probabilities, mask
+    needs_bytes = 2 * layers * profile["width"] * profile["height"]  # the plain GeoTIFFs and their COGs
+    with scratch_folder(output, needs_bytes=needs_bytes) as scratch:
+        mask_path, proba_path = Path(scratch) / "mask.tif", Path(scratch) / "proba.tif"
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(gdal_errors_raised(f"{output} (its scratch rasters)"))  # checked once they are closed
+            mask = stack.enter_context(rasterio.open(mask_path, "w", **base, count=1, nodata=IGNORE_INDEX))
+            mask.write_colormap(1, class_colour_table(class_names))
+            mask.set_band_description(1, "class")
+            mask.update_tags(**tags, **names)
+            proba = None
+            if probabilities:
+                proba = stack.enter_context(rasterio.open(proba_path, "w", **base, count=len(class_names)))
+                for i, name in enumerate(class_names, start=1):
+                    proba.set_band_description(i, f"p_{name}")
+                proba.update_tags(**tags, **names, scale="probability = value / 255")
+
+            def write(block: RowBlock) -> None:
+                window = Window(0, block.row, profile["width"], block.valid.shape[0])
+                mask.write(classes_from_block(block, threshold), 1, window=window)
+                if proba is not None:
+                    proba.write(probabilities_as_bytes(block), window=window)
+                    proba.write_mask(np.where(block.valid, 255, 0).astype(np.uint8), window=window)
+
+            with ThreadPoolExecutor(max_workers=1) as writer:  # writes while the network runs the next rows
+                pending = None
+                for block in blocks:
+                    if pending is not None:
+                        pending.result()
+                    pending = writer.submit(write, block)
+                if pending is not None:
+                    pending.result()
+        if probabilities:
+            write_cog(proba_path, probabilities_path(output), "AVERAGE")
+        write_cog(mask_path, output, "MODE")
