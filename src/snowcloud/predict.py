@@ -25,6 +25,7 @@ from snowcloud import infer, preprocess
 from snowcloud.atomic import scratch_folder
 from snowcloud.bands import ELEVATION
 from snowcloud.config import validated
+from snowcloud.dem import DemError
 from snowcloud.inventory import find_products, scene_path
 from snowcloud.labels import IGNORE_INDEX
 from snowcloud.normalisation import NormalisationError
@@ -44,8 +45,8 @@ class PredictError(ValueError):
 
 # What one input can fail with and leave the others to run: the errors the project raises for a product, scene
 # raster or DEM it cannot use, and I/O errors (a file that cannot be read, a full disk). Anything else is a bug.
-INPUT_ERRORS = (SafeError, SceneError, preprocess.PreprocessError, NormalisationError, infer.InferenceError,
-                PredictError, OSError)  # fmt: skip
+INPUT_ERRORS = (SafeError, SceneError, preprocess.PreprocessError, DemError, NormalisationError,
+                infer.InferenceError, PredictError, OSError)  # fmt: skip
 
 
 @dataclass
