@@ -61,14 +61,18 @@ def train_experiment(
     """Train (or continue training) the experiment's network and write model.pt, history.csv and curves.png:
     in this process, as one rank of a torchrun launch, or by launching one rank per GPU."""
     options = validated(options, "experiment")
-    arguments = dict(locals())
+    arguments = {
+        "stats_path": stats_path, "model_path": model_path, "history_path": history_path,
+        "curves_path": curves_path, "state_dir": state_dir, "experiment": experiment, "options": options,
+        "threads": threads,
+    }  # fmt: skip
     training = options["training"]
     device = resolve_device(str(training["device"]), "training.device")
     world = World.from_environment()
     if world is None:
         processes = requested_processes(training, device)
         if processes > 1:
-            launch_ranks(processes, {**arguments, "threads": max(1, threads // processes)}, state_dir)
+            launch_ranks(processes, train_experiment, {**arguments, "threads": max(1, threads // processes)}, state_dir)
             return
         world = World()
     with joined(world, device) as world:

@@ -1,5 +1,6 @@
-"""Start a data-parallel training: `torchrun` with one process per GPU of this node, each running
-`train.train_experiment` as one rank (`python -m snowcloud.training.launch ARGUMENTS.json`).
+"""Start a data-parallel training: `torchrun` with one process per GPU of this node, each running the entry it
+is handed (the train stage hands `train.train_experiment`) as one rank (`python -m snowcloud.training.launch
+LAUNCH.json`; the file names the entry as `module:function` and holds its arguments).
 
 The process that calls `launch_ranks` (the `train` rule's) waits for torchrun, passes SIGTERM / SIGUSR1 on to
 it (torchrun passes them to the ranks, which save the state and stop together), and fails when it fails.
@@ -8,12 +9,13 @@ Rank 0 appends its log lines to the caller's log files; the other ranks log warn
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -50,14 +52,27 @@ def log_files_for_ranks() -> list[str]:
     return paths
 
 
-def launch_ranks(processes: int, arguments: Mapping[str, Any], state_dir: str | Path) -> None:
-    """Run `train_experiment(**arguments)` on `processes` ranks started by torchrun; return when they are done."""
+def entry_name(entry: Callable[..., Any]) -> str:
+    """`module:function` of a module-level function, the way a rank finds it again (see `entry_of`)."""
+    return f"{entry.__module__}:{entry.__qualname__}"
+
+
+def entry_of(name: str) -> Callable[..., Any]:
+    """The function named `module:function` (see `entry_name`)."""
+    module, function = name.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def launch_ranks(
+    processes: int, entry: Callable[..., Any], arguments: Mapping[str, Any], state_dir: str | Path
+) -> None:
+    """Run `entry(**arguments)` on `processes` ranks started by torchrun; return when they are done. `entry` is a
+    module-level function; the arguments must survive JSON (paths become strings)."""
     launch_file = Path(state_dir) / LAUNCH_FILE
     launch_file.parent.mkdir(parents=True, exist_ok=True)
+    spec = {"entry": entry_name(entry), "arguments": dict(arguments), "log_files": log_files_for_ranks()}
     with atomic_output(launch_file) as tmp:
-        Path(tmp).write_text(
-            json.dumps({"arguments": dict(arguments), "log_files": log_files_for_ranks()}, default=str)
-        )
+        Path(tmp).write_text(json.dumps(spec, default=str))
     command = launch_command(processes, launch_file)
     log.info("data-parallel training on %d processes: %s", processes, " ".join(command))
     child = subprocess.Popen(command)
@@ -89,15 +104,13 @@ def launch_ranks(processes: int, arguments: Mapping[str, Any], state_dir: str | 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """One rank: read the launch file, log (rank 0 to the caller's log files), train."""
-    from snowcloud.train import train_experiment  # the stage imports this module's launcher
-
+    """One rank: read the launch file, log (rank 0 to the caller's log files), run its entry."""
     (launch_file,) = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(launch_file).read_text())
     world = World.from_environment() or World()
     configure_logging(spec["log_files"] if world.main else None, logging.INFO if world.main else logging.WARNING, "a")
     try:
-        train_experiment(**spec["arguments"])
+        entry_of(spec["entry"])(**spec["arguments"])
     except Exception as error:
         if world.main:
             log.exception("rank 0 of %d failed", world.size)
