@@ -22,6 +22,7 @@ from safe_factory import constant_bands, make_product
 from snowcloud import checkpoint, cli, infer, normalisation, preprocess
 from snowcloud import predict as predict_module
 from snowcloud.bands import BANDS, ELEVATION
+from snowcloud.config import scene_value_options
 from snowcloud.labels import IGNORE_INDEX
 from snowcloud.model import build_model
 
@@ -41,7 +42,7 @@ def unet_checkpoint(path: Path, elevation: bool = True, recorded: dict | None = 
     metadata = {
         "architecture": "unet", "model_args": args, "bands": bands, "normalisation": normalisation.spec("snowcloud-v1"),
         "patch_size": 64, "classes": ["background", "snow", "cloud", "water"],
-        "preprocess": None if recorded is None else preprocess.scene_value_options({**recorded, "dem": elevation}),
+        "preprocess": None if recorded is None else scene_value_options({**recorded, "dem": elevation}),
     }  # fmt: skip
     checkpoint.save_model(path, build_model("unet", **args), metadata)
     return path

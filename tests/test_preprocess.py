@@ -13,7 +13,7 @@ from rasterio.warp import transform, transform_bounds
 from references import assert_valid_cog, reference_upsample
 from safe_factory import band_shape, constant_bands, make_product
 
-from snowcloud import cog, preprocess, resample
+from snowcloud import cog, config, preprocess, resample
 from snowcloud.bands import BANDS, RESOLUTION_M
 from snowcloud.cog import CogWriter
 from snowcloud.config import ConfigError, validated
@@ -430,8 +430,8 @@ def test_a_models_scenes_are_the_shared_ones_unless_its_value_options_differ():
     """options_for_model: the configured scenes serve a model whose recorded options agree on every key that
     changes values (storage keys do not count); otherwise the model's options over the configured ones."""
     configured = validated({}, "preprocess")
-    values = preprocess.scene_value_options(configured)
-    assert preprocess.options_for_model(configured, None) is None
-    assert preprocess.options_for_model({**configured, "compress": "lzw"}, values) is None
-    own = preprocess.options_for_model({**configured, "compress": "lzw"}, {**values, "resampling": "cubic"})
+    values = config.scene_value_options(configured)
+    assert config.options_for_model(configured, None) is None
+    assert config.options_for_model({**configured, "compress": "lzw"}, values) is None
+    own = config.options_for_model({**configured, "compress": "lzw"}, {**values, "resampling": "cubic"})
     assert own["resampling"] == "cubic" and own["compress"] == "lzw"

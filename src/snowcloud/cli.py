@@ -23,6 +23,7 @@ from snowcloud.config import (
     load_config,
     load_schema,
     model_file,
+    options_for_model,
     validate_config,
 )
 from snowcloud.labels import CLASSES
@@ -173,7 +174,6 @@ def _check_given_model(config: dict, name: str) -> str:
     """What the workflow checks as it plans an inference-only experiment (its model.pt can predict, the
     preprocessing it records is valid), with the same errors; a line saying what the model is."""
     from snowcloud.checkpoint import given_model  # torch: only for configurations that run a given model
-    from snowcloud.preprocess import options_for_model
 
     path = model_file(config["experiments"][name])
     sha256, metadata = given_model(path)

@@ -19,6 +19,10 @@ SCHEMA_PATH = Path(__file__).with_name("schema.yaml")  # ships with the package
 PATTERN_PLACEHOLDERS = {"dem": ("tile",), "labels": ("tile", "date")}  # what inventory.scene_path fills in
 UNET_MIN_PATCH_FOR_ONE = 32  # smallest patch whose 4 times halved bottleneck keeps 2 x 2 values for batch norm
 
+# The preprocess options that change the values of a scene raster (the others change only how it is stored, or
+# whether it is accepted): what a model records of its training scenes and what inference must repeat.
+SCENE_VALUE_OPTIONS = ("resampling", "cubic_a", "clip", "dem", "dem_resampling")
+
 
 class ConfigError(ValueError):
     """A configuration that does not match the schema; the message names the key and the problem."""
@@ -189,6 +193,27 @@ def validated(options: Mapping, section: str) -> dict:
         subschema = subschema[key]
     wrapper = {"type": "object", "properties": {section: subschema}, "$defs": schema.get("$defs", {})}
     return validate_config({section: copy.deepcopy(dict(options))}, wrapper)[section]
+
+
+def scene_value_options(options: dict) -> dict:
+    """The options among preprocess `options` (filled with defaults) that decide the values of a scene raster."""
+    options = validated(options, "preprocess")
+    return {key: options[key] for key in SCENE_VALUE_OPTIONS}
+
+
+def recorded_value_options(recorded: dict | None) -> dict | None:
+    """scene_value_options of recorded preprocess options (a scene raster's tag, `scene.recorded_preprocess`);
+    None where none were recorded."""
+    return None if recorded is None else scene_value_options(recorded)
+
+
+def options_for_model(configured: dict, recorded: dict | None) -> dict | None:
+    """Preprocess options for the scenes of a given model: None when the scenes made with the `configured`
+    options serve (same values, or the model records none), else the configured options with the model's
+    `recorded` value-deciding options over them."""
+    if recorded is None or scene_value_options(recorded) == scene_value_options(configured):
+        return None
+    return validated({**configured, **scene_value_options(recorded)}, "preprocess")
 
 
 def _range_errors(config: dict) -> list[str]:

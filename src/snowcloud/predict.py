@@ -24,14 +24,14 @@ from tqdm import tqdm
 from snowcloud import infer, preprocess
 from snowcloud.atomic import scratch_folder
 from snowcloud.bands import ELEVATION
-from snowcloud.config import validated
+from snowcloud.config import recorded_value_options, validated
 from snowcloud.dem import DemError
 from snowcloud.inventory import find_products, scene_path
 from snowcloud.labels import IGNORE_INDEX
 from snowcloud.normalisation import NormalisationError
 from snowcloud.quicklook import quicklook
 from snowcloud.safe import SafeError, open_safe
-from snowcloud.scene import SceneError, band_indexes
+from snowcloud.scene import SceneError, band_indexes, recorded_preprocess
 from snowcloud.windows import window_count
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def inspect(job: Job, model: infer.LoadedModel, options: dict, dem: str | None) 
             band_indexes(dataset, list(model.metadata["bands"]), f"the model {model.path}")
             job.tile, job.date, shape = tags["TILE"], tags["SENSING_TIME"], dataset.shape
         recorded = model.metadata.get("preprocess")
-        made_with = preprocess.scene_preprocessing(job.source)
+        made_with = recorded_value_options(recorded_preprocess(job.source))
         if recorded and made_with and {k: v for k, v in made_with.items() if k != "dem"} != {
             k: v for k, v in recorded.items() if k != "dem"
         }:

@@ -62,7 +62,6 @@ from snowcloud.scene import (
     VALUE_RANGE,
     channel_names,
     product_band_valid,
-    recorded_preprocess,
     store_values,
 )
 from snowcloud.scene import profile as scene_profile
@@ -78,34 +77,8 @@ ZSTD_LEVEL = 1  # 5x faster than GDAL's default 9 for ~10 % larger files (with t
 GDAL_CACHE_MB = 512
 
 
-# The preprocess options that change the values of a scene raster (the others change only how it is stored, or
-# whether it is accepted): what a model records of its training scenes and what inference must repeat.
-SCENE_VALUE_OPTIONS = ("resampling", "cubic_a", "clip", "dem", "dem_resampling")
-
-
 class PreprocessError(ValueError):
     """A scene that cannot be preprocessed; the message names the file and the problem."""
-
-
-def scene_value_options(options: dict) -> dict:
-    """The options among `options` (filled with defaults) that decide the values of a scene raster."""
-    options = validated(options, "preprocess")
-    return {key: options[key] for key in SCENE_VALUE_OPTIONS}
-
-
-def options_for_model(configured: dict, recorded: dict | None) -> dict | None:
-    """Preprocess options for the scenes of a given model: None when the scenes made with the `configured`
-    options serve (same values, or the model records none), else the configured options with the model's
-    `recorded` value-deciding options over them."""
-    if recorded is None or scene_value_options(recorded) == scene_value_options(configured):
-        return None
-    return validated({**configured, **scene_value_options(recorded)}, "preprocess")
-
-
-def scene_preprocessing(scene: str | Path) -> dict | None:
-    """The value-deciding preprocess options a scene raster was made with (from its tags); None if it has none."""
-    recorded = recorded_preprocess(scene)
-    return None if recorded is None else scene_value_options(recorded)
 
 
 def preprocess_scene(safe, dem: str | None, output, options: dict, threads: int = 1) -> None:

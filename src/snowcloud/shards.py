@@ -22,13 +22,13 @@ import rasterio
 from tqdm import tqdm
 
 import snowcloud
-from snowcloud import labels, normalisation, preprocess, sampling
+from snowcloud import labels, normalisation, sampling
 from snowcloud.atomic import atomic_output
-from snowcloud.config import validated
+from snowcloud.config import recorded_value_options, validated
 from snowcloud.gdal import gdal_env
 from snowcloud.labels import IGNORE_INDEX, ClassSet
 from snowcloud.provenance import file_identity
-from snowcloud.scene import block_strips, check_scene, sub_strips, valid_mask, values_and_valid
+from snowcloud.scene import block_strips, check_scene, recorded_preprocess, sub_strips, valid_mask, values_and_valid
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _build_shard(scene: str | Path, label: str | Path, output: Path, dataset: st
     attributes = {
         "format": FORMAT, "dataset": dataset, "tile": tile, "date": date, "bands": bands, "normalisation": spec,
         "normalisation_statistics": statistics, "patch_size": size, "sampler": options["sampler"],
-        "scene_shape": list(label_array.shape), "preprocess": preprocess.scene_preprocessing(scene),
+        "scene_shape": list(label_array.shape), "preprocess": recorded_value_options(recorded_preprocess(scene)),
         "package_version": snowcloud.__version__,
         "inputs": {"scene": file_identity(scene), "label": [file_identity(f) for f in labels.label_files(label)]},
         "class_set": class_set.options(),

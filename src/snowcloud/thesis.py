@@ -17,10 +17,9 @@ import torch
 
 from snowcloud import __version__, normalisation
 from snowcloud.checkpoint import save_model
-from snowcloud.config import load_config
+from snowcloud.config import load_config, scene_value_options
 from snowcloud.labels import ClassSet
 from snowcloud.model import build_model
-from snowcloud.preprocess import scene_value_options
 from snowcloud.provenance import file_sha256
 from snowcloud.scene import channel_names
 

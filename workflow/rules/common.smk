@@ -7,9 +7,9 @@ from snowcloud.config import (
     datasets_of,
     experiments_to_run,
     model_file,
+    options_for_model,
     validate_config,
 )
-from snowcloud.preprocess import options_for_model
 from snowcloud.inventory import find_products, scene_path
 from snowcloud.labels import label_files
 from snowcloud.workflow import spare_the_cycle_collector
