@@ -84,6 +84,7 @@ def write_shard(path: Path, n: int, channels: int, size: int, compression: str |
     start = time.perf_counter()
     with h5py.File(path, "w") as shard:
         image, label = shards.create_patch_datasets(shard, n, channels, size, compression=compression)
+        shard.attrs["format"] = shards.FORMAT
         offset = 0
         for images, labels in patch_batches(n, channels, size):
             image[offset : offset + len(images)] = images

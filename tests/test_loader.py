@@ -21,6 +21,7 @@ from snowcloud.loader import (
     is_direct,
     read_patch,
 )
+from snowcloud.shards import FORMAT as SHARD_FORMAT
 
 
 def make_shard(
@@ -35,6 +36,7 @@ def make_shard(
         )  # fmt: skip
         label = rng.choice(np.array([0, 1, 2, 3, 255], np.uint8), size=(n, size, size))
         shard.create_dataset("label", data=label, chunks=(1, size, size), compression=compression)
+        shard.attrs["format"] = SHARD_FORMAT
     return path
 
 

@@ -17,6 +17,7 @@ from rasters import synthetic_scene, write_label, write_scene
 
 from snowcloud.config import validate_config
 from snowcloud.dataset_stats import build_dataset_stats
+from snowcloud.shards import FORMAT as SHARD_FORMAT
 from snowcloud.shards import build_shard
 from snowcloud.training.history import TIMING_COLUMNS
 
@@ -45,6 +46,7 @@ def write_shard(path: Path, n: int, seed: int, channels: int = len(BANDS), patch
         shard.create_dataset("origin", data=np.zeros((n, 2), np.int32))
         shard.attrs.update(
             {
+                "format": SHARD_FORMAT,
                 "bands": json.dumps(BANDS[:channels]),
                 "normalisation": json.dumps(NORMALISATION),
                 "patch_size": patch,

@@ -15,7 +15,6 @@ import logging
 import math
 from pathlib import Path
 
-import h5py
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -23,8 +22,7 @@ from snowcloud.atomic import atomic_output
 from snowcloud.config import validated
 from snowcloud.labels import ClassSet, class_colours
 from snowcloud.provenance import settings_digest
-from snowcloud.shards import FORMAT as SHARD_FORMAT
-from snowcloud.shards import class_columns, class_fractions, read_attributes
+from snowcloud.shards import ShardError, class_columns, class_fractions, read_counts
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +92,11 @@ def _patch_mean(counts: np.ndarray, n: int) -> np.ndarray:
 
 def _read_shard(path: str) -> tuple[dict, np.ndarray]:
     try:
-        attributes = read_attributes(path)
-        if attributes.get("format") != SHARD_FORMAT:
-            raise DatasetError(f"{path}: a {attributes.get('format')} shard, not {SHARD_FORMAT}; rebuild the shards")
-        with h5py.File(path, "r") as shard:
-            counts = shard["class_counts"][:]
+        return read_counts(path)
+    except ShardError as error:
+        raise DatasetError(str(error)) from error
     except (OSError, KeyError) as error:
         raise DatasetError(f"{path}: not a readable shard ({error})") from error
-    return attributes, counts
 
 
 # --- split --------------------------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, get_worker_info
 
+from snowcloud.shards import open_shard, patch_datasets
+
 Member = tuple[str | Path, Sequence[int] | np.ndarray | None]
 Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 Key = int | tuple[int, int]
@@ -38,12 +40,6 @@ def seeded_rng(*keys: int) -> np.random.Generator:
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """The order in which epoch `epoch` visits items 0..n-1: a permutation fixed by (seed, epoch)."""
     return seeded_rng(seed, epoch).permutation(n)
-
-
-def open_shard(path: str | Path) -> h5py.File:
-    """Open a shard read-only (HDF5's default locking: set HDF5_USE_FILE_LOCKING=FALSE where a cluster file
-    system refuses locks; mixing locking flags on one file in one process is an HDF5 error)."""
-    return h5py.File(path, "r")
 
 
 def is_direct(dataset: h5py.Dataset) -> bool:
@@ -78,7 +74,7 @@ class _Handle:
     @classmethod
     def open(cls, path: str) -> _Handle:
         shard = open_shard(path)
-        image, label = shard["image"], shard["label"]
+        image, label = patch_datasets(shard)
         return cls(shard, image, label, (is_direct(image), is_direct(label)),
                    np.empty(image.shape[1:], image.dtype), np.empty(label.shape[1:], label.dtype))  # fmt: skip
 
@@ -137,7 +133,7 @@ class ShardDataset(Dataset):
     def _inspect(path: str | Path, indices: Sequence[int] | np.ndarray | None) -> tuple[int, tuple[int, ...]]:
         """Number of member patches and the (C, P, P) shape; checks the indices (the handle is closed again)."""
         with open_shard(path) as shard:
-            image, label = shard["image"], shard["label"]
+            image, label = patch_datasets(shard)
             n = image.shape[0]
             if label.shape != (n, *image.shape[2:]):
                 raise ValueError(f"{path}: label {label.shape} does not match image {image.shape}")

@@ -211,12 +211,37 @@ def _write_class_statistics(shard: h5py.File, counts: np.ndarray, class_set: Cla
     shard.attrs["patches"] = len(counts)
 
 
+def open_shard(path: str | Path) -> h5py.File:
+    """Open a shard read-only, checked to be a FORMAT shard (HDF5's default locking: set
+    HDF5_USE_FILE_LOCKING=FALSE where a cluster file system refuses locks; mixing locking flags on one file in one
+    process is an HDF5 error)."""
+    shard = h5py.File(path, "r")
+    found = shard.attrs.get("format")
+    if found != FORMAT:
+        shard.close()
+        raise ShardError(f"{path}: a {found} shard, not {FORMAT}; rebuild the shards")
+    return shard
+
+
+def patch_datasets(shard: h5py.File) -> tuple[h5py.Dataset, h5py.Dataset]:
+    """The `image` and `label` datasets of an open shard."""
+    return shard["image"], shard["label"]
+
+
+def read_counts(path: str | Path) -> tuple[dict, np.ndarray]:
+    """A shard's decoded attributes and its `class_counts`, checked to be a FORMAT shard."""
+    with open_shard(path) as shard:
+        return _decoded(shard.attrs), shard["class_counts"][:]
+
+
 def read_attributes(path: str | Path) -> dict:
-    """A shard's attributes with the JSON ones decoded."""
+    """A shard's attributes with the JSON ones decoded (any format version: what `snowcloud describe` shows)."""
     with h5py.File(path, "r") as shard:
-        return {
-            key: json.loads(value) if key in JSON_ATTRIBUTES else _plain(value) for key, value in shard.attrs.items()
-        }
+        return _decoded(shard.attrs)
+
+
+def _decoded(attributes: h5py.AttributeManager) -> dict:
+    return {key: json.loads(value) if key in JSON_ATTRIBUTES else _plain(value) for key, value in attributes.items()}
 
 
 def _plain(value: object) -> object:
