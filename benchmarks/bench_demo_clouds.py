@@ -137,7 +137,7 @@ def measure(workdir: Path) -> None:
     print(f"validation date(s) {', '.join(dates)}, tiles {', '.join(config['demo']['tiles'])}")
     for region in ("all", "thin", "small"):
         for method in ("model", "ndsi"):
-            metrics = metrics_from_confusion(totals[(method, region)])
+            metrics = metrics_from_confusion(totals[(method, region)], CLASSES)
             ious = " ".join(f"{name} {fmt(metrics['iou'][name])}" for name in CLASSES)
             line = f"{region:5} {method:5} macro IoU {fmt(metrics['macro_iou'])} | {ious}"
             if region != "all":

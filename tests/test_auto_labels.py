@@ -8,7 +8,7 @@ from affine import Affine
 
 from snowcloud.auto_labels import auto_label, border_mask, paint
 from snowcloud.config import validate_config
-from snowcloud.labels import read_label
+from snowcloud.labels import CLASSES, DEFAULT_CLASS_SET, read_label
 from snowcloud.metrics import confusion_matrix, metrics_from_confusion
 from snowcloud.preprocess import preprocess_scene
 
@@ -54,10 +54,10 @@ def test_auto_labels_of_a_demo_scene_against_its_true_labels(demo_scene):
     root, scene, truth = demo_scene
     output = root / "results" / "auto_labels" / "32TNS" / scene.name
     fractions = auto_label(scene, output, {**OPTIONS, "border_pixels": 4})
-    auto = read_label(output, scene)  # read back as any label mask
+    auto = read_label(output, scene, class_set=DEFAULT_CLASS_SET)  # read back as any label mask
     assert (auto[:4] == 255).all() and (auto[:, -4:] == 255).all()
     assert sum(fractions.values()) == pytest.approx(1.0)
-    iou = metrics_from_confusion(confusion_matrix(auto, read_label(truth, scene)))["iou"]
+    iou = metrics_from_confusion(confusion_matrix(auto, read_label(truth, scene, class_set=DEFAULT_CLASS_SET), len(CLASSES)), CLASSES)["iou"]
     print("auto labels vs demo truth, IoU per class:", {k: round(v or 0, 3) for k, v in iou.items()})
     # Per-pixel rules catch the bulk of snow and cloud and miss what the demo built to defeat them (docs/demo.md).
     assert iou["background"] > 0.5 and iou["snow"] > 0.3 and iou["cloud"] > 0.3
@@ -77,5 +77,5 @@ def test_a_glacier_raster_on_a_30_m_grid_paints_snow(demo_scene, tmp_path):
         dst.write(values, 1)
     output = tmp_path / "auto_labels" / "32TNS" / scene.name
     auto_label(scene, output, {**OPTIONS, "glacier": str(tmp_path / "T{tile}_glacier.tif"), "cloud_threshold": 0.999})
-    labels = read_label(output, scene)
+    labels = read_label(output, scene, class_set=DEFAULT_CLASS_SET)
     assert set(np.unique(labels[:15, :15])) <= {1, 255}

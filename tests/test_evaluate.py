@@ -17,7 +17,7 @@ from snowcloud import cloudprob, dataset_stats
 from snowcloud.bands import BANDS
 from snowcloud.baselines import NDSI_BANDS, ndsi_rule
 from snowcloud.evaluate import EvaluationError, evaluate_scene, summarise
-from snowcloud.labels import IGNORE_INDEX, LabelError
+from snowcloud.labels import CLASSES, IGNORE_INDEX, LabelError
 from snowcloud.metrics import confusion_matrix, metrics_from_confusion
 from snowcloud.scene import NODATA, SceneError
 
@@ -172,7 +172,7 @@ def test_summary_rows_per_date_and_aggregates_from_summed_matrices(tmp_path):
 
     results = [json.loads(Path(p).read_text()) for p in evaluations]
     train_sum = sum(np.asarray(r["methods"]["model"]["confusion"]) for r in results[:2])
-    expected = metrics_from_confusion(train_sum)
+    expected = metrics_from_confusion(train_sum, CLASSES)
     train_row = aggregates[("train", "model")]
     assert int(train_row["dates"]) == 2 and int(train_row["pixels"]) == train_sum.sum()
     assert float(train_row["macro_iou"]) == pytest.approx(expected["macro_iou"])

@@ -10,7 +10,16 @@ from rasterio.windows import Window
 from rasters import ORIGIN, synthetic_scene, write_label, write_scene
 
 from snowcloud.counting import bincount_in_chunks
-from snowcloud.labels import ClassSet, ClassSetError, LabelError, read_encoded, read_label
+from snowcloud.labels import (
+    CLASSES,
+    DEFAULT_CLASS_SET,
+    ClassSet,
+    ClassSetError,
+    LabelError,
+    read_encoded,
+    read_label,
+    recorded_classes,
+)
 
 
 @pytest.fixture
@@ -25,8 +34,8 @@ def classes() -> np.ndarray:
 
 def test_a_label_on_the_scene_grid_reads_back_unchanged(tmp_path, scene, classes):
     label = write_label(tmp_path / "label.tif", classes)
-    np.testing.assert_array_equal(read_label(label, scene), classes)
-    np.testing.assert_array_equal(read_label(label, scene, Window(3, 5, 10, 7)), classes[5:12, 3:13])
+    np.testing.assert_array_equal(read_label(label, scene, class_set=DEFAULT_CLASS_SET), classes)
+    np.testing.assert_array_equal(read_label(label, scene, Window(3, 5, 10, 7), class_set=DEFAULT_CLASS_SET), classes[5:12, 3:13])
 
 
 def test_a_coarser_aligned_label_is_resampled_nearest_and_255_outside_its_extent(tmp_path, scene):
@@ -36,9 +45,9 @@ def test_a_coarser_aligned_label_is_resampled_nearest_and_255_outside_its_extent
     label = write_label(tmp_path / "coarse.tif", coarse, resolution=30, origin=origin)
     expected = np.full((24, 30), 255, np.uint8)
     expected[4:24, 2:30] = np.repeat(np.repeat(coarse, 3, axis=0), 3, axis=1)[:20, :28]
-    np.testing.assert_array_equal(read_label(label, scene), expected)
-    np.testing.assert_array_equal(read_label(label, scene, Window(0, 10, 7, 9)), expected[10:19, 0:7])
-    np.testing.assert_array_equal(read_label(label, scene, Window(0, 0, 2, 3)), np.full((3, 2), 255))
+    np.testing.assert_array_equal(read_label(label, scene, class_set=DEFAULT_CLASS_SET), expected)
+    np.testing.assert_array_equal(read_label(label, scene, Window(0, 10, 7, 9), class_set=DEFAULT_CLASS_SET), expected[10:19, 0:7])
+    np.testing.assert_array_equal(read_label(label, scene, Window(0, 0, 2, 3), class_set=DEFAULT_CLASS_SET), np.full((3, 2), 255))
 
 
 def test_another_crs_a_shift_a_finer_grid_or_another_dtype_are_errors_naming_the_file(tmp_path, scene, classes):
@@ -51,19 +60,19 @@ def test_another_crs_a_shift_a_finer_grid_or_another_dtype_are_errors_naming_the
     for name, (options, message) in cases.items():
         label = write_label(tmp_path / name, classes, **options)
         with pytest.raises(LabelError, match=rf"{name}: .*{message}"):
-            read_label(label, scene)
+            read_label(label, scene, class_set=DEFAULT_CLASS_SET)
     wide = write_label(tmp_path / "uint16.tif", classes.astype(np.uint16))
     with pytest.raises(LabelError, match=r"uint16\.tif: a label mask must be uint8"):
-        read_label(wide, scene)
+        read_label(wide, scene, class_set=DEFAULT_CLASS_SET)
     with pytest.raises(LabelError, match="label mask not found"):
-        read_label(tmp_path / "missing.tif", scene)
+        read_label(tmp_path / "missing.tif", scene, class_set=DEFAULT_CLASS_SET)
 
 
 def test_unexpected_class_values_are_an_error(tmp_path, scene, classes):
     classes[3, 3] = 7
     label = write_label(tmp_path / "seven.tif", classes)
     with pytest.raises(LabelError, match=r"seven\.tif: unexpected label values \[7\]"):
-        read_label(label, scene)
+        read_label(label, scene, class_set=DEFAULT_CLASS_SET)
 
 
 @pytest.mark.parametrize("driver", ["GTiff", "JP2OpenJPEG"])
@@ -78,14 +87,14 @@ def test_a_thesis_folder_uses_coverage_and_drops_semi_transparent_clouds(tmp_pat
     write_label(folder / "mask.jp2", mask, driver=driver, **options)
     write_label(folder / "mask_coverage.jp2", coverage, driver=driver, **options)
     expected = np.where((coverage == 1) & (mask != 4), mask, 255)
-    np.testing.assert_array_equal(read_label(folder, scene), expected)
+    np.testing.assert_array_equal(read_label(folder, scene, class_set=DEFAULT_CLASS_SET), expected)
 
 
 def test_a_thesis_folder_without_its_coverage_is_an_error(tmp_path, scene, classes):
     folder = tmp_path / "20210720T101559"
     write_label(folder / "mask.jp2", classes)
     with pytest.raises(LabelError, match=r"needs mask\.jp2 and mask_coverage\.jp2; missing \['mask_coverage\.jp2'\]"):
-        read_label(folder, scene)
+        read_label(folder, scene, class_set=DEFAULT_CLASS_SET)
 
 
 def test_counts_in_chunks_equal_a_bincount():
@@ -105,7 +114,7 @@ def test_a_class_set_maps_label_values_onto_its_classes_and_its_ignored_classes(
     np.testing.assert_array_equal(read_encoded(label, scene, class_set=era_a), encoded)
     np.testing.assert_array_equal(read_label(label, scene, class_set=era_a), np.where(encoded == 4, 255, encoded))
     # the default: thin clouds (4) encoded as the ignored class thin_cloud, not labelled for training
-    np.testing.assert_array_equal(read_label(label, scene), np.where(values == 4, 255, values))
+    np.testing.assert_array_equal(read_label(label, scene, class_set=DEFAULT_CLASS_SET), np.where(values == 4, 255, values))
     merged = ClassSet.from_options({"classes": {"snow": [1], "cloud": [2, 4]}, "ignored_classes": {}})
     clouds = write_label(tmp_path / "clouds.tif", np.where(np.isin(values, [0, 3]), 255, values).astype(np.uint8))
     np.testing.assert_array_equal(read_label(clouds, scene, class_set=merged)[values == 4], 1)  # thin is cloud
@@ -118,3 +127,11 @@ def test_a_class_set_refuses_a_value_or_a_name_used_twice_naming_the_key():
         ClassSet.from_options({"classes": {"cloud": [2, 4]}}, "datasets.x")  # the default ignores 4 as thin_cloud
     with pytest.raises(ClassSetError, match=r"datasets.x.classes / ignored_classes: class names \['snow'\] are used"):
         ClassSet.from_options({"classes": {"snow": [1]}, "ignored_classes": {"snow": [7]}}, "datasets.x")
+
+
+def test_recorded_classes_are_read_from_each_kind_of_file_and_never_guessed_for_a_class_set_without_names():
+    assert recorded_classes({"classes": ["snow", "cloud"]}, "model.pt") == ["snow", "cloud"]
+    assert recorded_classes({"classes": '["snow", "cloud"]', "CLASS_0": "snow"}, "mask.tif") == ["snow", "cloud"]
+    assert recorded_classes({"bands": []}, "old.pt") == list(CLASSES)  # written before class sets: the thesis's
+    with pytest.raises(ClassSetError, match="stats.json records a class set but no class names"):
+        recorded_classes({"class_set": {"classes": {"snow": [1]}}}, "stats.json")

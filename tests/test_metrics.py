@@ -1,13 +1,14 @@
 import numpy as np
 import pytest
 
+from snowcloud.labels import CLASSES
 from snowcloud.metrics import confusion_matrix, metrics_from_confusion, thesis_metric_lines
 
 
 def test_confusion_matrix_counts_pairs_and_skips_ignored_pixels():
     target = np.array([[0, 1, 1], [2, 3, 255]], dtype=np.uint8)
     prediction = np.array([[0, 1, 2], [2, 0, 1]], dtype=np.uint8)
-    cm = confusion_matrix(prediction, target)
+    cm = confusion_matrix(prediction, target, len(CLASSES))
     expected = np.zeros((4, 4), dtype=int)
     expected[0, 0] = 1
     expected[1, 1] = 1
@@ -20,7 +21,7 @@ def test_confusion_matrix_counts_pairs_and_skips_ignored_pixels():
 def test_metrics_on_a_hand_made_confusion_matrix():
     # rows: target, columns: prediction
     cm = np.array([[50, 5, 0, 5], [10, 30, 0, 0], [0, 0, 20, 0], [0, 0, 0, 0]])
-    m = metrics_from_confusion(cm)
+    m = metrics_from_confusion(cm, CLASSES)
     # background: TP 50, FP 10, FN 10 -> IoU 50/70, precision 50/60, recall 50/60, F1 100/120
     assert m["iou"]["background"] == pytest.approx(50 / 70)
     assert m["precision"]["background"] == pytest.approx(50 / 60)
@@ -41,7 +42,7 @@ def test_metrics_on_a_hand_made_confusion_matrix():
 
 
 def test_thesis_lines_use_the_thesis_class_names():
-    m = metrics_from_confusion(np.diag([1, 2, 3, 4]))
+    m = metrics_from_confusion(np.diag([1, 2, 3, 4]), CLASSES)
     lines = thesis_metric_lines(m)
     assert "- union_over_inter_clouds: 1.0000" in lines
     assert "- dice_coefficient_water: 1.0000" in lines

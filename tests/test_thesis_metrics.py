@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from snowcloud.labels import CLASSES
 from snowcloud.metrics import thesis_metric_lines
 from snowcloud.thesis_metrics import as_metrics, batch_metrics, epoch_average
 
@@ -61,7 +62,7 @@ def test_the_epoch_value_sums_one_batch_more_than_it_divides_by():
 
 def test_thesis_metrics_print_in_the_thesis_log_format():
     probabilities, label = batch()
-    lines = thesis_metric_lines(as_metrics(batch_metrics(probabilities, label, 0.65)))
+    lines = thesis_metric_lines(as_metrics(batch_metrics(probabilities, label, 0.65), CLASSES))
     assert lines[0] == "- pixel_accuracy___background: 1.0000"
     assert "- union_over_inter_clouds: 0.5000" in lines
     assert "- dice_coefficient_water: 0.0000" in lines

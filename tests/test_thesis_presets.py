@@ -25,7 +25,7 @@ from snowcloud.augment import Augmentation
 from snowcloud.checkpoint import read_checkpoint
 from snowcloud.config import load_config, merge_into, validate_config
 from snowcloud.dataset_stats import class_weights
-from snowcloud.labels import ClassSet
+from snowcloud.labels import CLASSES, ClassSet
 from snowcloud.loader import ShardDataset
 from snowcloud.model import build_model, count_parameters
 from snowcloud.training.loop import Trainer
@@ -136,7 +136,7 @@ def test_every_preset_trains_two_steps_with_its_own_loss_optimizer_and_scheduler
         ShardDataset([(validation, None)]),
         model_options=run["model"], in_channels=channels, training=training,
         class_weights=[1.0, 2.0, 2.0, 50.0], runtime=resolve_runtime(training, 1),
-        state_path=tmp_path / "state.pt", fingerprint_inputs={"preset": name},
+        state_path=tmp_path / "state.pt", fingerprint_inputs={"preset": name}, class_names=CLASSES,
     )  # fmt: skip
     optimiser = run["training"]["optimizer"]["name"]
     assert type(trainer.optimizer).__name__.lower() == optimiser

@@ -11,6 +11,7 @@ import torch
 from training_shards import experiment_options, write_shard
 
 from snowcloud.augment import Augmentation
+from snowcloud.labels import CLASSES
 from snowcloud.loader import ShardDataset
 from snowcloud.metrics import confusion_matrix
 from snowcloud.training.history import TIMING_COLUMNS, plot_curves, write_history
@@ -51,6 +52,7 @@ def make_trainer(state_dir, train, validation, model=None, threads=1, **training
         runtime=resolve_runtime(training, threads),
         state_path=state_dir / "state.pt",
         fingerprint_inputs={"training": trajectory_options(training), "model": options["model"]},
+        class_names=CLASSES,
     )
 
 
@@ -229,7 +231,7 @@ def test_validation_confusion_matches_the_numpy_reference():
     label = torch.randint(0, 4, (3, 16, 16), generator=generator)
     label[:, :4] = 255
     np.testing.assert_array_equal(
-        confusion_on_device(prediction, label, 4).numpy(), confusion_matrix(prediction.numpy(), label.numpy())
+        confusion_on_device(prediction, label, 4).numpy(), confusion_matrix(prediction.numpy(), label.numpy(), 4)
     )
 
 

@@ -26,7 +26,7 @@ from snowcloud.config import (
     options_for_model,
     validate_config,
 )
-from snowcloud.labels import CLASSES
+from snowcloud.labels import recorded_classes
 
 
 class CommandError(ValueError):
@@ -179,7 +179,7 @@ def _check_given_model(config: dict, name: str) -> str:
     sha256, metadata = given_model(path)
     own = options_for_model(config["preprocess"], metadata.get("preprocess")) is not None
     scenes = "scene rasters of its own (its training scenes were made otherwise)" if own else "the shared scene rasters"
-    return f"{path} (SHA-256 {sha256[:12]}, classes {', '.join(metadata.get('classes', CLASSES))}) on {scenes}"
+    return f"{path} (SHA-256 {sha256[:12]}, classes {', '.join(recorded_classes(metadata, str(path)))}) on {scenes}"
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -195,7 +195,7 @@ def _predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, probabilities=args.probabilities, quicklook=args.quicklook,
         threads=args.threads or available_cpus(), keep_scenes=args.keep_scenes,
     )  # fmt: skip
-    class_names = runnable_metadata(args.model).get("classes", list(CLASSES))
+    class_names = recorded_classes(runnable_metadata(args.model), str(args.model))
     for line in report(jobs, list(class_names)):
         print(line)
     for job in jobs:
@@ -266,7 +266,7 @@ def _describe_stats(path: Path) -> list[str]:
     stats = load_stats(path)
     weights = stats.get("class_weights", {})
     lines = [f"{path}: dataset {stats.get('dataset')}, digest {stats.get('digest')}"]
-    values = _classes(stats.get("classes", CLASSES), weights.get("values", []))
+    values = _classes(recorded_classes(stats, str(path)), weights.get("values", []))
     lines.append(f"  class weights ({weights.get('formula')}): {values}")
     lines += [f"  {key}: {_short(value)}" for key, value in sorted(stats.items()) if key not in ("class_weights",)]
     return lines

@@ -18,7 +18,7 @@ from rasterio.windows import Window
 import snowcloud
 from snowcloud import dataset_stats, labels
 from snowcloud.atomic import atomic_output
-from snowcloud.baselines import BASELINES, StripRows
+from snowcloud.baselines import BASELINE_CLASSES, BASELINES, StripRows
 from snowcloud.config import validated
 from snowcloud.labels import CLASSES, IGNORE_INDEX, ClassSet
 from snowcloud.mask import read_classes
@@ -75,8 +75,8 @@ def evaluate_scene(
         check_same_grid(prediction_ds, scene_ds)
         check_margin(scene_ds.shape, options["margin_pixels"], scene)
         model_tags = prediction_ds.tags()
-        names = {method: list(CLASSES) for method in methods}
-        names[MODEL] = read_classes(model_tags)
+        names = {method: list(BASELINE_CLASSES) for method in methods}
+        names[MODEL] = read_classes(model_tags, str(prediction))
         classes = list(truth_set.names)
         classes += [name for method in methods for name in names[method] if name not in classes]
         lookups = {method: by_name(names[method], classes) for method in methods}
@@ -89,7 +89,7 @@ def evaluate_scene(
         for window in row_strips(scene_ds.height, scene_ds.width, BLOCK_ROWS):
             inside = inside_margin(window, scene_ds.shape, options["margin_pixels"])
             predicted = prediction_ds.read(1, window=window)
-            truth = labels.read_label(label, scene, window, truth_set)
+            truth = labels.read_label(label, scene, window, class_set=truth_set)
             labelled, has_prediction = truth != IGNORE_INDEX, predicted != IGNORE_INDEX
             evaluated = labelled & has_prediction & inside
             counts["total"] += truth.size

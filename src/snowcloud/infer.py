@@ -27,7 +27,7 @@ from snowcloud import checkpoint, normalisation
 from snowcloud.accelerator import autocast_dtype, precision_name, resolve_device
 from snowcloud.config import validated
 from snowcloud.gdal import gdal_env
-from snowcloud.labels import CLASSES
+from snowcloud.labels import recorded_classes
 from snowcloud.mask import RowBlock, probabilities_path, write_prediction
 from snowcloud.provenance import file_sha256
 from snowcloud.scene import band_indexes, valid_pixels
@@ -381,7 +381,7 @@ class LoadedModel:
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.metadata.get("classes", CLASSES))
+        return recorded_classes(self.metadata, self.path)
 
     @property
     def patch_size(self) -> int:

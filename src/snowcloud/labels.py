@@ -15,9 +15,12 @@ ignored (the thesis masks declare nodata=0, which is background).
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -50,7 +53,7 @@ OTHER_COLOURS = ((230, 120, 30), (200, 40, 40), (120, 60, 160), (240, 210, 40))
 NO_DATA_COLOUR = (0, 0, 0)
 
 
-def class_colours(names: tuple[str, ...] | list[str] = CLASSES) -> dict[int, tuple[int, int, int]]:
+def class_colours(names: tuple[str, ...] | list[str]) -> dict[int, tuple[int, int, int]]:
     """RGB per mask value of classes `names` (in mask order), and black for IGNORE_INDEX."""
     others = iter(OTHER_COLOURS * (len(names) // len(OTHER_COLOURS) + 1))
     colours = {i: NAMED_COLOURS.get(name) or next(others) for i, name in enumerate(names)}
@@ -139,6 +142,19 @@ class ClassSet:
 DEFAULT_CLASS_SET = ClassSet.from_options(None)
 
 
+def recorded_classes(record: Mapping[str, Any], source: str) -> list[str]:
+    """The class names a file records under `classes` (checkpoint metadata, stats.json, a mask's tags, where
+    they are JSON text), in the order of the model's outputs. The one reader of files from before class sets
+    were configurable: those that record no `class_set` either hold the thesis's classes (CLASSES); a file that
+    records a class set but no class names is an error naming `source`."""
+    names = record.get("classes")
+    if names is None:
+        if "class_set" in record:
+            raise ClassSetError(f"{source} records a class set but no class names ('classes'): rewrite it")
+        return list(CLASSES)
+    return list(json.loads(names) if isinstance(names, str) else names)
+
+
 class LabelError(ValueError):
     """A label mask that cannot be put on the scene's grid; the message names the file."""
 
@@ -175,18 +191,16 @@ def label_files(label_path: str | Path) -> list[Path]:
 
 
 def read_label(
-    label_path: str | Path, scene_path: str | Path, window: Window | None = None,
-    class_set: ClassSet = DEFAULT_CLASS_SET,
-) -> np.ndarray:  # fmt: skip
+    label_path: str | Path, scene_path: str | Path, window: Window | None = None, *, class_set: ClassSet
+) -> np.ndarray:
     """The label as trained classes (uint8 (H, W): 0..K-1, 255 not labelled or an ignored class) on the
     scene's grid, for `window` of the scene or all of it."""
-    return class_set.trained(read_encoded(label_path, scene_path, window, class_set))
+    return class_set.trained(read_encoded(label_path, scene_path, window, class_set=class_set))
 
 
 def read_encoded(
-    label_path: str | Path, scene_path: str | Path, window: Window | None = None,
-    class_set: ClassSet = DEFAULT_CLASS_SET,
-) -> np.ndarray:  # fmt: skip
+    label_path: str | Path, scene_path: str | Path, window: Window | None = None, *, class_set: ClassSet
+) -> np.ndarray:
     """The label as encoded classes of `class_set` (uint8 (H, W): trained then ignored classes, 255 not
     labelled). Thesis folders: 255 where mask_coverage is 0; within it every value must belong to a class."""
     grid = scene_grid(scene_path)

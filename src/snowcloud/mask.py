@@ -23,7 +23,7 @@ from rasterio.windows import Window
 
 from snowcloud.atomic import atomic_output, scratch_folder
 from snowcloud.gdal import gdal_errors_raised
-from snowcloud.labels import CLASSES, IGNORE_INDEX, class_colours
+from snowcloud.labels import IGNORE_INDEX, class_colours, recorded_classes
 
 CLASSES_TAG = "classes"  # JSON list of the class names, in mask order
 
@@ -37,7 +37,7 @@ class RowBlock:
     valid: np.ndarray
 
 
-def class_colour_table(names: tuple[str, ...] | list[str] = CLASSES) -> dict[int, tuple[int, int, int, int]]:
+def class_colour_table(names: tuple[str, ...] | list[str]) -> dict[int, tuple[int, int, int, int]]:
     """Colour table of a class mask: class colours opaque, no data transparent."""
     return {value: (*rgb, 0 if value == IGNORE_INDEX else 255) for value, rgb in class_colours(names).items()}
 
@@ -47,9 +47,9 @@ def class_tags(class_names: list[str]) -> dict[str, str]:
     return {f"CLASS_{i}": name for i, name in enumerate(class_names)} | {CLASSES_TAG: json.dumps(class_names)}
 
 
-def read_classes(tags: dict[str, str]) -> list[str]:
-    """The class names of a mask from its tags (the default classes for a mask without the tag)."""
-    return json.loads(tags.get(CLASSES_TAG, json.dumps(list(CLASSES))))
+def read_classes(tags: dict[str, str], source: str) -> list[str]:
+    """The class names of the mask `source` from its tags (labels.recorded_classes)."""
+    return recorded_classes(tags, source)
 
 
 def probabilities_path(output: str | Path) -> Path:

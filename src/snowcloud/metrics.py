@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from snowcloud.labels import CLASSES, IGNORE_INDEX
+from snowcloud.labels import IGNORE_INDEX
 
 
 def confusion_matrix(
-    prediction: np.ndarray, target: np.ndarray, n_classes: int = len(CLASSES), ignore_index: int = IGNORE_INDEX
+    prediction: np.ndarray, target: np.ndarray, n_classes: int, ignore_index: int = IGNORE_INDEX
 ) -> np.ndarray:
     """Counts[t, p] of pixels with target class t predicted as p; pixels whose target (or prediction) is
     `ignore_index` or outside 0..n_classes-1 are left out."""
@@ -29,7 +29,7 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 
 
 def metrics_from_confusion(
-    confusion: np.ndarray, class_names: tuple[str, ...] = CLASSES, compared: tuple[str, ...] | None = None
+    confusion: np.ndarray, class_names: tuple[str, ...], compared: tuple[str, ...] | None = None
 ) -> dict[str, object]:
     """Per-class IoU, F1 (Dice), precision, recall and binary accuracy; pixel accuracy; macro and micro means.
 

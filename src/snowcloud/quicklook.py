@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from snowcloud.atomic import atomic_output
-from snowcloud.labels import CLASSES, class_colours
+from snowcloud.labels import class_colours
 from snowcloud.mask import class_colour_table, read_classes
 from snowcloud.scene import band_indexes, check_same_grid, valid_pixels
 
@@ -37,7 +37,7 @@ def false_colour(dataset: rasterio.DatasetReader, out_shape: tuple[int, int]) ->
     return np.dstack([*rgb, valid.astype(np.float32)])
 
 
-def class_colours_rgba(classes: np.ndarray, class_names: list[str] | tuple[str, ...] = CLASSES) -> np.ndarray:
+def class_colours_rgba(classes: np.ndarray, class_names: list[str] | tuple[str, ...]) -> np.ndarray:
     """RGBA float image of a class mask of classes `class_names` in their colours (no data transparent)."""
     table = np.zeros((256, 4), np.float32)
     for value, rgba in class_colour_table(class_names).items():
@@ -53,7 +53,7 @@ def quicklook(scene: str, prediction: str, output: str) -> None:
         image = false_colour(scene_ds, out_shape)
         classes = prediction_ds.read(1, out_shape=out_shape, resampling=rasterio.enums.Resampling.nearest)
         tags = prediction_ds.tags()
-    class_names = read_classes(tags)
+    class_names = read_classes(tags, prediction)
     panel_height = QUICKLOOK_FIGURE_WIDTH / 2 * out_shape[0] / out_shape[1]
     figure = Figure(figsize=(QUICKLOOK_FIGURE_WIDTH, min(panel_height, QUICKLOOK_FIGURE_WIDTH) + 1.2), dpi=100,
                     layout="constrained")  # fmt: skip

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from snowcloud.labels import CLASSES
 from snowcloud.metrics import THESIS_METRIC_PREFIXES
 
 METRICS = tuple(THESIS_METRIC_PREFIXES)  # class_accuracy, iou, f1: pixel accuracy, IoU, Dice
@@ -49,7 +48,7 @@ def epoch_average(per_batch: Sequence[np.ndarray], steps: int) -> np.ndarray:
     return np.sum(per_batch[: steps + 1], axis=0) / steps
 
 
-def as_metrics(values: np.ndarray, class_names: Sequence[str] = CLASSES) -> dict[str, dict[str, float | None]]:
+def as_metrics(values: np.ndarray, class_names: Sequence[str]) -> dict[str, dict[str, float | None]]:
     """(3, K) values -> {"class_accuracy": {cls: v}, "iou": ..., "f1": ...} (None for NaN), the shape that
     `metrics.thesis_metric_lines` prints in the thesis's log format."""
     return {

@@ -29,7 +29,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from snowcloud.checkpoint import plain
-from snowcloud.labels import CLASSES
 from snowcloud.loader import EpochSampler, ShardDataset, batch_loader, part_sizes
 from snowcloud.losses import build_loss
 from snowcloud.metrics import metrics_from_confusion
@@ -244,7 +243,7 @@ class Trainer:
         runtime: Runtime,
         state_path: str | Path,
         fingerprint_inputs: Mapping[str, Any],
-        class_names: Sequence[str] = CLASSES,
+        class_names: Sequence[str],
         world: World | None = None,
     ) -> None:
         n_train, n_validation = len(train_set), len(validation_set)  # type: ignore[arg-type]
