@@ -11,6 +11,9 @@ header, the "ghost area" declaring the layout, the IFDs of the image and of its 
 with their tag values, the tile offset and size arrays, then the tiles of the smallest overview up to the
 full-resolution image, each with its 4-byte size leader and 4-byte trailer. GDAL reports such a file as
 LAYOUT=COG.
+
+The prediction masks keep GDAL's COG driver (`snowcloud.mask.write_cog`): their overviews are MODE, not means, and
+a mask's 1 byte a pixel makes the driver's extra pass 1 to 2 % of a prediction (`benchmarks/bench_mask_cog.py`).
 """
 
 from __future__ import annotations
