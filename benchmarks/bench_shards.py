@@ -2,6 +2,7 @@
 
     python benchmarks/bench_shards.py [--patches 1024] [--size 256] [--channels 14] [--workers 1 2] [--dir DIR]
                                       [--scene-size 10980 --scene-patches 1024]
+    python benchmarks/bench_shards.py --main-process [--patches 128] [--workers 2] [--rounds 3]
 
 Writes N patches of C x P x P (normalised with snowcloud-v1 from a synthetic scene, so the values have spatial
 structure) as one shard (unfiltered, and lzf) and in the thesis layout, then reads them in a random order through
@@ -11,14 +12,24 @@ with h5py slicing and the plain DataLoader with `batch_loader` without worker pr
 one shard with `build_shard` from a synthetic scene raster of that many pixels square (in a fresh process) and
 prints its time and peak memory. Prints every figure and the ratios measured in this run. Needs about 6 GB of
 free disk (default size; a 10980 scene adds about 3 GB) under --dir.
+
+`--main-process` measures only what feeding a training costs the main process per batch (CPU time of all its
+threads, so a pinning thread counts), with the training's batches (float16 images, uint8 labels, the default
+augmentation; page-locked where a GPU is available), for the batch path before issue 23 (each worker returns
+its batch in new shared memory, received by the main process and copied into pinned memory by DataLoader's
+pinning thread) and today's `batch_loader` (staging slots allocated once, only a slot number received),
+interleaved in rounds in one run (medians).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,8 +47,10 @@ from rasterio.windows import Window
 from torch.utils.data import DataLoader, Dataset
 
 from snowcloud import loader, normalisation, shards
+from snowcloud.augment import Augmentation
 from snowcloud.bands import BANDS, ELEVATION
-from snowcloud.loader import EpochSampler, ShardDataset, batch_loader
+from snowcloud.config import validate_config
+from snowcloud.loader import EpochSampler, RankBatches, ShardDataset, batch_loader
 
 BATCH = 32
 
@@ -166,6 +179,64 @@ def direct_versus_slicing(path: Path, n: int) -> tuple[float, float]:
     return rates[0], rates[1]
 
 
+class PreviousBatches(Dataset):
+    """The batch path before issue 23, to measure against: each worker reads a batch into new shared memory
+    that the main process receives (and that DataLoader's pinning thread copies into pinned memory)."""
+
+    def __init__(self, dataset: ShardDataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, keys: list) -> tuple[torch.Tensor, torch.Tensor]:
+        size = (self.dataset.patch_size, self.dataset.patch_size)
+        shapes = ((len(keys), self.dataset.channels, *size), torch.float16), ((len(keys), *size), torch.uint8)
+        out = tuple(
+            torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize))
+            .view(shape) for shape, dtype in shapes
+        )  # fmt: skip
+        return self.dataset.read_batch(keys, out=out)
+
+
+def main_process_seconds() -> float:
+    """CPU time of this process so far, all its threads (not its worker processes)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main_process_per_batch(path: Path, workers: int, rounds: int, epochs: int = 3) -> None:
+    """Main-process CPU ms and wall ms per training batch, the previous batch path against `batch_loader`."""
+    training = validate_config({"datasets": {"d": {}}, "experiments": {"e": {"dataset": "d"}}})["experiments"]["e"]
+    augmentation = Augmentation.from_options(training["training"]["augmentation"])
+    dataset = ShardDataset([(path, None)], augment=augmentation, seed=0)
+    pin = torch.cuda.is_available()
+    paths = {
+        "before issue 23": (sampler := EpochSampler(len(dataset), seed=0), DataLoader(
+            PreviousBatches(dataset), batch_size=None, sampler=RankBatches(sampler, BATCH), num_workers=workers,
+            pin_memory=pin, persistent_workers=True)),
+        "batch_loader": (sampler := EpochSampler(len(dataset), seed=0), batch_loader(
+            dataset, sampler, BATCH, image_dtype=torch.float16, label_dtype=torch.uint8, num_workers=workers,
+            pin_memory=pin)),
+    }  # fmt: skip
+    per_batch: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
+    for round_ in range(rounds + 1):  # the first round starts the workers and fills the page cache: not counted
+        for name, (sampler, batches) in paths.items():
+            cpu, wall, count = main_process_seconds(), time.perf_counter(), 0
+            for epoch in range(epochs):
+                sampler.set_epoch(round_ * epochs + epoch)
+                count += sum(1 for _ in batches)
+            if round_:
+                per_batch[name].append(((main_process_seconds() - cpu) / count, (time.perf_counter() - wall) / count))
+    print(f"\nmain process per batch of {BATCH} x {dataset.channels} x {dataset.patch_size}^2 (float16 images, "
+          f"uint8 labels, augmented; {'pinned' if pin else 'no pinning: no GPU here'}), {workers} workers, "
+          f"median of {rounds} rounds of {epochs} epochs of {len(dataset) // BATCH} batches; "
+          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    cpu = {name: statistics.median(c for c, _ in values) for name, values in per_batch.items()}
+    for name, values in per_batch.items():
+        wall = statistics.median(w for _, w in values)
+        print(f"  {name:16s} main-process CPU {cpu[name] * 1000:7.2f} ms/batch   wall {wall * 1000:7.1f} ms/batch")
+    ratio = cpu["batch_loader"] / cpu["before issue 23"]
+    print(f"  batch_loader / before: {ratio:.3f} of the main process's CPU time per batch (goal: at most 1/3)")
+
+
 def write_large_scene(root: Path, side: int, rows: int = 512) -> tuple[Path, Path]:
     """A side x side scene raster (14 bands, tiled zstd GeoTIFF) and its label, written block by block."""
     scene = root / "results" / "scenes" / "32TNS" / "20210720T101559.tif"
@@ -232,12 +303,19 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--scene-size", type=int, default=0, help="also build one shard from a scene this large")
     parser.add_argument("--scene-patches", type=int, default=1024)
+    parser.add_argument("--main-process", action="store_true",
+                        help="only the main process's time per training batch, before issue 23 and now")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --main-process")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in DataLoader workers; the figures are about reading, not intra-op threading
     n, c, p = args.patches, args.channels, args.size
     root = Path(tempfile.mkdtemp(prefix="bench_shards_", dir=args.dir))
     print(f"{n} patches of {c} x {p} x {p}, batch {BATCH}, {os.cpu_count()} CPUs, scratch {root}")
     try:
+        if args.main_process:
+            write_shard(root / "plain.h5", n, c, p, None)
+            main_process_per_batch(root / "plain.h5", args.workers[-1], args.rounds)
+            return
         if args.scene_size:
             full_scene_build(root, args.scene_size, args.scene_patches, p)
         plain, lzf, thesis = root / "plain.h5", root / "lzf.h5", root / "thesis"

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from snowcloud.augment import Augmentation
 from snowcloud.loader import (
+    BatchLoader,
     EpochSampler,
     RankBatches,
     ShardDataset,
@@ -199,7 +202,8 @@ def test_the_batch_loader_gives_the_default_loaders_batches(shards, workers):
     sampler = EpochSampler(len(dataset), seed=8)
     sampler.set_epoch(2)
     plain = list(DataLoader(dataset, batch_size=4, sampler=sampler))
-    batched = list(batch_loader(dataset, sampler, 4, num_workers=workers, persistent_workers=workers > 0))
+    staged = batch_loader(dataset, sampler, 4, num_workers=workers)
+    batched = [(image.clone(), label.clone()) for image, label in staged]
     assert len(plain) == len(batched) == 3
     for (image, label), (batch_image, batch_label) in zip(plain, batched, strict=True):
         assert batch_image.dtype == torch.float32 and batch_label.dtype == torch.int64
@@ -215,3 +219,58 @@ def test_the_batch_loader_gives_the_default_loaders_batches(shards, workers):
     image, label = next(iter(DataLoader(dataset, batch_size=4, sampler=sampler)))
     torch.testing.assert_close(half.float(), image)
     torch.testing.assert_close(small.long(), label, rtol=0, atol=0)
+
+
+class PreviousBatchPath(Dataset):
+    """The batch path before issue 23 (the reference): an item is a list of keys, read into new tensors by
+    `read_batch` in a worker and sent to the main process through DataLoader's shared memory."""
+
+    def __init__(self, dataset: ShardDataset, image_dtype: torch.dtype, label_dtype: torch.dtype) -> None:
+        self.dataset, self.image_dtype, self.label_dtype = dataset, image_dtype, label_dtype
+
+    def __getitem__(self, keys):
+        return self.dataset.read_batch(keys, image_dtype=self.image_dtype, label_dtype=self.label_dtype)
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_staged_batches_equal_the_previous_paths_bit_for_bit_over_epochs_ranks_and_a_resume(tmp_path, ranks):
+    """Same batches, order and augmentation as before the staging slots, for every rank's part, over several
+    epochs (persistent workers), with a partial last batch and a resume inside an epoch; a batch stays intact
+    while the loader's workers fill the other slots, until HOLD more batches have been received."""
+    shards = [make_shard(tmp_path / "a.h5", 23, channels=4, size=16, seed=1),
+              make_shard(tmp_path / "b.h5", 18, channels=4, size=16, seed=2, compression="lzf")]  # fmt: skip
+    augment = Augmentation(flip_p=0.5, channel_dropout_p=0.3, erase_p=0.5, erase_size=(2, 9))
+    dataset = ShardDataset([(shards[0], None), (shards[1], np.arange(17, -1, -1))], augment=augment, seed=4)
+    dtypes = {"image_dtype": torch.float16, "label_dtype": torch.uint8}
+    for rank in range(ranks):
+        sampler = EpochSampler(len(dataset), seed=6)
+        staged = batch_loader(dataset, sampler, 5, rank=rank, ranks=ranks, num_workers=2, **dtypes)
+        reference = PreviousBatchPath(dataset, **dtypes)
+        for epoch, skip in ((1, 0), (2, 0), (2, 15), (3, 0)):
+            sampler.set_epoch(epoch, skip)
+            expected = list(DataLoader(reference, batch_size=None, sampler=RankBatches(sampler, 5, rank, ranks)))
+            assert len(expected) == len(staged) == -(-(len(dataset) - skip) // 5)
+            held: list[tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = []
+            for step, batch in enumerate(staged):
+                held = [*held[1 - BatchLoader.HOLD :], (batch, expected[step])]
+                time.sleep(0.02)  # the workers fill every other slot meanwhile
+                for (image, label), (image_then, label_then) in held:
+                    assert image.dtype == torch.float16 and label.dtype == torch.uint8
+                    assert torch.equal(image, image_then) and torch.equal(label, label_then), (epoch, step)
+            assert step == len(expected) - 1
+
+
+def test_the_staging_slots_are_allocated_once_and_shared_with_the_workers(shards):
+    dataset = ShardDataset([(shards[0], None), (shards[1], None)])
+    sampler = EpochSampler(len(dataset), seed=1)
+    staged = batch_loader(dataset, sampler, 4, num_workers=2, prefetch_factor=3)
+    assert staged.images.shape == (2 * 3 + BatchLoader.HOLD, 4, 3, 8, 8) and staged.images.is_shared()
+    memory = staged.images.data_ptr(), staged.labels.data_ptr()
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        for image, label in staged:
+            assert staged.images.data_ptr() <= image.data_ptr() < staged.images.data_ptr() + staged.images.nbytes
+            assert staged.labels.data_ptr() <= label.data_ptr() < staged.labels.data_ptr() + staged.labels.nbytes
+    assert (staged.images.data_ptr(), staged.labels.data_ptr()) == memory
+    in_process = batch_loader(dataset, sampler, 4)
+    assert in_process.images.shape[0] == BatchLoader.HOLD and not in_process.images.is_shared()

@@ -7,14 +7,18 @@ float16 buffer and converted once into the output.
 
 Two ways to batch, giving the same batches: a plain ``DataLoader(dataset, batch_size, sampler=...)`` (item by
 item, stacked by the default collate), or :func:`batch_loader`, where each worker reads a whole batch in shard
-order straight into shared memory (no per-item tensors, no second copy): about twice as fast
-(benchmarks/bench_shards.py).
+order straight into one of a few staging slots in shared memory allocated once (no per-item tensors, no second
+copy, and nothing for the main process to receive but the slot's number; page-locked in place for a GPU):
+about twice as fast to read (benchmarks/bench_shards.py), and a twentieth of the main process's time per batch
+(`bench_shards.py --main-process`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +27,15 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from snowcloud.shards import open_shard, patch_datasets
 
 Member = tuple[str | Path, Sequence[int] | np.ndarray | None]
 Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 Key = int | tuple[int, int]
+
+log = logging.getLogger(__name__)
 
 
 def seeded_rng(*keys: int) -> np.random.Generator:
@@ -87,14 +93,6 @@ class _Handle:
 
 def _key(key: Key, epoch: int) -> tuple[int, int]:
     return (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), epoch)
-
-
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
-    """A tensor in shared memory when `shared` (a worker's batch then reaches the main process without a copy)."""
-    if not shared:
-        return torch.empty(shape, dtype=dtype)
-    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(math.prod(shape), device="cpu")
-    return torch.empty(0, dtype=dtype).new(storage).view(shape)
 
 
 class ShardDataset(Dataset):
@@ -186,17 +184,19 @@ class ShardDataset(Dataset):
         return torch.from_numpy(image).to(torch.float32, copy=True), torch.from_numpy(label).to(torch.int64, copy=True)
 
     def read_batch(
-        self, keys: Sequence[Key], shared: bool = False, image_dtype: torch.dtype = torch.float32,
-        label_dtype: torch.dtype = torch.int64,
+        self, keys: Sequence[Key], out: tuple[torch.Tensor, torch.Tensor] | None = None,
+        image_dtype: torch.dtype = torch.float32, label_dtype: torch.dtype = torch.int64,
     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Items stacked: (float32 (B, C, P, P), int64 (B, P, P)), read in shard order, converted straight into
-        the output (in shared memory when `shared`). `image_dtype` float16 and `label_dtype` uint8 move a half and
-        an eighth of the bytes (the shards hold float16 and uint8, so nothing is lost); the caller converts on
-        the device."""
+        the output: `out` (images, labels) with B rows if given (their dtypes then rule), else new tensors of
+        `image_dtype` and `label_dtype`. Float16 images and uint8 labels move a half and an eighth of the bytes
+        (the shards hold float16 and uint8, so nothing is lost); the caller converts on the device."""
         keys = [_key(key, self.epoch) for key in keys]
         size = (self.patch_size, self.patch_size)
-        images = _empty((len(keys), self.channels, *size), image_dtype, shared)
-        labels = _empty((len(keys), *size), label_dtype, shared)
+        images, labels = out or (
+            torch.empty((len(keys), self.channels, *size), dtype=image_dtype),
+            torch.empty((len(keys), *size), dtype=label_dtype),
+        )
         for position in sorted(range(len(keys)), key=lambda k: self.locate(keys[k][0])):
             index, epoch = keys[position]
             image, label = self._augmented(index, epoch) if self.augment is not None else self._stored(index)
@@ -214,17 +214,6 @@ class ShardDataset(Dataset):
         state = self.__dict__.copy()
         state["_handles"], state["_pid"] = {}, None
         return state
-
-
-class _Batches(Dataset):
-    """A ShardDataset addressed by lists of keys: each item is a whole batch, built in shared memory in workers."""
-
-    def __init__(self, dataset: ShardDataset, image_dtype: torch.dtype, label_dtype: torch.dtype) -> None:
-        self.dataset, self.image_dtype, self.label_dtype = dataset, image_dtype, label_dtype
-
-    def __getitem__(self, keys: Sequence[Key]) -> tuple[torch.Tensor, torch.Tensor]:
-        shared = get_worker_info() is not None
-        return self.dataset.read_batch(keys, shared=shared, image_dtype=self.image_dtype, label_dtype=self.label_dtype)
 
 
 def part_sizes(total: int, parts: int) -> list[int]:
@@ -252,17 +241,114 @@ class RankBatches(Sampler):
         return math.ceil(len(self.sampler) / self.batch_size)
 
 
+class _Slots(Dataset):
+    """A ShardDataset addressed by (slot, keys): the batch is read straight into staging slot `slot` of
+    `images` and `labels`, and only (slot, batch size) goes back to the main process."""
+
+    def __init__(self, dataset: ShardDataset, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.dataset, self.images, self.labels = dataset, images, labels
+
+    def __getitem__(self, item: tuple[int, Sequence[Key]]) -> tuple[int, int]:
+        slot, keys = item
+        self.dataset.read_batch(keys, out=(self.images[slot, : len(keys)], self.labels[slot, : len(keys)]))
+        return slot, len(keys)
+
+
+class _SlotSampler(Sampler):
+    """(slot, keys) for each batch of `batches`: the slots are taken in turn, counting on across epochs."""
+
+    def __init__(self, batches: RankBatches, slots: int) -> None:
+        self.batches, self.slots, self.issued = batches, slots, 0
+
+    def __iter__(self) -> Iterator[tuple[int, list[Key]]]:
+        for keys in self.batches:
+            slot, self.issued = self.issued % self.slots, self.issued + 1
+            yield slot, keys
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """An uninitialised tensor, in shared memory when `shared` (its pages are allocated when first written)."""
+    if not shared:
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+
+
+def _page_lock(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Page-lock the memory of CPU tensors where it lies (cudaHostRegister, as PyTorch's own shared and pinned
+    checkpoint buffers do), so that copies from it to a GPU are asynchronous; the tensors locked (unlocked when
+    they are freed). A tensor the driver refuses is left pageable, with a warning: copies then still work."""
+    cudart = torch.cuda.cudart()
+    locked = []
+    for tensor in tensors:
+        nbytes = tensor.untyped_storage().nbytes()
+        error = cudart.cudaHostRegister(tensor.data_ptr(), nbytes, 1)  # 1: cudaHostRegisterPortable
+        if error != cudart.cudaError.success:
+            log.warning("could not pin %d MiB of batch staging memory (%s): copies to the GPU will not overlap",
+                        nbytes >> 20, cudart.cudaGetErrorString(error))  # fmt: skip
+            continue
+        weakref.finalize(tensor, cudart.cudaHostUnregister, tensor.data_ptr())
+        locked.append(tensor)
+    return locked
+
+
+class BatchLoader:
+    """(images, labels) batches of a ShardDataset in a sampler's order, each read whole by one worker straight
+    into one of a few staging slots allocated once in shared memory (page-locked for the GPU with `pin_memory`);
+    the main process receives only the slot's number and yields views of it, so it copies nothing and maps
+    nothing per batch (issue 23: before, each batch came as new shared memory to be received, and pinned by
+    a copy).
+
+    A batch's tensors stay valid until `HOLD` more batches have been received from the same loader: a copy to
+    the device launched from a batch must be finished by then (`Runtime.on_device` waits for it). With workers,
+    DataLoader reads at most `prefetch_factor` batches ahead per worker, so `workers * prefetch_factor + HOLD`
+    slots are never overwritten early. Workers persist across epochs (pinned memory is not inherited by a fork).
+    """
+
+    HOLD = 2
+
+    def __init__(
+        self, dataset: ShardDataset, sampler: Sampler, batch_size: int, image_dtype: torch.dtype = torch.float32,
+        rank: int = 0, ranks: int = 1, label_dtype: torch.dtype = torch.int64, num_workers: int = 0,
+        pin_memory: bool = False, prefetch_factor: int = 2, **options: Any,
+    ) -> None:  # fmt: skip
+        batches = RankBatches(sampler, batch_size, rank, ranks)
+        slots = num_workers * prefetch_factor + self.HOLD
+        rows, size = part_sizes(batch_size, ranks)[rank], dataset.patch_size
+        self.images = _empty((slots, rows, dataset.channels, size, size), image_dtype, shared=num_workers > 0)
+        self.labels = _empty((slots, rows, size, size), label_dtype, shared=num_workers > 0)
+        self.pin = pin_memory and torch.cuda.is_available()
+        self.pinned: list[torch.Tensor] | None = None  # after the workers started
+        self.loader = DataLoader(
+            _Slots(dataset, self.images, self.labels), batch_size=None, sampler=_SlotSampler(batches, slots),
+            num_workers=num_workers, persistent_workers=num_workers > 0,
+            prefetch_factor=prefetch_factor if num_workers else None, **options,
+        )  # fmt: skip
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        received = iter(self.loader)  # the first time, this starts the workers
+        if self.pin and self.pinned is None:
+            self.pinned = _page_lock([self.images, self.labels])
+        for slot, rows in received:
+            yield self.images[slot, :rows], self.labels[slot, :rows]
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
 def batch_loader(
     dataset: ShardDataset, sampler: Sampler, batch_size: int, image_dtype: torch.dtype = torch.float32,
     rank: int = 0, ranks: int = 1, label_dtype: torch.dtype = torch.int64, **options: Any,
-) -> DataLoader:  # fmt: skip
-    """A DataLoader yielding (images, labels) batches of `dataset` in `sampler`'s order, each batch built whole
-    by one worker (images float32 unless `image_dtype` says float16, labels int64 unless `label_dtype` says
-    uint8); in a data-parallel training of `ranks`
-    processes, only part `rank` of each batch (:class:`RankBatches`). `options` go to DataLoader (num_workers,
-    pin_memory, persistent_workers, ...)."""
-    batches = RankBatches(sampler, batch_size, rank, ranks)
-    return DataLoader(_Batches(dataset, image_dtype, label_dtype), batch_size=None, sampler=batches, **options)
+) -> BatchLoader:  # fmt: skip
+    """Batches of `dataset` in `sampler`'s order, each built whole by one worker into staging memory allocated
+    once (:class:`BatchLoader`; images float32 unless `image_dtype` says float16, labels int64 unless
+    `label_dtype` says uint8); in a data-parallel training of `ranks` processes, only part `rank` of each batch
+    (:class:`RankBatches`). `options` go to DataLoader (num_workers, worker_init_fn, ...), except `pin_memory`
+    (the staging memory is page-locked in place) and `prefetch_factor` (batches read ahead per worker)."""
+    return BatchLoader(dataset, sampler, batch_size, image_dtype, rank, ranks, label_dtype, **options)
 
 
 class EpochSampler(Sampler):

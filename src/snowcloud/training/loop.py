@@ -25,11 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from snowcloud.checkpoint import plain
-from snowcloud.loader import EpochSampler, ShardDataset, batch_loader, part_sizes
+from snowcloud.loader import BatchLoader, EpochSampler, ShardDataset, batch_loader, part_sizes
 from snowcloud.losses import build_loss
 from snowcloud.metrics import metrics_from_confusion
 from snowcloud.model import build_model
@@ -178,10 +177,11 @@ def make_optimizer(model: nn.Module, options: Mapping[str, Any]) -> torch.optim.
 
 def make_loader(
     dataset: ShardDataset, sampler: EpochSampler, batch_size: int, runtime: Runtime, world: World | None = None
-) -> DataLoader:
-    """Whole batches read in shard order by each worker (2-4x the patch-by-patch read), in the sampler's order
-    (this rank's part of each in a data-parallel training), uint8 labels (made int64 on the device); pinned
-    memory on a GPU; persistent workers that leave stop signals alone."""
+) -> BatchLoader:
+    """Whole batches read in shard order by each worker (2-4x the patch-by-patch read) into staging memory
+    allocated once, in the sampler's order (this rank's part of each in a data-parallel training), uint8 labels
+    (made int64 on the device); the staging memory page-locked on a GPU; persistent workers that leave stop
+    signals alone."""
     world = world or World()
     return batch_loader(
         dataset,
@@ -193,7 +193,6 @@ def make_loader(
         ranks=world.size,
         num_workers=runtime.workers,
         pin_memory=runtime.cuda,
-        persistent_workers=runtime.workers > 0,
         worker_init_fn=ignore_stop_signals_in_worker if runtime.workers else None,
     )
 
@@ -298,7 +297,7 @@ class Trainer:
             n_validation, self.seed, shuffle=False, limit=self.validation_steps * self.batch_size
         )
         self.datasets = {"train": train_set, "validation": validation_set}
-        self.loaders: dict[str, DataLoader] = {}  # while `run` runs
+        self.loaders: dict[str, BatchLoader] = {}  # while `run` runs
         self.network = self.model  # compiled after a resumed state is loaded
 
     # --- state -----------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from snowcloud.accelerator import autocast_dtype, resolve_device
+from snowcloud.loader import BatchLoader
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +69,26 @@ class Runtime:
         self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches through `to_device`. On a GPU each batch is copied and converted on a side stream while
-        the network computes on the previous one, so the copy is off the critical path (from pinned memory)."""
+        the network computes on the previous one, so the copy is off the critical path (from pinned memory);
+        before the next batch is received, the copy from the batch `BatchLoader.HOLD` back is waited for, since
+        the loader may then reuse its memory."""
         if not self.cuda:
             yield from (self.to_device(image, label) for image, label in batches)
             return
         compute, copy = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
-        ready = None
+        ready, copied = None, deque()
         for image, label in batches:
             with torch.cuda.stream(copy):
                 moved = self.to_device(image, label)
+            copied.append(copy.record_event())
             if ready is not None:
                 yield ready  # the caller queues its work on the previous batch first
             compute.wait_stream(copy)  # then the compute stream waits for this copy
             for tensor in moved:
                 tensor.record_stream(compute)  # made on the copy stream, used on the compute stream
             ready = moved
+            if len(copied) == BatchLoader.HOLD:
+                copied.popleft().synchronize()
         if ready is not None:
             yield ready
 
