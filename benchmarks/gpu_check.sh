@@ -8,7 +8,8 @@
 #   DEVICE=cpu QUICK=1 bash benchmarks/gpu_check.sh       # a dry run of the script itself on a CPU (tiny sizes)
 #   STEPS="tests train" WORKERS="7 15" bash benchmarks/gpu_check.sh   # some steps; the loader with 7 and 15 workers
 #
-# Steps, each under its own time limit: the resume and inference agreement tests on CUDA in bf16 and fp16;
+# Steps, each under its own time limit: the resume and inference agreement tests on CUDA in bf16 and fp16 and the
+# loader's page-locked staging slots feeding the GPU;
 # bench_train.py (the thesis U-Net at batch 32 of 256², thesis e40b271 against ours, compiled, and fed from real
 # shards with the Slurm profile's 7 loader workers and 8 threads); bench_infer.py on a full 10980² tile with the
 # thesis model and TTA, the default margin scheme and 50 % overlap, and the parts alone.
@@ -56,7 +57,7 @@ else
 fi
 for name in $STEPS; do
     case $name in
-    tests) step tests 120 python3 -m pytest -q -p no:cacheprovider -rs -s tests/test_resume.py tests/test_infer.py "${tests[@]}" ;;
+    tests) step tests 150 python3 -m pytest -q -p no:cacheprovider -rs -s tests/test_resume.py tests/test_infer.py tests/test_loader.py "${tests[@]}" ;;
     train) for workers in $WORKERS; do
         step "train-$workers" 180 python3 benchmarks/bench_train.py --device "$DEVICE" --compile --workers "$workers" "${train[@]}"
     done ;;

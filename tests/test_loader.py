@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from devices import NO_GPU
 from torch.utils.data import DataLoader, Dataset
 
 from snowcloud.augment import Augmentation
@@ -25,6 +26,8 @@ from snowcloud.loader import (
     read_patch,
 )
 from snowcloud.shards import FORMAT as SHARD_FORMAT
+from snowcloud.training.loop import make_loader
+from snowcloud.training.runtime import resolve_runtime
 
 
 def make_shard(
@@ -274,3 +277,29 @@ def test_the_staging_slots_are_allocated_once_and_shared_with_the_workers(shards
     assert (staged.images.data_ptr(), staged.labels.data_ptr()) == memory
     in_process = batch_loader(dataset, sampler, 4)
     assert in_process.images.shape[0] == BatchLoader.HOLD and not in_process.images.is_shared()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NO_GPU)])
+def test_the_trainings_batches_reach_the_device_as_the_previous_path_gave_them(tmp_path, device):
+    """Through the training's loader (page-locked slots on a GPU) and `Runtime.on_device` (copies on a side
+    stream, each waited for before its slot may be reused), with workers running ahead of a slow consumer."""
+    path = make_shard(tmp_path / "a.h5", 29, channels=4, size=16, seed=3)
+    dataset = ShardDataset([(path, None)], augment=Augmentation(0.5, 0.3, 0.5, (2, 9)), seed=1)
+    runtime = resolve_runtime({"device": device, "workers": 2, "amp": False, "channels_last": False})
+    sampler = EpochSampler(len(dataset), seed=2)
+    staged = make_loader(dataset, sampler, 4, runtime)
+    reference = PreviousBatchPath(dataset, runtime.batch_dtype, torch.uint8)
+    if runtime.cuda:
+        assert staged.images.is_pinned() is False  # page-locked once the workers exist
+    for epoch in (1, 2):
+        sampler.set_epoch(epoch)
+        expected = list(DataLoader(reference, batch_size=None, sampler=RankBatches(sampler, 4)))
+        received = []
+        for image, label in runtime.on_device(staged):
+            time.sleep(0.02)  # the workers fill every other slot meanwhile
+            received.append((image.to("cpu", copy=True), label.to("cpu", copy=True)))
+        assert len(received) == len(expected) == 8
+        for (image, label), (image_then, label_then) in zip(received, expected, strict=True):
+            assert image.device.type == "cpu" and image.dtype == torch.float32 and label.dtype == torch.int64
+            assert torch.equal(image, image_then.float()) and torch.equal(label, label_then.long())
+    assert staged.images.is_pinned() == runtime.cuda

@@ -269,20 +269,20 @@ class _SlotSampler(Sampler):
         return len(self.batches)
 
 
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
-    """An uninitialised tensor, in shared memory when `shared` (its pages are allocated when first written)."""
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool, pinned: bool = False) -> torch.Tensor:
+    """An uninitialised tensor, in shared memory when `shared` (its pages are allocated when first written), else
+    in pinned memory when `pinned`."""
     if not shared:
-        return torch.empty(shape, dtype=dtype)
+        return torch.empty(shape, dtype=dtype, pin_memory=pinned)
     storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
     return torch.empty(0, dtype=dtype).set_(storage).view(shape)
 
 
-def _page_lock(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def _page_lock(tensors: Sequence[torch.Tensor]) -> None:
     """Page-lock the memory of CPU tensors where it lies (cudaHostRegister, as PyTorch's own shared and pinned
-    checkpoint buffers do), so that copies from it to a GPU are asynchronous; the tensors locked (unlocked when
-    they are freed). A tensor the driver refuses is left pageable, with a warning: copies then still work."""
+    checkpoint buffers do), so that copies from it to a GPU are asynchronous; unlocked when a tensor is freed.
+    Memory the driver refuses stays pageable, with a warning: copies from it still work, without overlap."""
     cudart = torch.cuda.cudart()
-    locked = []
     for tensor in tensors:
         nbytes = tensor.untyped_storage().nbytes()
         error = cudart.cudaHostRegister(tensor.data_ptr(), nbytes, 1)  # 1: cudaHostRegisterPortable
@@ -291,8 +291,6 @@ def _page_lock(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
                         nbytes >> 20, cudart.cudaGetErrorString(error))  # fmt: skip
             continue
         weakref.finalize(tensor, cudart.cudaHostUnregister, tensor.data_ptr())
-        locked.append(tensor)
-    return locked
 
 
 class BatchLoader:
@@ -305,7 +303,8 @@ class BatchLoader:
     A batch's tensors stay valid until `HOLD` more batches have been received from the same loader: a copy to
     the device launched from a batch must be finished by then (`Runtime.on_device` waits for it). With workers,
     DataLoader reads at most `prefetch_factor` batches ahead per worker, so `workers * prefetch_factor + HOLD`
-    slots are never overwritten early. Workers persist across epochs (pinned memory is not inherited by a fork).
+    slots are never overwritten early. Workers persist across epochs: they are forked once, before the shared
+    memory is page-locked (memory pinned before a fork need not be mapped in the child).
     """
 
     HOLD = 2
@@ -318,10 +317,10 @@ class BatchLoader:
         batches = RankBatches(sampler, batch_size, rank, ranks)
         slots = num_workers * prefetch_factor + self.HOLD
         rows, size = part_sizes(batch_size, ranks)[rank], dataset.patch_size
-        self.images = _empty((slots, rows, dataset.channels, size, size), image_dtype, shared=num_workers > 0)
-        self.labels = _empty((slots, rows, size, size), label_dtype, shared=num_workers > 0)
-        self.pin = pin_memory and torch.cuda.is_available()
-        self.pinned: list[torch.Tensor] | None = None  # after the workers started
+        shared, pin = num_workers > 0, pin_memory and torch.cuda.is_available()
+        self.images = _empty((slots, rows, dataset.channels, size, size), image_dtype, shared, pin)
+        self.labels = _empty((slots, rows, size, size), label_dtype, shared, pin)
+        self.lock_pending = pin and shared  # shared memory is page-locked once the workers exist
         self.loader = DataLoader(
             _Slots(dataset, self.images, self.labels), batch_size=None, sampler=_SlotSampler(batches, slots),
             num_workers=num_workers, persistent_workers=num_workers > 0,
@@ -330,8 +329,9 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         received = iter(self.loader)  # the first time, this starts the workers
-        if self.pin and self.pinned is None:
-            self.pinned = _page_lock([self.images, self.labels])
+        if self.lock_pending:
+            _page_lock([self.images, self.labels])
+            self.lock_pending = False
         for slot, rows in received:
             yield self.images[slot, :rows], self.labels[slot, :rows]
 
