@@ -15,7 +15,6 @@ about twice as fast to read (benchmarks/bench_shards.py), and a twentieth of the
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import weakref
@@ -34,8 +33,6 @@ from snowcloud.shards import open_shard, patch_datasets
 Member = tuple[str | Path, Sequence[int] | np.ndarray | None]
 Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 Key = int | tuple[int, int]
-
-log = logging.getLogger(__name__)
 
 
 def seeded_rng(*keys: int) -> np.random.Generator:
@@ -281,15 +278,16 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool, pinned: boo
 def _page_lock(tensors: Sequence[torch.Tensor]) -> None:
     """Page-lock the memory of CPU tensors where it lies (cudaHostRegister, as PyTorch's own shared and pinned
     checkpoint buffers do), so that copies from it to a GPU are asynchronous; unlocked when a tensor is freed.
-    Memory the driver refuses stays pageable, with a warning: copies from it still work, without overlap."""
+    A refusal is an error (CUDA would report it again at the next kernel launch)."""
     cudart = torch.cuda.cudart()
     for tensor in tensors:
         nbytes = tensor.untyped_storage().nbytes()
         error = cudart.cudaHostRegister(tensor.data_ptr(), nbytes, 1)  # 1: cudaHostRegisterPortable
         if error != cudart.cudaError.success:
-            log.warning("could not pin %d MiB of batch staging memory (%s): copies to the GPU will not overlap",
-                        nbytes >> 20, cudart.cudaGetErrorString(error))  # fmt: skip
-            continue
+            raise RuntimeError(
+                f"could not pin {nbytes >> 20} MiB of the loader's batch staging memory (shared memory, "
+                f"{cudart.cudaGetErrorString(error)}): lower training.workers (the memory grows with the workers)"
+            )
         weakref.finalize(tensor, cudart.cudaHostUnregister, tensor.data_ptr())
 
 
