@@ -22,6 +22,7 @@ include: "workflow/rules/dataset.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/season.smk"
 include: "workflow/rules/reproduction.smk"
 
 
@@ -32,6 +33,8 @@ localrules:
     dataset_stats,
     use_model,
     evaluation_summary,
+    season,
+    stac,
 
 
 rule all:

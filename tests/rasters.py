@@ -57,3 +57,21 @@ def write_label(
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(values, 1)
     return path
+
+
+def write_mask(
+    path: Path, classes: np.ndarray, class_names: list[str], tags: dict | None = None, probabilities: bool = False,
+    transform: Affine = TRANSFORM, crs: str = CRS,
+) -> Path:  # fmt: skip
+    """A prediction mask written by the inference's own writer from a (H, W) class map (IGNORE_INDEX: no data),
+    fed as one-hot probabilities in two row blocks."""
+    from snowcloud.labels import IGNORE_INDEX
+    from snowcloud.mask import RowBlock, write_prediction
+
+    valid = classes != IGNORE_INDEX
+    one_hot = np.stack([(classes == k) & valid for k in range(len(class_names))]).astype(np.float32)
+    half = classes.shape[0] // 2
+    blocks = [RowBlock(0, one_hot[:, :half], valid[:half]), RowBlock(half, one_hot[:, half:], valid[half:])]
+    profile = {"width": classes.shape[1], "height": classes.shape[0], "crs": crs, "transform": transform}
+    write_prediction(iter(blocks), profile, path, list(class_names), tags or {}, probabilities)
+    return path

@@ -2,9 +2,9 @@
 command makes (`pip install -e .`, no test extras: pytest brings packages, such as pygments, that a user's
 install would lack).
 
-The commands are read from the documents themselves (fenced shell blocks, and inline code that starts with
-`snakemake`, `snowcloud` or `python`), so a newly documented command runs here unless NOT_RUN says why it
-cannot. They run in a copy of the repository, after the README's demo command (`snakemake --cores all`), in
+The commands are read from the documents themselves (fenced shell blocks, the README's fenced Python blocks,
+each run as one script, and inline code that starts with `snakemake`, `snowcloud` or `python`), so a newly
+documented command runs here unless NOT_RUN says why it cannot. They run in a copy of the repository, after the README's demo command (`snakemake --cores all`), in
 the order the documents give them. A fresh virtual environment is made for them (about a minute) unless
 SNOWCLOUD_USER_VENV names one that was installed the README's way.
 """
@@ -41,6 +41,7 @@ NOT_RUN = {
     r"^snakemake --forcerun preprocess": "reruns the whole demo; what reruns is tested in tests/test_incremental.py",
 }
 FENCED = re.compile(r"```(?:bash|sh|shell|console)\n(.*?)```", re.S)
+PYTHON = re.compile(r"```python\n(.*?)```", re.S)  # run from README.md only: the docs' Python blocks are signatures
 INLINE = re.compile(r"`((?:snakemake|snowcloud|python3? -m snowcloud) [^`]+|python3? benchmarks/[^`]+)`")
 
 
@@ -54,6 +55,8 @@ def documented_commands() -> list[tuple[str, str]]:
                 command = line.split("  #")[0].strip()
                 if command and not command.startswith("#"):
                     found.append((document.name, command))
+        if document.name == "README.md":
+            found += [(document.name, f"python - <<'PYTHON'\n{block}PYTHON") for block in PYTHON.findall(text)]
         found += [(document.name, command.strip()) for command in INLINE.findall(FENCED.sub("", text))]
     seen: set[str] = set()
     return [(document, command) for document, command in found if not (command in seen or seen.add(command))]

@@ -11,11 +11,13 @@ table.
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import pystac
 import pytest
 import rasterio
 import torch
@@ -35,6 +37,7 @@ EXPERIMENT = "demo"
 STATS = "results/datasets/demo/stats.json"
 MODEL = f"results/models/{EXPERIMENT}/model.pt"
 SUMMARY = f"results/evaluation/{EXPERIMENT}/summary.csv"
+SEASON = {"season": [f"results/season/{EXPERIMENT}.csv"], "stac": [f"results/stac/{EXPERIMENT}"]}
 INPUTS = {"demo": {"enabled": False}, "raw_data": "raw", "dem": "dem/T{tile}.tif", "labels": "labels/T{tile}/{date}.tif"}
 ONE_EPOCH = {"experiments": {EXPERIMENT: {"training": {"epochs": 1}}}}
 
@@ -52,8 +55,8 @@ def per_date(rule_outputs: dict[str, str], dates: list[str]) -> dict[str, list[s
 
 
 def after_model(dates: list[str]) -> dict[str, list[str]]:
-    """What a new model.pt makes stale: every prediction (its job also makes the quicklook), its evaluation, and
-    the summary."""
+    """What a new model.pt makes stale: every prediction (its job also makes the quicklook), its evaluation, the
+    summary, the season table and the STAC catalogue."""
     return {
         **per_date(
             {
@@ -63,6 +66,7 @@ def after_model(dates: list[str]) -> dict[str, list[str]]:
             dates,
         ),
         "evaluation_summary": [SUMMARY],
+        **SEASON,
     }
 
 
@@ -223,14 +227,17 @@ def test_performance_only_change_is_recorded_with_touch(season):
         ({"datasets": {"demo": {"normalisation": "legacy-dn10000"}}}, "shard"),
         ({"preprocess": {"resampling": "cubic"}}, "preprocess"),
         ({"evaluation": {"margin_pixels": 2}}, "evaluate"),
+        ({"season": {"snow_classes": ["snow", "thin_cloud"]}}, "season"),
     ],
-    ids=["training", "model", "class_weights", "split", "sampler", "normalisation", "preprocess", "evaluation"],
+    ids=["training", "model", "class_weights", "split", "sampler", "normalisation", "preprocess", "evaluation",
+         "season"],  # fmt: skip
 )
 def test_config_key_reruns_its_stage_and_what_follows(season, change, stale):
     """The rule whose `params` hold the changed key reruns for every date, then everything downstream of it."""
     dates = season.dates
     downstream = {
         "evaluate": {"evaluate": after_model(dates)["evaluate"], "evaluation_summary": [SUMMARY]},
+        "season": {"season": SEASON["season"]},
         "train": {"train": [MODEL], **after_model(dates)},
         "dataset_stats": after_stats(dates),
         "shard": {"shard": sorted(shard(d) for d in dates), **after_stats(dates)},
@@ -257,17 +264,30 @@ def predicted(experiment: str, dates: list[str], evaluated: list[str]) -> dict[s
         "infer": sorted(f"results/predictions/{experiment}/{TILE}/{d}.tif" for d in dates),
         "evaluate": sorted(f"results/evaluation/{experiment}/{TILE}/{d}.json" for d in evaluated),
         "evaluation_summary": [f"results/evaluation/{experiment}/summary.csv"],
+        "season": [f"results/season/{experiment}.csv"],
+        "stac": [f"results/stac/{experiment}"],
     }
 
 
-def test_unlabelled_date_is_predicted_without_retraining(season):
+def test_unlabelled_date_is_predicted_without_retraining_and_adds_its_season_row(season):
     download(season, UNLABELLED_DATE)
+    masks = [f"results/predictions/{EXPERIMENT}/{TILE}/{date}.tif" for date in season.dates]
+    before = season.mtimes(masks)
     plan = season.plan()
     assert plan == {
         "preprocess": [scene(UNLABELLED_DATE)],
         "infer": [f"results/predictions/{EXPERIMENT}/{TILE}/{UNLABELLED_DATE}.tif"],
-    }, "no shard, no training, no evaluation"
+        **SEASON,
+    }, "no shard, no training, no evaluation; the season table and the catalogue from the masks' headers"
     snakemake(season.root, "--cores", "2")
+    assert season.mtimes(masks) == before, "no other date's inference reran"
+    with open(season.root / SEASON["season"][0], newline="") as handle:
+        rows = {row["date"]: row for row in csv.DictReader(handle)}
+    assert sorted(rows) == sorted([*season.dates, UNLABELLED_DATE])
+    assert rows[UNLABELLED_DATE]["split"] == "" and rows[season.dates[0]]["split"] in ("train", "validation")
+    assert pystac.Collection.from_file(str(season.root / SEASON["stac"][0] / "collection.json")).get_item(
+        f"{TILE}_{UNLABELLED_DATE}"
+    )
     assert season.plan() == {}
 
 

@@ -3,6 +3,7 @@ checkpoints the tests write: outputs like the workflow's, failing inputs named, 
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pystac
 import pytest
 import rasterio
 import torch
@@ -97,7 +99,7 @@ def test_zipped_product_gives_the_workflows_mask_with_its_preprocessing(tiny_dem
     assert np.array_equal(mask(output), workflow_mask)
     assert output.with_name(f"{DATE}_proba.tif").is_file() and output.with_suffix(".png").is_file()
     assert str(output) in out and "1 of 1 input(s) predicted" in out
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [TILE], "the scene raster was temporary"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [TILE, "season.csv"], "the scene was temporary"
 
 
 def test_unpacked_product_and_kept_scene_raster_give_the_same_mask(
@@ -129,12 +131,28 @@ def test_folder_with_a_corrupt_product_predicts_the_others_and_names_it(tiny_dem
     broken = folder / products[2].name
     broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])  # a download cut short
 
-    status, out, err = predict(model, folder, "--dem", tiny_demo["dem"], "--out", tmp_path / "out", capsys=capsys)
+    status, out, err = predict(model, folder, "--dem", tiny_demo["dem"], "--out", tmp_path / "out", "--stac",
+                               capsys=capsys)  # fmt: skip
     assert status == 1
     outputs = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.tif"))
     assert outputs == [f"32TMS/{DATE}.tif", f"32TNS/{DATE}.tif"]
     assert broken.name in err and "2 of 3 input(s) predicted, 1 failed" in out
     assert not [p for p in (tmp_path / "out").rglob(".*")], "no temporary left behind"
+    # The season table and the STAC items of the masks that were made, from the counts the masks recorded.
+    with open(tmp_path / "out" / "season.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["tile"], row["date"]) for row in rows] == [("32TMS", DATE), ("32TNS", DATE)]
+    for row in rows:
+        shares = {name: float(row[name]) for name in ("background", "snow", "cloud", "water")}
+        counts = np.bincount(mask(tmp_path / "out" / row["tile"] / f"{DATE}.tif").ravel(), minlength=256)
+        assert shares == pytest.approx({n: counts[i] / counts[:4].sum() for i, n in enumerate(shares)})
+        assert f"{float(row['snow']) * 100:.1f}%" in out, "the printed table has the same shares"
+    collection = pystac.Collection.from_file(str(tmp_path / "out" / "collection.json"))
+    items = {item.id: item for item in collection.get_items()}
+    assert sorted(items) == [f"32TMS_{DATE}", f"32TNS_{DATE}"]
+    for item in items.values():
+        assert Path(item.assets["mask"].get_absolute_href()) == tmp_path / "out" / (item.id.replace("_", "/") + ".tif")
+        assert Path(item.get_self_href()).parent == Path(item.assets["mask"].get_absolute_href()).parent
 
 
 def test_model_with_elevation_needs_a_dem_that_covers_the_tile(tiny_demo, model, tmp_path, capsys):
@@ -183,8 +201,8 @@ def hidden_entries(folder: Path) -> list[Path]:
 
 def test_a_bug_stops_the_run_with_its_traceback_instead_of_failing_one_input(tiny_demo, model, tmp_path, capsys,
                                                                              monkeypatch):  # fmt: skip
-    def broken(mask: Path, class_names: list[str]) -> dict:  # a programming error, not a bad input
-        return dict(zip(class_names, np.zeros(4) + np.zeros(5), strict=True))
+    def broken(mask: Path) -> dict:  # a programming error, not a bad input
+        return dict(zip(["background", "snow", "cloud", "water"], np.zeros(4) + np.zeros(5), strict=True))
 
     monkeypatch.setattr(predict_module, "class_percentages", broken)
     products = [tiny_demo["products"][(tile, DATE)].path for tile in ("32TNS", "32TMS")]

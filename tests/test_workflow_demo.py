@@ -95,7 +95,7 @@ def embedded_files(report: str) -> dict[str, bytes]:
     return {name: base64.b64decode(data) for name, data in found}
 
 
-def test_the_report_holds_the_distribution_curves_summary_table_and_quicklooks(demo_run):
+def test_the_report_holds_the_distribution_curves_summary_table_quicklooks_and_season(demo_run):
     workdir, config = demo_run
     snakemake(workdir, "--report", "report.html")
     files = embedded_files((workdir / "report.html").read_text())
@@ -106,3 +106,6 @@ def test_the_report_holds_the_distribution_curves_summary_table_and_quicklooks(d
     validation = aggregate(summary_rows(workdir), "validation", "model")
     assert page.count("<table>") == 2 and f"<td>{validation['macro_iou']:.4f}</td>" in page
     assert "Configuration of this run" in page and "base_channels" in page
+    assert files["demo.png"][:8] == b"\x89PNG\r\n\x1a\n", "the season plot"
+    season = list(csv.DictReader(files["demo.csv"].decode().splitlines()))
+    assert sorted((row["tile"], row["date"]) for row in season) == sorted(scenes(config))

@@ -123,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--quicklook", action="store_true", help="also write {date}.png")
     predict.add_argument("--threads", type=int, default=None, help="CPU threads (default: the CPUs available)")
     predict.add_argument("--keep-scenes", action="store_true", help="keep the scene rasters in OUT/scenes/")
+    predict.add_argument("--stac", action="store_true",
+                         help="also write a STAC item beside each mask and OUT/collection.json")  # fmt: skip
     predict.set_defaults(run=_predict)
 
     thesis = commands.add_parser(
@@ -193,7 +195,7 @@ def _predict(args: argparse.Namespace) -> int:
     jobs = predict_inputs(
         args.model, args.inputs, args.out, dem=args.dem, tta=args.tta, device=args.device,
         batch_size=args.batch_size, probabilities=args.probabilities, quicklook=args.quicklook,
-        threads=args.threads or available_cpus(), keep_scenes=args.keep_scenes,
+        threads=args.threads or available_cpus(), keep_scenes=args.keep_scenes, stac=args.stac,
     )  # fmt: skip
     class_names = recorded_classes(runnable_metadata(args.model), str(args.model))
     for line in report(jobs, list(class_names)):

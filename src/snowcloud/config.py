@@ -179,6 +179,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "experiment": ("$defs", "experiment"),
     "inference": ("$defs", "experiment", "properties", "inference"),
     "auto_labels": ("properties", "auto_labels"),
+    "season": ("properties", "season"),
 }
 
 

@@ -265,6 +265,18 @@ def load_split(stats_path: str | Path) -> dict[str, list[tuple[str, np.ndarray |
 # --- plot ---------------------------------------------------------------------------------------------------
 
 
+def split_roles(stats_path: str | Path) -> dict[tuple[str, str], str]:
+    """Role of each (tile, date) in the dataset's split: train or validation for a date split, mixed when its
+    patches are divided by a patch split."""
+    scene_of = {entry["shard"]: (entry["tile"], entry["date"]) for entry in load_stats(stats_path)["dates"]}
+    roles: dict[tuple[str, str], str] = {}
+    for role, members in load_split(stats_path).items():
+        for shard, indices in members:
+            role_here = role if indices is None else "mixed"
+            roles[scene_of[shard]] = role_here if roles.get(scene_of[shard], role_here) == role_here else "mixed"
+    return roles
+
+
 def plot_class_distribution(stats: dict, plot_path: str | Path) -> None:
     """Horizontal stacked bars of the patch-mean class fractions: the total, then one bar per tile and date,
     with the patch count and the share of the last class (water by default) written beside each bar."""

@@ -164,20 +164,6 @@ METRIC_COLUMNS = ("pixel_accuracy", "micro_iou", "macro_iou", "macro_f1", "macro
 PER_CLASS_METRICS = ("iou", "f1", "precision", "recall")
 
 
-def split_roles(stats_path: str | Path) -> dict[tuple[str, str], str]:
-    """Role of each (tile, date) in the dataset's split: train or validation for a date split, mixed when its
-    patches are divided by a patch split."""
-    scene_of = {
-        entry["shard"]: (entry["tile"], entry["date"]) for entry in dataset_stats.load_stats(stats_path)["dates"]
-    }
-    roles: dict[tuple[str, str], str] = {}
-    for role, members in dataset_stats.load_split(stats_path).items():
-        for shard, indices in members:
-            role_here = role if indices is None else "mixed"
-            roles[scene_of[shard]] = role_here if roles.get(scene_of[shard], role_here) == role_here else "mixed"
-    return roles
-
-
 def load_evaluations(paths: list[str]) -> list[dict]:
     """The per-date evaluation JSONs, checked to share classes and methods."""
     evaluations = []
@@ -228,7 +214,7 @@ def summarise(
     report): the rows as tables, with the configuration the run used. Without stats (an inference-only
     experiment) every date's split role is "unknown"."""
     found = load_evaluations(evaluations)
-    split_of = split_roles(stats_path) if stats_path else {}
+    split_of = dataset_stats.split_roles(stats_path) if stats_path else {}
     roles = [split_of.get((e["tile"], e["date"]), "unused" if stats_path else "unknown") for e in found]
     classes = found[0]["classes"] if found else list(CLASSES)
     rows = []

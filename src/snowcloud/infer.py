@@ -30,7 +30,7 @@ from snowcloud.gdal import gdal_env
 from snowcloud.labels import recorded_classes
 from snowcloud.mask import RowBlock, probabilities_path, write_prediction
 from snowcloud.provenance import file_sha256
-from snowcloud.scene import band_indexes, valid_pixels
+from snowcloud.scene import band_indexes, identity_tags, valid_pixels
 from snowcloud.windows import AxisPlan, axis_plans, scheme_description
 
 log = logging.getLogger(__name__)
@@ -423,7 +423,7 @@ def predict_with(
         )  # fmt: skip
         blocks = predict_blocks(model.network, dataset, indexes, normalise, len(model.class_names), plans, per_batch,
                                 model.settings, progress)  # fmt: skip
-        tags = provenance_tags(model.path, metadata, scene, options, model.settings)
+        tags = provenance_tags(model.path, metadata, scene, options, model.settings) | identity_tags(dataset)
         write_prediction(require_valid_pixels(blocks, scene), dataset.profile, output, model.class_names, tags,
                          options["probabilities"], options["threshold"])  # fmt: skip
     stale = probabilities_path(output)

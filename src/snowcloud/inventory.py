@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 PRODUCT_PATTERN = re.compile(
@@ -15,6 +16,7 @@ PRODUCT_PATTERN = re.compile(
 
 LOOKS_LIKE_PRODUCT = re.compile(r"^S2[A-D]_MSIL1C_.*(?:\.SAFE|\.zip)", re.IGNORECASE)
 PRODUCT_NAME_EXAMPLE = "S2B_MSIL1C_20210116T102351_N0209_R065_T32TNS_20210116T123456.SAFE.zip"
+DATE_FORMAT = "%Y%m%dT%H%M%S"  # a product's sensing time, the {date} of every path the workflow writes
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,11 @@ class Product:
     def processing_baseline(self) -> str:
         """The baseline as written in the metadata, e.g. '04.00'."""
         return f"{self.baseline[:2]}.{self.baseline[2:]}"
+
+
+def sensing_time(date: str) -> datetime:
+    """The UTC sensing time a {date} (20220201T102209) stands for."""
+    return datetime.strptime(date, DATE_FORMAT).replace(tzinfo=UTC)
 
 
 def parse_product_name(path: str | Path) -> Product | None:

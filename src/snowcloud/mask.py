@@ -3,8 +3,10 @@ and the optional probabilities `{date}_proba.tif` beside it; `read_classes` give
 
 A mask is a uint8 COG: 0..K-1 the model's classes in the order of its outputs, IGNORE_INDEX (255) no data; a
 colour table (classes by name, no data transparent); the class names in the tags `classes` (a JSON list) and
-`CLASS_i`; overviews by mode. The probabilities are K uint8 bands, 255 x probability, 0 and masked where the
-scene has no data.
+`CLASS_i`; the pixels of each class and without data, counted as the rows are written, in the tags
+`class_pixel_counts` (a JSON list in class order) and `nodata_pixel_count` (what the season table and the STAC
+items read instead of the pixels: `read_class_counts`); overviews by mode. The probabilities are K uint8 bands,
+255 x probability, 0 and masked where the scene has no data.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ from snowcloud.gdal import gdal_errors_raised
 from snowcloud.labels import IGNORE_INDEX, class_colours, recorded_classes
 
 CLASSES_TAG = "classes"  # JSON list of the class names, in mask order
+CLASS_COUNTS_TAG = "class_pixel_counts"  # JSON list: pixels of each class, in the order of CLASSES_TAG
+NODATA_COUNT_TAG = "nodata_pixel_count"  # pixels without data (IGNORE_INDEX)
+
+
+class MaskError(ValueError):
+    """A mask that lacks what is asked of it; the message names the file and what to do."""
 
 
 @dataclass
@@ -50,6 +58,50 @@ def class_tags(class_names: list[str]) -> dict[str, str]:
 def read_classes(tags: dict[str, str], source: str) -> list[str]:
     """The class names of the mask `source` from its tags (labels.recorded_classes)."""
     return recorded_classes(tags, source)
+
+
+@dataclass(frozen=True)
+class ClassCounts:
+    """The pixels of each class of a mask, and its pixels without data."""
+
+    classes: list[str]
+    counts: list[int]
+    nodata: int
+
+    @property
+    def valid(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def pixels(self) -> int:
+        return self.valid + self.nodata
+
+
+def count_tags(counts: np.ndarray, class_names: list[str]) -> dict[str, str]:
+    """The count tags of a mask from the bincount (256,) of its values."""
+    per_class = [int(count) for count in counts[: len(class_names)]]
+    return {CLASS_COUNTS_TAG: json.dumps(per_class), NODATA_COUNT_TAG: str(int(counts[IGNORE_INDEX]))}
+
+
+def class_counts(tags: dict[str, str], path: str | Path) -> ClassCounts:
+    """The class counts in a mask's tags (`path`: the mask, for the error)."""
+    if CLASS_COUNTS_TAG not in tags or CLASSES_TAG not in tags:
+        raise MaskError(
+            f"mask {path} records no class counts (it was written before masks recorded them): rerun its inference"
+        )
+    return ClassCounts(json.loads(tags[CLASSES_TAG]), json.loads(tags[CLASS_COUNTS_TAG]), int(tags[NODATA_COUNT_TAG]))
+
+
+def read_class_counts(path: str | Path) -> ClassCounts:
+    """The class counts a mask recorded when it was written (its tags only: the pixels are not read)."""
+    with rasterio.open(path) as dataset:
+        return class_counts(dataset.tags(), path)
+
+
+def mask_identity(path: str | Path) -> tuple[str, str]:
+    """(tile, date) of a mask at .../{tile}/{date}.tif (the workflow's and the predict command's layout)."""
+    path = Path(path)
+    return path.parent.name, path.stem
 
 
 def probabilities_path(output: str | Path) -> Path:
@@ -99,8 +151,9 @@ def write_prediction(
     probabilities: bool,
     threshold: float | None = None,
 ) -> None:
-    """Stream row blocks into plain GeoTIFFs in a scratch folder beside `output`, then copy them to COGs
-    (probabilities first, so the mask, the Snakemake output, appears last)."""
+    """Stream row blocks into plain GeoTIFFs in a scratch folder beside `output`, counting the pixels of each
+    class into the mask's tags (`count_tags`), then copy them to COGs (probabilities first, so the mask, the
+    Snakemake output, appears last)."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     base = {
@@ -110,6 +163,7 @@ def write_prediction(
     names = class_tags(class_names)
     layers = 1 + (len(class_names) + 1 if probabilities else 0)  # bytes per pixel: classes, probabilities, mask
     needs_bytes = 2 * layers * profile["width"] * profile["height"]  # the plain GeoTIFFs and their COGs
+    counts = np.zeros(256, np.int64)
     with scratch_folder(output, needs_bytes=needs_bytes) as scratch:
         mask_path, proba_path = Path(scratch) / "mask.tif", Path(scratch) / "proba.tif"
         with contextlib.ExitStack() as stack:
@@ -127,7 +181,9 @@ def write_prediction(
 
             def write(block: RowBlock) -> None:
                 window = Window(0, block.row, profile["width"], block.valid.shape[0])
-                mask.write(classes_from_block(block, threshold), 1, window=window)
+                classes = classes_from_block(block, threshold)
+                mask.write(classes, 1, window=window)
+                counts[:] += np.bincount(classes.ravel(), minlength=counts.size)
                 if proba is not None:
                     proba.write(probabilities_as_bytes(block), window=window)
                     proba.write_mask(np.where(block.valid, 255, 0).astype(np.uint8), window=window)
@@ -140,6 +196,7 @@ def write_prediction(
                     pending = writer.submit(write, block)
                 if pending is not None:
                     pending.result()
+            mask.update_tags(**count_tags(counts, class_names))
         if probabilities:
             write_cog(proba_path, probabilities_path(output), "AVERAGE")
         write_cog(mask_path, output, "MODE")

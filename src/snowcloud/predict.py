@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import rasterio
 from tqdm import tqdm
 
@@ -27,16 +26,19 @@ from snowcloud.bands import ELEVATION
 from snowcloud.config import recorded_value_options, validated
 from snowcloud.dem import DemError
 from snowcloud.inventory import find_products, scene_path
-from snowcloud.labels import IGNORE_INDEX
+from snowcloud.mask import read_class_counts
 from snowcloud.normalisation import NormalisationError
 from snowcloud.quicklook import quicklook
 from snowcloud.safe import SafeError, open_safe
 from snowcloud.scene import SceneError, band_indexes, recorded_preprocess
+from snowcloud.season import season_rows, write_season_table
+from snowcloud.stac import mask_collection, save_collection
 from snowcloud.windows import window_count
 
 log = logging.getLogger(__name__)
 
 SCENE_SUFFIXES = (".tif", ".tiff")
+SEASON_TABLE = "season.csv"  # in OUT: the season table of the masks
 
 
 class PredictError(ValueError):
@@ -161,7 +163,7 @@ def run_job(
         if settings["quicklook"]:
             quicklook(str(scene), str(output), str(output.with_suffix(".png")))
     job.output = output
-    job.percentages = class_percentages(output, model.class_names)
+    job.percentages = class_percentages(output)
 
 
 @contextlib.contextmanager
@@ -177,23 +179,22 @@ def _scene_for(job: Job, output: Path, out: Path, keep: bool) -> Iterator[Path]:
             yield scratch / f"{job.date}.tif"
 
 
-def class_percentages(mask: Path, class_names: list[str]) -> dict[str, float]:
-    """Share of each class among the valid pixels of a mask, and of no data among all pixels, in %."""
-    counts = np.zeros(256, np.int64)
-    with rasterio.open(mask) as dataset:
-        for _, window in dataset.block_windows(1):
-            counts += np.bincount(dataset.read(1, window=window).ravel(), minlength=256)
-    valid = counts[: len(class_names)].sum()
-    shares = {name: 100 * counts[i] / valid if valid else 0.0 for i, name in enumerate(class_names)}
-    return shares | {"no data": 100 * counts[IGNORE_INDEX] / counts.sum()}
+def class_percentages(mask: Path) -> dict[str, float]:
+    """Share of each class among the valid pixels of a mask, and of no data among all pixels, in %, from the
+    counts the mask recorded when it was written."""
+    counts = read_class_counts(mask)
+    shares = {name: 100 * n / counts.valid if counts.valid else 0.0 for name, n in zip(counts.classes, counts.counts)}
+    return shares | {"no data": 100 * counts.nodata / counts.pixels}
 
 
 def predict_inputs(
     model_path: Path, inputs: list[Path], out: Path, *, dem: str | None = None, tta: bool | None = None,
     device: str | None = None, batch_size: int | None = None, probabilities: bool = False, quicklook: bool = False,
-    threads: int = 1, keep_scenes: bool = False,
+    threads: int = 1, keep_scenes: bool = False, stac: bool = False,
 ) -> list[Job]:  # fmt: skip
-    """Predict every input; return the jobs with their outcome (an `error` for each input that failed)."""
+    """Predict every input; return the jobs with their outcome (an `error` for each input that failed). The
+    masks' season table goes to OUT/season.csv and, with `stac`, their STAC items beside them and
+    OUT/collection.json."""
     options = inference_options(tta=tta, device=device, batch_size=batch_size, probabilities=probabilities)
     model = infer.load_for_inference(model_path, options, threads)
     jobs = collect_jobs(inputs)
@@ -223,7 +224,19 @@ def predict_inputs(
             if job.error is not None:  # take the windows it will never run off the total
                 progress.total -= job.windows - (progress.n - counted)
                 progress.refresh()
+    write_summaries([job.output for job in jobs if job.output is not None], out, model, stac)
     return jobs
+
+
+def write_summaries(masks: list[Path], out: Path, model: infer.LoadedModel, stac: bool) -> None:
+    """OUT/season.csv of the masks (the season section's defaults say which classes are snow and cloud) and,
+    with `stac`, their STAC collection in OUT; nothing without a mask."""
+    if not masks:
+        return
+    write_season_table(season_rows(masks), out / SEASON_TABLE, {})
+    if stac:
+        name = str(model.metadata.get("experiment") or Path(model.path).stem)
+        save_collection(mask_collection(masks, out, name, f"snowcloud masks predicted with {model.path}"))
 
 
 def _attempt(job: Job, work) -> None:  # noqa: ANN001 - a callable without arguments

@@ -26,6 +26,7 @@ VALUE_RANGE = (-32767, 32767)  # valid values saturate here; NODATA is reserved 
 N_BANDS = len(BANDS)
 PATH_PATTERN = re.compile(r"(?P<tile>\d{2}[A-Z]{3})/(?P<date>\d{8}T\d{6})\.tif$")
 PREPROCESS_TAG = "PREPROCESS_OPTIONS"  # JSON of the preprocess options the scene was made with
+IDENTITY_TAGS = ("PRODUCT", "TILE", "SENSING_TIME")  # the product a scene was made from, its tile and date
 
 
 class SceneError(ValueError):
@@ -52,6 +53,12 @@ def identity(path: str | Path) -> tuple[str, str]:
     if match is None:
         raise SceneError(f"{path}: not a scene raster path of the form .../{{tile}}/{{date}}.tif")
     return match["tile"], match["date"]
+
+
+def identity_tags(dataset: rasterio.DatasetReader) -> dict[str, str]:
+    """The product name, tile and sensing time an opened scene raster records (what a mask made from it copies)."""
+    tags = dataset.tags()
+    return {key: tags[key] for key in IDENTITY_TAGS if key in tags}
 
 
 def recorded_preprocess(path: str | Path) -> dict | None:

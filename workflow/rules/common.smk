@@ -136,7 +136,8 @@ def scene_of(wildcards):
 
 
 def final_targets():
-    """The predictions (their `infer` jobs write the quicklooks too), evaluation summaries and reproductions."""
+    """The predictions (their `infer` jobs write the quicklooks too), evaluation summaries, season tables (their
+    jobs draw the plots too), STAC catalogues and reproductions."""
     targets = []
     for experiment in experiments_to_run(config):
         targets += [
@@ -144,6 +145,7 @@ def final_targets():
             for tile, date in SCENES
         ]
         targets.append(f"results/evaluation/{experiment}/summary.csv")
+        targets += [f"results/season/{experiment}.csv", f"results/stac/{experiment}"]
         if config["experiments"][experiment]["thesis"]:
             targets.append(f"results/reproduction/{experiment}.md")
     return targets
@@ -194,12 +196,36 @@ def evaluation_class_set(wildcards):
 
 
 def evaluation_summary_inputs(wildcards):
-    inputs = {
-        "evaluations": [
-            f"results/evaluation/{wildcards.experiment}/{tile}/{date}.json"
-            for tile, date in LABELLED
-        ]
-    }
-    if wildcards.experiment in TRAINED:  # the split roles of the dates
-        inputs["stats"] = f"results/datasets/{experiment_dataset(wildcards)}/stats.json"
-    return inputs
+    evaluations = [
+        f"results/evaluation/{wildcards.experiment}/{tile}/{date}.json"
+        for tile, date in LABELLED
+    ]
+    return {"evaluations": evaluations, **split_stats(wildcards)}
+
+
+def split_stats(wildcards):
+    """The dataset statistics that hold the split roles of an experiment's dates (none: inference-only)."""
+    if wildcards.experiment not in TRAINED:
+        return {}
+    return {"stats": f"results/datasets/{experiment_dataset(wildcards)}/stats.json"}
+
+
+def predictions_of(wildcards):
+    """Every mask of an experiment."""
+    return [
+        f"results/predictions/{wildcards.experiment}/{tile}/{date}.tif"
+        for tile, date in SCENES
+    ]
+
+
+def season_inputs(wildcards):
+    return {"masks": predictions_of(wildcards), **split_stats(wildcards)}
+
+
+def labelled_scenes(wildcards):
+    """The `{tile}/{date}` of the scenes with a label (every scene, for a dataset of automatic labels)."""
+    trained = wildcards.experiment in TRAINED
+    scenes = (
+        SCENES if trained and auto_labelled(experiment_dataset(wildcards)) else LABELLED
+    )
+    return [f"{tile}/{date}" for tile, date in scenes]
