@@ -82,14 +82,15 @@ def test_help_exits_cleanly(argv):
 
 
 def test_check_config_and_demo_work_from_an_installed_wheel(repo, tmp_path):
-    """The schema ships inside the package: the commands need no checkout beside the installed files."""
+    """The schema and the presets ship inside the package: the commands need no checkout beside the installed
+    files."""
     source, wheels = tmp_path / "source", tmp_path / "wheels"
     shutil.copytree(repo, source, ignore=shutil.ignore_patterns(".*", "build", "results", "resources", "logs", "*.egg-info"))
     build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)]
     subprocess.run(build, check=True, cwd=tmp_path, capture_output=True)  # in a copy: setuptools writes build/ beside
     (wheel,) = wheels.glob("snowcloud-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        assert "snowcloud/schema.yaml" in archive.namelist()
+        assert "snowcloud/schema.yaml" in archive.namelist() and "snowcloud/presets/a82e3cd.yaml" in archive.namelist()
         archive.extractall(tmp_path / "site")
     config = tmp_path / "config.yaml"
     config.write_text((repo / "config" / "config.yaml").read_text())
@@ -99,6 +100,9 @@ def test_check_config_and_demo_work_from_an_installed_wheel(repo, tmp_path):
         done = subprocess.run([sys.executable, "-c", "import sys; from snowcloud.cli import main; sys.exit(main())", *arguments],
                               cwd=tmp_path, env=environment, capture_output=True, text=True)  # fmt: skip
         assert done.returncode == 0, done.stderr
+    preset = "from snowcloud.thesis import preset_config; print(preset_config('a82e3cd')[1])"
+    found = subprocess.run([sys.executable, "-c", preset], cwd=tmp_path, env=environment, capture_output=True, text=True)
+    assert found.stdout.strip() == "a82e3cd", found.stderr  # import-thesis --preset NAME outside the checkout
     imported = subprocess.run([sys.executable, "-c", "import snowcloud; print(snowcloud.__file__)"], cwd=tmp_path,
                               env=environment, capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert imported.startswith(str(tmp_path / "site"))

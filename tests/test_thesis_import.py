@@ -3,6 +3,9 @@ predicts what the thesis module predicts with the same weights."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from thesis_unet import ThesisUNet
@@ -69,3 +72,16 @@ def test_state_dict_of_another_shape_is_refused_naming_file_and_preset(tmp_path)
     with pytest.raises(thesis.ThesisImportError, match=r"thirteen\.pth has 13 input channels.*a82e3cd means 14"):
         thesis.import_thesis(path, "a82e3cd", tmp_path / "out.pt")
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_a_preset_is_found_by_name_outside_the_checkout(pth, tmp_path):
+    """The presets ship with the package: a run from any folder finds them, and an unknown name says where
+    they were looked for and how to give a file instead."""
+    command = [sys.executable, "-m", "snowcloud", "import-thesis", str(pth), "--out", "a82e3cd.pt", "--preset"]
+    done = subprocess.run([*command, "a82e3cd"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert checkpoint.read_checkpoint(tmp_path / "a82e3cd.pt")["metadata"]["experiment"] == "a82e3cd"
+
+    done = subprocess.run([*command, "a82e3cf"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 1 and f"in {thesis.PRESETS}) are 1c88144, 202ea7d," in done.stderr
+    assert "or the path of a preset YAML file" in done.stderr and "Traceback" not in done.stderr

@@ -135,7 +135,10 @@ def _parser() -> argparse.ArgumentParser:
         "that predict and the workflow (experiments.<name>.model) can run it.",
     )
     thesis.add_argument("pth", type=Path, help="the thesis's state dict, e.g. unet_a82e3cd_ep30.pth")
-    thesis.add_argument("--preset", required=True, help="a preset name under config/presets/ or a preset YAML file")
+    thesis.add_argument(
+        "--preset", required=True,
+        help="the name of a preset shipped with snowcloud (the checkout's config/presets/), or a preset YAML file",
+    )  # fmt: skip
     thesis.add_argument("--out", type=Path, required=True, help="the model.pt to write")
     thesis.set_defaults(run=_import_thesis)
     return parser

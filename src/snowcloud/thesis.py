@@ -23,7 +23,8 @@ from snowcloud.model import build_model
 from snowcloud.provenance import file_sha256
 from snowcloud.scene import channel_names
 
-PRESETS = Path("config/presets")  # of the repository, where the commands are run from
+# The presets ship with the package (as the schema does); the checkout's config/presets is a link to them.
+PRESETS = Path(__file__).with_name("presets")
 # Prefixes of checkpoints saved from a wrapped model: torch.compile (`_orig_mod.`), DataParallel (`module.`).
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 # Thesis parameter name (after the prefixes) -> snowcloud's; levels 1..4 there are 0..3 here.
@@ -70,12 +71,16 @@ def read_thesis_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def preset_config(preset: str) -> tuple[dict, str]:
-    """A preset (a name under config/presets/ or a YAML file) with the schema's defaults, and the name of its
-    experiment. (The default configuration it merges over in the workflow changes no key the import reads.)"""
+    """A preset (the name of one shipped with the package, or a YAML file) with the schema's defaults, and the
+    name of its experiment. (The default configuration it merges over in the workflow changes no key the
+    import reads.)"""
     path = Path(preset) if preset.endswith((".yaml", ".yml")) else PRESETS / f"{preset}.yaml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
-        raise ThesisImportError(f"preset '{preset}': no file {path} (presets: {known})")
+        known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml") if p.stem != "smoke"))
+        raise ThesisImportError(
+            f"preset '{preset}': no file {path}; the presets shipped with snowcloud (in {PRESETS}) are {known}: "
+            "give one of those names, or the path of a preset YAML file (ending in .yaml)"
+        )
     config = load_config(path)
     names = config["run"] or list(config["experiments"])
     if len(names) != 1:
