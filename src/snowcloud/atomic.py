@@ -44,7 +44,7 @@ def temporary_path(path: str | Path, pid: int | None = None, label: str | None =
     return path.with_name(f".{path.name}.tmp-{os.getpid() if pid is None else pid}{ending}")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -60,7 +60,7 @@ def remove_stale_temporaries(path: str | Path) -> None:
     pattern = re.compile(rf"^\.{re.escape(path.name)}\.tmp-(\d+)(?:\..+)?$")
     for candidate in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
         match = pattern.match(candidate.name)
-        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
             log.info("removing %s, left by a killed job", candidate)
             if candidate.is_dir() and not candidate.is_symlink():
                 shutil.rmtree(candidate, ignore_errors=True)

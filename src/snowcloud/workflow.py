@@ -1,14 +1,20 @@
-"""Glue between Snakemake and the package: logging to the rule's log file, the planning process's garbage collector."""
+"""Glue between Snakemake and the package: logging to the rule's log file, the planning process's garbage collector,
+the locks of a killed Snakemake."""
 
 from __future__ import annotations
 
 import atexit
 import gc
 import logging
+import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
+
+from snowcloud.atomic import pid_alive
 
 log = logging.getLogger("snowcloud")
 
@@ -53,3 +59,42 @@ def spare_the_cycle_collector() -> None:
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
     atexit.register(gc.freeze)
+
+
+LOCKS = Path(".snakemake/locks")  # Snakemake's lock files ({n}.input.lock, {n}.output.lock), removed at its end
+OWNER = "snowcloud-owner.{host}.{pid}"  # beside them: the Snakemake that took them, if it runs its jobs here
+LOCAL = "local"
+
+
+def record_local_owner(locks: Path = LOCKS) -> None:
+    """Record this Snakemake as the owner of the locks it has just taken (its `onstart`, which only a run that
+    executes its jobs on this host calls): only such a run's locks are released once it is dead."""
+    locks.mkdir(parents=True, exist_ok=True)
+    (locks / OWNER.format(host=socket.gethostname(), pid=os.getpid())).write_text(LOCAL)
+
+
+def release_stale_locks(locks: Path = LOCKS) -> None:
+    """Remove the locks of a killed Snakemake that ran its jobs on this host.
+
+    Snakemake locks the working directory while it runs and removes the lock folder when it ends; one killed
+    with SIGKILL (or by the out-of-memory killer) leaves the locks, and every later run stops with "Directory
+    cannot be locked". They are removed when every owner recorded beside them (`record_local_owner`) is a
+    process of this host that is gone; locks without such a record (a run through Slurm, whose jobs may still
+    be queued, a Snakemake on another host) are left for `snakemake --unlock`. Called as Snakemake reads the
+    workflow, before it locks.
+    """
+    owners = list(locks.glob(OWNER.format(host="*", pid="*")))
+    if not owners or not all(_dead_local_owner(owner) for owner in owners):
+        return
+    for path in [*locks.glob("*.lock"), *owners]:
+        log.warning("removing %s, left by a killed Snakemake (%s)", path, ", ".join(owner.name for owner in owners))
+        path.unlink(missing_ok=True)
+
+
+def _dead_local_owner(owner: Path) -> bool:
+    host, pid = owner.name.split(".", 1)[1].rsplit(".", 1)
+    try:
+        local = owner.read_text().strip() == LOCAL
+    except OSError:
+        return False
+    return local and host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))

@@ -12,10 +12,21 @@ from snowcloud.config import (
 )
 from snowcloud.inventory import find_products, scene_path
 from snowcloud.labels import label_files
-from snowcloud.workflow import spare_the_cycle_collector
+from snowcloud.workflow import (
+    record_local_owner,
+    release_stale_locks,
+    spare_the_cycle_collector,
+)
 
 validate_config(config)
 spare_the_cycle_collector()  # Snakemake holds every job until it exits: a quarter of planning 5000 scenes
+if workflow.is_main_process:
+    release_stale_locks()  # a killed local Snakemake's: a plain rerun goes on (profiles/default redoes its jobs)
+
+
+onstart:
+    if workflow.local_exec:
+        record_local_owner()
 
 
 wildcard_constraints:
