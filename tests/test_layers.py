@@ -20,7 +20,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
                 "mask"),
     "building blocks": ("dem", "cloudprob", "baselines", "loader", "losses", "augment", "metrics",
                         "thesis_metrics", "training"),
-    "stages": ("demo", "preprocess", "train", "infer", "quicklook", "evaluate", "auto_labels", "reproduction"),
+    "stages": ("demo", "preprocess", "train", "infer", "quicklook", "evaluate", "auto_labels", "reproduction",
+               "season", "stac"),
     "entry points": ("cli", "__main__", "predict", "thesis"),
 }  # fmt: skip
 STAGES = LAYERS["stages"]
