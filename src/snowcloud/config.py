@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import string
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -28,7 +29,9 @@ class ConfigError(ValueError):
     """A configuration that does not match the schema; the message names the key and the problem."""
 
 
+@functools.cache
 def load_schema(path: Path = SCHEMA_PATH) -> dict:
+    """The configuration schema, parsed once per process (shared by every caller: read it, never modify it)."""
     with open(path) as handle:
         return yaml.safe_load(handle)
 
