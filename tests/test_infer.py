@@ -125,9 +125,15 @@ def test_windows_cover_every_pixel_and_end_on_the_border(length, patch, stride):
     assert all(0 < b - a <= stride for a, b in zip(starts, starts[1:])), "steps larger than the stride leave gaps"
 
 
+def blending_weights(patch_size: int) -> np.ndarray:
+    """Separable 2-D blending weights of a P x P window, as predict_blocks applies them."""
+    profile = windows.blending_profile(patch_size)
+    return np.outer(profile, profile)
+
+
 def test_blending_weights_sum_is_positive_everywhere_in_two_dimensions():
     height, width, patch, stride = 150, 203, 64, 32
-    weights = windows.blending_weights(patch)
+    weights = blending_weights(patch)
     total = np.zeros((height, width))
     for row in windows.window_starts(height, patch, stride):
         for col in windows.window_starts(width, patch, stride):

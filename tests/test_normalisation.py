@@ -6,8 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import rasterio
-from rasterio.windows import Window
 from rasters import synthetic_scene, write_scene
 
 from snowcloud import normalisation
@@ -157,23 +155,6 @@ def test_sigma_clip_on_a_scene_without_valid_pixels_names_the_file(tmp_path):
     scene = write_scene(tmp_path / "empty.tif", np.full((14, 8, 8), NODATA, np.int16))
     with pytest.raises(NormalisationError, match=r"empty\.tif: the scene has no valid pixel"):
         normalisation.scene_statistics(normalisation.spec("sigma-clip"), scene)
-
-
-def test_normalise_scene_window_equals_apply_on_the_same_values(tmp_path, rng):
-    values = synthetic_scene(rng, 40, 30)
-    values[:, 12, 7] = NODATA
-    scene = write_scene(tmp_path / "scene.tif", values)
-    spec = normalisation.spec("snowcloud-v1")
-    window = Window(5, 10, 20, 8)
-    with rasterio.open(scene) as src:
-        out, valid = normalisation.normalise_scene_window(spec, src, window, 14, {})
-    expected_values = values[:, 10:18, 5:25]
-    expected_valid = np.all(expected_values != NODATA, axis=0)
-    np.testing.assert_array_equal(valid, expected_valid)
-    np.testing.assert_array_equal(
-        out, normalisation.apply(spec, expected_values.astype(np.float32), expected_valid, {})
-    )
-    assert not valid[2, 2] and np.all(out[:, 2, 2] == 0)
 
 
 def test_each_thesis_era_normalises_a_known_pixel_as_thesis_md_computes_it():

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.windows import Window
 
 from snowcloud import scene
 from snowcloud.bands import BANDS
@@ -226,14 +225,6 @@ def apply(spec: dict, window: np.ndarray, valid: np.ndarray, statistics: dict, s
 
 
 # --- scene rasters: normalised windows and streamed statistics -----------------------------------------------
-
-
-def normalise_scene_window(
-    spec: dict, src: rasterio.DatasetReader, window: Window, channels: int, statistics: dict
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read and normalise one window of an open scene raster: (float32 (C, H, W), valid (H, W))."""
-    values, valid = scene.read_window(src, window, channels)
-    return apply(spec, values, valid, statistics, source=f"{src.name} {window}"), valid
 
 
 def scene_statistics(spec: dict, scene_path: str | Path, sub_rows: int = 64) -> dict:

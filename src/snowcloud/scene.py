@@ -145,11 +145,6 @@ def values_and_valid(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return raw.astype(np.float32), valid_pixels(raw)
 
 
-def read_window(src: rasterio.DatasetReader, window: Window, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first `channels` bands in `window` as float32 (C, H, W), and where every one of them is valid."""
-    return values_and_valid(src.read(indexes=list(range(1, channels + 1)), window=window))
-
-
 def read_bands(
     src: rasterio.DatasetReader, names: tuple[str, ...], window: Window, needed_by: str
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:

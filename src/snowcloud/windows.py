@@ -45,12 +45,6 @@ def blending_profile(size: int, shape: str = "sine") -> np.ndarray:
     return profile.astype(np.float32)
 
 
-def blending_weights(patch_size: int, shape: str = "sine") -> np.ndarray:
-    """Separable 2-D blending weights of a P x P window (outer product of `blending_profile`)."""
-    profile = blending_profile(patch_size, shape)
-    return np.outer(profile, profile)
-
-
 @dataclass(frozen=True)
 class AxisPlan:
     """The windows along one axis: their starts, their common size (the network's input side; larger than the

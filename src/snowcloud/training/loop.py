@@ -31,7 +31,7 @@ from snowcloud.checkpoint import plain
 from snowcloud.loader import BatchLoader, EpochSampler, ShardDataset, batch_loader, part_sizes
 from snowcloud.losses import build_loss
 from snowcloud.metrics import metrics_from_confusion
-from snowcloud.model import build_model
+from snowcloud.model import build_model, count_parameters
 from snowcloud.provenance import settings_digest
 from snowcloud.training.distributed import World, global_batchnorm
 from snowcloud.training.history import epoch_log_lines, history_row, write_history
@@ -274,6 +274,7 @@ class Trainer:
 
         torch.manual_seed(self.seed)
         model = build_model(self.architecture, **self.model_args)
+        log.info("network %s %s: %d trainable parameters", self.architecture, self.model_args, count_parameters(model))
         self.model = runtime.prepare_model(global_batchnorm(model, runtime.device) if self.world.parallel else model)
         self.loss_fn = build_loss(
             training["loss"], class_weights, training["dice_weight"], reduction=training["loss_reduction"]
