@@ -28,7 +28,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from workflow_runs import REPO, snakemake, write_config  # noqa: E402
+from helpers.workflow_runs import REPO, snakemake, write_config  # noqa: E402
 
 from snowcloud.baselines import BASELINES  # noqa: E402
 from snowcloud.config import validate_config  # noqa: E402

@@ -3,9 +3,9 @@ and the time to bring that Slurm up and down.
 
     python benchmarks/bench_workflow.py [--config tiny|default] [--cores 2] [--keep DIR]
 
-`tiny` is the demo the tests run (tests/workflow_runs.py: one tile, three dates, 96 x 96 pixels, two epochs);
+`tiny` is the demo the tests run (tests/helpers/workflow_runs.py: one tile, three dates, 96 x 96 pixels, two epochs);
 `default` is config/config.yaml as shipped. Both runs use the same configuration in fresh work directories.
-The Slurm run needs root and the Debian packages slurmctld slurmd slurm-client munge (tests/slurm_cluster.py
+The Slurm run needs root and the Debian packages slurmctld slurmd slurm-client munge (tests/helpers/slurm_cluster.py
 starts and stops the cluster); without them only the local figure is printed, with the reason. The cluster's
 node advertises 16 CPUs, so Slurm may run more jobs at once than --cores allows locally: the figures compare
 the two ways a user runs the workflow, not equal parallelism. The one exception is the training, which gets
@@ -29,7 +29,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from slurm_cluster import (  # noqa: E402
+from helpers.slurm_cluster import (  # noqa: E402
     LOCAL_OPTIONS,
     SlurmCluster,
     SlurmJob,
@@ -37,7 +37,7 @@ from slurm_cluster import (  # noqa: E402
     site_profile,
     unavailable_reason,
 )
-from workflow_runs import REPO, snakemake, tiny_config, write_config  # noqa: E402
+from helpers.workflow_runs import REPO, snakemake, tiny_config, write_config  # noqa: E402
 
 
 def configuration(name: str) -> dict:

@@ -1,6 +1,6 @@
 import numpy as np
-from rasters import synthetic_scene, write_scene
-from surface_spectra import SPECTRA
+from helpers.rasters import synthetic_scene, write_scene
+from helpers.surface_spectra import SPECTRA
 
 from snowcloud.bands import BANDS
 from snowcloud.baselines import BASELINES, NDSI_BANDS, StripRows, ndsi_rule, normalised_difference

@@ -7,7 +7,7 @@ import zipfile
 import pytest
 import rasterio
 import yaml
-from workflow_runs import snakemake, tiny_config, write_config
+from helpers.workflow_runs import snakemake, tiny_config, write_config
 
 from snowcloud import normalisation
 from snowcloud.checkpoint import save_model

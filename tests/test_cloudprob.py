@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from rasters import synthetic_scene, write_scene
+from helpers.rasters import synthetic_scene, write_scene
 from s2cloudless import S2PixelCloudDetector
 
 from snowcloud import cloudprob

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from references import assert_valid_cog
+from helpers.references import assert_valid_cog
 
 from snowcloud import cog
 from snowcloud.cog import CogWriter, average_2x2

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from training_shards import build_real_shard, stats_options
+from helpers.training_shards import build_real_shard, stats_options
 
 from snowcloud.dataset_stats import (
     DatasetError,

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 import torch
-from training_shards import experiment_options, outputs, read_history, real_dataset, sigterm_once_marked
+from helpers.training_shards import experiment_options, outputs, read_history, real_dataset, sigterm_once_marked
 
 from snowcloud.checkpoint import load_model
 from snowcloud.train import train_experiment

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from helpers.rasters import CRS, TRANSFORM, write_scene
+from helpers.surface_spectra import SPECTRA
 from rasterio.transform import from_origin
-from rasters import CRS, TRANSFORM, write_scene
-from surface_spectra import SPECTRA
 
 from snowcloud import cloudprob, dataset_stats
 from snowcloud.bands import BANDS

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from slurm_cluster import wait_until
-from workflow_runs import (
+from helpers.slurm_cluster import wait_until
+from helpers.workflow_runs import (
     DATES,
     REPO,
     SNAKEFILE,

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from rasters import synthetic_scene, write_scene
-from safe_factory import constant_bands, make_product
+from helpers.rasters import synthetic_scene, write_scene
+from helpers.safe_factory import constant_bands, make_product
 
 from snowcloud import cog, normalisation
 from snowcloud import model as model_registry

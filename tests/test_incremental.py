@@ -21,7 +21,7 @@ import pystac
 import pytest
 import rasterio
 import torch
-from workflow_runs import DATES, TILE, jobs_by_rule, planned_jobs, snakemake, tiny_config, write_config
+from helpers.workflow_runs import DATES, TILE, jobs_by_rule, planned_jobs, snakemake, tiny_config, write_config
 
 from snowcloud import checkpoint
 from snowcloud.demo import make_demo_data, planned_products

@@ -11,8 +11,8 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
-from devices import DEVICE_PRECISIONS
-from rasters import CRS, TRANSFORM, write_scene
+from helpers.devices import DEVICE_PRECISIONS
+from helpers.rasters import CRS, TRANSFORM, write_scene
 from torch import nn
 
 from snowcloud import checkpoint, infer, normalisation, windows

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.rasters import ORIGIN, synthetic_scene, write_label, write_scene
 from rasterio.windows import Window
-from rasters import ORIGIN, synthetic_scene, write_label, write_scene
 
 from snowcloud.counting import bincount_in_chunks
 from snowcloud.labels import (

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from devices import NO_GPU
+from helpers.devices import NO_GPU
 from torch.utils.data import DataLoader, Dataset
 
 from snowcloud.augment import Augmentation

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from rasters import synthetic_scene, write_scene
+from helpers.rasters import synthetic_scene, write_scene
 
 from snowcloud import normalisation
 from snowcloud.normalisation import NormalisationError

@@ -19,7 +19,7 @@ import pytest
 import rasterio
 import torch
 from checkpoint_edits import edited
-from safe_factory import constant_bands, make_product
+from helpers.safe_factory import constant_bands, make_product
 
 from snowcloud import checkpoint, cli, infer, normalisation, preprocess
 from snowcloud import predict as predict_module

@@ -8,10 +8,10 @@ import pytest
 import rasterio
 import rasterio.shutil
 from affine import Affine
+from helpers.references import assert_valid_cog, reference_upsample
+from helpers.safe_factory import band_shape, constant_bands, make_product
 from rasterio.enums import Resampling
 from rasterio.warp import transform, transform_bounds
-from references import assert_valid_cog, reference_upsample
-from safe_factory import band_shape, constant_bands, make_product
 
 from snowcloud import cog, config, preprocess, resample
 from snowcloud.bands import BANDS, RESOLUTION_M

@@ -5,7 +5,7 @@ import json
 import h5py
 import numpy as np
 import pytest
-from training_shards import experiment_options, real_dataset
+from helpers.training_shards import experiment_options, real_dataset
 
 from snowcloud.checkpoint import read_checkpoint
 from snowcloud.reproduction import write_reproduction

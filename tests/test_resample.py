@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from references import reference_upsample
+from helpers.references import reference_upsample
 
 from snowcloud import resample
 

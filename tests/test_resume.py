@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import torch
-from devices import DEVICE_PRECISIONS
-from training_shards import experiment_options, outputs, read_history, real_dataset, sigterm_once_marked
+from helpers.devices import DEVICE_PRECISIONS
+from helpers.training_shards import experiment_options, outputs, read_history, real_dataset, sigterm_once_marked
 
 from snowcloud.checkpoint import load_model
 from snowcloud.train import train_experiment

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from safe_factory import band_shape, constant_bands, make_product
+from helpers.safe_factory import band_shape, constant_bands, make_product
 
 from snowcloud.bands import BANDS
 from snowcloud.inventory import parse_product_name, product_name

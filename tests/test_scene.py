@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from rasters import CRS, TRANSFORM, synthetic_scene, write_scene
+from helpers.rasters import CRS, TRANSFORM, synthetic_scene, write_scene
 
 from snowcloud import scene
 from snowcloud.bands import BANDS, ELEVATION

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasters import write_mask
+from helpers.rasters import write_mask
 
 from snowcloud.labels import IGNORE_INDEX
 from snowcloud.mask import MaskError, read_class_counts

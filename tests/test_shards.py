@@ -13,8 +13,8 @@ import h5py
 import numpy as np
 import pytest
 import rasterio
-from rasters import synthetic_scene, write_label, write_scene
-from training_shards import shard_options
+from helpers.rasters import synthetic_scene, write_label, write_scene
+from helpers.training_shards import shard_options
 
 from snowcloud import normalisation, shards
 from snowcloud.labels import LabelError

@@ -2,7 +2,7 @@
 resources, and a training job cancelled mid-run is resubmitted and resumes from its saved state.
 
 Only the profile's SITE block (partition, account, GPUs) and the plugin's status options are changed for the
-local cluster (tests/slurm_cluster.py: LOCAL_SITE, LOCAL_OPTIONS); nothing about the scheduler is mocked.
+local cluster (tests/helpers/slurm_cluster.py: LOCAL_SITE, LOCAL_OPTIONS); nothing about the scheduler is mocked.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
-from slurm_cluster import (
+from helpers.slurm_cluster import (
     LOCAL_OPTIONS,
     PROFILE,
     SlurmCluster,
@@ -26,7 +26,7 @@ from slurm_cluster import (
     slurm_cluster,  # noqa: F401 - the session fixture
     wait_until,
 )
-from workflow_runs import DATES, SNAKEFILE, TILE, partial_files, planned_jobs, tiny_config, write_config
+from helpers.workflow_runs import DATES, SNAKEFILE, TILE, partial_files, planned_jobs, tiny_config, write_config
 
 from snowcloud.checkpoint import load_model
 

@@ -13,11 +13,11 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
+from helpers.rasters import write_mask
 from pystac.extensions.classification import ClassificationExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.validation.stac_validator import JsonSchemaSTACValidator
 from rasterio.warp import transform_bounds
-from rasters import write_mask
 
 from snowcloud import stac
 from snowcloud.labels import IGNORE_INDEX, class_colours

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from thesis_unet import ThesisUNet
+from helpers.thesis_unet import ThesisUNet
 
 from snowcloud import checkpoint, cli, thesis
 from snowcloud.bands import BANDS, ELEVATION

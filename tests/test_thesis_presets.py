@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from training_shards import write_shard
-from workflow_runs import REPO, jobs_by_rule, planned_jobs, snakemake, write_config
+from helpers.training_shards import write_shard
+from helpers.workflow_runs import REPO, jobs_by_rule, planned_jobs, snakemake, write_config
 
 from snowcloud.augment import Augmentation
 from snowcloud.checkpoint import read_checkpoint

@@ -8,7 +8,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from training_shards import experiment_options, write_shard
+from helpers.training_shards import experiment_options, write_shard
 
 from snowcloud.augment import Augmentation
 from snowcloud.labels import CLASSES
@@ -269,7 +269,7 @@ def test_history_csv_and_curves_png(tmp_path):
 
 
 def test_train_experiment_writes_a_self_describing_model_history_and_curves(tmp_path):
-    from training_shards import real_dataset
+    from helpers.training_shards import real_dataset
 
     from snowcloud.checkpoint import load_model
     from snowcloud.dataset_stats import load_stats

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
-from workflow_runs import REPO, partial_files, planned_jobs, snakemake, write_config
+from helpers.workflow_runs import REPO, partial_files, planned_jobs, snakemake, write_config
 
 CLASSES = ("background", "snow", "cloud", "water")
 MARGIN = 0.15  # macro IoU the model must gain over the NDSI rule on the validation dates

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rasters import synthetic_scene, write_label, write_scene
-from workflow_runs import jobs_by_rule, old_empty_file, planned_jobs, product_name, snakemake
+from helpers.rasters import synthetic_scene, write_label, write_scene
+from helpers.workflow_runs import jobs_by_rule, old_empty_file, planned_jobs, product_name, snakemake
 
 pytest.importorskip("snowcloud.demo", reason="common.smk imports snowcloud.demo")
 pytestmark = pytest.mark.workflow

@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 import pytest
-from rasters import synthetic_scene, write_label, write_scene
-from workflow_runs import OLD, TILE, jobs_by_rule, old_empty_file, planned_jobs, product_name, snakemake
+from helpers.rasters import synthetic_scene, write_label, write_scene
+from helpers.workflow_runs import OLD, TILE, jobs_by_rule, old_empty_file, planned_jobs, product_name, snakemake
 
 pytestmark = pytest.mark.workflow
 

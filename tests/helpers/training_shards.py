@@ -13,8 +13,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from rasters import synthetic_scene, write_label, write_scene
 
+from helpers.rasters import synthetic_scene, write_label, write_scene
 from snowcloud.config import validate_config
 from snowcloud.dataset_stats import build_dataset_stats
 from snowcloud.shards import FORMAT as SHARD_FORMAT

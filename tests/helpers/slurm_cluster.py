@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "slurm" / "config.yaml"
+PROFILE = Path(__file__).resolve().parents[2] / "profiles" / "slurm" / "config.yaml"
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 MARKER = "# Written by snowcloud's tests/slurm_cluster.py for a throw-away test cluster."
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo", "scontrol", "srun")

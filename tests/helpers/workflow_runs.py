@@ -18,7 +18,7 @@ import yaml
 
 from snowcloud.config import merge_into
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = REPO / "Snakefile"
 TILE = "32TNS"
 # One date per processing baseline and a validation date: small enough for a 2-core CI machine.
