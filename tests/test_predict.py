@@ -132,7 +132,7 @@ def test_folder_with_a_corrupt_product_predicts_the_others_and_names_it(tiny_dem
     broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])  # a download cut short
 
     status, out, err = predict(model, folder, "--dem", tiny_demo["dem"], "--out", tmp_path / "out", "--stac",
-                               capsys=capsys)  # fmt: skip
+                               "--quicklook", capsys=capsys)  # fmt: skip
     assert status == 1
     outputs = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.tif"))
     assert outputs == [f"32TMS/{DATE}.tif", f"32TNS/{DATE}.tif"]
@@ -153,6 +153,7 @@ def test_folder_with_a_corrupt_product_predicts_the_others_and_names_it(tiny_dem
     for item in items.values():
         assert Path(item.assets["mask"].get_absolute_href()) == tmp_path / "out" / (item.id.replace("_", "/") + ".tif")
         assert Path(item.get_self_href()).parent == Path(item.assets["mask"].get_absolute_href()).parent
+        assert Path(item.assets["overview"].get_absolute_href()).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_model_with_elevation_needs_a_dem_that_covers_the_tile(tiny_demo, model, tmp_path, capsys):

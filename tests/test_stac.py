@@ -9,6 +9,7 @@ import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pystac
 import pytest
@@ -56,8 +57,13 @@ def predictions(tmp_path_factory) -> list[Path]:
 def moved_catalogue(predictions, tmp_path_factory) -> Path:
     """The workflow's catalogue, built, then copied elsewhere and the original and the masks removed: what a
     user who uploads the folder gets."""
-    built = predictions[0].parents[2].parent / "stac" / "demo"
-    stac.build_catalogue([str(m) for m in predictions], str(built), "demo")
+    root = predictions[0].parents[2].parent
+    built, quicklooks = root / "stac" / "demo", []
+    for mask in predictions:  # a real PNG per mask, where the workflow writes its quicklooks
+        quicklooks.append(root / "quicklooks" / "demo" / mask.parent.name / f"{mask.stem}.png")
+        quicklooks[-1].parent.mkdir(parents=True, exist_ok=True)
+        plt.imsave(quicklooks[-1], np.random.default_rng(len(quicklooks)).random((8, 12)))
+    stac.build_catalogue([str(m) for m in predictions], str(built), "demo", [str(q) for q in quicklooks])
     assert built.joinpath("collection.json").exists()
     for mask in predictions[:3]:
         assert (built / mask.parent.name / mask.name).stat().st_ino == mask.stat().st_ino, "linked, not copied"
@@ -87,9 +93,13 @@ def test_every_asset_opens_and_its_bbox_holds_the_rasters_footprint(moved_catalo
     collection = pystac.Collection.from_file(str(moved_catalogue / "collection.json"))
     with_probabilities = 0
     for item in collection.get_items():
-        assert set(item.assets) <= {"mask", "probabilities"}
+        assert {"mask", "overview"} <= set(item.assets) <= {"mask", "probabilities", "overview"}
         with_probabilities += "probabilities" in item.assets
-        for asset in item.assets.values():
+        overview = item.assets["overview"]
+        assert overview.media_type == pystac.MediaType.PNG and overview.roles == ["overview"]
+        with rasterio.open(overview.get_absolute_href()) as png:
+            assert png.driver == "PNG" and (png.height, png.width) == (8, 12)
+        for asset in (item.assets[name] for name in ("mask", "probabilities") if name in item.assets):
             href = asset.get_absolute_href()
             assert Path(href).is_relative_to(moved_catalogue)
             assert asset.media_type == pystac.MediaType.COG and asset.roles == ["data"]

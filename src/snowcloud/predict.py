@@ -224,19 +224,20 @@ def predict_inputs(
             if job.error is not None:  # take the windows it will never run off the total
                 progress.total -= job.windows - (progress.n - counted)
                 progress.refresh()
-    write_summaries([job.output for job in jobs if job.output is not None], out, model, stac)
+    write_summaries([job.output for job in jobs if job.output is not None], out, model, stac, quicklook)
     return jobs
 
 
-def write_summaries(masks: list[Path], out: Path, model: infer.LoadedModel, stac: bool) -> None:
+def write_summaries(masks: list[Path], out: Path, model: infer.LoadedModel, stac: bool, quicklooks: bool) -> None:
     """OUT/season.csv of the masks (the season section's defaults say which classes are snow and cloud) and,
-    with `stac`, their STAC collection in OUT; nothing without a mask."""
+    with `stac`, their STAC collection in OUT (the quicklooks as the items' overviews); nothing without a mask."""
     if not masks:
         return
     write_season_table(season_rows(masks), out / SEASON_TABLE, {})
     if stac:
         name = str(model.metadata.get("experiment") or Path(model.path).stem)
-        save_collection(mask_collection(masks, out, name, f"snowcloud masks predicted with {model.path}"))
+        description = f"snowcloud masks predicted with {model.path}"
+        save_collection(mask_collection(masks, out, name, description, quicklooks))
 
 
 def _attempt(job: Job, work) -> None:  # noqa: ANN001 - a callable without arguments

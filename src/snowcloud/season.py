@@ -92,7 +92,8 @@ def write_season_table(rows: list[SeasonRow], path: str | Path, options: dict) -
             writer.writerow({
                 "tile": row.tile, "date": row.date, "split": row.split, "pixels": counts.pixels,
                 "valid_pixels": counts.valid, "no_data": counts.nodata / counts.pixels if counts.pixels else 0.0,
-                **row.shares(), "cloud_cover": "" if cloud is None else cloud, "snow_cover": "" if snow is None else snow,
+                **row.shares(), "cloud_cover": "" if cloud is None else cloud,
+                "snow_cover": "" if snow is None else snow,
             })  # fmt: skip
 
 

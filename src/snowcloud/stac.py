@@ -2,7 +2,8 @@
 tools users map and analyse with (QGIS, xarray with odc-stac or stackstac, a STAC browser).
 
 A collection folder holds `collection.json` and, per mask, `{tile}/{date}.json` (the item) beside its assets
-`{tile}/{date}.tif` (the mask) and `{tile}/{date}_proba.tif` (the probabilities, when written); every link and
+`{tile}/{date}.tif` (the mask), `{tile}/{date}_proba.tif` (the probabilities, when written) and
+`{tile}/{date}.png` (the quicklook, as the item's overview, when there is one); every link and
 asset href is relative, so the folder can be moved or copied to object storage as it is. An item's geometry and
 bbox are the raster's footprint in WGS84 (densified along its edges), `proj:` its EPSG code, transform and shape,
 `datetime` the sensing time; the properties name the product, the model's SHA-256 and the experiment; the mask
@@ -63,15 +64,17 @@ def class_table(tags: dict[str, str], path: str | Path) -> list[Classification]:
     return [
         Classification.create(
             value=value, name=name, color_hint="".join(f"{c:02X}" for c in colours[value]), count=count,
-            percentage=100 * count / counts.pixels if counts.pixels else 0.0, nodata=True if value == IGNORE_INDEX else None,
+            percentage=100 * count / counts.pixels if counts.pixels else 0.0,
+            nodata=True if value == IGNORE_INDEX else None,
         )
         for value, name, count in entries
     ]  # fmt: skip
 
 
-def mask_item(mask: str | Path, folder: str | Path, collection_id: str) -> pystac.Item:
-    """The item of a mask whose assets are (or will be) `folder/{tile}/{date}.tif` (and `_proba.tif` when the
-    mask has probabilities beside it); read from the mask's header and tags only."""
+def mask_item(mask: str | Path, folder: str | Path, collection_id: str, quicklook: bool = False) -> pystac.Item:
+    """The item of a mask whose assets are (or will be) `folder/{tile}/{date}.tif`, `_proba.tif` when the mask
+    has probabilities beside it, and with `quicklook` the overview `{date}.png`; read from the mask's header and
+    tags only."""
     tile, date = mask_identity(mask)
     href = Path(folder).resolve() / tile / f"{date}.tif"
     with rasterio.open(mask) as dataset:
@@ -100,6 +103,10 @@ def mask_item(mask: str | Path, folder: str | Path, collection_id: str) -> pysta
         item.add_asset("probabilities", probabilities)
         band = RasterBand.create(data_type=DataType.UINT8, spatial_resolution=resolution, scale=1 / 255)
         raster_bands(probabilities, [band] * len(class_counts(tags, mask).classes))
+    if quicklook:
+        overview = pystac.Asset(str(href.with_suffix(".png")), title="false-colour scene beside the mask",
+                                media_type=pystac.MediaType.PNG, roles=["overview"])  # fmt: skip
+        item.add_asset("overview", overview)
     item.set_self_href(str(href.with_suffix(".json")))
     return item
 
@@ -111,10 +118,11 @@ def raster_bands(asset: pystac.Asset, bands: list[RasterBand]) -> None:
 
 
 def mask_collection(
-    masks: list[str | Path], folder: str | Path, collection_id: str, description: str
+    masks: list[str | Path], folder: str | Path, collection_id: str, description: str, quicklooks: bool = False
 ) -> pystac.Collection:
-    """A self-contained collection of the masks' items, rooted at `folder/collection.json`."""
-    items = [mask_item(mask, folder, collection_id) for mask in masks]
+    """A self-contained collection of the masks' items, rooted at `folder/collection.json` (with `quicklooks`,
+    each item has its overview)."""
+    items = [mask_item(mask, folder, collection_id, quicklooks) for mask in masks]
     if not items:
         raise ValueError(f"no mask to catalogue in {folder}")
     collection = pystac.Collection(
@@ -152,16 +160,20 @@ def asset_files(mask: Path) -> Iterator[Path]:
         yield probabilities_path(mask)
 
 
-def build_catalogue(masks: list[str], folder: str, experiment: str) -> None:
-    """The workflow's `stac` job: results/stac/{experiment} with the masks linked in, built in a scratch folder
-    and put in place whole."""
+def build_catalogue(masks: list[str], folder: str, experiment: str, quicklooks: list[str] | None = None) -> None:
+    """The workflow's `stac` job: results/stac/{experiment} with the masks (and their `quicklooks`, in the same
+    order) linked in, built in a scratch folder and put in place whole."""
     folder_path = Path(folder)
-    collection = mask_collection(masks, folder_path, experiment, f"snowcloud masks of the experiment {experiment}")
+    description = f"snowcloud masks of the experiment {experiment}"
+    collection = mask_collection(masks, folder_path, experiment, description, quicklooks is not None)
     with scratch_folder(folder_path, label="building") as scratch:
         for mask in map(Path, masks):
             tile, _ = mask_identity(mask)
             for file in asset_files(mask):
                 link_or_copy(file, scratch / tile / file.name)
+        for mask, quicklook in zip(masks, quicklooks or []):
+            tile, date = mask_identity(mask)
+            link_or_copy(Path(quicklook), scratch / tile / f"{date}.png")
         save_collection(collection, scratch)
         if folder_path.exists():
             shutil.rmtree(folder_path)

@@ -229,6 +229,14 @@ def predictions_of(wildcards):
     ]
 
 
+def quicklooks_of(wildcards):
+    """Every quicklook of an experiment, in the order of predictions_of."""
+    return [
+        f"results/quicklooks/{wildcards.experiment}/{tile}/{date}.png"
+        for tile, date in SCENES
+    ]
+
+
 def season_inputs(wildcards):
     return {"masks": predictions_of(wildcards), **split_stats(wildcards)}
 

@@ -30,6 +30,7 @@ rule season:
 rule stac:
     input:
         masks=predictions_of,
+        quicklooks=quicklooks_of,
     output:
         directory("results/stac/{experiment}"),
     log:
