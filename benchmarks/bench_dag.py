@@ -61,8 +61,18 @@ def make_workdir(root: Path, tiles: list[str], dates: list[str]) -> None:
 def dry_run(root: Path, profile_to: Path | None = None) -> tuple[float, float, int]:
     """Wall and CPU seconds of `snakemake --dry-run` in `root`, and the number of jobs it plans."""
     python = [sys.executable, "-m", "cProfile", "-o", str(profile_to)] if profile_to else [sys.executable]
-    command = [*python, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(root), "--dry-run",
-               "--cores", "2"]  # fmt: skip
+    command = [
+        *python,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(root),
+        "--dry-run",
+        "--cores",
+        "2",
+    ]
     began, cpu_before = time.perf_counter(), children_cpu_seconds()
     done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     seconds, cpu = time.perf_counter() - began, children_cpu_seconds() - cpu_before
@@ -84,8 +94,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="dry runs per count; the fastest is reported")
     parser.add_argument("--profile-to", type=Path, help="write a cProfile of the largest count's run here")
     args = parser.parse_args()
-    print(f"load before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} "
-          f"(1, 5, 15 min) on {os.cpu_count()} CPUs")  # fmt: skip
+    print(
+        f"load before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} "
+        f"(1, 5, 15 min) on {os.cpu_count()} CPUs"
+    )
     first = None
     with tempfile.TemporaryDirectory(prefix="bench-dag-") as tmp:
         for scenes in sorted(args.scenes):
@@ -94,9 +106,12 @@ def main() -> None:
             make_workdir(root, tiles, scene_dates(scenes // len(tiles)))
             seconds, cpu, jobs = min(dry_run(root) for _ in range(args.repeat))
             first = first or (scenes, seconds, cpu)
-            print(f"{scenes:6d} scenes ({len(tiles)} tiles), {jobs:6d} jobs: wall {seconds:6.1f} s, CPU {cpu:6.1f} s "
-                  f"({1000 * cpu / scenes:4.1f} s per 1000 scenes); x{seconds / first[1]:4.2f} wall, "
-                  f"x{cpu / first[2]:4.2f} CPU for x{scenes / first[0]:4.2f} scenes", flush=True)  # fmt: skip
+            print(
+                f"{scenes:6d} scenes ({len(tiles)} tiles), {jobs:6d} jobs: wall {seconds:6.1f} s, CPU {cpu:6.1f} s "
+                f"({1000 * cpu / scenes:4.1f} s per 1000 scenes); x{seconds / first[1]:4.2f} wall, "
+                f"x{cpu / first[2]:4.2f} CPU for x{scenes / first[0]:4.2f} scenes",
+                flush=True,
+            )
             if args.profile_to and scenes == max(args.scenes):
                 dry_run(root, args.profile_to)
                 print(f"cProfile of this count written to {args.profile_to}")

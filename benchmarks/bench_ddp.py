@@ -81,8 +81,9 @@ def time_rank(rank: int, ranks: int, args: argparse.Namespace, results: mp.Simpl
         image, label = runtime.to_device(image, label)
 
         def step() -> None:
-            train_step(runtime, network, loss_fn, optimizer, scaler, image, label, training["gradient_clip"],
-                       world, sizes)  # fmt: skip
+            train_step(
+                runtime, network, loss_fn, optimizer, scaler, image, label, training["gradient_clip"], world, sizes
+            )
 
         for _ in range(args.warmup):
             step()

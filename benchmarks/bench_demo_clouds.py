@@ -80,8 +80,13 @@ def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
     grown = mask.copy()
     for _ in range(pixels):
         padded = np.pad(grown, 1)
-        grown = np.logical_or.reduce([padded[1 + dy : padded.shape[0] - 1 + dy, 1 + dx : padded.shape[1] - 1 + dx]
-                                      for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+        grown = np.logical_or.reduce(
+            [
+                padded[1 + dy : padded.shape[0] - 1 + dy, 1 + dx : padded.shape[1] - 1 + dx]
+                for dy in (-1, 0, 1)
+                for dx in (-1, 0, 1)
+            ]
+        )
     return grown
 
 
@@ -103,12 +108,15 @@ def scene_maps(workdir: Path, config: dict, tile: str, date: str) -> dict[str, n
     small_objects = ids > 0
     small_objects &= (areas < SMALL_CLOUD_PIXELS)[ids]
     return {
-        "label": label, "model": model, "ndsi": rule, "evaluated": evaluated,
+        "label": label,
+        "model": model,
+        "ndsi": rule,
+        "evaluated": evaluated,
         "thin": (label == CLOUD) & (opacity < THIN_BELOW),
         "thin_zone": (opacity >= 0.01) & (opacity < THIN_BELOW),
         "small": small_objects,
         "small_zone": dilate(small_objects, ZONE_PIXELS),
-    }  # fmt: skip
+    }
 
 
 def fmt(value: float | None) -> str:

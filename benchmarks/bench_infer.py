@@ -71,9 +71,14 @@ def save_model(path: Path, source: Path | None, base_channels: int, patch_size: 
         torch.manual_seed(0)
         network = build_model("unet", **args)
         metadata = {
-            "architecture": "unet", "model_args": args, "bands": bands, "classes": list(CLASSES),
-            "normalisation": normalisation.spec("snowcloud-v1"), "patch_size": patch_size, "experiment": "bench",
-        }  # fmt: skip
+            "architecture": "unet",
+            "model_args": args,
+            "bands": bands,
+            "classes": list(CLASSES),
+            "normalisation": normalisation.spec("snowcloud-v1"),
+            "patch_size": patch_size,
+            "experiment": "bench",
+        }
     checkpoint.save_model(path, network, metadata)
     return network.eval()
 
@@ -219,17 +224,22 @@ def main() -> None:
             f"scene {args.width} x {args.rows}; model {args.model or 'random weights'}: U-Net "
             f"({count_parameters(network):,} parameters); TTA {args.tta}; {args.device}, {args.threads} threads"
         )
-        print(f"receptive field (99 / 99.9 / 99.99 % of the gradient): {receptive_field(network)}")  # fmt: skip
+        print(f"receptive field (99 / 99.9 / 99.99 % of the gradient): {receptive_field(network)}")
         gpu = args.device == "cuda"
         if args.stages:
             options = validated({**SCHEMES[args.schemes[0]], "tta": args.tta, "device": args.device}, "inference")
-            read, network, windows = in_child(context, run_stages, str(root / "model.pt"), str(scene), options,
-                                              args.threads)  # fmt: skip
-            print(f"{args.schemes[0]} scheme, parts alone ({windows} windows): reading + normalising "
-                  f"{read[1]:.1f} s on 1 thread, {read[args.threads]:.1f} s on {args.threads}; network "
-                  f"{network:.1f} s ({windows / network:.1f} windows/s, TTA {args.tta}, {args.device})")  # fmt: skip
-        print(f"{'scheme':>7} {'windows':>8} {'window px':>10} {'passes/px':>9} {'seconds':>8} {'windows/s':>10} "
-              f"{'peak RSS MB':>12} {'agreement':>10}{' CUDA peak MB  GPU util %' if gpu else ''}")  # fmt: skip
+            read, network, windows = in_child(
+                context, run_stages, str(root / "model.pt"), str(scene), options, args.threads
+            )
+            print(
+                f"{args.schemes[0]} scheme, parts alone ({windows} windows): reading + normalising "
+                f"{read[1]:.1f} s on 1 thread, {read[args.threads]:.1f} s on {args.threads}; network "
+                f"{network:.1f} s ({windows / network:.1f} windows/s, TTA {args.tta}, {args.device})"
+            )
+        print(
+            f"{'scheme':>7} {'windows':>8} {'window px':>10} {'passes/px':>9} {'seconds':>8} {'windows/s':>10} "
+            f"{'peak RSS MB':>12} {'agreement':>10}{' CUDA peak MB  GPU util %' if gpu else ''}"
+        )
         seconds = {}
         for name in args.schemes:
             options = validated({**SCHEMES[name], "tta": args.tta, "device": args.device}, "inference")
@@ -237,13 +247,16 @@ def main() -> None:
             windows = len(rows.starts) * len(cols.starts)
             output = root / f"{name}.tif"
             with gpu_utilisation() as utilisation:
-                seconds[name], peak, cuda_peak = in_child(context, run_prediction, str(root / "model.pt"), str(scene),
-                                                          str(output), options, args.threads)  # fmt: skip
+                seconds[name], peak, cuda_peak = in_child(
+                    context, run_prediction, str(root / "model.pt"), str(scene), str(output), options, args.threads
+                )
             same = agreement(root / f"{args.schemes[0]}.tif", output)
-            print(f"{name:>7} {windows:>8} {f'{rows.size}x{cols.size}':>10} "
-                  f"{rows.work(args.rows) * cols.work(args.width):>9.2f} {seconds[name]:>8.1f} "
-                  f"{windows / seconds[name]:>10.2f} {peak / 2**20:>12.0f} {100 * same:>9.2f}%"
-                  f"{f' {cuda_peak / 2**20:>12.0f} {mean(utilisation):>10.0f}' if gpu else ''}")  # fmt: skip
+            print(
+                f"{name:>7} {windows:>8} {f'{rows.size}x{cols.size}':>10} "
+                f"{rows.work(args.rows) * cols.work(args.width):>9.2f} {seconds[name]:>8.1f} "
+                f"{windows / seconds[name]:>10.2f} {peak / 2**20:>12.0f} {100 * same:>9.2f}%"
+                f"{f' {cuda_peak / 2**20:>12.0f} {mean(utilisation):>10.0f}' if gpu else ''}"
+            )
         if "margin" in seconds:
             for name in seconds.keys() - {"margin"}:
                 print(f"margin scheme {seconds[name] / seconds['margin']:.2f}x faster than {name}")

@@ -47,9 +47,14 @@ def main() -> None:
     args = parser.parse_args()
     mask = synthetic_mask(args.size)
     profile = {
-        "driver": "GTiff", "width": args.size, "height": args.size, "crs": "EPSG:32632",
-        "transform": from_origin(500000, 5200020, 10, 10), "dtype": "uint8", "tiled": False,
-    }  # fmt: skip
+        "driver": "GTiff",
+        "width": args.size,
+        "height": args.size,
+        "crs": "EPSG:32632",
+        "transform": from_origin(500000, 5200020, 10, 10),
+        "dtype": "uint8",
+        "tiled": False,
+    }
     with tempfile.TemporaryDirectory() as folder:
         plain_mask, plain_proba = Path(folder) / "mask.tif", Path(folder) / "proba.tif"
         with rasterio.open(plain_mask, "w", **profile, count=1, nodata=IGNORE_INDEX) as out:
@@ -59,8 +64,10 @@ def main() -> None:
                 out.write(np.where(mask == band, 230, 8).astype(np.uint8), band + 1)
         mask_seconds = timed_copy(plain_mask, Path(folder) / "mask_cog.tif", "MODE")
         proba_seconds = timed_copy(plain_proba, Path(folder) / "proba_cog.tif", "AVERAGE")
-    print(f"{args.size} x {args.size} px: mask COG {mask_seconds:.1f} s, probabilities COG ({CLASSES} bands) "
-          f"{proba_seconds:.1f} s")  # fmt: skip
+    print(
+        f"{args.size} x {args.size} px: mask COG {mask_seconds:.1f} s, probabilities COG ({CLASSES} bands) "
+        f"{proba_seconds:.1f} s"
+    )
 
 
 if __name__ == "__main__":

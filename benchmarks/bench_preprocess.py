@@ -45,7 +45,11 @@ def demo_config(size: int) -> dict:
 
 def paths(workdir: Path, size: int) -> dict[str, str]:
     root = workdir / f"size{size}"
-    return {"raw_data": str(root / "raw"), "dem": str(root / "dem" / "T{tile}.tif"), "labels": str(root / "labels" / "T{tile}" / "{date}.tif")}
+    return {
+        "raw_data": str(root / "raw"),
+        "dem": str(root / "dem" / "T{tile}.tif"),
+        "labels": str(root / "labels" / "T{tile}" / "{date}.tif"),
+    }
 
 
 def cpu_seconds() -> float:
@@ -76,7 +80,11 @@ def step(name: str, workdir: Path, size: int, threads: int, options: dict) -> No
     else:
         output = Path(workdir) / f"size{size}" / "scene.tif"
         preprocess_scene(product, files["dem"].format(tile=TILE), output, options, threads=threads)
-    print(json.dumps({"wall_s": time.perf_counter() - start, "cpu_s": cpu_seconds() - cpu_start, "peak_rss_gb": peak_rss_gb()}))
+    print(
+        json.dumps(
+            {"wall_s": time.perf_counter() - start, "cpu_s": cpu_seconds() - cpu_start, "peak_rss_gb": peak_rss_gb()}
+        )
+    )
 
 
 def run_step(name: str, args: argparse.Namespace, options: dict | None = None) -> dict:
@@ -105,7 +113,9 @@ def main() -> None:
     print(f"preprocess benchmark: tile {TILE} {DATE}, {args.size} x {args.size} pixels, {args.threads} threads")
     if args.remake or not product.exists():
         demo = run_step("demo", args)
-        print(f"making the demo tile (product, DEM, label): {demo['wall_s']:.1f} s wall, {demo['cpu_s']:.1f} s CPU, peak {demo['peak_rss_gb']:.2f} GB")
+        print(
+            f"making the demo tile (product, DEM, label): {demo['wall_s']:.1f} s wall, {demo['cpu_s']:.1f} s CPU, peak {demo['peak_rss_gb']:.2f} GB"
+        )
     print(f"product: {product} ({product.stat().st_size / 1e6:.0f} MB)")
 
     first = run_step("decode", args)
@@ -115,8 +125,12 @@ def main() -> None:
     print(f"\n{'step':44s} {'wall s':>7s} {'x floor':>7s} {'CPU s':>7s} {'x floor':>7s} {'peak GB':>7s}")
     for name, figures in {"bare decode of the 13 JP2 bands (floor)": floor, **results}.items():
         wall, cpu = figures["wall_s"], figures["cpu_s"]
-        print(f"{name:44s} {wall:7.1f} {wall / floor['wall_s']:7.2f} {cpu:7.1f} {cpu / floor['cpu_s']:7.2f} {figures['peak_rss_gb']:7.2f}")
-    print(f"decode runs: {first['wall_s']:.1f} s and {second['wall_s']:.1f} s wall; goals: default <= 1.5 x floor, peak <= 3 GB")
+        print(
+            f"{name:44s} {wall:7.1f} {wall / floor['wall_s']:7.2f} {cpu:7.1f} {cpu / floor['cpu_s']:7.2f} {figures['peak_rss_gb']:7.2f}"
+        )
+    print(
+        f"decode runs: {first['wall_s']:.1f} s and {second['wall_s']:.1f} s wall; goals: default <= 1.5 x floor, peak <= 3 GB"
+    )
 
 
 if __name__ == "__main__":

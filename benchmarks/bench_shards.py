@@ -65,9 +65,11 @@ def patch_batches(n: int, channels: int, size: int, seed: int = 0, batch: int = 
     dn = dn + rng.normal(0, 250, (13, side, side))
     values = np.concatenate([dn, (800 + 900 * yy + 300 * xx)[None]])[:channels].astype(np.float32)
     scene = normalisation.apply(
-        normalisation.spec("snowcloud-v1"), np.concatenate([values, np.zeros((14 - channels, side, side), np.float32)]),
-        np.ones((side, side), bool), {},
-    )[:channels].astype(np.float16)  # fmt: skip
+        normalisation.spec("snowcloud-v1"),
+        np.concatenate([values, np.zeros((14 - channels, side, side), np.float32)]),
+        np.ones((side, side), bool),
+        {},
+    )[:channels].astype(np.float16)
     classes = (bright.astype(np.uint8) + (yy > 3.5)).astype(np.uint8)  # 0, 1 and a 'cloud' band
     for start in range(0, n, batch):
         corners = rng.integers(0, side - size, size=(min(batch, n - start), 2))
@@ -190,9 +192,11 @@ class PreviousBatches(Dataset):
         size = (self.dataset.patch_size, self.dataset.patch_size)
         shapes = ((len(keys), self.dataset.channels, *size), torch.float16), ((len(keys), *size), torch.uint8)
         out = tuple(
-            torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize))
-            .view(shape) for shape, dtype in shapes
-        )  # fmt: skip
+            torch.empty(0, dtype=dtype)
+            .set_(torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize))
+            .view(shape)
+            for shape, dtype in shapes
+        )
         return self.dataset.read_batch(keys, out=out)
 
 
@@ -209,13 +213,30 @@ def main_process_per_batch(path: Path, workers: int, rounds: int, epochs: int = 
     dataset = ShardDataset([(path, None)], augment=augmentation, seed=0)
     pin = torch.cuda.is_available()
     paths = {
-        "before issue 23": (sampler := EpochSampler(len(dataset), seed=0), DataLoader(
-            PreviousBatches(dataset), batch_size=None, sampler=RankBatches(sampler, BATCH), num_workers=workers,
-            pin_memory=pin, persistent_workers=True)),
-        "batch_loader": (sampler := EpochSampler(len(dataset), seed=0), batch_loader(
-            dataset, sampler, BATCH, image_dtype=torch.float16, label_dtype=torch.uint8, num_workers=workers,
-            pin_memory=pin)),
-    }  # fmt: skip
+        "before issue 23": (
+            sampler := EpochSampler(len(dataset), seed=0),
+            DataLoader(
+                PreviousBatches(dataset),
+                batch_size=None,
+                sampler=RankBatches(sampler, BATCH),
+                num_workers=workers,
+                pin_memory=pin,
+                persistent_workers=True,
+            ),
+        ),
+        "batch_loader": (
+            sampler := EpochSampler(len(dataset), seed=0),
+            batch_loader(
+                dataset,
+                sampler,
+                BATCH,
+                image_dtype=torch.float16,
+                label_dtype=torch.uint8,
+                num_workers=workers,
+                pin_memory=pin,
+            ),
+        ),
+    }
     per_batch: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
     for round_ in range(rounds + 1):  # the first round starts the workers and fills the page cache: not counted
         for name, (sampler, batches) in paths.items():
@@ -225,10 +246,12 @@ def main_process_per_batch(path: Path, workers: int, rounds: int, epochs: int = 
                 count += sum(1 for _ in batches)
             if round_:
                 per_batch[name].append(((main_process_seconds() - cpu) / count, (time.perf_counter() - wall) / count))
-    print(f"\nmain process per batch of {BATCH} x {dataset.channels} x {dataset.patch_size}^2 (float16 images, "
-          f"uint8 labels, augmented; {'pinned' if pin else 'no pinning: no GPU here'}), {workers} workers, "
-          f"median of {rounds} rounds of {epochs} epochs of {len(dataset) // BATCH} batches; "
-          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    print(
+        f"\nmain process per batch of {BATCH} x {dataset.channels} x {dataset.patch_size}^2 (float16 images, "
+        f"uint8 labels, augmented; {'pinned' if pin else 'no pinning: no GPU here'}), {workers} workers, "
+        f"median of {rounds} rounds of {epochs} epochs of {len(dataset) // BATCH} batches; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     cpu = {name: statistics.median(c for c, _ in values) for name, values in per_batch.items()}
     for name, values in per_batch.items():
         wall = statistics.median(w for _, w in values)
@@ -243,12 +266,22 @@ def write_large_scene(root: Path, side: int, rows: int = 512) -> tuple[Path, Pat
     label = root / "labels" / "20210720T101559.tif"
     scene.parent.mkdir(parents=True)
     label.parent.mkdir(parents=True)
-    common = {"driver": "GTiff", "height": side, "width": side, "crs": "EPSG:32632", "tiled": True,
-              "blockxsize": 512, "blockysize": 512, "compress": "zstd",
-              "transform": Affine(10, 0, 499980, 0, -10, 5200020)}  # fmt: skip
+    common = {
+        "driver": "GTiff",
+        "height": side,
+        "width": side,
+        "crs": "EPSG:32632",
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "zstd",
+        "transform": Affine(10, 0, 499980, 0, -10, 5200020),
+    }
     rng = np.random.default_rng(0)
-    with rasterio.open(scene, "w", dtype="int16", count=14, nodata=normalisation.NODATA, **common) as dst, \
-            rasterio.open(label, "w", dtype="uint8", count=1, **common) as labels:  # fmt: skip
+    with (
+        rasterio.open(scene, "w", dtype="int16", count=14, nodata=normalisation.NODATA, **common) as dst,
+        rasterio.open(label, "w", dtype="uint8", count=1, **common) as labels,
+    ):
         dst.descriptions = [*BANDS, ELEVATION]
         xx = np.arange(side)[None, :] / 700
         for top in range(0, side, rows):
@@ -280,8 +313,15 @@ def full_scene_build(root: Path, side: int, patches: int, size: int) -> None:
     would keep the RSS of the forked parent across exec)."""
     scene, label = write_large_scene(root / "full", side)
     output = root / "full" / "results" / "shards" / "bench" / "32TNS" / "20210720T101559.h5"
-    sampler = {"method": "class-balanced", "patches_per_date": patches, "seed": 0, "stride": None,
-               "min_labelled_fraction": 1.0, "rare_classes": [3], "rare_fraction": 0.5}  # fmt: skip
+    sampler = {
+        "method": "class-balanced",
+        "patches_per_date": patches,
+        "seed": 0,
+        "stride": None,
+        "min_labelled_fraction": 1.0,
+        "rare_classes": [3],
+        "rare_fraction": 0.5,
+    }
     options = {"normalisation": "snowcloud-v1", "elevation": True, "patch_size": size, "sampler": sampler}
     command = [sys.executable, "-c", BUILD, str(scene), str(label), str(output), json.dumps(options)]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -303,8 +343,11 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--scene-size", type=int, default=0, help="also build one shard from a scene this large")
     parser.add_argument("--scene-patches", type=int, default=1024)
-    parser.add_argument("--main-process", action="store_true",
-                        help="only the main process's time per training batch, before issue 23 and now")  # fmt: skip
+    parser.add_argument(
+        "--main-process",
+        action="store_true",
+        help="only the main process's time per training batch, before issue 23 and now",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --main-process")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in DataLoader workers; the figures are about reading, not intra-op threading
@@ -369,8 +412,10 @@ def main() -> None:
         )
 
         per_worker = rates["shard, batch_loader", "cold", args.workers[0]] / args.workers[0]
-        print(f"\nper worker (cold, {args.workers[0]} worker): {per_worker:.0f} patches/s; "
-              f"~1100 patches/s would need about {1100 / per_worker:.1f} such workers")  # fmt: skip
+        print(
+            f"\nper worker (cold, {args.workers[0]} worker): {per_worker:.0f} patches/s; "
+            f"~1100 patches/s would need about {1100 / per_worker:.1f} such workers"
+        )
     finally:
         shutil.rmtree(root)
 

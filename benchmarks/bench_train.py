@@ -57,16 +57,26 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile our configuration")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all available)")
     parser.add_argument("--stats", help="a dataset's stats.json: also time the real loader over its shards")
-    parser.add_argument("--synthetic-shards", type=int, metavar="N",
-                        help="also time the real loader over N patches in real shards made from synthetic scenes")  # fmt: skip
+    parser.add_argument(
+        "--synthetic-shards",
+        type=int,
+        metavar="N",
+        help="also time the real loader over N patches in real shards made from synthetic scenes",
+    )
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: the training rule's)")
     return parser.parse_args()
 
 
 def training_options(args: argparse.Namespace, amp: bool | str, channels_last: bool, compile_: bool) -> dict:
     """Validated training options (the schema's defaults, i.e. the thesis's optimiser, clip and augmentation)."""
-    training = {"amp": amp, "channels_last": channels_last, "compile": compile_, "device": args.device,
-                "batch_size": args.batch_size, "workers": args.workers}  # fmt: skip
+    training = {
+        "amp": amp,
+        "channels_last": channels_last,
+        "compile": compile_,
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+    }
     config = {"datasets": {"d": {}}, "experiments": {"e": {"dataset": "d", "training": training}}}
     return validate_config(config)["experiments"]["e"]["training"]
 
@@ -206,16 +216,22 @@ def main() -> None:
 
     print(f"\n{'configuration':28s} {'runtime':68s} {'ms/step':>8s} {'patches/s':>10s} {'peak GiB':>9s}")
     for label, (runtime, _) in configurations.items():
-        print(f"{label:28s} {runtime.describe():68s} {seconds[label] * 1000:8.1f} {rates[label]:10.1f} "
-              f"{memory[label]:9.2f}")  # fmt: skip
+        print(
+            f"{label:28s} {runtime.describe():68s} {seconds[label] * 1000:8.1f} {rates[label]:10.1f} "
+            f"{memory[label]:9.2f}"
+        )
     if waiting is not None:
         fed = f"{ours_label}, real loader"
-        print(f"\nwaiting for the next batch: {100 * waiting.share:.1f} % of the step time fed by the real loader "
-              f"({args.workers if args.workers is not None else ours.workers} workers); "
-              f"{rates[fed] / rates[ours_label]:.2f}x the synthetic-batch rate")  # fmt: skip
+        print(
+            f"\nwaiting for the next batch: {100 * waiting.share:.1f} % of the step time fed by the real loader "
+            f"({args.workers if args.workers is not None else ours.workers} workers); "
+            f"{rates[fed] / rates[ours_label]:.2f}x the synthetic-batch rate"
+        )
     ratio = rates[ours_label] / rates[THESIS]
-    print(f"\n{ours_label} / {THESIS} (model step, same run): {ratio:.2f}x; "
-          f"/ fp32: {rates[ours_label] / rates['thesis before ae13857']:.2f}x")  # fmt: skip
+    print(
+        f"\n{ours_label} / {THESIS} (model step, same run): {ratio:.2f}x; "
+        f"/ fp32: {rates[ours_label] / rates['thesis before ae13857']:.2f}x"
+    )
     goal = f">= {GOAL_PATCHES_PER_S} patches/s and >= {GOAL_RATIO:.0f}x the thesis configuration"
     if gpu and args.batch_size == 32 and args.patch_size == 256 and args.channels == 14 and args.base_channels == 64:
         met = rates[ours_label] >= GOAL_PATCHES_PER_S and ratio >= GOAL_RATIO

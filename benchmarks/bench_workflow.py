@@ -85,7 +85,10 @@ def print_timelines(local: dict[str, Span], seen: dict[str, Span], ran: dict[str
     (the difference between the last two is the wait for submission and status checks)."""
     print("seconds from each run's start: rule, local start-end | through Slurm: seen by Snakemake | run by Slurm")
     for rule in sorted(local.keys() | seen.keys(), key=lambda rule: (local.get(rule) or seen[rule])[0]):
-        spans = [f"{span[0]:5.0f} {span[1]:5.0f}" if span else "    -     -" for span in (local.get(rule), seen.get(rule), ran.get(rule))]  # fmt: skip
+        spans = [
+            f"{span[0]:5.0f} {span[1]:5.0f}" if span else "    -     -"
+            for span in (local.get(rule), seen.get(rule), ran.get(rule))
+        ]
         print(f"  {rule:20s} {spans[0]} | {spans[1]} | {spans[2]}")
 
 
@@ -121,14 +124,23 @@ def run_on_slurm(root: Path, config: dict, cores: int) -> dict:
         cluster.stop()
         stop_seconds = time.perf_counter() - began
     submissions = len({job.id for job in jobs})
-    return {"start": cluster.start_seconds, "wall": wall, "jobs": len(jobs), "submissions": submissions,
-            "stop": stop_seconds, "seen": rule_timeline(workdir, origin), "ran": slurm_timeline(jobs, origin)}  # fmt: skip
+    return {
+        "start": cluster.start_seconds,
+        "wall": wall,
+        "jobs": len(jobs),
+        "submissions": submissions,
+        "stop": stop_seconds,
+        "seen": rule_timeline(workdir, origin),
+        "ran": slurm_timeline(jobs, origin),
+    }
 
 
 def measure(config: dict, args: argparse.Namespace, root: Path) -> None:
     demo = config["demo"]
-    print(f"demo workflow ({args.config}): {len(demo['tiles'])} tile(s) x {len(demo['dates'])} dates, "
-          f"{demo['size']} px, {config['experiments']['demo']['training']['epochs']} epochs; work in {root}")  # fmt: skip
+    print(
+        f"demo workflow ({args.config}): {len(demo['tiles'])} tile(s) x {len(demo['dates'])} dates, "
+        f"{demo['size']} px, {config['experiments']['demo']['training']['epochs']} epochs; work in {root}"
+    )
 
     local, local_timeline = run_locally(root, config, args.cores)
     print(f"local   --cores {args.cores}: {local:8.1f} s")
@@ -142,8 +154,10 @@ def measure(config: dict, args: argparse.Namespace, root: Path) -> None:
         print(f"slurm: not measured ({error})")
         return
     per_job = (slurm["wall"] - local) / slurm["jobs"]
-    print(f"slurm   --profile     : {slurm['wall']:8.1f} s for {slurm['jobs']} Slurm jobs "
-          f"(array tasks counted one by one) from {slurm['submissions']} sbatch submissions")  # fmt: skip
+    print(
+        f"slurm   --profile     : {slurm['wall']:8.1f} s for {slurm['jobs']} Slurm jobs "
+        f"(array tasks counted one by one) from {slurm['submissions']} sbatch submissions"
+    )
     print(f"ratio slurm / local   : {slurm['wall'] / local:8.2f}")
     print(f"extra time per job    : {per_job:8.1f} s (submission, status polling, Snakemake start-up in the job)")
     print(f"Slurm start-up        : {slurm['start']:8.2f} s (munged, slurmctld, slurmd until the node is idle)")

@@ -38,11 +38,23 @@ def write_scene(path: Path, rows: int, width: int, seed: int = 0) -> Path:
     GDAL compressing on all CPUs, so that a full 10980² tile takes seconds to make, not minutes."""
     noise = np.random.default_rng(seed).normal(0, 200, (len(BANDS), STRIP, width)).astype(np.float32)
     profile = {
-        "driver": "GTiff", "width": width, "height": rows, "count": len(BANDS) + 1, "dtype": "int16",
-        "nodata": NODATA, "crs": "EPSG:32632", "transform": rasterio.transform.from_origin(600000, 5200020, 10, 10),
-        "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "zstd", "zstd_level": 1, "predictor": 2,
-        "bigtiff": "IF_SAFER", "num_threads": "all_cpus",
-    }  # fmt: skip
+        "driver": "GTiff",
+        "width": width,
+        "height": rows,
+        "count": len(BANDS) + 1,
+        "dtype": "int16",
+        "nodata": NODATA,
+        "crs": "EPSG:32632",
+        "transform": rasterio.transform.from_origin(600000, 5200020, 10, 10),
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "zstd",
+        "zstd_level": 1,
+        "predictor": 2,
+        "bigtiff": "IF_SAFER",
+        "num_threads": "all_cpus",
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(path, "w", **profile) as dst:
         for i, name in enumerate([*BANDS, ELEVATION], start=1):
@@ -73,9 +85,13 @@ def write_dataset(root: Path, dates: int, patches_per_date: int, patch_size: int
     """`dates` scenes of `size`² -> real shards of `patches_per_date` patches (the shard stage) and their
     stats.json (the last date validates); returns the stats path."""
     options = validated(
-        {"patch_size": patch_size, "sampler": {"patches_per_date": patches_per_date, "min_labelled_fraction": 0.5},
-         "split": {"validation_dates": []}}, "dataset",
-    )  # fmt: skip
+        {
+            "patch_size": patch_size,
+            "sampler": {"patches_per_date": patches_per_date, "min_labelled_fraction": 0.5},
+            "split": {"validation_dates": []},
+        },
+        "dataset",
+    )
     names = [f"202201{day:02d}T102209" for day in range(1, dates + 1)]
     options["split"]["validation_dates"] = names[-1:]
     shards = []

@@ -24,7 +24,17 @@ def tiny_demo(tmp_path_factory) -> dict:
     from snowcloud.demo import make_demo_data, planned_products
 
     root = tmp_path_factory.mktemp("tiny_demo")
-    demo = {"enabled": True, "tiles": ["32TNS", "32TMS"], "dates": ["20211208T102421", "20220201T102209"], "size": 120, "seed": 2023}
-    paths = {"raw_data": str(root / "raw"), "dem": str(root / "dem" / "T{tile}.tif"), "labels": str(root / "labels" / "T{tile}" / "{date}.tif")}
+    demo = {
+        "enabled": True,
+        "tiles": ["32TNS", "32TMS"],
+        "dates": ["20211208T102421", "20220201T102209"],
+        "size": 120,
+        "seed": 2023,
+    }
+    paths = {
+        "raw_data": str(root / "raw"),
+        "dem": str(root / "dem" / "T{tile}.tif"),
+        "labels": str(root / "labels" / "T{tile}" / "{date}.tif"),
+    }
     make_demo_data(demo, paths["raw_data"], paths["dem"], paths["labels"])
     return {"demo": demo, **paths, "products": planned_products(demo, paths["raw_data"])}

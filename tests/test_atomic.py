@@ -40,9 +40,14 @@ def test_a_killed_writer_leaves_a_temporary_that_the_next_write_removes(tmp_path
 
 def test_the_cleaner_removes_every_temporary_of_a_killed_writer_and_nothing_of_other_outputs(tmp_path):
     target = tmp_path / "20210116T102351.tif"
-    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
-    stale = [temporary_path(target, pid=dead), temporary_path(target, pid=dead, label="level1.part0.tif"),
-             temporary_path(target, pid=dead, label="strips.tif")]  # fmt: skip
+    dead = int(
+        subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+    )
+    stale = [
+        temporary_path(target, pid=dead),
+        temporary_path(target, pid=dead, label="level1.part0.tif"),
+        temporary_path(target, pid=dead, label="strips.tif"),
+    ]
     for path in stale:
         path.write_bytes(b"left by a killed job")
     scratch = temporary_path(target, pid=dead, label="scratch")
@@ -55,7 +60,9 @@ def test_the_cleaner_removes_every_temporary_of_a_killed_writer_and_nothing_of_o
     assert sorted(tmp_path.iterdir()) == [other]
 
 
-def test_an_error_that_is_not_about_space_keeps_its_message_while_the_job_has_used_much_of_the_disk(tmp_path, monkeypatch):
+def test_an_error_that_is_not_about_space_keeps_its_message_while_the_job_has_used_much_of_the_disk(
+    tmp_path, monkeypatch
+):
     """The preflight asks for the whole estimate; later failures count as no space only on a full disk."""
     calls = []  # 10 GB at the start; 200 MB once the job has written its temporaries
 
@@ -64,5 +71,8 @@ def test_an_error_that_is_not_about_space_keeps_its_message_while_the_job_has_us
         return 10 * 2**30 if len(calls) == 1 else 200 * 2**20
 
     monkeypatch.setattr(atomic, "_free_bytes", free)
-    with pytest.raises(ValueError, match="^no valid pixel$"), atomic_output(tmp_path / "scene.tif", needs_bytes=8 * 2**30):
+    with (
+        pytest.raises(ValueError, match="^no valid pixel$"),
+        atomic_output(tmp_path / "scene.tif", needs_bytes=8 * 2**30),
+    ):
         raise ValueError("no valid pixel")

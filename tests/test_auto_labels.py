@@ -16,7 +16,11 @@ OPTIONS = validate_config({})["auto_labels"]
 
 
 def bands(green, nir, swir):
-    return {"B03": np.array([green], np.float32), "B08": np.array([nir], np.float32), "B11": np.array([swir], np.float32)}
+    return {
+        "B03": np.array([green], np.float32),
+        "B08": np.array([nir], np.float32),
+        "B11": np.array([swir], np.float32),
+    }
 
 
 def test_layers_are_painted_in_the_thesis_order_later_winning():
@@ -31,7 +35,9 @@ def test_layers_are_painted_in_the_thesis_order_later_winning():
 
 def test_a_surface_water_raster_replaces_the_ndwi_rule():
     b = bands([2000, 500], [667, 400], [2000, 400])  # NDWI water, then dark land
-    classes = paint(b, np.zeros((1, 2), bool), np.ones((1, 2), bool), OPTIONS, surface_water=np.array([[0, 1]], np.uint8))
+    classes = paint(
+        b, np.zeros((1, 2), bool), np.ones((1, 2), bool), OPTIONS, surface_water=np.array([[0, 1]], np.uint8)
+    )
     assert classes.tolist() == [[0, 3]]
 
 
@@ -57,7 +63,9 @@ def test_auto_labels_of_a_demo_scene_against_its_true_labels(demo_scene):
     auto = read_label(output, scene, class_set=DEFAULT_CLASS_SET)  # read back as any label mask
     assert (auto[:4] == 255).all() and (auto[:, -4:] == 255).all()
     assert sum(fractions.values()) == pytest.approx(1.0)
-    iou = metrics_from_confusion(confusion_matrix(auto, read_label(truth, scene, class_set=DEFAULT_CLASS_SET), len(CLASSES)), CLASSES)["iou"]
+    iou = metrics_from_confusion(
+        confusion_matrix(auto, read_label(truth, scene, class_set=DEFAULT_CLASS_SET), len(CLASSES)), CLASSES
+    )["iou"]
     print("auto labels vs demo truth, IoU per class:", {k: round(v or 0, 3) for k, v in iou.items()})
     # Per-pixel rules catch the bulk of snow and cloud and miss what the demo built to defeat them (docs/demo.md).
     assert iou["background"] > 0.5 and iou["snow"] > 0.3 and iou["cloud"] > 0.3
@@ -72,8 +80,17 @@ def test_a_glacier_raster_on_a_30_m_grid_paints_snow(demo_scene, tmp_path):
     values = np.zeros((height // 3, width // 3), np.uint8)
     values[:5, :5] = 1  # the top-left 150 m x 150 m
     coarse = Affine(transform.a * 3, 0, transform.c, 0, transform.e * 3, transform.f)
-    with rasterio.open(glacier, "w", driver="GTiff", dtype="uint8", count=1, height=values.shape[0],
-                       width=values.shape[1], crs=crs, transform=coarse) as dst:  # fmt: skip
+    with rasterio.open(
+        glacier,
+        "w",
+        driver="GTiff",
+        dtype="uint8",
+        count=1,
+        height=values.shape[0],
+        width=values.shape[1],
+        crs=crs,
+        transform=coarse,
+    ) as dst:
         dst.write(values, 1)
     output = tmp_path / "auto_labels" / "32TNS" / scene.name
     auto_label(scene, output, {**OPTIONS, "glacier": str(tmp_path / "T{tile}_glacier.tif"), "cloud_threshold": 0.999})

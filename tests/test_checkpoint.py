@@ -114,15 +114,19 @@ def test_a_band_list_that_does_not_match_the_weights_is_refused_naming_the_file(
     """A hand-edited band list would otherwise surface as a torch channel error in the middle of inference."""
     path = tmp_path / "model.pt"
     save_model(path, _trained_like_model(), _metadata(bands=BANDS[:13]))
-    with pytest.raises(CheckpointError, match=rf"{path}: metadata field 'bands' lists 13 band\(s\) but the network takes 14"):
+    with pytest.raises(
+        CheckpointError, match=rf"{path}: metadata field 'bands' lists 13 band\(s\) but the network takes 14"
+    ):
         load_model(path)
 
 
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"classes": ["background", "snow", "cloud", "water", "ice"]},
-         "'classes' lists 5 class(es) (background, snow, cloud, water, ice) but the network has 4 outputs"),
+        (
+            {"classes": ["background", "snow", "cloud", "water", "ice"]},
+            "'classes' lists 5 class(es) (background, snow, cloud, water, ice) but the network has 4 outputs",
+        ),
         ({"classes": ["snow", "snow", "cloud", "water"]}, "'classes' names a class twice"),
         ({"bands": [BANDS[1], BANDS[0], *BANDS[2:]]}, "'bands' is ['B02', 'B01'"),
         ({"patch_size": 0}, "'patch_size' is 0; a patch size is an integer of at least 16"),
@@ -130,16 +134,25 @@ def test_a_band_list_that_does_not_match_the_weights_is_refused_naming_the_file(
         ({"normalisation": {**NORMALISATION, "name": "dw"}}, "'normalisation' unknown normalisation 'dw'"),
         ({"normalisation": {**NORMALISATION, "p30": [1.0] * 12}}, "p30 must be 13 numbers"),
         ({"normalisation": {k: v for k, v in NORMALISATION.items() if k != "mean"}}, "lacks its constant 'mean'"),
-        ({"class_set": {"classes": {"background": [0], "snow": [1], "cloud": [2], "lake": [3]}}},
-         "'class_set' trains background, snow, cloud, lake, but the field 'classes' says background, snow, cloud, water"),
-        ({"class_set": {"classes": {"background": [0], "snow": [0], "cloud": [2], "water": [3]}}},
-         "label value 0 belongs to both background and snow"),
+        (
+            {"class_set": {"classes": {"background": [0], "snow": [1], "cloud": [2], "lake": [3]}}},
+            "'class_set' trains background, snow, cloud, lake, but the field 'classes' says background, snow, cloud, water",
+        ),
+        (
+            {"class_set": {"classes": {"background": [0], "snow": [0], "cloud": [2], "water": [3]}}},
+            "label value 0 belongs to both background and snow",
+        ),
     ],
-)  # fmt: skip
-def test_metadata_that_contradicts_the_network_or_the_schema_is_refused_naming_file_and_field(tmp_path, fields, message):
+)
+def test_metadata_that_contradicts_the_network_or_the_schema_is_refused_naming_file_and_field(
+    tmp_path, fields, message
+):
     path = tmp_path / "model.pt"
-    save_model(path, _trained_like_model(), _metadata(class_set={"classes": {n: [i] for i, n in enumerate(
-        ["background", "snow", "cloud", "water"])}}))  # fmt: skip
+    save_model(
+        path,
+        _trained_like_model(),
+        _metadata(class_set={"classes": {n: [i] for i, n in enumerate(["background", "snow", "cloud", "water"])}}),
+    )
     load_model(path)  # as training wrote it
     with pytest.raises(CheckpointError, match=f"^{re.escape(str(path))}: metadata field .*{re.escape(message)}"):
         load_model(edited(path, **fields))

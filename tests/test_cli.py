@@ -18,7 +18,10 @@ from snowcloud.scene import channel_names
 
 
 def test_check_config_accepts_a_preset_and_names_what_runs(repo, capsys):
-    assert main(["check-config", str(repo / "config" / "config.yaml"), str(repo / "config" / "presets" / "a82e3cd.yaml")]) == 0
+    assert (
+        main(["check-config", str(repo / "config" / "config.yaml"), str(repo / "config" / "presets" / "a82e3cd.yaml")])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "configuration OK" in out and "experiments: a82e3cd" in out and "datasets: thesis-dynamic-world" in out
 
@@ -85,8 +88,21 @@ def test_check_config_and_demo_work_from_an_installed_wheel(repo, tmp_path):
     """The schema and the presets ship inside the package: the commands need no checkout beside the installed
     files."""
     source, wheels = tmp_path / "source", tmp_path / "wheels"
-    shutil.copytree(repo, source, ignore=shutil.ignore_patterns(".*", "build", "results", "resources", "logs", "*.egg-info"))
-    build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)]
+    shutil.copytree(
+        repo, source, ignore=shutil.ignore_patterns(".*", "build", "results", "resources", "logs", "*.egg-info")
+    )
+    build = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        str(wheels),
+        str(source),
+    ]
     subprocess.run(build, check=True, cwd=tmp_path, capture_output=True)  # in a copy: setuptools writes build/ beside
     (wheel,) = wheels.glob("snowcloud-*.whl")
     with zipfile.ZipFile(wheel) as archive:
@@ -95,16 +111,31 @@ def test_check_config_and_demo_work_from_an_installed_wheel(repo, tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text((repo / "config" / "config.yaml").read_text())
     environment = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    for arguments in (["check-config", str(config)], ["demo", str(tmp_path / "demo"), "--size", "60", "--tiles", "32TNS",
-                                                        "--dates", "20220201T102209"]):  # fmt: skip
-        done = subprocess.run([sys.executable, "-c", "import sys; from snowcloud.cli import main; sys.exit(main())", *arguments],
-                              cwd=tmp_path, env=environment, capture_output=True, text=True)  # fmt: skip
+    for arguments in (
+        ["check-config", str(config)],
+        ["demo", str(tmp_path / "demo"), "--size", "60", "--tiles", "32TNS", "--dates", "20220201T102209"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", "import sys; from snowcloud.cli import main; sys.exit(main())", *arguments],
+            cwd=tmp_path,
+            env=environment,
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 0, done.stderr
     preset = "from snowcloud.thesis import preset_config; print(preset_config('a82e3cd')[1])"
-    found = subprocess.run([sys.executable, "-c", preset], cwd=tmp_path, env=environment, capture_output=True, text=True)
+    found = subprocess.run(
+        [sys.executable, "-c", preset], cwd=tmp_path, env=environment, capture_output=True, text=True
+    )
     assert found.stdout.strip() == "a82e3cd", found.stderr  # import-thesis --preset NAME outside the checkout
-    imported = subprocess.run([sys.executable, "-c", "import snowcloud; print(snowcloud.__file__)"], cwd=tmp_path,
-                              env=environment, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    imported = subprocess.run(
+        [sys.executable, "-c", "import snowcloud; print(snowcloud.__file__)"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert imported.startswith(str(tmp_path / "site"))
 
 
@@ -126,13 +157,18 @@ def test_check_config_reports_an_unknown_placeholder_in_a_path_pattern(repo, tmp
 @pytest.mark.parametrize("damage", ["missing", "truncated"])
 def test_check_config_says_what_the_workflow_says_of_a_given_model_that_cannot_run(tmp_path, capsys, damage):
     model = tmp_path / "given.pt"
-    save_model(model, build_model("unet", 14, 4, base_channels=4), {"architecture": "unet", "model_args": {
-        "in_channels": 14, "n_classes": 4, "base_channels": 4}})  # fmt: skip
+    save_model(
+        model,
+        build_model("unet", 14, 4, base_channels=4),
+        {"architecture": "unet", "model_args": {"in_channels": 14, "n_classes": 4, "base_channels": 4}},
+    )
     if damage == "missing":
         model.unlink()
     else:
         model.write_bytes(model.read_bytes()[:5000])  # a copy cut short
-    config = write_config(tmp_path / "work", tiny_config({"experiments": {"given": {"model": str(model)}}, "run": ["given"]}))
+    config = write_config(
+        tmp_path / "work", tiny_config({"experiments": {"given": {"model": str(model)}}, "run": ["given"]})
+    )
     workflow = snakemake(tmp_path / "work", "--dry-run", "--cores", "1", check=False)
     (said,) = {line.strip() for line in workflow.output.splitlines() if line.strip().startswith("CheckpointError: ")}
     assert not workflow.ok and str(model) in said
@@ -145,8 +181,20 @@ def test_check_config_says_what_the_workflow_says_of_a_given_model_that_cannot_r
 def test_check_config_names_the_given_model_it_checked(tmp_path, capsys):
     model = tmp_path / "given.pt"
     args = {"in_channels": 14, "n_classes": 4, "base_channels": 4}
-    save_model(model, build_model("unet", **args), {"architecture": "unet", "model_args": args, "patch_size": 64,
-               "bands": channel_names(True), "normalisation": normalisation.spec(), "classes": list(CLASSES)})  # fmt: skip
-    config = write_config(tmp_path / "work", tiny_config({"experiments": {"given": {"model": str(model)}}, "run": ["given"]}))
+    save_model(
+        model,
+        build_model("unet", **args),
+        {
+            "architecture": "unet",
+            "model_args": args,
+            "patch_size": 64,
+            "bands": channel_names(True),
+            "normalisation": normalisation.spec(),
+            "classes": list(CLASSES),
+        },
+    )
+    config = write_config(
+        tmp_path / "work", tiny_config({"experiments": {"given": {"model": str(model)}}, "run": ["given"]})
+    )
     assert main(["check-config", str(config)]) == 0
     assert f"experiments.given.model: {model} (SHA-256 " in capsys.readouterr().out

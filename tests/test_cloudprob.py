@@ -31,8 +31,12 @@ def whole_scene_s2cloudless(values: np.ndarray, **settings) -> tuple[np.ndarray,
 def gather(strips) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
     strips = list(strips)
     rows = [strip.row for strip in strips]
-    return (np.concatenate([s.probability for s in strips]), np.concatenate([s.mask for s in strips]),
-            np.concatenate([s.valid for s in strips]), rows)  # fmt: skip
+    return (
+        np.concatenate([s.probability for s in strips]),
+        np.concatenate([s.mask for s in strips]),
+        np.concatenate([s.valid for s in strips]),
+        rows,
+    )
 
 
 def test_strips_with_halo_equal_s2cloudless_on_the_whole_scene_with_the_thesis_settings(scene):

@@ -19,13 +19,17 @@ from snowcloud.scene import NODATA
 def int16_profile(width: int, height: int, count: int, origin: tuple[float, float] = (0, 0)) -> dict:
     """The profile a CogWriter takes: an int16 image with NODATA on a 10 m UTM grid."""
     transform = Affine(10, 0, origin[0], 0, -10, origin[1])
-    return dict(width=width, height=height, count=count, dtype="int16", nodata=NODATA, crs="EPSG:32632", transform=transform)
+    return dict(
+        width=width, height=height, count=count, dtype="int16", nodata=NODATA, crs="EPSG:32632", transform=transform
+    )
+
 
 def test_average_overviews_match_gdal_and_skip_no_data():
     values = np.array([[[1, 2, 5, NODATA, 7], [3, 4, 6, 8, 9], [NODATA, NODATA, 10, 11, 12]]], dtype=np.int16)
     mean = average_2x2(values, NODATA)
     # 2 x 2 blocks: (1+2+3+4)/4 = 2.5 -> 3; (5+6+8)/3 = 6.33 -> 6; (7+9)/2 = 8; bottom row: none; (10+11)/2; 12.
     np.testing.assert_array_equal(mean, [[[3, 6, 8], [NODATA, 11, 12]]])
+
 
 @pytest.mark.parametrize(("strip", "height", "width"), [(100, 1300, 1100), (7, 1025, 1537), (1300, 1300, 513)])
 def test_cog_writer_gives_the_same_image_and_pyramid_for_any_strips(tmp_path, strip, height, width):
@@ -53,6 +57,7 @@ def test_cog_writer_gives_the_same_image_and_pyramid_for_any_strips(tmp_path, st
             np.testing.assert_array_equal(overview.read(), level, err_msg=f"overview {factor}")
     assert max(level.shape[1:]) <= 512 < max(level.shape[1:]) * 2
 
+
 def test_cog_beyond_4_gb_is_a_bigtiff(tmp_path, monkeypatch):
     monkeypatch.setattr(cog, "CLASSIC_LIMIT", 1000)  # as if the file did not fit a classic TIFF
     image = np.arange(3 * 700 * 600, dtype=np.int32).reshape(3, 700, 600).astype(np.int16)
@@ -66,6 +71,7 @@ def test_cog_beyond_4_gb_is_a_bigtiff(tmp_path, monkeypatch):
         np.testing.assert_array_equal(big.read(), image)
         assert big.compression.name == "deflate" and big.overviews(1) == [2]
 
+
 def test_cog_writer_refuses_strips_out_of_order_and_an_unfinished_image(tmp_path):
     profile = int16_profile(10, 20, 1)
     with CogWriter(tmp_path / "x.tif", profile, False) as writer:
@@ -75,6 +81,7 @@ def test_cog_writer_refuses_strips_out_of_order_and_an_unfinished_image(tmp_path
         with pytest.raises(ValueError, match="5 of 20 rows written"):
             writer.finish()
     assert list(tmp_path.iterdir()) == []
+
 
 def test_cog_writer_writes_every_tile_once_even_with_a_tiny_block_cache(tmp_path, monkeypatch):
     """Strips end inside a band of tiles, and the cache holds one band's row of tiles (1.5 MB) but not all
@@ -93,13 +100,17 @@ def test_cog_writer_writes_every_tile_once_even_with_a_tiny_block_cache(tmp_path
 
     assemble = cog.assemble_cog
     monkeypatch.setattr(cog, "assemble_cog", measure_then_assemble)
-    with rasterio.Env(GDAL_CACHEMAX=5 * 2**19), CogWriter(tmp_path / "x.tif", profile, True, compress="zstd", predictor=2) as writer:
+    with (
+        rasterio.Env(GDAL_CACHEMAX=5 * 2**19),
+        CogWriter(tmp_path / "x.tif", profile, True, compress="zstd", predictor=2) as writer,
+    ):
         for row in range(0, 1100, 100):
             writer.write(image[:, row : row + 100], row)
         writer.finish()
     assert len(dead_bytes) == 3 + 2 + 1 and max(dead_bytes) < 4096  # headers and tags only
     with rasterio.open(tmp_path / "x.tif") as written:
         np.testing.assert_array_equal(written.read(), image)
+
 
 def test_cog_writer_writes_each_band_of_a_part_in_one_call_over_whole_tiles(tmp_path, monkeypatch):
     """A tile written in two calls can be flushed half filled from GDAL's block cache (other threads decode

@@ -50,9 +50,11 @@ def test_inference_only_experiment_takes_a_model_path_instead_of_a_dataset(defau
 
 @pytest.mark.parametrize(
     ("experiment", "message"),
-    [({"model": "m.pt", "dataset": "demo"}, "model is the path of a trained model.pt, so there is no dataset"),
-     ({"model": {"base_channels": 8}}, "give a dataset to train on, or model: path/to/model.pt")],
-)  # fmt: skip
+    [
+        ({"model": "m.pt", "dataset": "demo"}, "model is the path of a trained model.pt, so there is no dataset"),
+        ({"model": {"base_channels": 8}}, "give a dataset to train on, or model: path/to/model.pt"),
+    ],
+)
 def test_experiment_needs_either_a_dataset_or_a_model_path(default_config, experiment, message):
     default_config["experiments"]["x"] = experiment
     with pytest.raises(ConfigError, match=f"experiments.x: {message}"):
@@ -74,26 +76,58 @@ def test_merge_is_deep_like_snakemake_configfile():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"preprocess": {"clip": {"method": "percentile", "percentiles": [99.9, 0.1]}}},
-         r"preprocess.clip.percentiles: \[99.9, 0.1\] must be \[low, high\] with low < high"),
-        ({"preprocess": {"clip": {"method": "sigma", "n_sigma": 0}}}, "preprocess.clip.n_sigma: 0 is less than or equal to the minimum of 0"),
-        ({"experiments": {"demo": {"training": {"augmentation": {"erase_size": [64, 8]}}}}},
-         r"experiments.demo.training.augmentation.erase_size: \[64, 8\] must be \[smallest, largest\]"),
-        ({"experiments": {"demo": {"training": {"optimizer": {"betas": [0.9, 1.0]}}}}},
-         "experiments.demo.training.optimizer.betas.1: 1.0 is greater than or equal to the maximum of 1"),
-        ({"datasets": {"demo": {"patch_size": 16}}, "experiments": {"demo": {"training": {"batch_size": 1}}}},
-         r"experiments.demo.training.batch_size: 1 with patches of 16 px \(datasets.demo.patch_size\) .* batch normalisation needs two"),
-        ({"experiments": {"demo": {"inference": {"overlap": 0.99}}}}, "experiments.demo.inference.overlap: 0.99 is greater than the maximum of 0.75"),
-        ({"datasets": {"demo": {"clases": {"snow": [1]}}}}, r"unknown key 'datasets.demo.clases' \(did you mean 'classes'\?\)"),
-        ({"datasets": {"demo": {"classes": {"snow": [255]}}}}, "datasets.demo.classes.snow.0: 255 is greater than the maximum of 254"),
+        (
+            {"preprocess": {"clip": {"method": "percentile", "percentiles": [99.9, 0.1]}}},
+            r"preprocess.clip.percentiles: \[99.9, 0.1\] must be \[low, high\] with low < high",
+        ),
+        (
+            {"preprocess": {"clip": {"method": "sigma", "n_sigma": 0}}},
+            "preprocess.clip.n_sigma: 0 is less than or equal to the minimum of 0",
+        ),
+        (
+            {"experiments": {"demo": {"training": {"augmentation": {"erase_size": [64, 8]}}}}},
+            r"experiments.demo.training.augmentation.erase_size: \[64, 8\] must be \[smallest, largest\]",
+        ),
+        (
+            {"experiments": {"demo": {"training": {"optimizer": {"betas": [0.9, 1.0]}}}}},
+            "experiments.demo.training.optimizer.betas.1: 1.0 is greater than or equal to the maximum of 1",
+        ),
+        (
+            {"datasets": {"demo": {"patch_size": 16}}, "experiments": {"demo": {"training": {"batch_size": 1}}}},
+            r"experiments.demo.training.batch_size: 1 with patches of 16 px \(datasets.demo.patch_size\) .* batch normalisation needs two",
+        ),
+        (
+            {"experiments": {"demo": {"inference": {"overlap": 0.99}}}},
+            "experiments.demo.inference.overlap: 0.99 is greater than the maximum of 0.75",
+        ),
+        (
+            {"datasets": {"demo": {"clases": {"snow": [1]}}}},
+            r"unknown key 'datasets.demo.clases' \(did you mean 'classes'\?\)",
+        ),
+        (
+            {"datasets": {"demo": {"classes": {"snow": [255]}}}},
+            "datasets.demo.classes.snow.0: 255 is greater than the maximum of 254",
+        ),
         ({"datasets": {"demo": {"classes": {"snow": 1}}}}, "datasets.demo.classes.snow: 1 should be of type array"),
-        ({"datasets": {"demo": {"classes": {"snow": [1], "ice": [1]}}}}, "datasets.demo: label value 1 belongs to both snow and ice"),
-        ({"datasets": {"demo": {"ignored_classes": {"snow": [5]}}}}, r"datasets.demo.classes / ignored_classes: class names \['snow'\]"),
-        ({"dem": "dem/T{tiles}.tif"}, r"dem: unknown placeholder\(s\) \{tiles\} in 'dem/T\{tiles\}.tif' \(allowed: \{tile\}\)"),
-        ({"labels": "labels/{tile}/{data}.tif"}, r"labels: unknown placeholder\(s\) \{data\} .* \(allowed: \{tile\}, \{date\}\)"),
+        (
+            {"datasets": {"demo": {"classes": {"snow": [1], "ice": [1]}}}},
+            "datasets.demo: label value 1 belongs to both snow and ice",
+        ),
+        (
+            {"datasets": {"demo": {"ignored_classes": {"snow": [5]}}}},
+            r"datasets.demo.classes / ignored_classes: class names \['snow'\]",
+        ),
+        (
+            {"dem": "dem/T{tiles}.tif"},
+            r"dem: unknown placeholder\(s\) \{tiles\} in 'dem/T\{tiles\}.tif' \(allowed: \{tile\}\)",
+        ),
+        (
+            {"labels": "labels/{tile}/{data}.tif"},
+            r"labels: unknown placeholder\(s\) \{data\} .* \(allowed: \{tile\}, \{date\}\)",
+        ),
         ({"labels": "labels/{tile/{date}.tif"}, r"labels: 'labels/\{tile/\{date\}.tif' is not a valid pattern"),
     ],
-)  # fmt: skip
+)
 def test_settings_that_cannot_work_are_refused_naming_the_key(default_config, change, message):
     """Ordered pairs, bounds, and placeholders: what the schema's types cannot say, checked before a run."""
     with pytest.raises(ConfigError, match=message):

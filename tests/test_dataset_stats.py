@@ -30,8 +30,12 @@ THESIS_F = [0.4132, 0.31163, 0.26706, 0.00812]  # e40b271
 @pytest.fixture(scope="module")
 def shard_paths(tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("dataset")
-    scenes = [("32TNS", "20210111T102309", 1), ("32TNS", "20210720T101559", 2), ("32TMS", "20210720T101559", 3),
-              ("32TNS", "20211008T101829", 4)]  # fmt: skip
+    scenes = [
+        ("32TNS", "20210111T102309", 1),
+        ("32TNS", "20210720T101559", 2),
+        ("32TMS", "20210720T101559", 3),
+        ("32TNS", "20211008T101829", 4),
+    ]
     return [build_real_shard(root, tile, date, seed, patches=10 + seed) for tile, date, seed in scenes]
 
 
@@ -108,8 +112,9 @@ def test_a_date_split_keeps_every_tile_of_a_date_together(tmp_path, shard_paths)
     build_dataset_stats(shard_paths, tmp_path / "s.json", tmp_path / "s.png", "demo", options)
     split = load_split(tmp_path / "s.json")
     assert [Path(p).parent.name + "/" + Path(p).stem for p, _ in split["validation"]] == [
-        "32TMS/20210720T101559", "32TNS/20210720T101559"
-    ]  # fmt: skip
+        "32TMS/20210720T101559",
+        "32TNS/20210720T101559",
+    ]
     assert all(indices is None for _, indices in split["train"] + split["validation"])
     assert {Path(p).stem for p, _ in split["train"]} == {"20210111T102309", "20211008T101829"}
     stats = json.loads((tmp_path / "s.json").read_text())
@@ -133,8 +138,10 @@ def test_date_splits_that_leave_a_set_empty_are_errors_or_move_one_date():
     with pytest.raises(DatasetError, match="leave no validation date"):
         validation_dates(["20210720T101559", "20210721T101559"], options | {"validation_dates": ["20200101T000000"]})
     with pytest.raises(DatasetError, match="leave no training date"):
-        validation_dates(["20210720T101559"] * 2 + ["20210721T101559"],
-                         options | {"validation_dates": ["20210720T101559", "20210721T101559"]})  # fmt: skip
+        validation_dates(
+            ["20210720T101559"] * 2 + ["20210721T101559"],
+            options | {"validation_dates": ["20210720T101559", "20210721T101559"]},
+        )
     tiny = validation_dates(["20210720T101559", "20210721T101559"], options | {"validation_fraction": 0.01})
     assert len(tiny) == 1
     most = validation_dates(["20210720T101559", "20210721T101559"], options | {"validation_fraction": 0.99})

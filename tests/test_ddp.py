@@ -50,9 +50,14 @@ logged(None, train_experiment, **json.loads(sys.argv[2]))
 
 def options(**training):
     return experiment_options(
-        epochs=2, batch_size=4, augmentation=AUGMENTATION, workers=0, device="cpu",
-        optimizer={"lr": 1e-2, "eps": 1e-2}, **training,
-    )  # fmt: skip
+        epochs=2,
+        batch_size=4,
+        augmentation=AUGMENTATION,
+        workers=0,
+        device="cpu",
+        optimizer={"lr": 1e-2, "eps": 1e-2},
+        **training,
+    )
 
 
 def assert_rows_close(rows, expected, rel):
@@ -113,8 +118,16 @@ def test_sigterm_to_both_ranks_in_epoch_2_resumes_exactly_on_two_ranks_and_close
     run, marker, child_script = tmp_path / "run", tmp_path / "epoch-3-started", tmp_path / "child.py"
     child_script.write_text(CHILD)
     arguments = json.dumps({**common, "threads": 1, **outputs(run), "options": options()})
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(child_script),
-               str(marker), arguments]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(child_script),
+        str(marker),
+        arguments,
+    ]
     returncode, stderr = sigterm_once_marked(command, marker, 240, "ranks (epoch 2)")
 
     assert returncode != 0

@@ -22,13 +22,23 @@ from snowcloud.demo.product import make_scene, write_scene
 from snowcloud.demo.surface import Conditions, Surface, cast_shadow, render_surface
 from snowcloud.inventory import find_products
 
-DEMO = {"enabled": True, "tiles": ["32TNS", "32TMS"], "dates": ["20211208T102421", "20220201T102209"], "size": 120, "seed": 2023}
+DEMO = {
+    "enabled": True,
+    "tiles": ["32TNS", "32TMS"],
+    "dates": ["20211208T102421", "20220201T102209"],
+    "size": 120,
+    "seed": 2023,
+}
 
 
 def band_members(zip_path: Path) -> dict[str, str]:
     """GDAL paths of the band files inside a product zip, by band name."""
     names = zipfile.ZipFile(zip_path).namelist()
-    return {name.rsplit("_", 1)[1][:-4]: f"/vsizip/{zip_path}/{name}" for name in names if "/IMG_DATA/" in name and name.endswith(".jp2")}
+    return {
+        name.rsplit("_", 1)[1][:-4]: f"/vsizip/{zip_path}/{name}"
+        for name in names
+        if "/IMG_DATA/" in name and name.endswith(".jp2")
+    }
 
 
 def read_metadata(zip_path: Path, name: str) -> ET.Element:
@@ -65,7 +75,9 @@ def test_planned_products_are_pure_and_follow_the_naming_rules(tmp_path):
     assert old.path == raw / "T32TNS" / old.path.name and old.path.name.endswith(".SAFE.zip")
     assert old.orbit == "065" and old.mission in ("S2A", "S2B")
     assert old.generated > old.date and old.generated[:8] == old.date[:8]  # a few hours after sensing
-    assert list(planned_products(DEMO, raw, tiles=["32TMS"], dates=["20220201T102209"])) == [("32TMS", "20220201T102209")]
+    assert list(planned_products(DEMO, raw, tiles=["32TMS"], dates=["20220201T102209"])) == [
+        ("32TMS", "20220201T102209")
+    ]
     # Both Sentinel-2 units appear over a season (5-day alternation).
     season = {**DEMO, "dates": [f"202201{day:02d}T102209" for day in range(1, 31, 5)]}
     assert {p.mission for p in planned_products(season, raw).values()} == {"S2A", "S2B"}
@@ -111,7 +123,9 @@ def test_products_have_the_safe_layout_and_metadata_of_their_baseline(tiny_demo)
         assert offsets == ({str(i): -1000 for i in range(13)} if product.baseline == "0400" else {})
         tile_xml = read_metadata(product.path, "MTD_TL.xml")
         assert local(tile_xml, "HORIZONTAL_CS_CODE")[0].text == "EPSG:32632"
-        assert [int(e.find("ULX").text) for e in local(tile_xml, "Geoposition")] == [int(tiles.tile_grid(tile, 120).x0)] * 3
+        assert [int(e.find("ULX").text) for e in local(tile_xml, "Geoposition")] == [
+            int(tiles.tile_grid(tile, 120).x0)
+        ] * 3
 
 
 def test_offset_products_store_reflectance_plus_1000(tiny_demo):
@@ -184,7 +198,9 @@ def test_swath_edge_is_no_data_in_every_band_and_unlabelled(tmp_path):
 def test_unzipped_product_holds_the_same_files(tmp_path, tiny_demo):
     product = planned_products(DEMO, tmp_path)[("32TMS", "20211208T102421")]
     landscape = Landscape(DEMO["seed"], 120)
-    write_scene(make_scene(product, tiles.tile_grid("32TMS", 120), DEMO["seed"], landscape), landscape, None, zipped=False)
+    write_scene(
+        make_scene(product, tiles.tile_grid("32TMS", 120), DEMO["seed"], landscape), landscape, None, zipped=False
+    )
     folder = product.path.with_suffix("")
     assert folder.name.endswith(".SAFE") and folder.is_dir() and not product.path.exists()
     original = tiny_demo["products"][("32TMS", "20211208T102421")].path
@@ -196,13 +212,18 @@ def test_unzipped_product_holds_the_same_files(tmp_path, tiny_demo):
 
 def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path, tiny_demo):
     demo = {**DEMO, "tiles": ["32TMS"], "dates": ["20220201T102209"]}
-    make_demo_data(demo, tmp_path / "raw", str(tmp_path / "T{tile}.tif"), str(tmp_path / "{tile}_{date}.tif"), threads=2)
+    make_demo_data(
+        demo, tmp_path / "raw", str(tmp_path / "T{tile}.tif"), str(tmp_path / "{tile}_{date}.tif"), threads=2
+    )
     product = planned_products(demo, tmp_path / "raw")[("32TMS", "20220201T102209")]
     assert product.path.read_bytes() == tiny_demo["products"][("32TMS", "20220201T102209")].path.read_bytes()
     assert (tmp_path / "T32TMS.tif").read_bytes() == Path(tiny_demo["dem"].format(tile="32TMS")).read_bytes()
     other = {**demo, "seed": 7}
     make_demo_data(other, tmp_path / "raw7", str(tmp_path / "7_T{tile}.tif"), str(tmp_path / "7_{tile}_{date}.tif"))
-    assert planned_products(other, tmp_path / "raw7")[("32TMS", "20220201T102209")].path.read_bytes() != product.path.read_bytes()
+    assert (
+        planned_products(other, tmp_path / "raw7")[("32TMS", "20220201T102209")].path.read_bytes()
+        != product.path.read_bytes()
+    )
 
 
 def test_dem_is_geographic_covers_the_tile_and_holds_the_terrain(tiny_demo):
@@ -211,7 +232,9 @@ def test_dem_is_geographic_covers_the_tile_and_holds_the_terrain(tiny_demo):
     with rasterio.open(tiny_demo["dem"].format(tile="32TNS")) as dem:
         assert dem.crs.to_epsg() == 4326 and dem.dtypes == ("float32",)
         assert dem.res == pytest.approx((1 / 3600, 1 / 3600))
-        corners_x, corners_y = transform(grid.crs, dem.crs, [grid.bounds[0], grid.bounds[2]], [grid.bounds[1], grid.bounds[3]])
+        corners_x, corners_y = transform(
+            grid.crs, dem.crs, [grid.bounds[0], grid.bounds[2]], [grid.bounds[1], grid.bounds[3]]
+        )
         assert dem.bounds.left < min(corners_x) and dem.bounds.right > max(corners_x)
         assert dem.bounds.bottom < min(corners_y) and dem.bounds.top > max(corners_y)
         values = dem.read(1)
@@ -238,7 +261,12 @@ def test_a_failure_leaves_no_product_and_no_temporary_files(tmp_path, monkeypatc
 
     monkeypatch.setattr(demo_product.rasterio.shutil, "copy", broken)
     with pytest.raises(RuntimeError, match="killed"):
-        make_demo_data(DEMO | {"tiles": ["32TNS"], "dates": ["20211208T102421"]}, tmp_path / "raw", str(tmp_path / "T{tile}.tif"), str(tmp_path / "{date}.tif"))
+        make_demo_data(
+            DEMO | {"tiles": ["32TNS"], "dates": ["20211208T102421"]},
+            tmp_path / "raw",
+            str(tmp_path / "T{tile}.tif"),
+            str(tmp_path / "{date}.tif"),
+        )
     assert list(product.path.parent.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["T32TNS.tif", "raw"]  # the DEM came first and is whole
 
@@ -249,10 +277,24 @@ NDSI_DEFAULTS = {
     for key, spec in load_schema()["properties"]["evaluation"]["properties"]["ndsi"]["properties"].items()
 }
 SUNLIT_FOREST = dict(
-    elevation=1000.0, water=0.0, turbidity=0.0, snow=0.0, ice=0.0, built=0.0, vegetation=1.0, limestone=0.0,
-    texture=1.0, direct=1.0, diffuse=1.0, aerosol=0.05, cloud=0.0, ice_phase=0.0, crystals=0.5,
-    cloud_brightness=1.0, cirrus=0.0,
-)  # fmt: skip
+    elevation=1000.0,
+    water=0.0,
+    turbidity=0.0,
+    snow=0.0,
+    ice=0.0,
+    built=0.0,
+    vegetation=1.0,
+    limestone=0.0,
+    texture=1.0,
+    direct=1.0,
+    diffuse=1.0,
+    aerosol=0.05,
+    cloud=0.0,
+    ice_phase=0.0,
+    crystals=0.5,
+    cloud_brightness=1.0,
+    cirrus=0.0,
+)
 # (pixel, what an annotator labels it, what the NDSI rule says): the rule's classic failures, and where it is right.
 SCENARIOS = {
     "snow in the sun": (dict(snow=1.0), SNOW, SNOW),
@@ -272,7 +314,9 @@ SCENARIOS = {
 
 def scenario_surface(pixels: list[dict]) -> Surface:
     """A 1 x N strip of pixels, each SUNLIT_FOREST changed by its overrides."""
-    fields = {name: np.array([[{**SUNLIT_FOREST, **pixel}[name] for pixel in pixels]], np.float32) for name in SUNLIT_FOREST}
+    fields = {
+        name: np.array([[{**SUNLIT_FOREST, **pixel}[name] for pixel in pixels]], np.float32) for name in SUNLIT_FOREST
+    }
     return Surface(**fields)
 
 
@@ -289,7 +333,9 @@ def test_the_ndsi_rule_fails_where_it_fails_on_real_winter_scenes():
         _, annotator, ndsi = SCENARIOS[name]
         assert (label[i], rule[i]) == (annotator, ndsi), name
     b10 = toa[BANDS.index("B10")][0]
-    ice_cloud, cirrus, sunlit_snow = (names.index(n) for n in ("ice cloud of large crystals over snow", "cirrus over snow", "snow in the sun"))
+    ice_cloud, cirrus, sunlit_snow = (
+        names.index(n) for n in ("ice cloud of large crystals over snow", "cirrus over snow", "snow in the sun")
+    )
     assert b10[ice_cloud] > 0.2 and b10[cirrus] > 0.1 > 0.01 > b10[sunlit_snow]  # what the model can use
     blue, nir = toa[BANDS.index("B02")][0], toa[BANDS.index("B08")][0]
     shade, sun = names.index("forest in a terrain shadow"), names.index("snow in a terrain shadow")
@@ -326,9 +372,13 @@ def test_lakes_freeze_from_the_shore_and_the_youngest_ice_is_bare(snowline_above
     lake = max(landscape.lakes_near(*grid.bounds), key=lambda lake: lake.radius)
     conditions = replace(
         Conditions.for_scene(DEMO["seed"], "32TMS", "20211208T102421", landscape, grid.bounds),
-        snowline_m=lake.level - snowline_above_level, cloud_cover=1e-6, cirrus_opacity=0.0, cirrus_sheet=0.0,
-        cumulus=None, valley_haze=0.0,
-    )  # fmt: skip
+        snowline_m=lake.level - snowline_above_level,
+        cloud_cover=1e-6,
+        cirrus_opacity=0.0,
+        cirrus_sheet=0.0,
+        cumulus=None,
+        valley_haze=0.0,
+    )
     offsets = 10 * (np.arange(-40, 40) + 0.5)
     x, y = lake.x + offsets, lake.y - offsets
     state = render_surface(landscape, conditions, x, y, np.ones((80, 80), np.float32))
@@ -339,7 +389,11 @@ def test_lakes_freeze_from_the_shore_and_the_youngest_ice_is_bare(snowline_above
     if expected == "open":
         assert (label[centre] == WATER).all() and (label[near_shore] == WATER).all() and not bare.any()
     elif expected == "freezing":
-        assert (label[centre] == WATER).all() and (label[near_shore] == SNOW).all() and (state.snow[near_shore] > 0.9).all()
+        assert (
+            (label[centre] == WATER).all()
+            and (label[near_shore] == SNOW).all()
+            and (state.snow[near_shore] > 0.9).all()
+        )
         assert bare.sum() > 20 and (label[bare] == SNOW).all()
         swir, green = toa[BANDS.index("B11")], toa[BANDS.index("B03")]
         assert swir[bare].max() < 0.03 and green[bare].max() < green[near_shore].min()  # dark grey ice

@@ -81,8 +81,9 @@ def user_venv(root: Path) -> Path:
 
 def copy_of_the_repository(target: Path) -> Path:
     """The tracked files of the repository (what a clone holds), without anything the workflow made."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                            text=True, check=True).stdout.splitlines()  # fmt: skip
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     for name in listed:
         source = REPO / name
         if source.is_file():

@@ -30,18 +30,24 @@ OPTIONS = {
 TILE, DATE = "32TNS", "20210116T102351"
 
 # A 4 x 5 scene counted by hand (255 = not labelled / no prediction).
-LABEL = np.array([
-    [0, 0, 1, 1, 255],
-    [0, 2, 1, 1, 255],
-    [3, 2, 2, 1, 0],
-    [255, 255, 0, 0, 0],
-], np.uint8)  # fmt: skip
-PREDICTION = np.array([
-    [0, 1, 1, 1, 1],
-    [0, 2, 2, 1, 255],
-    [0, 2, 2, 1, 0],
-    [0, 0, 0, 255, 0],
-], np.uint8)  # fmt: skip
+LABEL = np.array(
+    [
+        [0, 0, 1, 1, 255],
+        [0, 2, 1, 1, 255],
+        [3, 2, 2, 1, 0],
+        [255, 255, 0, 0, 0],
+    ],
+    np.uint8,
+)
+PREDICTION = np.array(
+    [
+        [0, 1, 1, 1, 1],
+        [0, 2, 2, 1, 255],
+        [0, 2, 2, 1, 0],
+        [0, 0, 0, 255, 0],
+    ],
+    np.uint8,
+)
 # Pairs (label, prediction) on the 15 pixels with both: 5x(0,0) 1x(0,1) 4x(1,1) 1x(1,2) 3x(2,2) 1x(3,0).
 MODEL_CONFUSION = [[5, 1, 0, 0], [0, 4, 1, 0], [0, 0, 3, 0], [1, 0, 0, 0]]
 # The scene is meadow except snow spectra where the label is snow, so the NDSI rule says snow exactly there:
@@ -51,8 +57,16 @@ NDSI_CONFUSION = [[6, 0, 0, 0], [0, 5, 0, 0], [3, 0, 0, 0], [1, 0, 0, 0]]
 
 def write_mask(path: Path, classes: np.ndarray, transform=TRANSFORM) -> Path:
     """A uint8 class GeoTIFF (prediction or label) on the scene grid."""
-    profile = {"driver": "GTiff", "width": classes.shape[1], "height": classes.shape[0], "count": 1,
-               "dtype": "uint8", "crs": CRS, "transform": transform, "nodata": IGNORE_INDEX}  # fmt: skip
+    profile = {
+        "driver": "GTiff",
+        "width": classes.shape[1],
+        "height": classes.shape[0],
+        "count": 1,
+        "dtype": "uint8",
+        "crs": CRS,
+        "transform": transform,
+        "nodata": IGNORE_INDEX,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(classes, 1)
@@ -154,8 +168,10 @@ def three_evaluations(tmp_path: Path) -> list[str]:
 def test_summary_rows_per_date_and_aggregates_from_summed_matrices(tmp_path):
     evaluations = three_evaluations(tmp_path)
     dates = [Path(p).stem for p in evaluations]
-    members = [{"shard": f"results/shards/demo/{TILE}/{d}.h5", "set": s}
-               for d, s in zip(dates, ("train", "train", "validation"))]  # fmt: skip
+    members = [
+        {"shard": f"results/shards/demo/{TILE}/{d}.h5", "set": s}
+        for d, s in zip(dates, ("train", "train", "validation"))
+    ]
     stats = write_stats(tmp_path / "stats.json", members, dates)
     summary, confusion, page = tmp_path / "summary.csv", tmp_path / "confusion.png", tmp_path / "summary.html"
     configuration = {"evaluation": {"margin_pixels": 7, "baselines": ["ndsi"]}}
@@ -164,9 +180,13 @@ def test_summary_rows_per_date_and_aggregates_from_summed_matrices(tmp_path):
     rows = list(csv.DictReader(summary.open()))
     per_date = [r for r in rows if r["date"] != "all"]
     assert [(r["date"], r["split"], r["method"]) for r in per_date] == [
-        (dates[0], "train", "model"), (dates[0], "train", "ndsi"), (dates[1], "train", "model"),
-        (dates[1], "train", "ndsi"), (dates[2], "validation", "model"), (dates[2], "validation", "ndsi"),
-    ]  # fmt: skip
+        (dates[0], "train", "model"),
+        (dates[0], "train", "ndsi"),
+        (dates[1], "train", "model"),
+        (dates[1], "train", "ndsi"),
+        (dates[2], "validation", "model"),
+        (dates[2], "validation", "ndsi"),
+    ]
     aggregates = {(r["split"], r["method"]): r for r in rows if r["date"] == "all"}
     assert set(aggregates) == {(s, m) for s in ("train", "validation", "all") for m in ("model", "ndsi")}
 
@@ -193,8 +213,10 @@ def test_patch_split_dates_are_mixed(tmp_path):
     dates = [Path(p).stem for p in evaluations]
     # The third date's patches all train, but under a patch split it is still no independent validation date.
     patches = [([0, 2], [1]), ([1], [0, 2]), ([0, 1, 2], [])]
-    members = [{"shard": f"results/shards/demo/{TILE}/{d}.h5", "train": t, "validation": v}
-               for d, (t, v) in zip(dates, patches)]  # fmt: skip
+    members = [
+        {"shard": f"results/shards/demo/{TILE}/{d}.h5", "train": t, "validation": v}
+        for d, (t, v) in zip(dates, patches)
+    ]
     stats = write_stats(tmp_path / "stats.json", members, dates)
     summary = tmp_path / "summary.csv"
     summarise(evaluations, str(stats), str(summary), str(tmp_path / "confusion.png"))
@@ -244,8 +266,11 @@ def test_s2cloudless_is_scored_on_exactly_the_model_pixels_with_the_ndsi_rule_fo
     label = np.where(cloud, 2, np.where(snow, 1, 0)).astype(np.uint8)
     label[21] = IGNORE_INDEX
     prediction = np.where(invalid, IGNORE_INDEX, label).astype(np.uint8)
-    inputs = {"scene": str(scene), "label": str(write_mask(tmp_path / "label.tif", label)),
-              "prediction": str(write_mask(tmp_path / "prediction.tif", prediction))}  # fmt: skip
+    inputs = {
+        "scene": str(scene),
+        "label": str(write_mask(tmp_path / "label.tif", label)),
+        "prediction": str(write_mask(tmp_path / "prediction.tif", prediction)),
+    }
     options = {**OPTIONS, "baselines": ["ndsi", "s2cloudless"], "s2cloudless": {**S2CLOUDLESS, "strip_rows": 5}}
     output = tmp_path / "evaluation.json"
     evaluate_scene(**inputs, output=str(output), options=options, threads=1)
@@ -273,8 +298,10 @@ def test_another_class_set_is_compared_by_name_and_what_one_side_lacks_is_not_sc
     recoded = np.choose(np.minimum(PREDICTION, 4), [3, 0, 1, 2, 255]).astype(np.uint8)  # background -> thin_cloud
     with rasterio.open(write_mask(Path(inputs["prediction"]), recoded), "r+") as mask:
         mask.update_tags(classes=json.dumps(era_a))
-    class_set = {"classes": {"snow": [1], "cloud": [2], "water": [3], "thin_cloud": [4]},
-                 "ignored_classes": {"background": [0]}}  # fmt: skip
+    class_set = {
+        "classes": {"snow": [1], "cloud": [2], "water": [3], "thin_cloud": [4]},
+        "ignored_classes": {"background": [0]},
+    }
     output = tmp_path / "era_a.json"
     evaluate_scene(**inputs, output=str(output), options=OPTIONS, class_set=class_set)
     result = json.loads(output.read_text())

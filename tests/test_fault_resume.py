@@ -51,8 +51,11 @@ def script_processes(workdir: Path, rule: str) -> dict[int, int]:
             parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        if any(arg.decode(errors="replace").startswith(f"{workdir}/.snakemake/scripts/")
-               and arg.endswith(f".{rule}.py".encode()) for arg in arguments):  # fmt: skip
+        if any(
+            arg.decode(errors="replace").startswith(f"{workdir}/.snakemake/scripts/")
+            and arg.endswith(f".{rule}.py".encode())
+            for arg in arguments
+        ):
             found[int(entry.name)] = parent
     return found
 
@@ -77,8 +80,18 @@ def test_a_snakemake_killed_during_preprocess_is_finished_by_a_plain_rerun(tmp_p
     workdir = tmp_path / "work"
     write_config(workdir, tiny_config())
     log_path = tmp_path / "killed-run.log"
-    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), "--cores", "2",
-               "scenes"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(SNAKEFILE),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        "scenes",
+    ]
     with open(log_path, "w") as log:
         run = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     try:
@@ -103,8 +116,22 @@ def test_training_stopped_mid_run_resumes_on_the_next_run(tmp_path):
     write_config(workdir, tiny_config({"experiments": {"demo": {"training": {"epochs": EPOCHS}}}}))
     snakemake(workdir, "--cores", "2", "datasets")  # everything the training reads
 
-    command = ["timeout", "-s", "INT", "--kill-after=30", "600",
-               sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), "--cores", "2"]  # fmt: skip
+    command = [
+        "timeout",
+        "-s",
+        "INT",
+        "--kill-after=30",
+        "600",
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(SNAKEFILE),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+    ]
     first_log = tmp_path / "first-run.log"
     with open(first_log, "w") as log:
         run = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

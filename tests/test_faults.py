@@ -49,11 +49,16 @@ def killed_at(module: str, attribute: str, call: str, tmp_path: Path) -> None:
 def test_a_preprocess_killed_while_assembling_leaves_temporaries_that_the_next_run_removes(tmp_path):
     safe = make_product(tmp_path / "raw", constant_bands(120))
     output = tmp_path / "scenes" / "20220201T102209.tif"
-    killed_at("snowcloud.cog", "CogWriter.finish",
-              f"from snowcloud.preprocess import preprocess_scene; preprocess_scene({str(safe)!r}, None, {str(output)!r}, {CLIPPED!r})",
-              tmp_path)  # fmt: skip
+    killed_at(
+        "snowcloud.cog",
+        "CogWriter.finish",
+        f"from snowcloud.preprocess import preprocess_scene; preprocess_scene({str(safe)!r}, None, {str(output)!r}, {CLIPPED!r})",
+        tmp_path,
+    )
     left = sorted(path.name for path in output.parent.iterdir())
-    assert any(".level0.part0.tif" in name for name in left) and any(name.endswith(".strips.tif") for name in left), left
+    assert any(".level0.part0.tif" in name for name in left) and any(name.endswith(".strips.tif") for name in left), (
+        left
+    )
     preprocess_scene(safe, None, output, CLIPPED)
     assert sorted(output.parent.iterdir()) == [output]
 
@@ -62,9 +67,12 @@ def test_an_inference_killed_before_its_cogs_leaves_a_scratch_folder_that_the_ne
     model_path, scene = write_model_and_scene(tmp_path, size=64)
     output = tmp_path / "predictions" / "20210116T102351.tif"
     options = INFERENCE
-    killed_at("snowcloud.mask", "write_cog",
-              f"from snowcloud.infer import predict_scene; predict_scene({str(model_path)!r}, {str(scene)!r}, {str(output)!r}, {options!r})",
-              tmp_path)  # fmt: skip
+    killed_at(
+        "snowcloud.mask",
+        "write_cog",
+        f"from snowcloud.infer import predict_scene; predict_scene({str(model_path)!r}, {str(scene)!r}, {str(output)!r}, {options!r})",
+        tmp_path,
+    )
     assert [path.name for path in output.parent.iterdir() if path.is_dir()], "the killed run left its scratch folder"
     predict_scene(str(model_path), str(scene), str(output), options)
     assert sorted(path.name for path in output.parent.iterdir()) == ["20210116T102351.tif", "20210116T102351_proba.tif"]
@@ -80,7 +88,9 @@ def small_filesystem(tmp_path) -> Path:
     folder.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     yield folder
@@ -132,11 +142,16 @@ def test_a_moment_of_full_disk_while_a_cog_part_is_written_fails_the_preprocess_
     assert sorted(small_filesystem.iterdir()) == []
 
 
-def test_a_moment_of_full_disk_while_the_strips_are_written_fails_the_preprocess(tmp_path, small_filesystem, monkeypatch):
+def test_a_moment_of_full_disk_while_the_strips_are_written_fails_the_preprocess(
+    tmp_path, small_filesystem, monkeypatch
+):
     safe = make_product(tmp_path / "raw", constant_bands(120))
     output = small_filesystem / "20220201T102209.tif"
     with full_for_a_moment(monkeypatch, rasterio.io.DatasetWriter, "write", small_filesystem):
-        with pytest.raises(NoSpaceError, match=rf"no space left on {small_filesystem} for {output} \(needs about 0\.8 MB, 0\.0 MB free when a write failed\): .*GDAL signalled"):
+        with pytest.raises(
+            NoSpaceError,
+            match=rf"no space left on {small_filesystem} for {output} \(needs about 0\.8 MB, 0\.0 MB free when a write failed\): .*GDAL signalled",
+        ):
             preprocess_scene(safe, None, output, CLIPPED)
     assert sorted(small_filesystem.iterdir()) == []
 
@@ -145,7 +160,9 @@ def test_a_disk_that_stays_full_says_no_space_left_and_how_much_is_needed(tmp_pa
     safe = make_product(tmp_path / "raw", constant_bands(120))
     fill(small_filesystem, leave=64 * 1024)
     output = small_filesystem / "20220201T102209.tif"
-    with pytest.raises(NoSpaceError, match=rf"no space left on {small_filesystem} for {output} \(needs about 0\.8 MB, "):
+    with pytest.raises(
+        NoSpaceError, match=rf"no space left on {small_filesystem} for {output} \(needs about 0\.8 MB, "
+    ):
         preprocess_scene(safe, None, output, CLIPPED)
     assert sorted(small_filesystem.iterdir()) == [small_filesystem / "filler"]
 
@@ -158,14 +175,21 @@ def test_every_writer_on_a_full_disk_fails_with_no_space_left(small_filesystem, 
     values = np.random.default_rng(0).integers(0, 255, (1, 256, 256), dtype=np.uint8)
     with pytest.raises(NoSpaceError, match=f"no space left on {small_filesystem} for {output}"):
         if writer == "geotiff":
-            with atomic_output(output) as tmp, rasterio.open(tmp, "w", driver="GTiff", width=256, height=256, count=1, dtype="uint8") as out:
+            with (
+                atomic_output(output) as tmp,
+                rasterio.open(tmp, "w", driver="GTiff", width=256, height=256, count=1, dtype="uint8") as out,
+            ):
                 out.write(values)
         elif writer == "hdf5":
             with atomic_output(output) as tmp, h5py.File(tmp, "w") as shard:
                 shard.create_dataset("image", shape=(64, 256, 256), dtype="u1", chunks=(1, 256, 256))[0] = values[0]
         elif writer == "model":
             network = model_registry.build_model("unet", in_channels=3, n_classes=4, base_channels=8)
-            save_model(output, network, {"architecture": "unet", "model_args": {}, "bands": [], "normalisation": {}, "patch_size": 64})
+            save_model(
+                output,
+                network,
+                {"architecture": "unet", "model_args": {}, "bands": [], "normalisation": {}, "patch_size": 64},
+            )
         else:
             save_state(output, {"weights": torch.zeros(2**20)})
     assert sorted(small_filesystem.iterdir()) == [small_filesystem / "filler"]
@@ -176,11 +200,18 @@ def write_model_and_scene(tmp_path: Path, size: int = 200) -> tuple[Path, Path]:
     bands = [*BANDS, ELEVATION]
     torch.manual_seed(0)
     model_args = {"in_channels": len(bands), "n_classes": 4, "base_channels": 4}
-    metadata = {"architecture": "unet", "model_args": model_args, "bands": bands, "patch_size": 64,
-                "normalisation": normalisation.spec("snowcloud-v1")}  # fmt: skip
+    metadata = {
+        "architecture": "unet",
+        "model_args": model_args,
+        "bands": bands,
+        "patch_size": 64,
+        "normalisation": normalisation.spec("snowcloud-v1"),
+    }
     model_path = tmp_path / "model.pt"
     save_model(model_path, model_registry.build_model("unet", **model_args), metadata)
-    scene = write_scene(tmp_path / "scenes" / "20210116T102351.tif", synthetic_scene(np.random.default_rng(0), size, size))
+    scene = write_scene(
+        tmp_path / "scenes" / "20210116T102351.tif", synthetic_scene(np.random.default_rng(0), size, size)
+    )
     return model_path, scene
 
 
@@ -202,5 +233,7 @@ def test_an_inference_onto_a_full_disk_says_no_space_left(tmp_path, small_filesy
     model_path, scene = write_model_and_scene(tmp_path)
     fill(small_filesystem, leave=64 * 1024)
     output = small_filesystem / "20210116T102351.tif"
-    with pytest.raises(NoSpaceError, match=rf"no space left on {small_filesystem} for {output} \(needs about 0\.5 MB, "):
+    with pytest.raises(
+        NoSpaceError, match=rf"no space left on {small_filesystem} for {output} \(needs about 0\.5 MB, "
+    ):
         predict_scene(str(model_path), str(scene), str(output), INFERENCE)

@@ -38,7 +38,12 @@ STATS = "results/datasets/demo/stats.json"
 MODEL = f"results/models/{EXPERIMENT}/model.pt"
 SUMMARY = f"results/evaluation/{EXPERIMENT}/summary.csv"
 SEASON = {"season": [f"results/season/{EXPERIMENT}.csv"], "stac": [f"results/stac/{EXPERIMENT}"]}
-INPUTS = {"demo": {"enabled": False}, "raw_data": "raw", "dem": "dem/T{tile}.tif", "labels": "labels/T{tile}/{date}.tif"}
+INPUTS = {
+    "demo": {"enabled": False},
+    "raw_data": "raw",
+    "dem": "dem/T{tile}.tif",
+    "labels": "labels/T{tile}/{date}.tif",
+}
 ONE_EPOCH = {"experiments": {EXPERIMENT: {"training": {"epochs": 1}}}}
 
 
@@ -105,16 +110,24 @@ def season(tmp_path_factory) -> Season:
     season = Season(tmp_path_factory.mktemp("incremental"))
     root = season.root
     demo = {**tiny_config()["demo"], "dates": [*DATES, NEW_DATE]}
-    make_demo_data({**demo, "dates": [*demo["dates"], UNLABELLED_DATE, LATE_DATE]}, root / "raw",
-                   str(root / "dem" / "T{tile}.tif"), str(root / "labels" / "T{tile}" / "{date}.tif"))  # fmt: skip
+    make_demo_data(
+        {**demo, "dates": [*demo["dates"], UNLABELLED_DATE, LATE_DATE]},
+        root / "raw",
+        str(root / "dem" / "T{tile}.tif"),
+        str(root / "labels" / "T{tile}" / "{date}.tif"),
+    )
     for date in (NEW_DATE, UNLABELLED_DATE, LATE_DATE):  # not downloaded yet
         for path in (season.product(date), season.label(date)):
             move(path, root / "downloads" / path.relative_to(root))
     season.label(UNLABELLED_DATE, "downloads").unlink()
     # Other content for the same dates (another seed): a reprocessed product, a corrected label.
     other = root / "other"
-    make_demo_data({**demo, "seed": demo["seed"] + 1}, other / "raw", str(other / "dem" / "T{tile}.tif"),
-                   str(other / "labels" / "T{tile}" / "{date}.tif"))  # fmt: skip
+    make_demo_data(
+        {**demo, "seed": demo["seed"] + 1},
+        other / "raw",
+        str(other / "dem" / "T{tile}.tif"),
+        str(other / "labels" / "T{tile}" / "{date}.tif"),
+    )
     season.write_config()
     snakemake(root, "--cores", "2")
     return season
@@ -194,7 +207,10 @@ def test_inference_option_reruns_inference_and_evaluation_only(season):
         jobs = planned_jobs(season.root)
         assert jobs_by_rule(jobs) == after_model(season.dates)
         assert {job.outputs for job in jobs if job.rule == "infer"} == {
-            (f"results/predictions/{EXPERIMENT}/{TILE}/{date}.tif", f"results/quicklooks/{EXPERIMENT}/{TILE}/{date}.png")
+            (
+                f"results/predictions/{EXPERIMENT}/{TILE}/{date}.tif",
+                f"results/quicklooks/{EXPERIMENT}/{TILE}/{date}.png",
+            )
             for date in season.dates
         }, "one job per date makes the prediction and its quicklook"
     finally:
@@ -229,8 +245,17 @@ def test_performance_only_change_is_recorded_with_touch(season):
         ({"evaluation": {"margin_pixels": 2}}, "evaluate"),
         ({"season": {"snow_classes": ["snow", "thin_cloud"]}}, "season"),
     ],
-    ids=["training", "model", "class_weights", "split", "sampler", "normalisation", "preprocess", "evaluation",
-         "season"],  # fmt: skip
+    ids=[
+        "training",
+        "model",
+        "class_weights",
+        "split",
+        "sampler",
+        "normalisation",
+        "preprocess",
+        "evaluation",
+        "season",
+    ],
 )
 def test_config_key_reruns_its_stage_and_what_follows(season, change, stale):
     """The rule whose `params` hold the changed key reruns for every date, then everything downstream of it."""
@@ -326,7 +351,10 @@ def test_replaced_checkpoint_reruns_every_inference_of_its_experiment(season, tm
     checkpoint.save_model(tmp_path / "other.pt", network, {k: v for k, v in metadata.items() if k != "format"})
     dates = sorted([*season.dates, UNLABELLED_DATE])
     with replaced(season.root / CHECKPOINT, tmp_path / "other.pt"):
-        assert season.plan() == {"use_model": [f"results/models/{REUSE}/model.pt"], **predicted(REUSE, dates, season.dates)}
+        assert season.plan() == {
+            "use_model": [f"results/models/{REUSE}/model.pt"],
+            **predicted(REUSE, dates, season.dates),
+        }
     assert season.plan() == {}
 
 

@@ -26,8 +26,18 @@ from snowcloud.scene import NODATA, SceneError
 
 CLASS_BANDS = ("B04", "B03", "B02", "B08")  # the band whose value decides each class in PixelRule
 GAIN = 10.0
-OPTIONS = {"batch_size": 3, "scheme": "blend", "window": 1280, "margin": 64, "overlap": 0.5, "blending": "sine",
-           "tta": True, "probabilities": True, "device": "cpu", "amp": True}  # fmt: skip
+OPTIONS = {
+    "batch_size": 3,
+    "scheme": "blend",
+    "window": 1280,
+    "margin": 64,
+    "overlap": 0.5,
+    "blending": "sine",
+    "tta": True,
+    "probabilities": True,
+    "device": "cpu",
+    "amp": True,
+}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -73,13 +83,25 @@ def pixel_rule(monkeypatch):
     monkeypatch.setitem(model_registry.ARCHITECTURES, "pixel-rule", PixelRule)
 
 
-def save_checkpoint(path: Path, network: nn.Module, architecture: str, model_args: dict, bands: list[str],
-                    spec: dict, patch_size: int = 64) -> Path:  # fmt: skip
+def save_checkpoint(
+    path: Path,
+    network: nn.Module,
+    architecture: str,
+    model_args: dict,
+    bands: list[str],
+    spec: dict,
+    patch_size: int = 64,
+) -> Path:
     metadata = {
-        "architecture": architecture, "model_args": model_args, "bands": bands, "normalisation": spec,
-        "patch_size": patch_size, "classes": ["background", "snow", "cloud", "water"], "experiment": "exp1",
+        "architecture": architecture,
+        "model_args": model_args,
+        "bands": bands,
+        "normalisation": spec,
+        "patch_size": patch_size,
+        "classes": ["background", "snow", "cloud", "water"],
+        "experiment": "exp1",
         "dataset": "demo",
-    }  # fmt: skip
+    }
     checkpoint.save_model(path, network, metadata)
     return path
 
@@ -104,17 +126,26 @@ def expected_probabilities(values: np.ndarray, spec: dict, bands: list[str]) -> 
 
 def read(path: Path) -> tuple[np.ndarray, dict]:
     with rasterio.open(path) as src:
-        return src.read(), {"crs": src.crs, "transform": src.transform, "tags": src.tags(), "nodata": src.nodata,
-                            "colormap": src.colormap(1) if src.count == 1 else None, "overviews": src.overviews(1), "count": src.count,
-                            "layout": src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT"),
-                            "mask": src.dataset_mask()}  # fmt: skip
+        return src.read(), {
+            "crs": src.crs,
+            "transform": src.transform,
+            "tags": src.tags(),
+            "nodata": src.nodata,
+            "colormap": src.colormap(1) if src.count == 1 else None,
+            "overviews": src.overviews(1),
+            "count": src.count,
+            "layout": src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT"),
+            "mask": src.dataset_mask(),
+        }
 
 
 # ----------------------------------------------------------------------------------------------- windows
 
 
-@pytest.mark.parametrize(("length", "patch", "stride"), [(150, 64, 32), (203, 64, 32), (128, 64, 64), (100, 64, 48),
-                                                          (64, 64, 32), (40, 64, 32), (10980, 256, 128)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("length", "patch", "stride"),
+    [(150, 64, 32), (203, 64, 32), (128, 64, 64), (100, 64, 48), (64, 64, 32), (40, 64, 32), (10980, 256, 128)],
+)
 def test_windows_cover_every_pixel_and_end_on_the_border(length, patch, stride):
     starts = windows.window_starts(length, patch, stride)
     covered = np.zeros(length, int)
@@ -143,8 +174,10 @@ def test_blending_weights_sum_is_positive_everywhere_in_two_dimensions():
     np.testing.assert_allclose(weights, weights[::-1, ::-1])  # symmetric: flips see the same weights
 
 
-@pytest.mark.parametrize(("length", "window", "margin"), [(10980, 1024, 64), (10980, 1024, 0), (203, 96, 16),
-                                                           (1000, 256, 32), (100, 1024, 64), (97, 64, 8)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("length", "window", "margin"),
+    [(10980, 1024, 64), (10980, 1024, 0), (203, 96, 16), (1000, 256, 32), (100, 1024, 64), (97, 64, 8)],
+)
 def test_margin_windows_take_every_pixel_from_one_core_away_from_inner_edges(length, window, margin):
     plan = windows.margin_axis(length, window, margin)
     assert plan.size <= window
@@ -193,8 +226,12 @@ def test_per_pixel_model_gives_the_known_mask_everywhere(tmp_path, pixel_rule, s
     model_path = pixel_rule_checkpoint(tmp_path / "models" / "exp1" / "model.pt", bands)
     output = tmp_path / "predictions" / "exp1" / "32TNS" / "20210116T102351.tif"
 
-    predict_scene(str(model_path), str(scene), str(output), {**OPTIONS, "tta": tta, "scheme": scheme, "window": 96,
-                                                            "margin": 16, "device": device, "amp": amp})  # fmt: skip
+    predict_scene(
+        str(model_path),
+        str(scene),
+        str(output),
+        {**OPTIONS, "tta": tta, "scheme": scheme, "window": 96, "margin": 16, "device": device, "amp": amp},
+    )
 
     probabilities = expected_probabilities(values, normalisation.spec("legacy-dn10000"), bands)
     valid = np.all(values != NODATA, axis=0)
@@ -269,15 +306,21 @@ def test_thesis_unet_checkpoint_end_to_end_with_overviews(tmp_path):
     torch.manual_seed(0)
     network = model_registry.build_model("unet", in_channels=len(bands), n_classes=4, base_channels=4)
     model_args = {"in_channels": len(bands), "n_classes": 4, "base_channels": 4}
-    model_path = save_checkpoint(tmp_path / "model.pt", network, "unet", model_args, bands,
-                                 normalisation.spec("snowcloud-v1"))  # fmt: skip
+    model_path = save_checkpoint(
+        tmp_path / "model.pt", network, "unet", model_args, bands, normalisation.spec("snowcloud-v1")
+    )
     values = invalidate(synthetic_values(600, 560, seed=5), slice(0, 600), slice(500, 560))
     scene = write_scene(tmp_path / "32TNS" / "20210116T102351.tif", values)
     output = tmp_path / "prediction.tif"
     stale = output.with_name("prediction_proba.tif")
     stale.write_bytes(b"from an earlier run")
-    predict_scene(str(model_path), str(scene), str(output), {**OPTIONS, "tta": False, "probabilities": False,
-                                                            "batch_size": 16}, threads=2)  # fmt: skip
+    predict_scene(
+        str(model_path),
+        str(scene),
+        str(output),
+        {**OPTIONS, "tta": False, "probabilities": False, "batch_size": 16},
+        threads=2,
+    )
     mask, info = read(output)
     assert (mask[0, :, 500:] == IGNORE_INDEX).all() and (mask[0, :, :500] <= 3).all()
     assert info["overviews"], "a COG this size has overviews"
@@ -301,8 +344,16 @@ def test_quicklook_shows_scene_and_mask_and_checks_the_grid(tmp_path, pixel_rule
     classes = np.zeros((300, 1400), np.uint8)
     classes[:, 700:] = 1  # half snow
     classes[:50] = IGNORE_INDEX
-    profile = {"driver": "GTiff", "width": 1400, "height": 300, "count": 1, "dtype": "uint8", "crs": CRS,
-               "transform": TRANSFORM, "nodata": IGNORE_INDEX}  # fmt: skip
+    profile = {
+        "driver": "GTiff",
+        "width": 1400,
+        "height": 300,
+        "count": 1,
+        "dtype": "uint8",
+        "crs": CRS,
+        "transform": TRANSFORM,
+        "nodata": IGNORE_INDEX,
+    }
     with rasterio.open(prediction, "w", **profile) as dst:
         dst.write(classes, 1)
     output = tmp_path / "quicklook.png"
@@ -356,8 +407,9 @@ class ContextRule(nn.Module):
 
     def __init__(self, in_channels: int, n_classes: int, bands: list[str], radius: int):
         super().__init__()
-        self.smooth = nn.Sequential(*[nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False)
-                                      for _ in range(radius)])  # fmt: skip
+        self.smooth = nn.Sequential(
+            *[nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False) for _ in range(radius)]
+        )
         self.rule = PixelRule(in_channels, n_classes, bands)
         with torch.no_grad():
             for conv in self.smooth:
@@ -376,8 +428,15 @@ def context_rule_checkpoint(monkeypatch, tmp_path) -> Path:
     monkeypatch.setitem(model_registry.ARCHITECTURES, "context-rule", ContextRule)
     bands = [*BANDS, ELEVATION]
     args = {"in_channels": len(bands), "n_classes": 4, "bands": bands, "radius": CONTEXT_RADIUS}
-    return save_checkpoint(tmp_path / "model.pt", ContextRule(**args), "context-rule", args, bands,
-                           normalisation.spec("snowcloud-v1"), patch_size=64)  # fmt: skip
+    return save_checkpoint(
+        tmp_path / "model.pt",
+        ContextRule(**args),
+        "context-rule",
+        args,
+        bands,
+        normalisation.spec("snowcloud-v1"),
+        patch_size=64,
+    )
 
 
 def classes_by_scheme(

@@ -7,7 +7,12 @@ from snowcloud.inventory import InventoryError, find_products, parse_product_nam
 
 def test_parse_product_name_zipped_and_unpacked():
     zipped = parse_product_name("S2B_MSIL1C_20210116T102351_N0209_R065_T32TNS_20210116T123456.SAFE.zip")
-    assert (zipped.tile, zipped.date, zipped.processing_baseline, zipped.zipped) == ("32TNS", "20210116T102351", "02.09", True)
+    assert (zipped.tile, zipped.date, zipped.processing_baseline, zipped.zipped) == (
+        "32TNS",
+        "20210116T102351",
+        "02.09",
+        True,
+    )
     unpacked = parse_product_name("/x/S2A_MSIL1C_20220201T102209_N0400_R065_T32TMS_20220201T121212.SAFE")
     assert (unpacked.tile, unpacked.zipped, unpacked.mission) == ("32TMS", False, "S2A")
     assert parse_product_name("S2B_MSIL2A_20210116T102351_N0209_R065_T32TNS_20210116T123456.SAFE") is None
@@ -41,7 +46,9 @@ def test_a_renamed_download_is_named_in_a_warning_and_its_listed_date_fails(tmp_
     renamed = tmp_path / f"{NAME}.SAFE (1).zip"
     renamed.write_bytes(b"")
     with caplog.at_level(logging.WARNING, logger="snowcloud.inventory"):
-        with pytest.raises(InventoryError, match=r"no product under .* for date 20210116T102351 listed in `tiles`/`dates`"):
+        with pytest.raises(
+            InventoryError, match=r"no product under .* for date 20210116T102351 listed in `tiles`/`dates`"
+        ):
             find_products(tmp_path, dates=["20210116T102351", "20210126T102351"])
     assert f"{renamed} looks like a Sentinel-2 L1C product but its name does not parse" in caplog.text
 
@@ -58,5 +65,7 @@ def test_raw_data_without_any_product_is_an_error_naming_the_folder(tmp_path, la
     if layout == "empty folder":
         (raw / "sub").mkdir(parents=True)
         (raw / "sub" / "notes.txt").write_text("no product here")
-    with pytest.raises(InventoryError, match=f"raw_data: {raw} is not a folder|raw_data: no Sentinel-2 L1C product under {raw}"):
+    with pytest.raises(
+        InventoryError, match=f"raw_data: {raw} is not a folder|raw_data: no Sentinel-2 L1C product under {raw}"
+    ):
         find_products(raw)

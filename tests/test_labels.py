@@ -35,7 +35,9 @@ def classes() -> np.ndarray:
 def test_a_label_on_the_scene_grid_reads_back_unchanged(tmp_path, scene, classes):
     label = write_label(tmp_path / "label.tif", classes)
     np.testing.assert_array_equal(read_label(label, scene, class_set=DEFAULT_CLASS_SET), classes)
-    np.testing.assert_array_equal(read_label(label, scene, Window(3, 5, 10, 7), class_set=DEFAULT_CLASS_SET), classes[5:12, 3:13])
+    np.testing.assert_array_equal(
+        read_label(label, scene, Window(3, 5, 10, 7), class_set=DEFAULT_CLASS_SET), classes[5:12, 3:13]
+    )
 
 
 def test_a_coarser_aligned_label_is_resampled_nearest_and_255_outside_its_extent(tmp_path, scene):
@@ -46,8 +48,12 @@ def test_a_coarser_aligned_label_is_resampled_nearest_and_255_outside_its_extent
     expected = np.full((24, 30), 255, np.uint8)
     expected[4:24, 2:30] = np.repeat(np.repeat(coarse, 3, axis=0), 3, axis=1)[:20, :28]
     np.testing.assert_array_equal(read_label(label, scene, class_set=DEFAULT_CLASS_SET), expected)
-    np.testing.assert_array_equal(read_label(label, scene, Window(0, 10, 7, 9), class_set=DEFAULT_CLASS_SET), expected[10:19, 0:7])
-    np.testing.assert_array_equal(read_label(label, scene, Window(0, 0, 2, 3), class_set=DEFAULT_CLASS_SET), np.full((3, 2), 255))
+    np.testing.assert_array_equal(
+        read_label(label, scene, Window(0, 10, 7, 9), class_set=DEFAULT_CLASS_SET), expected[10:19, 0:7]
+    )
+    np.testing.assert_array_equal(
+        read_label(label, scene, Window(0, 0, 2, 3), class_set=DEFAULT_CLASS_SET), np.full((3, 2), 255)
+    )
 
 
 def test_another_crs_a_shift_a_finer_grid_or_another_dtype_are_errors_naming_the_file(tmp_path, scene, classes):
@@ -102,7 +108,10 @@ def test_counts_in_chunks_equal_a_bincount():
     np.testing.assert_array_equal(bincount_in_chunks(values, 256, chunk=7), np.bincount(values.ravel(), minlength=256))
 
 
-ERA_A = {"classes": {"snow": [1], "cloud": [2], "water": [3], "thin_cloud": [4]}, "ignored_classes": {"background": [0]}}
+ERA_A = {
+    "classes": {"snow": [1], "cloud": [2], "water": [3], "thin_cloud": [4]},
+    "ignored_classes": {"background": [0]},
+}
 
 
 def test_a_class_set_maps_label_values_onto_its_classes_and_its_ignored_classes(tmp_path, scene):
@@ -114,7 +123,9 @@ def test_a_class_set_maps_label_values_onto_its_classes_and_its_ignored_classes(
     np.testing.assert_array_equal(read_encoded(label, scene, class_set=era_a), encoded)
     np.testing.assert_array_equal(read_label(label, scene, class_set=era_a), np.where(encoded == 4, 255, encoded))
     # the default: thin clouds (4) encoded as the ignored class thin_cloud, not labelled for training
-    np.testing.assert_array_equal(read_label(label, scene, class_set=DEFAULT_CLASS_SET), np.where(values == 4, 255, values))
+    np.testing.assert_array_equal(
+        read_label(label, scene, class_set=DEFAULT_CLASS_SET), np.where(values == 4, 255, values)
+    )
     merged = ClassSet.from_options({"classes": {"snow": [1], "cloud": [2, 4]}, "ignored_classes": {}})
     clouds = write_label(tmp_path / "clouds.tif", np.where(np.isin(values, [0, 3]), 255, values).astype(np.uint8))
     np.testing.assert_array_equal(read_label(clouds, scene, class_set=merged)[values == 4], 1)  # thin is cloud

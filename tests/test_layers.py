@@ -14,16 +14,47 @@ PACKAGE = REPO / "src" / "snowcloud"
 
 # Lowest first. A module may import modules of its own layer or of a lower one.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "base": ("bands", "inventory", "atomic", "gdal", "counting", "provenance", "resample", "cog", "accelerator",
-             "windows", "workflow", "sampling", "model"),
-    "formats": ("safe", "scene", "labels", "config", "normalisation", "shards", "dataset_stats", "checkpoint",
-                "mask"),
-    "building blocks": ("dem", "cloudprob", "baselines", "loader", "losses", "augment", "metrics",
-                        "thesis_metrics", "training"),
-    "stages": ("demo", "preprocess", "train", "infer", "quicklook", "evaluate", "auto_labels", "reproduction",
-               "season", "stac"),
+    "base": (
+        "bands",
+        "inventory",
+        "atomic",
+        "gdal",
+        "counting",
+        "provenance",
+        "resample",
+        "cog",
+        "accelerator",
+        "windows",
+        "workflow",
+        "sampling",
+        "model",
+    ),
+    "formats": ("safe", "scene", "labels", "config", "normalisation", "shards", "dataset_stats", "checkpoint", "mask"),
+    "building blocks": (
+        "dem",
+        "cloudprob",
+        "baselines",
+        "loader",
+        "losses",
+        "augment",
+        "metrics",
+        "thesis_metrics",
+        "training",
+    ),
+    "stages": (
+        "demo",
+        "preprocess",
+        "train",
+        "infer",
+        "quicklook",
+        "evaluate",
+        "auto_labels",
+        "reproduction",
+        "season",
+        "stac",
+    ),
     "entry points": ("cli", "__main__", "predict", "thesis"),
-}  # fmt: skip
+}
 STAGES = LAYERS["stages"]
 # Stage -> the other stages it may import (none today: each stage asks formats and building blocks only).
 STAGE_IMPORTS: dict[str, tuple[str, ...]] = {}
@@ -76,7 +107,9 @@ def test_imports_go_down_the_layers_and_stages_import_only_listed_stages(name):
         other = owner(target)
         if other == top:
             continue
-        assert layer_of(other) <= layer_of(top), f"{name} (a {list(LAYERS)[layer_of(top)]} module) imports {target} above it"
+        assert layer_of(other) <= layer_of(top), (
+            f"{name} (a {list(LAYERS)[layer_of(top)]} module) imports {target} above it"
+        )
         if top in STAGES and other in STAGES:
             assert other in STAGE_IMPORTS.get(top, ()), f"stage {name} imports stage {target}: list it in STAGE_IMPORTS"
 

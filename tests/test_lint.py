@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["check", "format"])
 def test_ruff_finds_nothing_to_change(command):
     done = subprocess.run([sys.executable, "-m", "ruff", *command, "."], cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, f"ruff {' '.join(command)} . (run `ruff format .` / `ruff check --fix .`):\n" + (
-        done.stdout + done.stderr
-    )[-6000:]
+    assert done.returncode == 0, (
+        f"ruff {' '.join(command)} . (run `ruff format .` / `ruff check --fix .`):\n"
+        + (done.stdout + done.stderr)[-6000:]
+    )

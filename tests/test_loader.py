@@ -37,9 +37,11 @@ def make_shard(
     rng = np.random.default_rng(seed)
     with h5py.File(path, "w") as shard:
         shard.create_dataset(
-            "image", data=rng.normal(size=(n, channels, size, size)).astype(dtype),
-            chunks=(1, channels, size, size), compression=compression,
-        )  # fmt: skip
+            "image",
+            data=rng.normal(size=(n, channels, size, size)).astype(dtype),
+            chunks=(1, channels, size, size),
+            compression=compression,
+        )
         label = rng.choice(np.array([0, 1, 2, 3, 255], np.uint8), size=(n, size, size))
         shard.create_dataset("label", data=label, chunks=(1, size, size), compression=compression)
         shard.attrs["format"] = SHARD_FORMAT
@@ -216,8 +218,9 @@ def test_the_batch_loader_gives_the_default_loaders_batches(shards, workers):
     images, labels = dataset.read_batch([(7, 0), 2])
     np.testing.assert_array_equal(images[0].numpy(), stored(shards[1], 4)[0])
     np.testing.assert_array_equal(labels[1].numpy(), stored(shards[0], 0)[1])
-    half, small = next(iter(batch_loader(dataset, sampler, 4, image_dtype=torch.float16, label_dtype=torch.uint8,
-                                         num_workers=workers)))  # fmt: skip
+    half, small = next(
+        iter(batch_loader(dataset, sampler, 4, image_dtype=torch.float16, label_dtype=torch.uint8, num_workers=workers))
+    )
     assert half.dtype == torch.float16 and small.dtype == torch.uint8
     image, label = next(iter(DataLoader(dataset, batch_size=4, sampler=sampler)))
     torch.testing.assert_close(half.float(), image)
@@ -240,8 +243,10 @@ def test_staged_batches_equal_the_previous_paths_bit_for_bit_over_epochs_ranks_a
     """Same batches, order and augmentation as before the staging slots, for every rank's part, over several
     epochs (persistent workers), with a partial last batch and a resume inside an epoch; a batch stays intact
     while the loader's workers fill the other slots, until HOLD more batches have been received."""
-    shards = [make_shard(tmp_path / "a.h5", 23, channels=4, size=16, seed=1),
-              make_shard(tmp_path / "b.h5", 18, channels=4, size=16, seed=2, compression="lzf")]  # fmt: skip
+    shards = [
+        make_shard(tmp_path / "a.h5", 23, channels=4, size=16, seed=1),
+        make_shard(tmp_path / "b.h5", 18, channels=4, size=16, seed=2, compression="lzf"),
+    ]
     augment = Augmentation(flip_p=0.5, channel_dropout_p=0.3, erase_p=0.5, erase_size=(2, 9))
     dataset = ShardDataset([(shards[0], None), (shards[1], np.arange(17, -1, -1))], augment=augment, seed=4)
     dtypes = {"image_dtype": torch.float16, "label_dtype": torch.uint8}

@@ -90,7 +90,9 @@ def test_thesis_bce_summed_is_the_mean_times_the_elements_up_to_202ea7d():
     logits, label = _batch(ignored_fraction=0)
     target = F.one_hot(label, 4).permute(0, 3, 1, 2).float()
     reference = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(WEIGHTS).view(4, 1, 1), reduction="sum")
-    torch.testing.assert_close(build_loss("thesis-bce", WEIGHTS, reduction="sum")(logits, label), reference(logits, target))
+    torch.testing.assert_close(
+        build_loss("thesis-bce", WEIGHTS, reduction="sum")(logits, label), reference(logits, target)
+    )
 
 
 def test_thesis_bce_on_softmax_feeds_the_softmax_to_bce_with_logits_like_913b2a3():

@@ -42,10 +42,14 @@ def unet_checkpoint(path: Path, elevation: bool = True, recorded: dict | None = 
     torch.manual_seed(0)
     args = {"in_channels": len(bands), "n_classes": 4, "base_channels": 4}
     metadata = {
-        "architecture": "unet", "model_args": args, "bands": bands, "normalisation": normalisation.spec("snowcloud-v1"),
-        "patch_size": 64, "classes": ["background", "snow", "cloud", "water"],
+        "architecture": "unet",
+        "model_args": args,
+        "bands": bands,
+        "normalisation": normalisation.spec("snowcloud-v1"),
+        "patch_size": 64,
+        "classes": ["background", "snow", "cloud", "water"],
         "preprocess": None if recorded is None else scene_value_options({**recorded, "dem": elevation}),
-    }  # fmt: skip
+    }
     checkpoint.save_model(path, build_model("unet", **args), metadata)
     return path
 
@@ -72,8 +76,9 @@ def workflow_scene(tiny_demo, model, tmp_path_factory) -> Path:
     """The workflow's path: the scene preprocessed with the options the model records (not the defaults)."""
     scene = tmp_path_factory.mktemp("workflow") / TILE / f"{DATE}.tif"
     options = checkpoint.read_checkpoint(model)["metadata"]["preprocess"]
-    preprocess.preprocess_scene(tiny_demo["products"][(TILE, DATE)].path, tiny_demo["dem"].format(tile=TILE), scene,
-                                options)  # fmt: skip
+    preprocess.preprocess_scene(
+        tiny_demo["products"][(TILE, DATE)].path, tiny_demo["dem"].format(tile=TILE), scene, options
+    )
     return scene
 
 
@@ -90,10 +95,21 @@ def values(scene: Path) -> np.ndarray:
         return dataset.read()
 
 
-def test_zipped_product_gives_the_workflows_mask_with_its_preprocessing(tiny_demo, model, workflow_mask, tmp_path, capsys):
+def test_zipped_product_gives_the_workflows_mask_with_its_preprocessing(
+    tiny_demo, model, workflow_mask, tmp_path, capsys
+):
     product = tiny_demo["products"][(TILE, DATE)].path
-    status, out, _ = predict(model, product, "--dem", tiny_demo["dem"], "--out", tmp_path / "out", "--quicklook",
-                             "--probabilities", capsys=capsys)  # fmt: skip
+    status, out, _ = predict(
+        model,
+        product,
+        "--dem",
+        tiny_demo["dem"],
+        "--out",
+        tmp_path / "out",
+        "--quicklook",
+        "--probabilities",
+        capsys=capsys,
+    )
     assert status == 0
     output = tmp_path / "out" / TILE / f"{DATE}.tif"
     assert np.array_equal(mask(output), workflow_mask)
@@ -108,8 +124,9 @@ def test_unpacked_product_and_kept_scene_raster_give_the_same_mask(
     with zipfile.ZipFile(tiny_demo["products"][(TILE, DATE)].path) as archive:
         archive.extractall(tmp_path / "unpacked")
     (safe,) = (tmp_path / "unpacked").glob("*.SAFE")
-    status, _, _ = predict(model, safe, "--dem", tiny_demo["dem"], "--out", tmp_path / "a", "--keep-scenes",
-                           capsys=capsys)  # fmt: skip
+    status, _, _ = predict(
+        model, safe, "--dem", tiny_demo["dem"], "--out", tmp_path / "a", "--keep-scenes", capsys=capsys
+    )
     assert status == 0 and np.array_equal(mask(tmp_path / "a" / TILE / f"{DATE}.tif"), workflow_mask)
     scene = tmp_path / "a" / "scenes" / TILE / f"{DATE}.tif"
     assert np.array_equal(values(scene), values(workflow_scene)), "preprocessed as the model's training scenes"
@@ -131,8 +148,9 @@ def test_folder_with_a_corrupt_product_predicts_the_others_and_names_it(tiny_dem
     broken = folder / products[2].name
     broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])  # a download cut short
 
-    status, out, err = predict(model, folder, "--dem", tiny_demo["dem"], "--out", tmp_path / "out", "--stac",
-                               "--quicklook", capsys=capsys)  # fmt: skip
+    status, out, err = predict(
+        model, folder, "--dem", tiny_demo["dem"], "--out", tmp_path / "out", "--stac", "--quicklook", capsys=capsys
+    )
     assert status == 1
     outputs = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.tif"))
     assert outputs == [f"32TMS/{DATE}.tif", f"32TNS/{DATE}.tif"]
@@ -178,8 +196,21 @@ def test_a_predict_killed_mid_run_leaves_scratch_that_the_next_run_removes(tmp_p
     model = unet_checkpoint(tmp_path / "model.pt", elevation=False)
     product = make_product(tmp_path / "raw", constant_bands(KILL_SIZE), tile=TILE, date=DATE)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "snowcloud", "predict", model, product, "--out", out, "--no-tta", "--device",
-               "cpu", "--threads", "1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "snowcloud",
+        "predict",
+        model,
+        product,
+        "--out",
+        out,
+        "--no-tta",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
     running = subprocess.Popen(list(map(str, command)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not hidden_entries(out) and running.poll() is None and time.monotonic() < deadline:
@@ -200,8 +231,9 @@ def hidden_entries(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob(".*")) if folder.is_dir() else []
 
 
-def test_a_bug_stops_the_run_with_its_traceback_instead_of_failing_one_input(tiny_demo, model, tmp_path, capsys,
-                                                                             monkeypatch):  # fmt: skip
+def test_a_bug_stops_the_run_with_its_traceback_instead_of_failing_one_input(
+    tiny_demo, model, tmp_path, capsys, monkeypatch
+):
     def broken(mask: Path) -> dict:  # a programming error, not a bad input
         return dict(zip(["background", "snow", "cloud", "water"], np.zeros(4) + np.zeros(5), strict=True))
 

@@ -58,7 +58,11 @@ def test_hand_numbers_for_a_60m_band(tmp_path):
     safe = make_product(tmp_path, dn, baseline="0301")
     nearest, _ = run(safe, tmp_path / "nearest.tif", resampling="nearest", **NO_DEM)
     b09 = BANDS.index("B09")
-    assert (nearest[b09, :6, :6] == 1000).all() and (nearest[b09, 6:, :6] == 3000).all() and (nearest[b09, 6:, 6:] == 4000).all()
+    assert (
+        (nearest[b09, :6, :6] == 1000).all()
+        and (nearest[b09, 6:, :6] == 3000).all()
+        and (nearest[b09, 6:, 6:] == 4000).all()
+    )
     bilinear, _ = run(safe, tmp_path / "bilinear.tif", resampling="bilinear", **NO_DEM)
     # Pixel (0, 0) samples native (-5/12, -5/12): beyond the edge, so the corner value.
     assert bilinear[b09, 0, 0] == 1000
@@ -96,8 +100,12 @@ def test_offsets_of_both_baselines_give_the_same_reflectance_without_wraparound(
     shifted = {band: values + 1000 for band, values in dn.items()}  # what baseline 04.00 stores for the same scene
     shifted["B02"][0, 0] = 41000
     shifted["B03"][0, 0] = 500  # reflectance -0.05: below the offset, must not wrap around
-    old, _ = run(make_product(tmp_path / "old", dn, baseline="0301"), tmp_path / "old.tif", resampling="nearest", **NO_DEM)
-    new, tags = run(make_product(tmp_path / "new", shifted, baseline="0400"), tmp_path / "new.tif", resampling="nearest", **NO_DEM)
+    old, _ = run(
+        make_product(tmp_path / "old", dn, baseline="0301"), tmp_path / "old.tif", resampling="nearest", **NO_DEM
+    )
+    new, tags = run(
+        make_product(tmp_path / "new", shifted, baseline="0400"), tmp_path / "new.tif", resampling="nearest", **NO_DEM
+    )
     assert json.loads(tags["RADIO_ADD_OFFSET"]) == dict.fromkeys(BANDS, -1000)
     assert old[1, 0, 0] == 32767 and new[1, 0, 0] == 32767
     assert old[2, 0, 0] == 1 and new[2, 0, 0] == -500
@@ -111,7 +119,9 @@ def test_no_data_in_one_band_is_no_data_everywhere_and_does_not_leak(tmp_path):
     dn["B09"][2, 3] = 0  # one 60 m pixel outside the swath
     dn["B05"] = np.tile((1000 + 100 * np.arange(18)).astype(np.uint16), (18, 1))
     dn["B05"][:, 3] = 0  # one 20 m column
-    values, tags = run(make_product(tmp_path, dn, baseline="0301"), tmp_path / "scene.tif", resampling="cubic", **NO_DEM)
+    values, tags = run(
+        make_product(tmp_path, dn, baseline="0301"), tmp_path / "scene.tif", resampling="cubic", **NO_DEM
+    )
     invalid = np.zeros((36, 36), dtype=bool)
     invalid[12:18, 18:24] = True
     invalid[:, 6:8] = True
@@ -122,7 +132,9 @@ def test_no_data_in_one_band_is_no_data_everywhere_and_does_not_leak(tmp_path):
     assert (values[BANDS.index("B09")][~invalid] == 2000).all()
     # B05 beside its dead column: with bilinear, 10 m column 5 samples native 2.25 (taps 2 and 3), column 8
     # samples native 3.75 (taps 3 and 4); tap 3 is dead, so the other tap alone gives the value.
-    bilinear, _ = run(make_product(tmp_path / "b", dn, baseline="0301"), tmp_path / "b.tif", resampling="bilinear", **NO_DEM)
+    bilinear, _ = run(
+        make_product(tmp_path / "b", dn, baseline="0301"), tmp_path / "b.tif", resampling="bilinear", **NO_DEM
+    )
     b05 = BANDS.index("B05")
     assert (bilinear[b05, 20:30, 5] == 1200).all() and (bilinear[b05, 20:30, 8] == 1400).all()
     assert (bilinear[b05, 20:30, 9] == 1425).all()  # native 4.25: 0.75 * 1400 + 0.25 * 1500, no dead tap
@@ -196,7 +208,17 @@ def write_dem(path: Path, grid, function, margin_arcsec: int = 6, west_fraction:
     width, height = round((east - west) * 3600), round((north - south) * 3600)
     affine = Affine(1 / 3600, 0, west, 0, -1 / 3600, north)
     lon, lat = np.meshgrid(west + (np.arange(width) + 0.5) / 3600, north - (np.arange(height) + 0.5) / 3600)
-    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=1, dtype="float32", crs="EPSG:4326", transform=affine) as out:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=1,
+        dtype="float32",
+        crs="EPSG:4326",
+        transform=affine,
+    ) as out:
         out.write(function(lon, lat).astype(np.float32), 1)
 
 
@@ -306,7 +328,9 @@ def test_b10_zeros_over_water_are_values_and_no_data_is_where_the_other_bands_ar
     for band in BANDS:  # the swath ends at 10 m column 30 (60 m column 5) in every band
         k = RESOLUTION_M[band] // 10
         dn[band][:, 30 // k :] = 0
-    values, tags = run(make_product(tmp_path, dn, baseline="0301"), tmp_path / "scene.tif", resampling="nearest", **NO_DEM)
+    values, tags = run(
+        make_product(tmp_path, dn, baseline="0301"), tmp_path / "scene.tif", resampling="nearest", **NO_DEM
+    )
     b10 = values[BANDS.index("B10")]
     outside = np.zeros((36, 36), dtype=bool)
     outside[:, 30:] = True
@@ -384,8 +408,18 @@ def test_scene_overviews_are_gdal_averages(tmp_path, tiny_demo):
         writer.finish()
     with rasterio.open(tmp_path / "stack.tif", "w", **dict(profile, tiled=False, compress=None, blockysize=8)) as stack:
         stack.write(wide)
-    rasterio.shutil.copy(tmp_path / "stack.tif", tmp_path / "gdal.tif", driver="COG", COMPRESS="ZSTD", BLOCKSIZE=512, OVERVIEW_RESAMPLING="AVERAGE")
-    with rasterio.open(tmp_path / "ours.tif", overview_level=0) as ours, rasterio.open(tmp_path / "gdal.tif", overview_level=0) as gdal:
+    rasterio.shutil.copy(
+        tmp_path / "stack.tif",
+        tmp_path / "gdal.tif",
+        driver="COG",
+        COMPRESS="ZSTD",
+        BLOCKSIZE=512,
+        OVERVIEW_RESAMPLING="AVERAGE",
+    )
+    with (
+        rasterio.open(tmp_path / "ours.tif", overview_level=0) as ours,
+        rasterio.open(tmp_path / "gdal.tif", overview_level=0) as gdal,
+    ):
         assert ours.shape == gdal.shape == (60, 300)
         assert np.abs(ours.read().astype(int) - gdal.read()).max() <= 1  # rounding of negative means
     with rasterio.open(tmp_path / "ours.tif") as ours:
@@ -418,12 +452,12 @@ def test_cubic_overshoot_and_10m_values_saturate_without_wrapping_around(tmp_pat
 def test_10m_offset_in_integers_equals_the_float_path(offset):
     every_dn = np.arange(0, 65536, dtype=np.uint16).reshape(256, 256)
     for dn in (every_dn, every_dn[:100] // 3):  # saturating, and not (the int16 path unless the offset is fractional)
-        expected = np.clip(np.rint(dn.astype(np.float32) + np.float32(offset)), *preprocess.VALUE_RANGE).astype(np.int16)
+        expected = np.clip(np.rint(dn.astype(np.float32) + np.float32(offset)), *preprocess.VALUE_RANGE).astype(
+            np.int16
+        )
         out = np.empty(dn.shape, dtype=np.int16)
         preprocess._offset_dn(dn, offset, out, resample.Scratch())
         np.testing.assert_array_equal(out, expected)
-
-
 
 
 def test_a_models_scenes_are_the_shared_ones_unless_its_value_options_differ():

@@ -17,11 +17,13 @@ THESIS = {
     "threshold": 0.75,
     "validation_steps": 2,
     "documented": {
-        "epoch": 30, "train_loss": 0.04946, "test_loss": 0.040753,
+        "epoch": 30,
+        "train_loss": 0.04946,
+        "test_loss": 0.040753,
         "metrics": {"union_over_inter_water": 0.7838},
         "class_distribution": [0.4132, 0.31163, 0.26706, 0.00812],
     },
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,10 @@ def test_the_page_puts_the_thesis_log_format_beside_the_documented_numbers_and_a
     write_reproduction(out / "model.pt", out / "history.csv", stats, page_path, "toy", {**options, "thesis": THESIS})
     page = page_path.read_text()
     assert "Epoch: 1, train_loss: " in page and "- union_over_inter_clouds: " in page
-    assert "Documented by the thesis (epoch 30):" in page and "Epoch: 30, train_loss: 0.049460, test_loss: 0.040753" in page
+    assert (
+        "Documented by the thesis (epoch 30):" in page
+        and "Epoch: 30, train_loss: 0.049460, test_loss: 0.040753" in page
+    )
     row = next(line for line in page.splitlines() if line.startswith("| `union_over_inter_water` |"))
     assert row.split(" | ")[2] == "0.7838"
     assert "3 batch(es) of up to 4 patches" in page  # 2 steps + the thesis's extra batch
@@ -51,10 +56,15 @@ def test_the_page_puts_the_thesis_log_format_beside_the_documented_numbers_and_a
 def test_an_experiment_without_a_thesis_run_has_no_page(trained):
     root, stats, out, options = trained
     with pytest.raises(ValueError, match="thesis is not set"):
-        write_reproduction(out / "model.pt", out / "history.csv", stats, root / "x.md", "toy", {**options, "thesis": None})
+        write_reproduction(
+            out / "model.pt", out / "history.csv", stats, root / "x.md", "toy", {**options, "thesis": None}
+        )
 
 
-ERA_A = {"classes": {"snow": [1], "cloud": [2], "water": [3], "thin_cloud": [4]}, "ignored_classes": {"background": [0]}}
+ERA_A = {
+    "classes": {"snow": [1], "cloud": [2], "water": [3], "thin_cloud": [4]},
+    "ignored_classes": {"background": [0]},
+}
 
 
 def test_a_class_set_travels_from_the_shards_through_the_stats_and_checkpoint_to_the_page(tmp_path):
@@ -75,12 +85,16 @@ def test_a_class_set_travels_from_the_shards_through_the_stats_and_checkpoint_to
     assert 0 < fifth < 1 and len(stats["class_weights"]["values"]) == 4
     out = tmp_path / "model"
     options = experiment_options(epochs=1, batch_size=4, workers=0, steps_per_epoch=1, validation_steps=1)
-    train_experiment(stats_path, out / "model.pt", out / "history.csv", out / "curves.png", out / "state", "toy", options)
+    train_experiment(
+        stats_path, out / "model.pt", out / "history.csv", out / "curves.png", out / "state", "toy", options
+    )
     metadata = read_checkpoint(out / "model.pt")["metadata"]
     assert metadata["classes"] == stats["classes"] and metadata["model_args"]["n_classes"] == 4
     assert metadata["class_set"] == ERA_A
     thesis = {**THESIS, "documented": {"class_distribution": [0.1, 0.2, 0.3, 0.3, 0.1]}}
-    write_reproduction(out / "model.pt", out / "history.csv", stats_path, tmp_path / "p.md", "toy", {**options, "thesis": thesis})
+    write_reproduction(
+        out / "model.pt", out / "history.csv", stats_path, tmp_path / "p.md", "toy", {**options, "thesis": thesis}
+    )
     page = (tmp_path / "p.md").read_text()
     assert "- union_over_inter_thin_cloud: " in page and "union_over_inter_background" not in page
     assert "Classes, in the order printed: snow, cloud, water, thin_cloud, background" in page

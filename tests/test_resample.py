@@ -9,13 +9,17 @@ from helpers.references import reference_upsample
 from snowcloud import resample
 
 
-@pytest.mark.parametrize(("method", "a", "factor"), [("nearest", -0.5, 2), ("bilinear", -0.5, 6), ("cubic", -0.5, 2), ("cubic", -0.75, 6)])
+@pytest.mark.parametrize(
+    ("method", "a", "factor"), [("nearest", -0.5, 2), ("bilinear", -0.5, 6), ("cubic", -0.5, 2), ("cubic", -0.75, 6)]
+)
 def test_upsampling_equals_the_definition_pixel_by_pixel(method, a, factor):
     native = np.random.default_rng(3).integers(0, 10000, (7, 7)).astype(np.float32)
     padded = np.pad(native, resample.MARGIN, mode="edge")  # the border replicated, as the preprocess stage does
     out = np.empty((7 * factor, 7 * factor), dtype=np.float32)
     taps = resample.phase_taps(factor, method, a)
-    resample.upsample(padded, factor, taps, None, 3, lambda first, rows: out.__setitem__(slice(first, first + len(rows)), rows))
+    resample.upsample(
+        padded, factor, taps, None, 3, lambda first, rows: out.__setitem__(slice(first, first + len(rows)), rows)
+    )
     expected = reference_upsample(native, factor, method, a)
     np.testing.assert_allclose(np.rint(out), expected, atol=1)  # float32 against float64: ties may round apart
     assert np.mean(np.rint(out) == expected) > 0.99
@@ -32,7 +36,14 @@ def test_upsampling_a_few_rows_at_a_time_changes_no_value(method):
 
     def upsampled(rows_at_once: int) -> np.ndarray:
         out = np.full((80, 60), np.nan, dtype=np.float32)
-        resample.upsample(native, 2, taps, valid, rows_at_once, lambda first, rows: out.__setitem__(slice(first, first + len(rows)), rows))
+        resample.upsample(
+            native,
+            2,
+            taps,
+            valid,
+            rows_at_once,
+            lambda first, rows: out.__setitem__(slice(first, first + len(rows)), rows),
+        )
         return out
 
     whole = upsampled(40)
@@ -42,7 +53,9 @@ def test_upsampling_a_few_rows_at_a_time_changes_no_value(method):
         np.testing.assert_array_equal(upsampled(rows_at_once), whole)
 
 
-@pytest.mark.parametrize(("method", "a", "factor"), [("bilinear", -0.5, 2), ("bilinear", -0.5, 6), ("cubic", -0.5, 2), ("cubic", -0.75, 6)])
+@pytest.mark.parametrize(
+    ("method", "a", "factor"), [("bilinear", -0.5, 2), ("bilinear", -0.5, 6), ("cubic", -0.5, 2), ("cubic", -0.75, 6)]
+)
 def test_gain_bounds_every_upsampled_value_also_beside_no_data(method, a, factor):
     rng = np.random.default_rng(factor)
     native = rng.choice(np.float32([-30000, 30000]), (24 + 4, 24 + 4))  # extremes side by side: the largest overshoot
@@ -50,7 +63,9 @@ def test_gain_bounds_every_upsampled_value_also_beside_no_data(method, a, factor
     taps = resample.phase_taps(factor, method, a)
     out = np.empty((24 * factor, 24 * factor), dtype=np.float32)
     for mask in (None, valid):
-        resample.upsample(native, factor, taps, mask, 5, lambda first, rows: out.__setitem__(slice(first, first + len(rows)), rows))
+        resample.upsample(
+            native, factor, taps, mask, 5, lambda first, rows: out.__setitem__(slice(first, first + len(rows)), rows)
+        )
         assert np.abs(out).max() <= 30000 * resample.gain(taps) * (1 + 1e-6)
     if method == "cubic":
         assert resample.gain(taps) > 1 and np.abs(out).max() > 30000  # cubic overshoots: the bound is not idle

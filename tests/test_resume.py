@@ -40,8 +40,9 @@ logged(None, train_experiment, **json.loads(sys.argv[2]))
 # CPU; the cause is not established (cuDNN's autotuned fp16 algorithms are the lead). Known, so not hidden.
 FP16_ON_GPU = "resumed fp16 GPU runs end 0.2 away from uninterrupted ones (H200, cause not established)"
 KNOWN = {"cuda-fp16": [pytest.mark.xfail(reason=FP16_ON_GPU)]}
-RESUME_CASES = [pytest.param(*case.values, id=case.id, marks=[*case.marks, *KNOWN.get(case.id, [])])
-                for case in DEVICE_PRECISIONS]  # fmt: skip
+RESUME_CASES = [
+    pytest.param(*case.values, id=case.id, marks=[*case.marks, *KNOWN.get(case.id, [])]) for case in DEVICE_PRECISIONS
+]
 
 
 @pytest.mark.parametrize("device_amp", RESUME_CASES)
@@ -65,8 +66,9 @@ def test_sigterm_in_epoch_3_then_rerun_equals_an_uninterrupted_run(tmp_path, dev
     # one loader worker: Slurm signals the whole process group, and the worker must leave the signal to the trainer
     child_options = options | {"training": options["training"] | {"workers": 1}}
     arguments = json.dumps({**common, **outputs(run), "options": child_options})
-    returncode, stderr = sigterm_once_marked([sys.executable, "-c", CHILD, str(marker), arguments], marker, 120,
-                                             "training process (epoch 3)")  # fmt: skip
+    returncode, stderr = sigterm_once_marked(
+        [sys.executable, "-c", CHILD, str(marker), arguments], marker, 120, "training process (epoch 3)"
+    )
 
     assert returncode != 0
     found = re.search(

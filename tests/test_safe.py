@@ -30,9 +30,18 @@ def jp2_bytes(tmp_path, shape, crs="EPSG:32632", transform=None):
     path = tmp_path / "replacement.jp2"
     transform = transform or Affine(20, 0, 499980, 0, -20, 5200020)
     with rasterio.open(
-        path, "w", driver="JP2OpenJPEG", width=shape[1], height=shape[0], count=1, dtype="uint16", crs=crs,
-        transform=transform, QUALITY=100, REVERSIBLE="YES",
-    ) as out:  # fmt: skip
+        path,
+        "w",
+        driver="JP2OpenJPEG",
+        width=shape[1],
+        height=shape[0],
+        count=1,
+        dtype="uint16",
+        crs=crs,
+        transform=transform,
+        QUALITY=100,
+        REVERSIBLE="YES",
+    ) as out:
         out.write(np.full(shape, 1234, dtype=np.uint16), 1)
     return path.read_bytes()
 
@@ -82,7 +91,9 @@ def test_metadata_is_parsed_by_local_names_with_band_ids_mapped():
     assert metadata["name"].startswith("S2A_MSIL1C_20230101T101421")
     assert (metadata["offsets"]["B01"], metadata["offsets"]["B8A"], metadata["offsets"]["B12"]) == (-1000, -900, -1100)
     assert metadata["offsets"]["B02"] == 0  # not in the XML: no offset, whatever the date
-    plain = ESA_LIKE.replace(b"n1:", b"").replace(b' xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-1C.xsd"', b"")
+    plain = ESA_LIKE.replace(b"n1:", b"").replace(
+        b' xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-1C.xsd"', b""
+    )
     assert parse_metadata(plain, "x") == metadata
     with pytest.raises(SafeError, match="x: no QUANTIFICATION_VALUE"):
         parse_metadata(ESA_LIKE.replace(b"QUANTIFICATION_VALUE", b"SOMETHING_ELSE"), "x")
@@ -112,7 +123,9 @@ def test_zip_whose_member_runs_past_the_end_is_truncated(tmp_path, tiny_demo):
         last_band = max((i for i in archive.infolist() if i.filename.endswith(".jp2")), key=lambda i: i.header_offset)
     # Cut bytes out of the last band but keep the directory at the end: the offsets now point too far.
     cut = tmp_path / original.name
-    cut.write_bytes(bytes(data[: last_band.header_offset + 100] + data[last_band.header_offset + 100 + last_band.compress_size :]))
+    cut.write_bytes(
+        bytes(data[: last_band.header_offset + 100] + data[last_band.header_offset + 100 + last_band.compress_size :])
+    )
     with pytest.raises(SafeError, match=f"{cut}: (truncated|corrupt) zip"):
         open_safe(cut)
 
@@ -135,11 +148,19 @@ def test_band_of_wrong_size_or_crs_is_named(tmp_path):
     wrong_size = rezip(product, tmp_path / "size.zip", replace={"_B05.jp2": jp2_bytes(tmp_path, (5, 6))})
     with pytest.raises(SafeError, match=r"size.zip: band B05 is 6 x 5 pixels; at 20 m it must be 6 x 6"):
         open_safe(wrong_size)
-    wrong_crs = rezip(product, tmp_path / "crs.zip", replace={"_B11.jp2": jp2_bytes(tmp_path, band_shape("B11", size), crs="EPSG:32633")})
+    wrong_crs = rezip(
+        product,
+        tmp_path / "crs.zip",
+        replace={"_B11.jp2": jp2_bytes(tmp_path, band_shape("B11", size), crs="EPSG:32633")},
+    )
     with pytest.raises(SafeError, match=r"crs.zip: band B11 is in EPSG:32633, B02 in EPSG:32632"):
         open_safe(wrong_crs)
     shifted = Affine(20, 0, 499980 + 20, 0, -20, 5200020)
-    misaligned = rezip(product, tmp_path / "shift.zip", replace={"_B12.jp2": jp2_bytes(tmp_path, band_shape("B12", size), transform=shifted)})
+    misaligned = rezip(
+        product,
+        tmp_path / "shift.zip",
+        replace={"_B12.jp2": jp2_bytes(tmp_path, band_shape("B12", size), transform=shifted)},
+    )
     with pytest.raises(SafeError, match="shift.zip: band B12 is not aligned with B02"):
         open_safe(misaligned)
 
@@ -174,10 +195,15 @@ def test_a_product_saved_under_another_products_name_is_refused_naming_both(tmp_
     safe = make_product(tmp_path, constant_bands(60))
     planned = parse_product_name(safe)
     names = {"tile": planned.tile, "date": planned.date, field: other}
-    renamed = safe.with_name(product_name("S2B", names["date"], "0400", "065", names["tile"], planned.generated) + ".zip")
+    renamed = safe.with_name(
+        product_name("S2B", names["date"], "0400", "065", names["tile"], planned.generated) + ".zip"
+    )
     safe.rename(renamed)
-    with pytest.raises(SafeError, match=rf"{renamed}: its name says tile {names['tile']} sensed {names['date']}, "
-                                        rf"its band files hold tile {planned.tile} sensed {planned.date}"):  # fmt: skip
+    with pytest.raises(
+        SafeError,
+        match=rf"{renamed}: its name says tile {names['tile']} sensed {names['date']}, "
+        rf"its band files hold tile {planned.tile} sensed {planned.date}",
+    ):
         open_safe(renamed)
 
 
@@ -191,7 +217,7 @@ def test_a_product_saved_under_another_products_name_is_refused_naming_both(tmp_
         (b'band_id="12"', b'band_id="B12"', "x.xml: the band_id of a RADIO_ADD_OFFSET is 'B12', not a number"),
         (b'bandId="8"', b'bandId=""', "x.xml: the bandId of Spectral_Information B8A is '', not a number"),
     ],
-)  # fmt: skip
+)
 def test_metadata_values_that_cannot_be_used_are_named(old, new, message):
     with pytest.raises(SafeError, match=message):
         parse_metadata(ESA_LIKE.replace(old, new), "x.xml")

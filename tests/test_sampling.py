@@ -17,9 +17,14 @@ from snowcloud.sampling import (
 
 def options(**overrides) -> dict:
     base = {
-        "method": "random", "patches_per_date": 40, "seed": 0, "stride": None, "min_labelled_fraction": 1.0,
-        "rare_classes": [3], "rare_fraction": 0.5,
-    }  # fmt: skip
+        "method": "random",
+        "patches_per_date": 40,
+        "seed": 0,
+        "stride": None,
+        "min_labelled_fraction": 1.0,
+        "rare_classes": [3],
+        "rare_fraction": 0.5,
+    }
     return base | overrides
 
 

@@ -41,10 +41,22 @@ def planned_resources(workdir: Path, profile: Path) -> dict[str, dict[str, str]]
     resources: dict[str, dict[str, str]] = {}
     rule = None
     run = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), "--dry-run",
-         "--profile", str(profile)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(SNAKEFILE),
+            "--directory",
+            str(workdir),
+            "--dry-run",
+            "--profile",
+            str(profile),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     for line in run.stdout.splitlines():
         if match := re.match(r"^(?:local)?rule (\w+):$", line):
@@ -75,8 +87,15 @@ def test_profile_gives_every_rule_a_partition_runtime_and_memory(demo_workdir):
 
 
 def test_site_block_sets_partition_account_gpus_and_gpu_model(demo_workdir, tmp_path):
-    site = {"CPU_PARTITION": "'standard'", "GPU_PARTITION": "'a100'", "ACCOUNT": "'proj-snow'",
-            "GPU_MODEL": "'a100'", "GPUS": "2", "TRAIN_GPUS": "4", "TRAIN_HOURS": "8"}  # fmt: skip
+    site = {
+        "CPU_PARTITION": "'standard'",
+        "GPU_PARTITION": "'a100'",
+        "ACCOUNT": "'proj-snow'",
+        "GPU_MODEL": "'a100'",
+        "GPUS": "2",
+        "TRAIN_GPUS": "4",
+        "TRAIN_HOURS": "8",
+    }
     resources = planned_resources(demo_workdir, site_profile(tmp_path / "site", site))
     for rule, values in resources.items():
         assert values["slurm_partition"] == ("a100" if rule in GPU_RULES else "standard"), rule
@@ -113,10 +132,23 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster: SlurmCluste
     profile = site_profile(tmp_path / "profile")
     first_job = slurm_cluster.max_job_id()
     command = [
-        "timeout", "-s", "INT", "--kill-after=30", "900",
-        sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir),
-        "--profile", str(profile), *LOCAL_OPTIONS, "--slurm-keep-successful-logs",
-    ]  # fmt: skip
+        "timeout",
+        "-s",
+        "INT",
+        "--kill-after=30",
+        "900",
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(SNAKEFILE),
+        "--directory",
+        str(workdir),
+        "--profile",
+        str(profile),
+        *LOCAL_OPTIONS,
+        "--slurm-keep-successful-logs",
+    ]
     snakemake_log = tmp_path / "snakemake.log"
     with open(snakemake_log, "w") as log:
         run = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -143,8 +175,13 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster: SlurmCluste
     by_rule = squeue_jobs_by_rule(jobs)
     n = len(DATES)
     assert {rule: len(states) for rule, states in by_rule.items()} == {
-        "demo_data": 1, "preprocess": n, "shard": n, "train": 2, "infer": n, "evaluate": n,
-    }  # fmt: skip
+        "demo_data": 1,
+        "preprocess": n,
+        "shard": n,
+        "train": 2,
+        "infer": n,
+        "evaluate": n,
+    }
     assert {"localrule dataset_stats:", "localrule evaluation_summary:"} <= set(output().splitlines())
     assert by_rule["train"] == ["CANCELLED", "COMPLETED"]
     assert all(job.state == "COMPLETED" for job in jobs if job.key != cancelled.key)

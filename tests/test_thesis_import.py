@@ -68,7 +68,9 @@ def test_wrapped_names_are_unwrapped():
 def test_state_dict_of_another_shape_is_refused_naming_file_and_preset(tmp_path):
     path = tmp_path / "thirteen.pth"
     # the first and last convolutions of a 13-channel thesis U-Net (the shapes are checked before the rest)
-    torch.save({"inc.double_conv.0.weight": torch.zeros(64, 13, 3, 3), "outc.conv.weight": torch.zeros(4, 64, 1, 1)}, path)
+    torch.save(
+        {"inc.double_conv.0.weight": torch.zeros(64, 13, 3, 3), "outc.conv.weight": torch.zeros(4, 64, 1, 1)}, path
+    )
     with pytest.raises(thesis.ThesisImportError, match=r"thirteen\.pth has 13 input channels.*a82e3cd means 14"):
         thesis.import_thesis(path, "a82e3cd", tmp_path / "out.pt")
     assert not (tmp_path / "out.pt").exists()

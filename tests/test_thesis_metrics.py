@@ -78,9 +78,10 @@ def test_class_distributions_print_in_the_thesis_format_with_the_real_fifth_clas
     stats = {
         "classes": ["background", "snow", "cloud", "water"],
         "encoded_classes": ["background", "snow", "cloud", "water", "thin_cloud"],
-        "total": {"class_fraction": {"patch-mean": [0.5, 0.25, 0.2, 0.05],
-                                     "encoded patch-mean": [0.4, 0.2, 0.16, 0.04, 0.2]}},
-    }  # fmt: skip
+        "total": {
+            "class_fraction": {"patch-mean": [0.5, 0.25, 0.2, 0.05], "encoded patch-mean": [0.4, 0.2, 0.16, 0.04, 0.2]}
+        },
+    }
     names, fractions = ours_distribution(stats, {"class_distribution": [0.27588, 0.23729, 0.48049, 0.00634, 0]})
     assert names[-1] == "thin_cloud"
     assert distribution_line(fractions) == "Total Class Distribution: [0.40000, 0.20000, 0.16000, 0.04000, 0.20000]"

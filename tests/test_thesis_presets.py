@@ -31,8 +31,21 @@ from snowcloud.model import build_model, count_parameters
 from snowcloud.training.loop import Trainer
 from snowcloud.training.runtime import resolve_runtime
 
-PRESETS = ["913b2a3", "4c654a2", "8fe0cea", "a2528d2", "202ea7d", "8ad1ca2", "2d0d993", "e40b271", "1c88144",
-           "8d687e8", "27926e7", "eaa7527", "a82e3cd"]  # fmt: skip
+PRESETS = [
+    "913b2a3",
+    "4c654a2",
+    "8fe0cea",
+    "a2528d2",
+    "202ea7d",
+    "8ad1ca2",
+    "2d0d993",
+    "e40b271",
+    "1c88144",
+    "8d687e8",
+    "27926e7",
+    "eaa7527",
+    "a82e3cd",
+]
 THIRTEEN_CHANNELS = {"913b2a3", "4c654a2", "8fe0cea", "202ea7d", "8ad1ca2"}
 FULL_RUNS = ["a82e3cd", "4c654a2", "8ad1ca2", "913b2a3"]
 CONFIG = REPO / "config" / "config.yaml"
@@ -84,8 +97,12 @@ def test_full_width_models_have_the_thesis_parameter_counts(name):
     classes = ClassSet.from_options(dataset).names  # 913b2a3: snow, cloud, water, thin_cloud; the others the default
     assert len(classes) == 4
     with torch.device("meta"):  # no memory, no time: only the shapes
-        model = build_model(run["model"]["architecture"], in_channels=channels, n_classes=len(classes),
-                            base_channels=run["model"]["base_channels"])  # fmt: skip
+        model = build_model(
+            run["model"]["architecture"],
+            in_channels=channels,
+            n_classes=len(classes),
+            base_channels=run["model"]["base_channels"],
+        )
     assert count_parameters(model) == (31_044_164 if channels == 14 else 31_043_588)
 
 
@@ -100,8 +117,10 @@ def test_weight_formulas_reproduce_the_documented_weights_from_the_documented_fr
 def test_the_four_weight_eras_give_the_numbers_of_thesis_md():
     era_a = class_weights([0.25052, 0.00214, 0.01381, 0.02479], "normalised-inverse")[0]
     assert sum(era_a) == pytest.approx(1.0) and era_a[1] == pytest.approx(0.8001, abs=1e-4)
-    np.testing.assert_allclose(class_weights([0.27557, 0.23914, 0.47962, 0.00567], "inverse")[0],
-                               [1 / 0.27557, 1 / 0.23914, 1 / 0.47962, 1 / 0.00567])  # fmt: skip
+    np.testing.assert_allclose(
+        class_weights([0.27557, 0.23914, 0.47962, 0.00567], "inverse")[0],
+        [1 / 0.27557, 1 / 0.23914, 1 / 0.47962, 1 / 0.00567],
+    )
     e40b271 = [0.4132, 0.31163, 0.26706, 0.00812]  # THESIS.md section 5: (1-f)/f and its square root
     np.testing.assert_allclose(class_weights(e40b271, "inverse-ratio")[0], [1.420, 2.209, 2.745, 122.15], atol=6e-3)
     np.testing.assert_allclose(class_weights(e40b271, "sqrt-inverse-ratio")[0], [1.192, 1.486, 1.657, 11.05], atol=6e-3)
@@ -119,9 +138,12 @@ def test_presets_sharing_a_dataset_name_define_it_identically():
 def tiny_shards(tmp_path_factory):
     folder = tmp_path_factory.mktemp("preset_shards")
     return {
-        channels: (write_shard(folder / f"t{channels}.h5", 8, 1, channels), write_shard(folder / f"v{channels}.h5", 4, 2, channels))
+        channels: (
+            write_shard(folder / f"t{channels}.h5", 8, 1, channels),
+            write_shard(folder / f"v{channels}.h5", 4, 2, channels),
+        )
         for channels in (13, 14)
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -134,10 +156,15 @@ def test_every_preset_trains_two_steps_with_its_own_loss_optimizer_and_scheduler
     trainer = Trainer(
         ShardDataset([(train, None)], augment=augmentation if augmentation.active else None),
         ShardDataset([(validation, None)]),
-        model_options=run["model"], in_channels=channels, training=training,
-        class_weights=[1.0, 2.0, 2.0, 50.0], runtime=resolve_runtime(training, 1),
-        state_path=tmp_path / "state.pt", fingerprint_inputs={"preset": name}, class_names=CLASSES,
-    )  # fmt: skip
+        model_options=run["model"],
+        in_channels=channels,
+        training=training,
+        class_weights=[1.0, 2.0, 2.0, 50.0],
+        runtime=resolve_runtime(training, 1),
+        state_path=tmp_path / "state.pt",
+        fingerprint_inputs={"preset": name},
+        class_names=CLASSES,
+    )
     optimiser = run["training"]["optimizer"]["name"]
     assert type(trainer.optimizer).__name__.lower() == optimiser
     assert trainer.scheduler.mode == run["training"]["scheduler"]["mode"]
@@ -171,7 +198,10 @@ def test_four_presets_run_end_to_end_on_the_demo_under_the_smoke_override(tmp_pa
         assert "Total Class Distribution: [" in page and f"Thesis run {name}" in page
     a82e3cd = (tmp_path / "results" / "reproduction" / "a82e3cd.md").read_text()
     assert "| `union_over_inter_water` |" in a82e3cd and "| 0.7838 |" in a82e3cd
-    assert "The thesis documents no epoch results for this run." in (tmp_path / "results/reproduction/8ad1ca2.md").read_text()
+    assert (
+        "The thesis documents no epoch results for this run."
+        in (tmp_path / "results/reproduction/8ad1ca2.md").read_text()
+    )
     # 913b2a3's class set (no background, thin clouds learnt, from the demo's thin-cloud labels) reaches the
     # stats, the checkpoint and its page; 4c654a2 prints five classes, the fifth computed from its masks.
     era_a = json.loads((tmp_path / "results/datasets/thesis-era-a/stats.json").read_text())
@@ -184,7 +214,9 @@ def test_four_presets_run_end_to_end_on_the_demo_under_the_smoke_override(tmp_pa
     page = (tmp_path / "results/reproduction/4c654a2.md").read_text().splitlines()
     line = next(text for text in page if text.startswith("ours:       Total"))
     assert line.count(",") == 4 and line.endswith(f", {'0' if fifth == 0 else f'{fifth:.5f}'}]")
-    ndsi = json.loads((tmp_path / "results/evaluation/913b2a3/32TNS/20220303T101829.json").read_text())["methods"]["ndsi"]
+    ndsi = json.loads((tmp_path / "results/evaluation/913b2a3/32TNS/20220303T101829.json").read_text())["methods"][
+        "ndsi"
+    ]
     assert ndsi["compared"] == ["snow", "cloud", "water"] and ndsi["metrics"]["iou"]["thin_cloud"] is None
     assert sorted(p.name for p in (tmp_path / "results" / "auto_labels" / "32TNS").iterdir()) == [
         f"{date}.tif" for date in yaml.safe_load(SMOKE.read_text())["demo"]["dates"]

@@ -83,9 +83,15 @@ class SignalAtCall(torch.nn.Module):
 
 def test_tiny_model_overfits_a_few_patches(shards, tmp_path):
     trainer = make_trainer(
-        tmp_path, shards["few"], shards["few"], model={"base_channels": 16}, epochs=15, batch_size=4,
-        optimizer={"lr": 0.01}, augmentation={"flip_p": 0.0},
-    )  # fmt: skip
+        tmp_path,
+        shards["few"],
+        shards["few"],
+        model={"base_channels": 16},
+        epochs=15,
+        batch_size=4,
+        optimizer={"lr": 0.01},
+        augmentation={"flip_p": 0.0},
+    )
     result = trainer.run()
     first, last = result.history[0], result.history[-1]
     assert last["train_loss"] < 0.4 * first["train_loss"]
@@ -108,9 +114,22 @@ def test_each_epoch_logs_thesis_lines_and_keeps_a_history(shards, tmp_path, capl
 
     assert [row["epoch"] for row in result.history] == [1, 2]
     row = result.history[-1]
-    for column in ("lr", "train_loss", "val_loss", "iou_snow", "f1_cloud", "precision_water", "recall_background",
-                   "class_accuracy_snow", "pixel_accuracy", "macro_iou", "micro_iou", "early_stopping_counter",
-                   "seconds", "patches_per_s"):  # fmt: skip
+    for column in (
+        "lr",
+        "train_loss",
+        "val_loss",
+        "iou_snow",
+        "f1_cloud",
+        "precision_water",
+        "recall_background",
+        "class_accuracy_snow",
+        "pixel_accuracy",
+        "macro_iou",
+        "micro_iou",
+        "early_stopping_counter",
+        "seconds",
+        "patches_per_s",
+    ):
         assert column in row, column
     assert row["lr"] == 0.001 and row["patches_per_s"] > 0
     # 16 training patches, batch 4: 4 steps; 6 validation patches: 2 batches (4 + 2)
@@ -204,8 +223,9 @@ def test_a_state_of_other_settings_is_set_aside_not_resumed(shards, tmp_path, ca
         first.run()
 
     caplog.set_level(logging.WARNING, logger="snowcloud")
-    changed = make_trainer(tmp_path, shards["train"], shards["validation"], epochs=2, batch_size=4,
-                           optimizer={"lr": 0.002})  # fmt: skip
+    changed = make_trainer(
+        tmp_path, shards["train"], shards["validation"], epochs=2, batch_size=4, optimizer={"lr": 0.002}
+    )
     result = changed.run()
     assert "training.optimizer.lr: 0.001 -> 0.002" in caplog.text
     assert "training starts afresh" in caplog.text
@@ -250,11 +270,22 @@ def test_cpu_runtime_is_float32_and_workers_follow_the_threads(caplog):
 
 def test_history_csv_and_curves_png(tmp_path):
     rows = [
-        {"epoch": e, "lr": 0.001, "train_loss": 1 / e, "val_loss": 1.2 / e, "iou_snow": 0.5 + e / 10,
-         "iou_water": None, "f1_snow": 0.6, "f1_water": None, "macro_iou": 0.5, "macro_f1": 0.6,
-         "seconds": 1.0, "patches_per_s": 10.0}
+        {
+            "epoch": e,
+            "lr": 0.001,
+            "train_loss": 1 / e,
+            "val_loss": 1.2 / e,
+            "iou_snow": 0.5 + e / 10,
+            "iou_water": None,
+            "f1_snow": 0.6,
+            "f1_water": None,
+            "macro_iou": 0.5,
+            "macro_f1": 0.6,
+            "seconds": 1.0,
+            "patches_per_s": 10.0,
+        }
         for e in (1, 2, 3)
-    ]  # fmt: skip
+    ]
     write_history(rows, tmp_path / "history.csv")
     with open(tmp_path / "history.csv") as handle:
         read = list(csv.DictReader(handle))

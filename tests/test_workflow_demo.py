@@ -57,8 +57,10 @@ def test_the_model_beats_the_ndsi_rule_on_the_validation_dates(demo_run):
     assert roles == {scene: "validation" if scene[1] in validation_dates else "train" for scene in scenes(config)}
     model, rule = aggregate(rows, "validation", "model"), aggregate(rows, "validation", "ndsi")
     s2cloudless = aggregate(rows, "validation", "s2cloudless")
-    print("validation IoU, model / NDSI rule / s2cloudless:",
-          {key: (round(model[key], 3), round(rule[key], 3), round(s2cloudless[key], 3)) for key in model})  # fmt: skip
+    print(
+        "validation IoU, model / NDSI rule / s2cloudless:",
+        {key: (round(model[key], 3), round(rule[key], 3), round(s2cloudless[key], 3)) for key in model},
+    )
     assert model["macro_iou"] >= rule["macro_iou"] + MARGIN
     assert model["macro_iou"] >= LEAST_MACRO_IOU
     for name in CLASSES:
@@ -78,7 +80,11 @@ def test_every_scene_has_a_prediction_a_quicklook_and_an_evaluation(demo_run):
         quicklook = results / "quicklooks" / "demo" / tile / f"{date}.png"
         assert quicklook.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         evaluation = json.loads((results / "evaluation" / "demo" / tile / f"{date}.json").read_text())
-        assert (evaluation["tile"], evaluation["date"]) == (tile, date) and set(evaluation["methods"]) == {"model", "ndsi", "s2cloudless"}
+        assert (evaluation["tile"], evaluation["date"]) == (tile, date) and set(evaluation["methods"]) == {
+            "model",
+            "ndsi",
+            "s2cloudless",
+        }
         assert evaluation["pixels"]["evaluated"] > 0.5 * evaluation["pixels"]["labelled"]
     assert (results / "evaluation" / "demo" / "confusion.png").stat().st_size > 0
     assert partial_files(workdir) == []

@@ -15,7 +15,18 @@ pytestmark = pytest.mark.workflow
 
 
 def snakemake(repo: Path, workdir: Path, *arguments: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory", str(workdir), "--cores", "2", *arguments]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(repo / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        *arguments,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
@@ -53,7 +64,10 @@ def test_two_products_for_one_scene_stop_the_workflow_naming_both(repo, tmp_path
     reprocessed = raw / product.name.replace("_N0400_", "_N0510_").replace("T130622", "T170000")
     shutil.copy(product, raw / product.name)
     shutil.copy(product, reprocessed)
-    write_config(tmp_path, {"raw_data": str(raw), "dem": tiny_demo["dem"], "demo": {"enabled": False}, "experiments": {}, "datasets": {}})
+    write_config(
+        tmp_path,
+        {"raw_data": str(raw), "dem": tiny_demo["dem"], "demo": {"enabled": False}, "experiments": {}, "datasets": {}},
+    )
     result = snakemake(repo, tmp_path, "scenes", "-n")
     output = result.stdout + result.stderr
     assert result.returncode != 0

@@ -40,7 +40,9 @@ def test_editing_a_thesis_mask_file_in_place_rebuilds_its_shard(tmp_path):
     (tmp_path / "config" / "config.yaml").write_text(CONFIG)
     for date in DATES:
         old_empty_file(tmp_path / "raw" / product_name(TILE, date))
-        write_scene(tmp_path / "results" / "scenes" / TILE / f"{date}.tif", synthetic_scene(np.random.default_rng(0), 40, 36))
+        write_scene(
+            tmp_path / "results" / "scenes" / TILE / f"{date}.tif", synthetic_scene(np.random.default_rng(0), 40, 36)
+        )
         write_thesis_masks(tmp_path, date)
     old_empty_file(tmp_path / "dem" / f"T{TILE}.tif")
 

@@ -36,7 +36,11 @@ from snowcloud.labels import IGNORE_INDEX
 log = logging.getLogger(__name__)
 
 RULE_BANDS = ("B03", "B08", "B11")
-CLOUD_OPTIONS = {"cloud_threshold": "threshold", "cloud_average_over": "average_over", "cloud_dilation": "dilation_size"}
+CLOUD_OPTIONS = {
+    "cloud_threshold": "threshold",
+    "cloud_average_over": "average_over",
+    "cloud_dilation": "dilation_size",
+}
 
 
 def paint(
@@ -51,7 +55,9 @@ def paint(
     glacier / surface-water layers (1 = present), 255 outside `covered`; layers painted in the thesis's order."""
     green, nir, swir = (reflectance(bands[name]) for name in RULE_BANDS)
     classes = np.zeros(cloud.shape, np.uint8)
-    water = surface_water == 1 if surface_water is not None else normalised_difference(green, nir) > options["water_ndwi"]
+    water = (
+        surface_water == 1 if surface_water is not None else normalised_difference(green, nir) > options["water_ndwi"]
+    )
     classes[water] = WATER
     if glacier is not None:
         classes[glacier == 1] = SNOW
@@ -86,10 +92,19 @@ def auto_label(scene: str | Path, output: str | Path, options: dict, threads: in
     with rasterio.open(scene) as src:
         indexes = scenes.band_indexes(src, RULE_BANDS, "the automatic labels")
         profile = {
-            "driver": "GTiff", "width": src.width, "height": src.height, "count": 1, "dtype": "uint8",
-            "crs": src.crs, "transform": src.transform, "nodata": IGNORE_INDEX, "compress": "deflate",
-            "tiled": True, "blockxsize": 256, "blockysize": 256,
-        }  # fmt: skip
+            "driver": "GTiff",
+            "width": src.width,
+            "height": src.height,
+            "count": 1,
+            "dtype": "uint8",
+            "crs": src.crs,
+            "transform": src.transform,
+            "nodata": IGNORE_INDEX,
+            "compress": "deflate",
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+        }
         shape = (src.height, src.width)
         with atomic_output(output) as tmp, rasterio.open(tmp, "w", **profile) as dst:
             for strip in cloudprob.cloud_strips(scene, threads=threads, **cloud_options):
@@ -98,10 +113,13 @@ def auto_label(scene: str | Path, output: str | Path, options: dict, threads: in
                 values = src.read(indexes, window=window)
                 covered = strip.valid & border_mask(slice(strip.row, strip.row + n), shape, options["border_pixels"])
                 classes = paint(
-                    dict(zip(RULE_BANDS, values)), strip.mask, covered, options,
+                    dict(zip(RULE_BANDS, values)),
+                    strip.mask,
+                    covered,
+                    options,
                     glacier=auxiliary_layer(options["glacier"], tile, scene, window),
                     surface_water=auxiliary_layer(options["surface_water"], tile, scene, window),
-                )  # fmt: skip
+                )
                 counts += np.bincount(classes.ravel(), minlength=256)
                 dst.write(classes, 1, window=window)
             dst.update_tags(source="snowcloud auto_labels", **{key: str(value) for key, value in options.items()})

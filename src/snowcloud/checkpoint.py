@@ -182,7 +182,9 @@ def _check_class_set(class_set: object, metadata: dict[str, Any]) -> None:
 def _check_patch_size(patch_size: object, metadata: dict[str, Any]) -> None:
     smallest = load_schema()["$defs"]["dataset"]["properties"]["patch_size"]["minimum"]
     if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size < smallest:
-        raise ValueError(f"is {patch_size!r}; a patch size is an integer of at least {smallest} (datasets.*.patch_size)")
+        raise ValueError(
+            f"is {patch_size!r}; a patch size is an integer of at least {smallest} (datasets.*.patch_size)"
+        )
 
 
 def _check_normalisation(spec: object, metadata: dict[str, Any]) -> None:

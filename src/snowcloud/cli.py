@@ -74,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
         "OUT/raw/T{tile}/*.SAFE.zip, OUT/dem/T{tile}.tif, OUT/labels/T{tile}/{date}.tif.",
     )
     demo.add_argument("out", type=Path, help="folder to write into")
-    demo.add_argument("--size", type=int, default=demo_defaults["size"]["default"], help="pixels per side (multiple of 6)")
+    demo.add_argument(
+        "--size", type=int, default=demo_defaults["size"]["default"], help="pixels per side (multiple of 6)"
+    )
     demo.add_argument("--tiles", nargs="+", default=demo_defaults["tiles"]["default"], help="tile ids, e.g. 32TNS")
     demo.add_argument("--dates", nargs="+", default=demo_defaults["dates"]["default"], help="sensing times")
     demo.add_argument("--seed", type=int, default=demo_defaults["seed"]["default"])
@@ -110,21 +112,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("model", type=Path, help="model.pt (trained by the workflow or made by import-thesis)")
     predict.add_argument(
-        "inputs", nargs="+", type=Path, metavar="INPUT",
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="INPUT",
         help="a .SAFE.zip, a .SAFE folder, a folder holding products, or a scene raster (.tif) the workflow made",
-    )  # fmt: skip
+    )
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     predict.add_argument("--dem", help="DEM GeoTIFF, or a pattern with {tile}; needed when the model reads elevation")
-    predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                         help="flip test-time augmentation (default: on)")  # fmt: skip
+    predict.add_argument(
+        "--tta", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation (default: on)"
+    )
     predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="default: auto")
     predict.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default: 16)")
     predict.add_argument("--probabilities", action="store_true", help="also write {date}_proba.tif")
     predict.add_argument("--quicklook", action="store_true", help="also write {date}.png")
     predict.add_argument("--threads", type=int, default=None, help="CPU threads (default: the CPUs available)")
     predict.add_argument("--keep-scenes", action="store_true", help="keep the scene rasters in OUT/scenes/")
-    predict.add_argument("--stac", action="store_true",
-                         help="also write a STAC item beside each mask and OUT/collection.json")  # fmt: skip
+    predict.add_argument(
+        "--stac", action="store_true", help="also write a STAC item beside each mask and OUT/collection.json"
+    )
     predict.set_defaults(run=_predict)
 
     thesis = commands.add_parser(
@@ -136,9 +143,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     thesis.add_argument("pth", type=Path, help="the thesis's state dict, e.g. unet_a82e3cd_ep30.pth")
     thesis.add_argument(
-        "--preset", required=True,
+        "--preset",
+        required=True,
         help="the name of a preset shipped with snowcloud (the checkout's config/presets/), or a preset YAML file",
-    )  # fmt: skip
+    )
     thesis.add_argument("--out", type=Path, required=True, help="the model.pt to write")
     thesis.set_defaults(run=_import_thesis)
     return parser
@@ -196,10 +204,19 @@ def _predict(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     jobs = predict_inputs(
-        args.model, args.inputs, args.out, dem=args.dem, tta=args.tta, device=args.device,
-        batch_size=args.batch_size, probabilities=args.probabilities, quicklook=args.quicklook,
-        threads=args.threads or available_cpus(), keep_scenes=args.keep_scenes, stac=args.stac,
-    )  # fmt: skip
+        args.model,
+        args.inputs,
+        args.out,
+        dem=args.dem,
+        tta=args.tta,
+        device=args.device,
+        batch_size=args.batch_size,
+        probabilities=args.probabilities,
+        quicklook=args.quicklook,
+        threads=args.threads or available_cpus(),
+        keep_scenes=args.keep_scenes,
+        stac=args.stac,
+    )
     class_names = recorded_classes(runnable_metadata(args.model), str(args.model))
     for line in report(jobs, list(class_names)):
         print(line)

@@ -97,7 +97,9 @@ def _average_partial_blocks(values: np.ndarray, valid: np.ndarray, nodata: int, 
     count = sum(v.astype(np.int8) for v in valid_quarters)
     rows, cols = np.nonzero((count > 0) & (count < 4))
     if rows.size:
-        partial = sum(np.where(v[rows, cols], q[:, rows, cols], 0).astype(np.int32) for q, v in zip(quarters, valid_quarters))
+        partial = sum(
+            np.where(v[rows, cols], q[:, rows, cols], 0).astype(np.int32) for q, v in zip(quarters, valid_quarters)
+        )
         n = count[rows, cols].astype(np.int32)
         mean[:, rows, cols] = np.floor_divide(2 * partial + n, 2 * n)
     np.copyto(mean, mean.dtype.type(nodata), where=count == 0)
@@ -112,12 +114,23 @@ class CogWriter(contextlib.AbstractContextManager):
     removed on exit, also after an error.
     """
 
-    def __init__(self, target: Path, profile: dict, overviews: bool, threads: int = 1, block_size: int = 512, **creation: object) -> None:
+    def __init__(
+        self, target: Path, profile: dict, overviews: bool, threads: int = 1, block_size: int = 512, **creation: object
+    ) -> None:
         self.target = Path(target)
-        self.profile = {key: profile[key] for key in ("width", "height", "count", "dtype", "nodata", "crs", "transform")}
+        self.profile = {
+            key: profile[key] for key in ("width", "height", "count", "dtype", "nodata", "crs", "transform")
+        }
         self.nodata = profile["nodata"]
         self.block_size = block_size
-        self.tile_options = dict(tiled=True, blockxsize=block_size, blockysize=block_size, interleave="band", num_threads=str(threads), **creation)
+        self.tile_options = dict(
+            tiled=True,
+            blockxsize=block_size,
+            blockysize=block_size,
+            interleave="band",
+            num_threads=str(threads),
+            **creation,
+        )
         width, height = profile["width"], profile["height"]
         self.levels = [_Level(self, 0, width, height)]
         while overviews and max(width, height) > block_size:
@@ -142,7 +155,9 @@ class CogWriter(contextlib.AbstractContextManager):
             raise ValueError(f"{self.target}: {self.next_row} of {self.profile['height']} rows written")
         self.levels[0].close()
         template = self._file("template")
-        with rasterio.open(template, "w", driver="GTiff", **self.profile, **self.tile_options, sparse_ok=True) as dataset:
+        with rasterio.open(
+            template, "w", driver="GTiff", **self.profile, **self.tile_options, sparse_ok=True
+        ) as dataset:
             if describe is not None:
                 describe(dataset)
         size = assemble_cog(template, [level.parts for level in self.levels], self.target)
@@ -227,7 +242,16 @@ class _Level:
         count, rows = values.shape[:2]
         with warnings.catch_warnings():  # a part needs no georeference: the COG takes it from the template
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            part = rasterio.open(path, "w", driver="GTiff", width=self.width, height=rows, count=count, dtype=values.dtype, **self.writer.tile_options)
+            part = rasterio.open(
+                path,
+                "w",
+                driver="GTiff",
+                width=self.width,
+                height=rows,
+                count=count,
+                dtype=values.dtype,
+                **self.writer.tile_options,
+            )
         self.parts.append(path)
         with part:
             for band in range(count):  # a band's rows are contiguous: given as 3-D, rasterio writes them uncopied
@@ -252,7 +276,9 @@ class _Ifd:
 
     def numbers(self, tag: int) -> np.ndarray:
         entry = self.entries[tag]
-        return np.frombuffer(entry.data, dtype=self.order + {SHORT: "u2", LONG: "u4", LONG8: "u8"}[entry.type]).astype(np.int64)
+        return np.frombuffer(entry.data, dtype=self.order + {SHORT: "u2", LONG: "u4", LONG8: "u8"}[entry.type]).astype(
+            np.int64
+        )
 
     def number(self, tag: int) -> int:
         return int(self.numbers(tag)[0])
@@ -272,7 +298,9 @@ def read_ifd(path: Path) -> _Ifd:
         raw = file.read(n * (4 + 2 * inline))
         entries = {}
         for index in range(n):
-            tag, kind, count, value = struct.unpack_from(f"{order}HH{count_format.replace('H', 'I')}{inline}s", raw, index * (4 + 2 * inline))
+            tag, kind, count, value = struct.unpack_from(
+                f"{order}HH{count_format.replace('H', 'I')}{inline}s", raw, index * (4 + 2 * inline)
+            )
             size = TYPE_SIZES[kind] * count
             if size <= inline:
                 data = value[:size]
@@ -305,7 +333,9 @@ def check_tiles_written(path: Path) -> None:
     offsets, sizes = ifd.numbers(TILE_OFFSETS), ifd.numbers(TILE_BYTE_COUNTS)
     missing = np.flatnonzero((sizes == 0) | (offsets == 0) | (offsets + sizes > path.stat().st_size))
     if missing.size:
-        raise OSError(f"{path}: {missing.size} of {sizes.size} tiles were not written whole (file of {path.stat().st_size} bytes)")
+        raise OSError(
+            f"{path}: {missing.size} of {sizes.size} tiles were not written whole (file of {path.stat().st_size} bytes)"
+        )
 
 
 def assemble_cog(template: Path, levels: list[list[Path]], target: Path) -> int:
@@ -360,16 +390,28 @@ def _directories(main: _Ifd, tiles: list[_LevelTiles]) -> list[dict[int, _Entry]
     def long(value: int) -> _Entry:
         return _Entry(LONG, 1, struct.pack(main.order + "I", value))
 
-    image = {tag: entry for tag, entry in main.entries.items() if tag not in (NEW_SUBFILE_TYPE, TILE_OFFSETS, TILE_BYTE_COUNTS)}
+    image = {
+        tag: entry
+        for tag, entry in main.entries.items()
+        if tag not in (NEW_SUBFILE_TYPE, TILE_OFFSETS, TILE_BYTE_COUNTS)
+    }
     directories = [image]
     for level in tiles[1:]:
         overview = {tag: entry for tag, entry in image.items() if tag in STRUCTURE_TAGS}
-        overview.update({NEW_SUBFILE_TYPE: long(REDUCED_IMAGE), IMAGE_WIDTH: long(level.width), IMAGE_LENGTH: long(level.height)})
+        overview.update(
+            {NEW_SUBFILE_TYPE: long(REDUCED_IMAGE), IMAGE_WIDTH: long(level.width), IMAGE_LENGTH: long(level.height)}
+        )
         directories.append(overview)
     return directories
 
 
-def _encode_header(order: str, big: bool, directories: list[dict[int, _Entry]], tiles: list[_LevelTiles], offsets: list[np.ndarray] | None = None) -> bytes:
+def _encode_header(
+    order: str,
+    big: bool,
+    directories: list[dict[int, _Entry]],
+    tiles: list[_LevelTiles],
+    offsets: list[np.ndarray] | None = None,
+) -> bytes:
     """Everything before the tile data: header, ghost area, each IFD followed by its tag values, then the
     tile offset and size arrays of all IFDs (the tile offsets, zero where not given, do not change its size)."""
     inline, offset_format, count_format = (8, "Q", "Q") if big else (4, "I", "H")
@@ -380,17 +422,24 @@ def _encode_header(order: str, big: bool, directories: list[dict[int, _Entry]], 
     arrays = []
     for index, level in enumerate(tiles):
         starts = np.zeros_like(level.sizes) if offsets is None else offsets[index]
-        arrays.append({
-            TILE_OFFSETS: _Entry(LONG8 if big else LONG, len(starts), starts.astype(order + ("u8" if big else "u4")).tobytes()),
-            TILE_BYTE_COUNTS: _Entry(LONG, len(level.sizes), level.sizes.astype(order + "u4").tobytes()),
-        })  # fmt: skip
+        arrays.append(
+            {
+                TILE_OFFSETS: _Entry(
+                    LONG8 if big else LONG, len(starts), starts.astype(order + ("u8" if big else "u4")).tobytes()
+                ),
+                TILE_BYTE_COUNTS: _Entry(LONG, len(level.sizes), level.sizes.astype(order + "u4").tobytes()),
+            }
+        )
 
     def outside(entry: _Entry) -> int:
         """Bytes the value takes after the IFD (word aligned), 0 when it fits in the entry."""
         size = len(entry.data)
         return 0 if size <= inline else size + size % 2
 
-    ifd_sizes = [struct.calcsize(order + count_format) + (len(d) + len(a)) * (4 + 2 * inline) + inline for d, a in zip(directories, arrays)]
+    ifd_sizes = [
+        struct.calcsize(order + count_format) + (len(d) + len(a)) * (4 + 2 * inline) + inline
+        for d, a in zip(directories, arrays)
+    ]
     positions = [start]
     for directory, size in zip(directories, ifd_sizes):
         positions.append(positions[-1] + size + sum(map(outside, directory.values())))

@@ -154,12 +154,15 @@ def _cross_reference_errors(config: dict) -> list[str]:
     for name, experiment in experiments.items():
         if model_file(experiment) is not None:
             if "dataset" in experiment:
-                errors.append(f"experiments.{name}: model is the path of a trained model.pt, so there is no dataset to "
-                              "train on; remove dataset (or give model as the network to train)")  # fmt: skip
+                errors.append(
+                    f"experiments.{name}: model is the path of a trained model.pt, so there is no dataset to "
+                    "train on; remove dataset (or give model as the network to train)"
+                )
             continue
         if "dataset" not in experiment:
-            errors.append(f"experiments.{name}: give a dataset to train on, or model: path/to/model.pt to run a "
-                          "trained model")  # fmt: skip
+            errors.append(
+                f"experiments.{name}: give a dataset to train on, or model: path/to/model.pt to run a trained model"
+            )
         elif experiment["dataset"] not in datasets:
             errors.append(
                 f"experiments.{name}.dataset: '{experiment['dataset']}' is not a key of datasets "
@@ -236,7 +239,9 @@ def _range_errors(config: dict) -> list[str]:
         training = experiment.get("training", {})
         erase_size = training.get("augmentation", {}).get("erase_size")
         if erase_size and not erase_size[0] <= erase_size[1]:
-            errors.append(f"experiments.{name}.training.augmentation.erase_size: {erase_size} must be [smallest, largest]")
+            errors.append(
+                f"experiments.{name}.training.augmentation.erase_size: {erase_size} must be [smallest, largest]"
+            )
         patch_size = datasets.get(experiment.get("dataset"), {}).get("patch_size")
         if training.get("batch_size") == 1 and patch_size is not None and patch_size < UNET_MIN_PATCH_FOR_ONE:
             errors.append(
@@ -256,7 +261,9 @@ def _pattern_errors(config: dict) -> list[str]:
         try:
             fields = {field for _, field, _, _ in string.Formatter().parse(config[key]) if field is not None}
         except ValueError as error:
-            errors.append(f"{key}: {config[key]!r} is not a valid pattern ({error}); write a literal brace as {{{{ or }}}}")
+            errors.append(
+                f"{key}: {config[key]!r} is not a valid pattern ({error}); write a literal brace as {{{{ or }}}}"
+            )
             continue
         unknown = sorted(fields - set(allowed))
         if unknown:
@@ -278,5 +285,10 @@ def model_file(experiment: dict) -> str | None:
 
 def datasets_of(config: dict, experiments: list[str]) -> list[str]:
     """The datasets the given experiments train on (inference-only experiments have none)."""
-    return sorted({config["experiments"][name]["dataset"] for name in experiments
-                   if model_file(config["experiments"][name]) is None})  # fmt: skip
+    return sorted(
+        {
+            config["experiments"][name]["dataset"]
+            for name in experiments
+            if model_file(config["experiments"][name]) is None
+        }
+    )

@@ -172,9 +172,13 @@ def build_dataset_stats(
                 raise DatasetError(f"{path}: {key} differs from that of {common[key][1]}; rebuild the shards")
         class_set = ClassSet.from_options(attributes["class_set"], path)
         entry = {
-            "tile": attributes["tile"], "date": attributes["date"], "shard": path, **distribution(counts, class_set),
-            "sampler": attributes["sampler"], "inputs": _content_hashes(attributes["inputs"]),
-        }  # fmt: skip
+            "tile": attributes["tile"],
+            "date": attributes["date"],
+            "shard": path,
+            **distribution(counts, class_set),
+            "sampler": attributes["sampler"],
+            "inputs": _content_hashes(attributes["inputs"]),
+        }
         shard_data.append((entry, counts))
     shard_data.sort(key=lambda pair: (pair[0]["tile"], pair[0]["date"], pair[0]["shard"]))
     entries = [entry for entry, _ in shard_data]
@@ -193,9 +197,11 @@ def build_dataset_stats(
         "dates": entries,
         "total": total,
         "class_weights": {
-            "formula": options["class_weights"], "fraction": options["class_fraction"], "values": weights,
+            "formula": options["class_weights"],
+            "fraction": options["class_fraction"],
+            "values": weights,
             "absent_classes": absent,
-        },  # fmt: skip
+        },
         "split": _split(entries, options["split"]),
     }
     stats["digest"] = digest(stats)
@@ -221,8 +227,10 @@ def _split(entries: list[dict], options: dict) -> dict:
         split["members"] = [
             {"shard": e["shard"], "set": "validation" if e["date"] in chosen else "train"} for e in entries
         ]
-        sizes = {name: sum(e["patches"] for e, m in zip(entries, split["members"]) if m["set"] == name)
-                 for name in ("train", "validation")}  # fmt: skip
+        sizes = {
+            name: sum(e["patches"] for e, m in zip(entries, split["members"]) if m["set"] == name)
+            for name in ("train", "validation")
+        }
     else:
         indices = patch_split([entry["patches"] for entry in entries], options)
         split["members"] = [
@@ -301,8 +309,9 @@ def plot_class_distribution(stats: dict, plot_path: str | Path) -> None:
     axes.set_ylim(-0.6, len(rows) - 0.4)
     axes.set_xlabel("class fraction (mean over patches of each patch's labelled pixels)", fontsize=8)
     weights = ", ".join(f"{w:.3g}" for w in stats["class_weights"]["values"])
-    axes.set_title(f"{stats['dataset']}: class distribution; weights ({stats['class_weights']['formula']}) {weights}",
-                   fontsize=9)  # fmt: skip
+    axes.set_title(
+        f"{stats['dataset']}: class distribution; weights ({stats['class_weights']['formula']}) {weights}", fontsize=9
+    )
     figure.legend(ncols=len(names), loc="outside lower center", fontsize=8, frameon=False)
     with atomic_output(plot_path) as tmp:
         figure.savefig(tmp, dpi=120, format="png")

@@ -96,9 +96,16 @@ class DemOnGrid(contextlib.AbstractContextManager):
             complete = not np.isnan(source).any() and (nodata is None or not (source == nodata).any())
             masks = {"init_dest_nodata": False} if complete else {"src_nodata": nodata, "dst_nodata": np.nan}
             reproject(
-                source=source, destination=heights, src_transform=source_transform, src_crs=self.dataset.crs, dst_transform=transform,
-                dst_crs=self.product.crs, resampling=self.resampling, num_threads=self.threads, **masks,
-            )  # fmt: skip
+                source=source,
+                destination=heights,
+                src_transform=source_transform,
+                src_crs=self.dataset.crs,
+                dst_transform=transform,
+                dst_crs=self.product.crs,
+                resampling=self.resampling,
+                num_threads=self.threads,
+                **masks,
+            )
         covered = np.isnan(heights)
         np.logical_not(covered, out=covered)
         np.nan_to_num(heights, copy=False)
@@ -124,7 +131,10 @@ class DemOnGrid(contextlib.AbstractContextManager):
             (left, top), (right, bottom) = transform @ (0, 0), transform @ (width, height)
             bounds = transform_bounds(self.product.crs, self.dataset.crs, left, bottom, right, top, densify_pts=21)
             footprint = from_bounds(*bounds, transform=self.dataset.transform)
-            first_col, first_row = math.floor(footprint.col_off) - DEM_MARGIN, math.floor(footprint.row_off) - DEM_MARGIN
+            first_col, first_row = (
+                math.floor(footprint.col_off) - DEM_MARGIN,
+                math.floor(footprint.row_off) - DEM_MARGIN,
+            )
             last_col = math.ceil(footprint.col_off + footprint.width) + DEM_MARGIN
             last_row = math.ceil(footprint.row_off + footprint.height) + DEM_MARGIN
             first_col, first_row = max(first_col, 0), max(first_row, 0)
@@ -140,7 +150,9 @@ class DemOnGrid(contextlib.AbstractContextManager):
         """Uncovered share of the tile on a coarse grid: fails a scene before the heavy work."""
         step = max(1, math.ceil(max(self.product.width, self.product.height) / COVERAGE_CHECK_PIXELS))
         shape = (math.ceil(self.product.height / step), math.ceil(self.product.width / step))
-        coarse = self.reproject(np.empty(shape, dtype=np.float32), self.product.transform @ Affine.scale(step), Resampling.nearest)
+        coarse = self.reproject(
+            np.empty(shape, dtype=np.float32), self.product.transform @ Affine.scale(step), Resampling.nearest
+        )
         return float(np.isnan(coarse).mean())
 
     def coverage_message(self, missing: float, estimate: bool = False) -> str:

@@ -56,9 +56,14 @@ def inside_margin(window: Window, shape: tuple[int, int], margin: int) -> np.nda
 
 
 def evaluate_scene(
-    prediction: str, label: str, scene: str, output: str, options: dict, threads: int = 1,
+    prediction: str,
+    label: str,
+    scene: str,
+    output: str,
+    options: dict,
+    threads: int = 1,
     class_set: dict | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Confusion matrices and metrics of the prediction and of each baseline against the label mask, on the
     pixels that are labelled, predicted and at least `margin_pixels` from the border; written as JSON.
 
@@ -150,10 +155,12 @@ def method_result(confusion: np.ndarray, classes: list[str], compared: list[str]
     compared (the others have no scores: only the labels or only the prediction have them)."""
     metrics = metrics_from_confusion(confusion, tuple(classes), tuple(compared))
     return {
-        "confusion": confusion.tolist(), "metrics": metrics, "compared": compared,
+        "confusion": confusion.tolist(),
+        "metrics": metrics,
+        "compared": compared,
         "not_compared": [name for name in classes if name not in compared],
         "thesis_lines": thesis_metric_lines(metrics, tuple(classes)),
-    }  # fmt: skip
+    }
 
 
 # ----------------------------------------------------------------------------------------------- summary
@@ -182,9 +189,15 @@ def load_evaluations(paths: list[str]) -> list[dict]:
 
 
 def summary_row(
-    tile: str, date: str, split: str, method: str, dates: int, confusion: np.ndarray, classes: list[str],
+    tile: str,
+    date: str,
+    split: str,
+    method: str,
+    dates: int,
+    confusion: np.ndarray,
+    classes: list[str],
     compared: list[str] | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     """One CSV row: identity, pixel count and the metrics of one confusion matrix (scores of `compared` only)."""
     metrics = metrics_from_confusion(confusion, tuple(classes), None if compared is None else tuple(compared))
     row = {"tile": tile, "date": date, "split": split, "method": method, "dates": dates, "pixels": metrics["pixels"]}
@@ -221,15 +234,21 @@ def summarise(
     for evaluation, role in zip(found, roles):
         for method, result in evaluation["methods"].items():
             confusion = np.asarray(result["confusion"], np.int64)
-            rows.append(summary_row(evaluation["tile"], evaluation["date"], role, method, 1, confusion, classes,
-                                    result.get("compared")))  # fmt: skip
+            rows.append(
+                summary_row(
+                    evaluation["tile"], evaluation["date"], role, method, 1, confusion, classes, result.get("compared")
+                )
+            )
     aggregates: dict[str, dict[str, np.ndarray]] = {}
     for split in [s for s in SPLIT_ORDER if s in roles] + (["all"] if found else []):
         aggregates[split] = summed_confusions(found, roles, split)
         dates = len(found) if split == "all" else roles.count(split)
         for method, confusion in aggregates[split].items():
-            rows.append(summary_row("all", "all", split, method, dates, confusion, classes,
-                                    found[0]["methods"][method].get("compared")))  # fmt: skip
+            rows.append(
+                summary_row(
+                    "all", "all", split, method, dates, confusion, classes, found[0]["methods"][method].get("compared")
+                )
+            )
     if not found:
         log.warning("no evaluated dates: the summary is empty")
     write_summary_csv(rows, summary_path, classes)

@@ -80,9 +80,12 @@ def run_settings(options: dict, threads: int = 1) -> RunSettings:
     if device.type == "cpu":
         torch.set_num_threads(max(1, threads))
     return RunSettings(
-        device=device, batch_size=int(options["batch_size"]), tta=bool(options["tta"]),
-        amp_dtype=autocast_dtype(options.get("amp", True), device), threads=max(1, threads),
-    )  # fmt: skip
+        device=device,
+        batch_size=int(options["batch_size"]),
+        tta=bool(options["tta"]),
+        amp_dtype=autocast_dtype(options.get("amp", True), device),
+        threads=max(1, threads),
+    )
 
 
 def prepare_model(model: torch.nn.Module, settings: RunSettings) -> torch.nn.Module:
@@ -283,8 +286,10 @@ def predict_blocks(
         dataset, indexes, normalise, plans, per_batch, pin=settings.device.type == "cuda", readers=settings.threads
     )
     total = len(rows.starts) * len(cols.starts)
-    bar = contextlib.nullcontext(progress) if progress is not None else tqdm(
-        total=total, unit="window", desc="windows", mininterval=2.0
+    bar = (
+        contextlib.nullcontext(progress)
+        if progress is not None
+        else tqdm(total=total, unit="window", desc="windows", mininterval=2.0)
     )
     with bar as progress:
         first = progress.n
@@ -354,10 +359,16 @@ def provenance_tags(
         "normalisation": json.dumps(metadata["normalisation"]),
         "patch_size": str(metadata["patch_size"]),
         "scene": str(scene),
-        "inference": json.dumps({**scheme_description(options), "tta": settings.tta, "precision": settings.precision,
-                                 "device": settings.device.type}),
+        "inference": json.dumps(
+            {
+                **scheme_description(options),
+                "tta": settings.tta,
+                "precision": settings.precision,
+                "device": settings.device.type,
+            }
+        ),
         "snowcloud_version": snowcloud.__version__,
-    }  # fmt: skip
+    }
 
 
 def require_valid_pixels(blocks: Iterator[RowBlock], scene: str | Path) -> Iterator[RowBlock]:
@@ -416,19 +427,43 @@ def predict_with(
         per_batch = windows_per_batch(model.settings, model.patch_size, plans)
         log.info(
             "%d x %d pixels, %d x %d windows of %d x %d px (%s; each pixel computed %.2f times), %d per batch, "
-            "TTA %s, %s on %s", dataset.height, dataset.width, len(plans[0].starts), len(plans[1].starts),
-            plans[0].size, plans[1].size, scheme_description(options),
-            plans[0].work(dataset.height) * plans[1].work(dataset.width), per_batch, model.settings.tta,
-            model.settings.precision, model.settings.device,
-        )  # fmt: skip
-        blocks = predict_blocks(model.network, dataset, indexes, normalise, len(model.class_names), plans, per_batch,
-                                model.settings, progress)  # fmt: skip
+            "TTA %s, %s on %s",
+            dataset.height,
+            dataset.width,
+            len(plans[0].starts),
+            len(plans[1].starts),
+            plans[0].size,
+            plans[1].size,
+            scheme_description(options),
+            plans[0].work(dataset.height) * plans[1].work(dataset.width),
+            per_batch,
+            model.settings.tta,
+            model.settings.precision,
+            model.settings.device,
+        )
+        blocks = predict_blocks(
+            model.network,
+            dataset,
+            indexes,
+            normalise,
+            len(model.class_names),
+            plans,
+            per_batch,
+            model.settings,
+            progress,
+        )
         tags = provenance_tags(model.path, metadata, scene, options, model.settings) | identity_tags(dataset)
-        write_prediction(require_valid_pixels(blocks, scene), dataset.profile, output, model.class_names, tags,
-                         options["probabilities"], options["threshold"])  # fmt: skip
+        write_prediction(
+            require_valid_pixels(blocks, scene),
+            dataset.profile,
+            output,
+            model.class_names,
+            tags,
+            options["probabilities"],
+            options["threshold"],
+        )
     stale = probabilities_path(output)
     if not options["probabilities"] and stale.exists():
         log.info("removing %s left by an earlier run (probabilities are off now)", stale)
         stale.unlink()
     log.info("predicted %s -> %s in %.1f s", scene, output, time.perf_counter() - start)
-

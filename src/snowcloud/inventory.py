@@ -87,8 +87,12 @@ def find_products(raw_data: str | Path, tiles: list[str] = (), dates: list[str] 
         product = parse_product_name(path)
         if product is None:
             if LOOKS_LIKE_PRODUCT.search(path.name):
-                log.warning("%s looks like a Sentinel-2 L1C product but its name does not parse (expected %s): skipped; "
-                            "rename it", path, PRODUCT_NAME_EXAMPLE)  # fmt: skip
+                log.warning(
+                    "%s looks like a Sentinel-2 L1C product but its name does not parse (expected %s): skipped; "
+                    "rename it",
+                    path,
+                    PRODUCT_NAME_EXAMPLE,
+                )
             continue
         any_product = True
         if (tiles and product.tile not in tiles) or (dates and product.date not in dates):

@@ -78,8 +78,14 @@ class _Handle:
     def open(cls, path: str) -> _Handle:
         shard = open_shard(path)
         image, label = patch_datasets(shard)
-        return cls(shard, image, label, (is_direct(image), is_direct(label)),
-                   np.empty(image.shape[1:], image.dtype), np.empty(label.shape[1:], label.dtype))  # fmt: skip
+        return cls(
+            shard,
+            image,
+            label,
+            (is_direct(image), is_direct(label)),
+            np.empty(image.shape[1:], image.dtype),
+            np.empty(label.shape[1:], label.dtype),
+        )
 
     def read(self, local: int) -> tuple[np.ndarray, np.ndarray]:
         """The stored patch in this handle's reused buffers (overwritten by the next read)."""
@@ -181,9 +187,12 @@ class ShardDataset(Dataset):
         return torch.from_numpy(image).to(torch.float32, copy=True), torch.from_numpy(label).to(torch.int64, copy=True)
 
     def read_batch(
-        self, keys: Sequence[Key], out: tuple[torch.Tensor, torch.Tensor] | None = None,
-        image_dtype: torch.dtype = torch.float32, label_dtype: torch.dtype = torch.int64,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        self,
+        keys: Sequence[Key],
+        out: tuple[torch.Tensor, torch.Tensor] | None = None,
+        image_dtype: torch.dtype = torch.float32,
+        label_dtype: torch.dtype = torch.int64,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Items stacked: (float32 (B, C, P, P), int64 (B, P, P)), read in shard order, converted straight into
         the output: `out` (images, labels) with B rows if given (their dtypes then rule), else new tensors of
         `image_dtype` and `label_dtype`. Float16 images and uint8 labels move a half and an eighth of the bytes
@@ -308,10 +317,19 @@ class BatchLoader:
     HOLD = 2
 
     def __init__(
-        self, dataset: ShardDataset, sampler: Sampler, batch_size: int, image_dtype: torch.dtype = torch.float32,
-        rank: int = 0, ranks: int = 1, label_dtype: torch.dtype = torch.int64, num_workers: int = 0,
-        pin_memory: bool = False, prefetch_factor: int = 2, **options: Any,
-    ) -> None:  # fmt: skip
+        self,
+        dataset: ShardDataset,
+        sampler: Sampler,
+        batch_size: int,
+        image_dtype: torch.dtype = torch.float32,
+        rank: int = 0,
+        ranks: int = 1,
+        label_dtype: torch.dtype = torch.int64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        prefetch_factor: int = 2,
+        **options: Any,
+    ) -> None:
         batches = RankBatches(sampler, batch_size, rank, ranks)
         slots = num_workers * prefetch_factor + self.HOLD
         rows, size = part_sizes(batch_size, ranks)[rank], dataset.patch_size
@@ -320,10 +338,14 @@ class BatchLoader:
         self.labels = _empty((slots, rows, size, size), label_dtype, shared, pin)
         self.lock_pending = pin and shared  # shared memory is page-locked once the workers exist
         self.loader = DataLoader(
-            _Slots(dataset, self.images, self.labels), batch_size=None, sampler=_SlotSampler(batches, slots),
-            num_workers=num_workers, persistent_workers=num_workers > 0,
-            prefetch_factor=prefetch_factor if num_workers else None, **options,
-        )  # fmt: skip
+            _Slots(dataset, self.images, self.labels),
+            batch_size=None,
+            sampler=_SlotSampler(batches, slots),
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            prefetch_factor=prefetch_factor if num_workers else None,
+            **options,
+        )
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         received = iter(self.loader)  # the first time, this starts the workers
@@ -338,9 +360,15 @@ class BatchLoader:
 
 
 def batch_loader(
-    dataset: ShardDataset, sampler: Sampler, batch_size: int, image_dtype: torch.dtype = torch.float32,
-    rank: int = 0, ranks: int = 1, label_dtype: torch.dtype = torch.int64, **options: Any,
-) -> BatchLoader:  # fmt: skip
+    dataset: ShardDataset,
+    sampler: Sampler,
+    batch_size: int,
+    image_dtype: torch.dtype = torch.float32,
+    rank: int = 0,
+    ranks: int = 1,
+    label_dtype: torch.dtype = torch.int64,
+    **options: Any,
+) -> BatchLoader:
     """Batches of `dataset` in `sampler`'s order, each built whole by one worker into staging memory allocated
     once (:class:`BatchLoader`; images float32 unless `image_dtype` says float16, labels int64 unless
     `label_dtype` says uint8); in a data-parallel training of `ranks` processes, only part `rank` of each batch

@@ -137,9 +137,14 @@ def write_cog(source: Path, output: str | Path, resampling: str) -> None:
     prediction itself at that load (docs/inference.md)."""
     with atomic_output(output) as tmp:
         rasterio.shutil.copy(
-            source, tmp, driver="COG", compress="ZSTD", blocksize=512, overview_resampling=resampling,
+            source,
+            tmp,
+            driver="COG",
+            compress="ZSTD",
+            blocksize=512,
+            overview_resampling=resampling,
             bigtiff="IF_SAFER",
-        )  # fmt: skip
+        )
 
 
 def write_prediction(
@@ -157,9 +162,15 @@ def write_prediction(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     base = {
-        "driver": "GTiff", "width": profile["width"], "height": profile["height"], "crs": profile["crs"],
-        "transform": profile["transform"], "dtype": "uint8", "tiled": False, "bigtiff": "IF_SAFER",
-    }  # fmt: skip
+        "driver": "GTiff",
+        "width": profile["width"],
+        "height": profile["height"],
+        "crs": profile["crs"],
+        "transform": profile["transform"],
+        "dtype": "uint8",
+        "tiled": False,
+        "bigtiff": "IF_SAFER",
+    }
     names = class_tags(class_names)
     layers = 1 + (len(class_names) + 1 if probabilities else 0)  # bytes per pixel: classes, probabilities, mask
     needs_bytes = 2 * layers * profile["width"] * profile["height"]  # the plain GeoTIFFs and their COGs

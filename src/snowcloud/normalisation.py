@@ -187,7 +187,9 @@ def check_spec(stored: object) -> None:
         if isinstance(value, list) and not (
             isinstance(given, list) and len(given) == len(value) and all(map(_is_number, given))
         ):
-            raise NormalisationError(f"normalisation {stored['name']}: {key} must be {len(value)} numbers, got {given!r}")
+            raise NormalisationError(
+                f"normalisation {stored['name']}: {key} must be {len(value)} numbers, got {given!r}"
+            )
         if isinstance(value, float) and not _is_number(given):
             raise NormalisationError(f"normalisation {stored['name']}: {key} must be a number, got {given!r}")
 

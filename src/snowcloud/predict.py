@@ -47,8 +47,16 @@ class PredictError(ValueError):
 
 # What one input can fail with and leave the others to run: the errors the project raises for a product, scene
 # raster or DEM it cannot use, and I/O errors (a file that cannot be read, a full disk). Anything else is a bug.
-INPUT_ERRORS = (SafeError, SceneError, preprocess.PreprocessError, DemError, NormalisationError,
-                infer.InferenceError, PredictError, OSError)  # fmt: skip
+INPUT_ERRORS = (
+    SafeError,
+    SceneError,
+    preprocess.PreprocessError,
+    DemError,
+    NormalisationError,
+    infer.InferenceError,
+    PredictError,
+    OSError,
+)
 
 
 @dataclass
@@ -96,8 +104,9 @@ def model_preprocessing(model: infer.LoadedModel) -> dict:
     if recorded is None:
         log.warning(
             "%s does not record how its training scenes were preprocessed (a checkpoint from before that was "
-            "stored): products are preprocessed with the defaults of the schema (src/snowcloud/schema.yaml)", model.path
-        )  # fmt: skip
+            "stored): products are preprocessed with the defaults of the schema (src/snowcloud/schema.yaml)",
+            model.path,
+        )
     return validated({**(recorded or {}), "dem": uses_elevation(model)}, "preprocess")
 
 
@@ -130,10 +139,14 @@ def inspect(job: Job, model: infer.LoadedModel, options: dict, dem: str | None) 
             job.tile, job.date, shape = tags["TILE"], tags["SENSING_TIME"], dataset.shape
         recorded = model.metadata.get("preprocess")
         made_with = recorded_value_options(recorded_preprocess(job.source))
-        if recorded and made_with and {k: v for k, v in made_with.items() if k != "dem"} != {
-            k: v for k, v in recorded.items() if k != "dem"
-        }:
-            log.warning("%s was preprocessed with %s, the model's training scenes with %s", job.source, made_with, recorded)
+        if (
+            recorded
+            and made_with
+            and {k: v for k, v in made_with.items() if k != "dem"} != {k: v for k, v in recorded.items() if k != "dem"}
+        ):
+            log.warning(
+                "%s was preprocessed with %s, the model's training scenes with %s", job.source, made_with, recorded
+            )
     job.windows = window_count(*shape, model.patch_size, options)
 
 
@@ -151,9 +164,15 @@ def output_path(out: Path, job: Job) -> Path:
 
 
 def run_job(
-    job: Job, model: infer.LoadedModel, out: Path, options: dict, preprocessing: dict, dem: str | None,
-    settings: dict, progress: tqdm,
-) -> None:  # fmt: skip
+    job: Job,
+    model: infer.LoadedModel,
+    out: Path,
+    options: dict,
+    preprocessing: dict,
+    dem: str | None,
+    settings: dict,
+    progress: tqdm,
+) -> None:
     """Preprocess (products), predict, quicklook; the class percentages of the mask."""
     output = output_path(out, job)
     with _scene_for(job, output, out, settings["keep_scenes"]) as scene:
@@ -188,10 +207,20 @@ def class_percentages(mask: Path) -> dict[str, float]:
 
 
 def predict_inputs(
-    model_path: Path, inputs: list[Path], out: Path, *, dem: str | None = None, tta: bool | None = None,
-    device: str | None = None, batch_size: int | None = None, probabilities: bool = False, quicklook: bool = False,
-    threads: int = 1, keep_scenes: bool = False, stac: bool = False,
-) -> list[Job]:  # fmt: skip
+    model_path: Path,
+    inputs: list[Path],
+    out: Path,
+    *,
+    dem: str | None = None,
+    tta: bool | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    probabilities: bool = False,
+    quicklook: bool = False,
+    threads: int = 1,
+    keep_scenes: bool = False,
+    stac: bool = False,
+) -> list[Job]:
     """Predict every input; return the jobs with their outcome (an `error` for each input that failed). The
     masks' season table goes to OUT/season.csv and, with `stac`, their STAC items beside them and
     OUT/collection.json."""
@@ -256,12 +285,18 @@ def _attempt(job: Job, work) -> None:  # noqa: ANN001 - a callable without argum
 def report(jobs: list[Job], class_names: list[str]) -> list[str]:
     """The table printed at the end: one line per input (class %, seconds, output or error)."""
     columns = [*class_names, "no data"]
-    lines = ["  ".join(["input".ljust(40), "tile   date           ", *(f"{c[:10]:>10}" for c in columns), "seconds", "output"])]
+    lines = [
+        "  ".join(
+            ["input".ljust(40), "tile   date           ", *(f"{c[:10]:>10}" for c in columns), "seconds", "output"]
+        )
+    ]
     for job in jobs:
         identity = f"{job.tile or '?':6} {job.date or '?':15}"
         if job.error is None:
             shares = [f"{job.percentages.get(c, 0.0):9.1f}%" for c in columns]
-            lines.append("  ".join([job.name[:40].ljust(40), identity, *shares, f"{job.seconds:7.1f}", str(job.output)]))
+            lines.append(
+                "  ".join([job.name[:40].ljust(40), identity, *shares, f"{job.seconds:7.1f}", str(job.output)])
+            )
         else:
             lines.append("  ".join([job.name[:40].ljust(40), identity, "FAILED", f"{job.seconds:.1f} s:", job.error]))
     failed = sum(job.error is not None for job in jobs)

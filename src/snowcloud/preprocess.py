@@ -95,7 +95,9 @@ def preprocess_scene(safe, dem: str | None, output, options: dict, threads: int 
             elevation.check_coverage_estimate()
         profile = scene_profile(product.width, product.height, elevation is not None, product.crs, product.transform)
         final = resources.enter_context(atomic_output(output, _space_needed(profile, options)))
-        writer = resources.enter_context(CogWriter(final, profile, options["overviews"], threads, COG_BLOCK_SIZE, **_compression(options)))
+        writer = resources.enter_context(
+            CogWriter(final, profile, options["overviews"], threads, COG_BLOCK_SIZE, **_compression(options))
+        )
         if options["clip"]["method"] == "none":
             summary = _read_strips(product, elevation, options, threads, writer.write)
             _check_summary(product, elevation, summary)
@@ -109,8 +111,12 @@ def preprocess_scene(safe, dem: str | None, output, options: dict, threads: int 
         writer.finish(lambda dataset: _describe(dataset, product, elevation, options, limits, summary))
     log.info(
         "%s -> %s: %.1f %% valid, %s clipping, %.1f s",
-        product.name, output, 100 * summary.valid / summary.pixels, options["clip"]["method"], time.perf_counter() - start,
-    )  # fmt: skip
+        product.name,
+        output,
+        100 * summary.valid / summary.pixels,
+        options["clip"]["method"],
+        time.perf_counter() - start,
+    )
 
 
 def _space_needed(profile: dict, options: dict) -> int:
@@ -139,7 +145,13 @@ class StripSummary:
     histograms: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _read_strips(product: SafeProduct, elevation: DemOnGrid | None, options: dict, threads: int, sink: Callable[[np.ndarray, int], None]) -> StripSummary:
+def _read_strips(
+    product: SafeProduct,
+    elevation: DemOnGrid | None,
+    options: dict,
+    threads: int,
+    sink: Callable[[np.ndarray, int], None],
+) -> StripSummary:
     """The pass over the JP2 files: every strip of the scene on the 10 m grid, masked, handed in order to
     `sink(values, row)`. The bands (and DEM rows) of the next strip are read and upsampled in `threads`
     threads while the sink takes the strip before (two strip buffers take turns)."""
@@ -152,20 +164,27 @@ def _read_strips(product: SafeProduct, elevation: DemOnGrid | None, options: dic
     buffers = [np.empty((channels, block_rows, product.width), dtype=np.int16) for _ in range(2)]
     rows_of = [(row, min(block_rows, product.height - row)) for row in range(0, product.height, block_rows)]
     with contextlib.ExitStack() as stack:
-        sources = {band: (stack.enter_context(rasterio.open(product.band_paths[band])), threading.Lock()) for band in BANDS}
+        sources = {
+            band: (stack.enter_context(rasterio.open(product.band_paths[band])), threading.Lock()) for band in BANDS
+        }
         pool = ThreadPoolExecutor(threads)
         stack.callback(pool.shutdown, cancel_futures=True)
 
         def submit(index: int) -> tuple[np.ndarray, list[Future]]:
             row, rows = rows_of[index]
             values = buffers[index % 2][:, :rows]
-            tasks = [pool.submit(_fill_band, product, *sources[band], band, taps, row, rows, out) for band, out in zip(BANDS, values)]
+            tasks = [
+                pool.submit(_fill_band, product, *sources[band], band, taps, row, rows, out)
+                for band, out in zip(BANDS, values)
+            ]
             if elevation is not None:
                 tasks.append(pool.submit(elevation.fill, row, rows, values[-1]))
             return values, tasks
 
         pending = submit(0)
-        for index in tqdm(range(len(rows_of)), desc=f"preprocess {product.tile} {product.date}", unit="strip", disable=None):
+        for index in tqdm(
+            range(len(rows_of)), desc=f"preprocess {product.tile} {product.date}", unit="strip", disable=None
+        ):
             values, tasks = pending
             if index + 1 < len(rows_of):
                 pending = submit(index + 1)
@@ -186,7 +205,9 @@ def _read_strips(product: SafeProduct, elevation: DemOnGrid | None, options: dic
     return summary
 
 
-def _fill_band(product: SafeProduct, source, lock: threading.Lock, band: str, taps: dict, row: int, rows: int, out: np.ndarray) -> np.ndarray:
+def _fill_band(
+    product: SafeProduct, source, lock: threading.Lock, band: str, taps: dict, row: int, rows: int, out: np.ndarray
+) -> np.ndarray:
     """One band of a strip on the 10 m grid into `out` (int16, offset applied, saturated); returns its validity
     (`scene.product_band_valid`) on the band's own grid. Bands run in parallel threads: GDAL decoding and the
     numpy work release the GIL; the work arrays are the thread's own (snowcloud.resample.Scratch)."""
@@ -223,7 +244,10 @@ def _offset_dn(dn: np.ndarray, offset: float, out: np.ndarray, scratch) -> None:
         return
     for first in range(0, dn.shape[0], ROWS_AT_ONCE):
         chunk = dn[first : first + ROWS_AT_ONCE]
-        store_values(np.add(chunk, np.float32(offset), out=scratch.array(RESULT, chunk.shape)), out[first : first + chunk.shape[0]])
+        store_values(
+            np.add(chunk, np.float32(offset), out=scratch.array(RESULT, chunk.shape)),
+            out[first : first + chunk.shape[0]],
+        )
 
 
 def _may_saturate(magnitude: float) -> bool:
@@ -232,7 +256,9 @@ def _may_saturate(magnitude: float) -> bool:
     return magnitude > VALUE_RANGE[1] - 1
 
 
-def _read_rows(product: SafeProduct, source, lock: threading.Lock, band: str, first: int, count: int, scratch) -> np.ndarray:
+def _read_rows(
+    product: SafeProduct, source, lock: threading.Lock, band: str, first: int, count: int, scratch
+) -> np.ndarray:
     """Native rows [first, first + count) of a band, decoded into the thread's scratch space."""
     dn = scratch.array("dn", (count, source.width), np.uint16)
     try:
@@ -304,7 +330,9 @@ def _check_summary(product: SafeProduct, elevation: DemOnGrid | None, summary: S
         elevation.check_coverage(summary.dem_missing / summary.pixels)
     if summary.valid == 0:
         reason = "" if elevation is None else " with DEM coverage"
-        raise PreprocessError(f"{product.path}: no valid pixel{reason} (every pixel has DN 0 in some band other than B10): nothing to process")
+        raise PreprocessError(
+            f"{product.path}: no valid pixel{reason} (every pixel has DN 0 in some band other than B10): nothing to process"
+        )
 
 
 def clip_limits(histograms: dict[str, np.ndarray], clip: dict) -> dict[str, tuple[int, int]]:
@@ -345,7 +373,12 @@ class _TemporaryStrips(contextlib.AbstractContextManager):
         self.path.unlink(missing_ok=True)
 
 
-def _write_clipped(stack: _TemporaryStrips, limits: dict[str, tuple[int, int]], block_rows: int, sink: Callable[[np.ndarray, int], None]) -> None:
+def _write_clipped(
+    stack: _TemporaryStrips,
+    limits: dict[str, tuple[int, int]],
+    block_rows: int,
+    sink: Callable[[np.ndarray, int], None],
+) -> None:
     """With clipping: the strips read back, the valid values of the reflectance bands clipped, handed to `sink`."""
     low = np.array([limits[band][0] for band in BANDS], dtype=np.int16)[:, None, None]
     high = np.array([limits[band][1] for band in BANDS], dtype=np.int16)[:, None, None]
@@ -363,7 +396,9 @@ def _write_clipped(stack: _TemporaryStrips, limits: dict[str, tuple[int, int]], 
         _release_freed_memory()
 
 
-def _describe(dataset, product: SafeProduct, elevation: DemOnGrid | None, options: dict, limits: dict, summary: StripSummary) -> None:
+def _describe(
+    dataset, product: SafeProduct, elevation: DemOnGrid | None, options: dict, limits: dict, summary: StripSummary
+) -> None:
     """Band names, scales and units, and the processing parameters as tags."""
     for index, name in enumerate(channel_names(elevation is not None), start=1):
         dataset.set_band_description(index, name)
@@ -384,7 +419,9 @@ def _describe(dataset, product: SafeProduct, elevation: DemOnGrid | None, option
         QUANTIFICATION_VALUE=f"{product.quantification_value:g}",
         RADIO_ADD_OFFSET=json.dumps(product.offsets),
         VALUES="DN + RADIO_ADD_OFFSET (reflectance = value / QUANTIFICATION_VALUE), clipped per CLIP; ELEVATION in metres",
-        RESAMPLING=json.dumps({"method": options["resampling"], "cubic_a": options["cubic_a"], "alignment": "pixel centres"}),
+        RESAMPLING=json.dumps(
+            {"method": options["resampling"], "cubic_a": options["cubic_a"], "alignment": "pixel centres"}
+        ),
         CLIP=json.dumps(clip),
         DEM=elevation.path if elevation is not None else "none",
         DEM_RESAMPLING=options["dem_resampling"] if elevation is not None else "none",

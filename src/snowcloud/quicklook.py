@@ -55,8 +55,9 @@ def quicklook(scene: str, prediction: str, output: str) -> None:
         tags = prediction_ds.tags()
     class_names = read_classes(tags, prediction)
     panel_height = QUICKLOOK_FIGURE_WIDTH / 2 * out_shape[0] / out_shape[1]
-    figure = Figure(figsize=(QUICKLOOK_FIGURE_WIDTH, min(panel_height, QUICKLOOK_FIGURE_WIDTH) + 1.2), dpi=100,
-                    layout="constrained")  # fmt: skip
+    figure = Figure(
+        figsize=(QUICKLOOK_FIGURE_WIDTH, min(panel_height, QUICKLOOK_FIGURE_WIDTH) + 1.2), dpi=100, layout="constrained"
+    )
     left, right = figure.subplots(1, 2)
     left.imshow(image, interpolation="nearest")
     left.set_title(f"{Path(scene).parent.name} {Path(scene).stem}: {' / '.join(QUICKLOOK_BANDS)}", fontsize=9)
@@ -67,8 +68,10 @@ def quicklook(scene: str, prediction: str, output: str) -> None:
         axes.set_yticks([])
         axes.set_facecolor(QUICKLOOK_NODATA_COLOUR)
     colours = class_colours(class_names)
-    handles = [Patch(facecolor=np.asarray(colours[i]) / 255, edgecolor="black", label=name)
-               for i, name in enumerate(class_names)]  # fmt: skip
+    handles = [
+        Patch(facecolor=np.asarray(colours[i]) / 255, edgecolor="black", label=name)
+        for i, name in enumerate(class_names)
+    ]
     handles.append(Patch(facecolor=QUICKLOOK_NODATA_COLOUR, edgecolor="black", label="no data"))
     figure.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     with atomic_output(output) as tmp:

@@ -42,7 +42,10 @@ def validation_batches(
 
 
 def evaluate_thesis_way(
-    model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], threshold: float, steps: int,
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    threshold: float,
+    steps: int,
     n_classes: int,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(3, K) thesis metrics averaged the thesis's way, the argmax confusion matrix of the same pixels and the
@@ -100,8 +103,10 @@ def metric_table(
     for key in thesis_metrics.METRICS:
         for cls in classes:
             name = thesis_metric_name(key, cls)
-            rows.append(f"| `{name}` | {_number(ours[key][cls])} | {_number(documented.get(name))} | "
-                        f"{_number(argmax[key][cls])} |")  # fmt: skip
+            rows.append(
+                f"| `{name}` | {_number(ours[key][cls])} | {_number(documented.get(name))} | "
+                f"{_number(argmax[key][cls])} |"
+            )
     return rows
 
 
@@ -136,8 +141,14 @@ def write_reproduction(
     row = history_row(history_path, epoch)
     documented = thesis["documented"]
     patience = training["early_stopping"]["patience"]
-    ours_log = log_format(epoch, float(row["train_loss"]), float(row["val_loss"]), ours,
-                          f"{row['early_stopping_counter']}/{patience}", classes)  # fmt: skip
+    ours_log = log_format(
+        epoch,
+        float(row["train_loss"]),
+        float(row["val_loss"]),
+        ours,
+        f"{row['early_stopping_counter']}/{patience}",
+        classes,
+    )
     distribution = ours_distribution(stats, documented)
     pixels = min(n_validation, n_batches * batch_size) * int(stats["patch_size"]) ** 2
 
@@ -163,8 +174,10 @@ def write_reproduction(
     if documented.get("epoch") or documented.get("metrics") or documented.get("test_loss") is not None:
         lines += [f"Documented by the thesis (epoch {documented.get('epoch', 'not given')}):", "", "```"]
         if documented.get("train_loss") is not None:
-            lines.append(f"Epoch: {documented.get('epoch', '?')}, train_loss: {documented['train_loss']:.6f}, "
-                         f"test_loss: {documented['test_loss']:.6f}")  # fmt: skip
+            lines.append(
+                f"Epoch: {documented.get('epoch', '?')}, train_loss: {documented['train_loss']:.6f}, "
+                f"test_loss: {documented['test_loss']:.6f}"
+            )
         elif documented.get("test_loss") is not None:
             lines.append(f"test_loss: {documented['test_loss']} (no train_loss documented)")
         lines += [f"- {name}: {value:.4f}" for name, value in documented.get("metrics", {}).items()]
@@ -189,11 +202,15 @@ def write_reproduction(
     else:
         lines.append("documented: (no distribution printed by this run is documented)")
     weights = stats["class_weights"]
-    lines.append(f"ours:       class weights ({weights['formula']} of {weights['fraction']}): "
-                 f"[{', '.join(f'{w:.5g}' for w in weights['values'])}]")  # fmt: skip
+    lines.append(
+        f"ours:       class weights ({weights['formula']} of {weights['fraction']}): "
+        f"[{', '.join(f'{w:.5g}' for w in weights['values'])}]"
+    )
     if documented.get("class_weights"):
-        lines.append(f"documented: CLASS_WEIGHTS {documented.get('weight_fractions')} -> pos_weight "
-                     f"[{', '.join(f'{w:.5g}' for w in documented['class_weights'])}]")  # fmt: skip
+        lines.append(
+            f"documented: CLASS_WEIGHTS {documented.get('weight_fractions')} -> pos_weight "
+            f"[{', '.join(f'{w:.5g}' for w in documented['class_weights'])}]"
+        )
     lines += ["```", ""]
     if documented.get("note"):
         lines += [f"Note on the documented numbers: {documented['note'].strip()}", ""]

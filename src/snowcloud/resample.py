@@ -96,7 +96,9 @@ def gain(taps: Taps) -> float:
     return one_axis**2 / (MIN_VALID_WEIGHT if negative else 1.0)
 
 
-def upsample_axis(values: np.ndarray, factor: int, taps: Taps, axis: int, out: np.ndarray, work: np.ndarray) -> np.ndarray:
+def upsample_axis(
+    values: np.ndarray, factor: int, taps: Taps, axis: int, out: np.ndarray, work: np.ndarray
+) -> np.ndarray:
     """Upsample 2-D float32 `values` along `axis` into `out`, where `values` hold MARGIN extra native pixels at
     both ends of that axis: n + 2 * MARGIN native pixels give n * factor output pixels. `work` has the shape of
     one output phase (n along `axis`)."""
@@ -118,7 +120,12 @@ def upsample_axis(values: np.ndarray, factor: int, taps: Taps, axis: int, out: n
 
 
 def upsample(
-    values: np.ndarray, factor: int, taps: Taps, valid: np.ndarray | None, rows_at_once: int, store: Callable[[int, np.ndarray], None]
+    values: np.ndarray,
+    factor: int,
+    taps: Taps,
+    valid: np.ndarray | None,
+    rows_at_once: int,
+    store: Callable[[int, np.ndarray], None],
 ) -> None:
     """Upsample a float32 native window with MARGIN extra pixels on all four sides to (rows * k, cols * k),
     computing each output pixel from valid input only (see the module docstring); `valid` (same shape as
@@ -137,7 +144,9 @@ def upsample(
         out = _separable(values[rows], factor, taps, scratch)
         for start, stop in runs:
             columns = slice(start, stop + 2 * MARGIN)  # native columns, margins included
-            out[:, start * factor : stop * factor] = _renormalised(values[rows, columns], valid[rows, columns], factor, taps)
+            out[:, start * factor : stop * factor] = _renormalised(
+                values[rows, columns], valid[rows, columns], factor, taps
+            )
         store(first * factor, out)
 
 

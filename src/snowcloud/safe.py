@@ -27,7 +27,9 @@ from snowcloud.inventory import parse_product_name
 log = logging.getLogger(__name__)
 
 METADATA_NAME = "MTD_MSIL1C.xml"
-BAND_FILE = re.compile(r"(?:^|/)GRANULE/(?P<granule>[^/]+)/IMG_DATA/T(?P<tile>\d{2}[A-Z]{3})_(?P<date>\d{8}T\d{6})_(?P<band>B\d[\dA])\.jp2$")
+BAND_FILE = re.compile(
+    r"(?:^|/)GRANULE/(?P<granule>[^/]+)/IMG_DATA/T(?P<tile>\d{2}[A-Z]{3})_(?P<date>\d{8}T\d{6})_(?P<band>B\d[\dA])\.jp2$"
+)
 ZIP_METHODS_GDAL_READS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
 CRC_CHUNK = 1 << 22
 QUANTIFICATION_VALUE = 10000  # reflectance = (DN + RADIO_ADD_OFFSET) / QUANTIFICATION_VALUE in every L1C product
@@ -127,7 +129,9 @@ def _zip_members(path: Path) -> list[str]:
             if info.header_offset + info.compress_size > size:
                 raise SafeError(f"{path}: truncated zip file ({info.filename} extends past the end of the file)")
             if info.compress_type not in ZIP_METHODS_GDAL_READS:
-                raise SafeError(f"{path}: {info.filename} is compressed with zip method {info.compress_type}, which GDAL cannot read; re-zip with deflate")
+                raise SafeError(
+                    f"{path}: {info.filename} is compressed with zip method {info.compress_type}, which GDAL cannot read; re-zip with deflate"
+                )
             try:
                 _check_crc(archive, info)
             except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as error:
@@ -175,7 +179,9 @@ def _band_members(path: Path, members: list[str]) -> dict[str, tuple[str, str, s
     missing = [band for band in BANDS if band not in found]
     if missing:
         where = f"GRANULE/{granules[0]}/IMG_DATA/" if granules else "GRANULE/*/IMG_DATA/"
-        raise SafeError(f"{path}: band file(s) {', '.join(missing)} missing (expected {where}T{{tile}}_{{date}}_{{band}}.jp2)")
+        raise SafeError(
+            f"{path}: band file(s) {', '.join(missing)} missing (expected {where}T{{tile}}_{{date}}_{{band}}.jp2)"
+        )
     scenes = {(tile, date) for entries in found.values() for _, tile, date, _ in entries}
     if len(scenes) > 1:
         raise SafeError(f"{path}: band files of different tiles or dates: {sorted(scenes)}")
@@ -227,7 +233,9 @@ def parse_metadata(xml: bytes, where: str) -> dict:
             offsets[band] = int(number(element.text, f"RADIO_ADD_OFFSET of band_id {band_id}"))
     baseline = text("PROCESSING_BASELINE")
     if baseline >= "04.00" and "RADIO_ADD_OFFSET" not in elements:
-        log.warning("%s: processing baseline %s but no RADIO_ADD_OFFSET: using offset 0 as the metadata says", where, baseline)
+        log.warning(
+            "%s: processing baseline %s but no RADIO_ADD_OFFSET: using offset 0 as the metadata says", where, baseline
+        )
     quantification = number(text("QUANTIFICATION_VALUE"), "QUANTIFICATION_VALUE")
     if quantification != QUANTIFICATION_VALUE:
         raise SafeError(
@@ -235,7 +243,12 @@ def parse_metadata(xml: bytes, where: str) -> dict:
             f"{QUANTIFICATION_VALUE} (the value of every L1C product so far, which the normalisations, baselines "
             "and quicklooks assume): a product with another scale cannot be used as it is"
         )
-    return {"name": text("PRODUCT_URI", required=False), "baseline": baseline, "quantification": quantification, "offsets": offsets}
+    return {
+        "name": text("PRODUCT_URI", required=False),
+        "baseline": baseline,
+        "quantification": quantification,
+        "offsets": offsets,
+    }
 
 
 def _check_grids(path: Path, band_paths: dict[str, str]) -> tuple[CRS, Affine, int, int]:
@@ -261,5 +274,7 @@ def _check_grids(path: Path, band_paths: dict[str, str]) -> tuple[CRS, Affine, i
         if band_crs != crs:
             raise SafeError(f"{path}: band {band} is in {band_crs}, B02 in {crs}: all bands must share the tile's CRS")
         if not band_transform.almost_equals(transform @ Affine.scale(resolution / 10)):
-            raise SafeError(f"{path}: band {band} is not aligned with B02 (transform {tuple(band_transform)[:6]} at {resolution} m)")
+            raise SafeError(
+                f"{path}: band {band} is not aligned with B02 (transform {tuple(band_transform)[:6]} at {resolution} m)"
+            )
     return crs, transform, width, height

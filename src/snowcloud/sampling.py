@@ -138,9 +138,14 @@ def class_mask(label: np.ndarray, classes: list[int]) -> np.ndarray:
 
 
 def _draw_rare(
-    admissible: np.ndarray, label: np.ndarray, size: int, options: dict, count: int, rng: np.random.Generator,
+    admissible: np.ndarray,
+    label: np.ndarray,
+    size: int,
+    options: dict,
+    count: int,
+    rng: np.random.Generator,
     source: str,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """The class-balanced share: windows holding a rare class, or none when the scene has no such window."""
     n_rare = round(options["rare_fraction"] * count)
     holding_rare = admissible & windows_with_at_least(class_mask(label, options["rare_classes"]), size, 1)

@@ -89,12 +89,19 @@ def write_season_table(rows: list[SeasonRow], path: str | Path, options: dict) -
         for row in rows:
             counts = row.counts
             snow, cloud = row.cover(options)
-            writer.writerow({
-                "tile": row.tile, "date": row.date, "split": row.split, "pixels": counts.pixels,
-                "valid_pixels": counts.valid, "no_data": counts.nodata / counts.pixels if counts.pixels else 0.0,
-                **row.shares(), "cloud_cover": "" if cloud is None else cloud,
-                "snow_cover": "" if snow is None else snow,
-            })  # fmt: skip
+            writer.writerow(
+                {
+                    "tile": row.tile,
+                    "date": row.date,
+                    "split": row.split,
+                    "pixels": counts.pixels,
+                    "valid_pixels": counts.valid,
+                    "no_data": counts.nodata / counts.pixels if counts.pixels else 0.0,
+                    **row.shares(),
+                    "cloud_cover": "" if cloud is None else cloud,
+                    "snow_cover": "" if snow is None else snow,
+                }
+            )
 
 
 def plot_season(rows: list[SeasonRow], path: str | Path, options: dict, title: str) -> None:
@@ -130,9 +137,14 @@ def plot_season(rows: list[SeasonRow], path: str | Path, options: dict, title: s
 
 
 def write_season(
-    masks: list[str], table_path: str, plot_path: str, options: dict, experiment: str,
-    stats_path: str | None = None, labelled: list[str] | None = None,
-) -> None:  # fmt: skip
+    masks: list[str],
+    table_path: str,
+    plot_path: str,
+    options: dict,
+    experiment: str,
+    stats_path: str | None = None,
+    labelled: list[str] | None = None,
+) -> None:
     """The workflow's `season` job: an experiment's season table and plot from its masks' class counts."""
     rows = season_rows(masks, stats_path, labelled)
     write_season_table(rows, table_path, options)

@@ -38,8 +38,18 @@ STRIP_ROWS = 32  # scene rows read and normalised at once (float32 temporaries: 
 WRITE_BATCH = 64  # patches per HDF5 write
 GDAL_CACHE_MB = 256  # GDAL block cache: holds a row of 512 x 512 tiles of a 14-band 10980-wide scene (161 MB)
 IMAGE_COMPRESSION = None  # benchmarks/bench_shards.py: lzf saves little on normalised float16, costs read speed
-JSON_ATTRIBUTES = ("bands", "normalisation", "normalisation_statistics", "sampler", "class_pixel_counts",
-                   "class_fraction_mean", "inputs", "scene_shape", "preprocess", "class_set")  # fmt: skip
+JSON_ATTRIBUTES = (
+    "bands",
+    "normalisation",
+    "normalisation_statistics",
+    "sampler",
+    "class_pixel_counts",
+    "class_fraction_mean",
+    "inputs",
+    "scene_shape",
+    "preprocess",
+    "class_set",
+)
 
 
 class ShardError(ValueError):
@@ -72,13 +82,21 @@ def _build_shard(scene: str | Path, label: str | Path, output: Path, dataset: st
     statistics = normalisation.scene_statistics(spec, scene)
     log.info("%s: %d patches of %d x %d, %s", output, len(origins), size, size, normalisation.describe(spec))
     attributes = {
-        "format": FORMAT, "dataset": dataset, "tile": tile, "date": date, "bands": bands, "normalisation": spec,
-        "normalisation_statistics": statistics, "patch_size": size, "sampler": options["sampler"],
-        "scene_shape": list(label_array.shape), "preprocess": recorded_value_options(recorded_preprocess(scene)),
+        "format": FORMAT,
+        "dataset": dataset,
+        "tile": tile,
+        "date": date,
+        "bands": bands,
+        "normalisation": spec,
+        "normalisation_statistics": statistics,
+        "patch_size": size,
+        "sampler": options["sampler"],
+        "scene_shape": list(label_array.shape),
+        "preprocess": recorded_value_options(recorded_preprocess(scene)),
         "package_version": snowcloud.__version__,
         "inputs": {"scene": file_identity(scene), "label": [file_identity(f) for f in labels.label_files(label)]},
         "class_set": class_set.options(),
-    }  # fmt: skip
+    }
     needs_bytes = len(origins) * size * size * (2 * len(bands) + 1)  # float16 images and uint8 labels, uncompressed
     with atomic_output(output, needs_bytes) as tmp, h5py.File(tmp, "w") as shard:
         counts = _write_patches(shard, scene, spec, statistics, len(bands), origins, label_array, size, class_set)
@@ -88,9 +106,16 @@ def _build_shard(scene: str | Path, label: str | Path, output: Path, dataset: st
 
 
 def _write_patches(
-    shard: h5py.File, scene: str | Path, spec: dict, statistics: dict, channels: int, origins: np.ndarray,
-    label: np.ndarray, size: int, class_set: ClassSet,
-) -> np.ndarray:  # fmt: skip
+    shard: h5py.File,
+    scene: str | Path,
+    spec: dict,
+    statistics: dict,
+    channels: int,
+    origins: np.ndarray,
+    label: np.ndarray,
+    size: int,
+    class_set: ClassSet,
+) -> np.ndarray:
     """Write image, label (trained classes of the encoded `label`) and origin; return the per-patch class counts."""
     n = len(origins)
     image, labels_out = create_patch_datasets(shard, n, channels, size)
@@ -113,20 +138,34 @@ def create_patch_datasets(
 ) -> tuple[h5py.Dataset, h5py.Dataset]:
     """The empty ``image`` (n, C, P, P) float16 and ``label`` (n, P, P) uint8 datasets, one patch per chunk."""
     image = shard.create_dataset(
-        "image", shape=(n, channels, size, size), dtype=np.float16, chunks=(1, channels, size, size),
-        compression=compression, track_times=False,
-    )  # fmt: skip
-    label = shard.create_dataset(
-        "label", shape=(n, size, size), dtype=np.uint8, chunks=(1, size, size), compression=compression,
+        "image",
+        shape=(n, channels, size, size),
+        dtype=np.float16,
+        chunks=(1, channels, size, size),
+        compression=compression,
         track_times=False,
-    )  # fmt: skip
+    )
+    label = shard.create_dataset(
+        "label",
+        shape=(n, size, size),
+        dtype=np.uint8,
+        chunks=(1, size, size),
+        compression=compression,
+        track_times=False,
+    )
     return image, label
 
 
 def patch_batches(
-    src: rasterio.DatasetReader, spec: dict, statistics: dict, channels: int, origins: np.ndarray, size: int,
-    block_rows: int = BLOCK_ROWS, batch: int = WRITE_BATCH,
-) -> Iterator[tuple[int, np.ndarray]]:  # fmt: skip
+    src: rasterio.DatasetReader,
+    spec: dict,
+    statistics: dict,
+    channels: int,
+    origins: np.ndarray,
+    size: int,
+    block_rows: int = BLOCK_ROWS,
+    batch: int = WRITE_BATCH,
+) -> Iterator[tuple[int, np.ndarray]]:
     """(first index, float16 (n, C, P, P)) batches of normalised patches at `origins` (sorted by row).
 
     A preallocated float16 buffer holds the normalised scene rows [top, top + filled): rows are added up to the
@@ -194,8 +233,9 @@ def class_counts(patch_labels: np.ndarray, class_set: ClassSet) -> np.ndarray:
 def class_fractions(counts: np.ndarray, n_classes: int) -> np.ndarray:
     """float64 (n, n_classes): the first n_classes columns of `counts` over their sum per patch (0 for none)."""
     labelled = counts[:, :n_classes].sum(axis=1, keepdims=True)
-    return np.divide(counts[:, :n_classes], labelled, out=np.zeros(labelled.shape[:1] + (n_classes,)),
-                     where=labelled > 0)  # fmt: skip
+    return np.divide(
+        counts[:, :n_classes], labelled, out=np.zeros(labelled.shape[:1] + (n_classes,)), where=labelled > 0
+    )
 
 
 def _write_class_statistics(shard: h5py.File, counts: np.ndarray, class_set: ClassSet) -> None:

@@ -42,8 +42,11 @@ COLLECTION_FILE = "collection.json"
 GEOMETRY_POINTS = 21  # points added along each edge of a footprint before it is reprojected to WGS84
 NO_DATA_CLASS = "no_data"
 # Item properties that say where a mask came from: the scene's product and the model that made it.
-PROVENANCE_PROPERTIES = {"PRODUCT": "snowcloud:product", "model_sha256": "snowcloud:model_sha256",
-                         "experiment": "snowcloud:experiment"}  # fmt: skip
+PROVENANCE_PROPERTIES = {
+    "PRODUCT": "snowcloud:product",
+    "model_sha256": "snowcloud:model_sha256",
+    "experiment": "snowcloud:experiment",
+}
 
 
 class AtomicStacIO(DefaultStacIO):
@@ -63,12 +66,15 @@ def class_table(tags: dict[str, str], path: str | Path) -> list[Classification]:
     ]
     return [
         Classification.create(
-            value=value, name=name, color_hint="".join(f"{c:02X}" for c in colours[value]), count=count,
+            value=value,
+            name=name,
+            color_hint="".join(f"{c:02X}" for c in colours[value]),
+            count=count,
             percentage=100 * count / counts.pixels if counts.pixels else 0.0,
             nodata=True if value == IGNORE_INDEX else None,
         )
         for value, name, count in entries
-    ]  # fmt: skip
+    ]
 
 
 def mask_item(mask: str | Path, folder: str | Path, collection_id: str, quicklook: bool = False) -> pystac.Item:
@@ -81,31 +87,48 @@ def mask_item(mask: str | Path, folder: str | Path, collection_id: str, quickloo
         tags = dataset.tags()
         properties = {name: tags[tag] for tag, name in PROVENANCE_PROPERTIES.items() if tag in tags}
         item = create_stac_item(
-            dataset, input_datetime=sensing_time(date), id=f"{tile}_{date}", collection=collection_id,
-            properties={"snowcloud:tile": tile, **properties}, asset_name="mask", asset_roles=["data"],
-            asset_media_type=pystac.MediaType.COG, asset_href=str(href), geom_densify_pts=GEOMETRY_POINTS,
-        )  # fmt: skip
+            dataset,
+            input_datetime=sensing_time(date),
+            id=f"{tile}_{date}",
+            collection=collection_id,
+            properties={"snowcloud:tile": tile, **properties},
+            asset_name="mask",
+            asset_roles=["data"],
+            asset_media_type=pystac.MediaType.COG,
+            asset_href=str(href),
+            geom_densify_pts=GEOMETRY_POINTS,
+        )
         projection = ProjectionExtension.ext(item, add_if_missing=True)
         projection.apply(
-            epsg=dataset.crs.to_epsg(), transform=list(dataset.transform)[:6], shape=[dataset.height, dataset.width],
+            epsg=dataset.crs.to_epsg(),
+            transform=list(dataset.transform)[:6],
+            shape=[dataset.height, dataset.width],
             bbox=list(dataset.bounds),
-        )  # fmt: skip
+        )
         resolution = dataset.res[0]
     item.assets["mask"].title = "class mask"
-    raster_bands(item.assets["mask"], [RasterBand.create(data_type=DataType.UINT8, nodata=IGNORE_INDEX,
-                                                         spatial_resolution=resolution)])  # fmt: skip
+    raster_bands(
+        item.assets["mask"],
+        [RasterBand.create(data_type=DataType.UINT8, nodata=IGNORE_INDEX, spatial_resolution=resolution)],
+    )
     ClassificationExtension.ext(item.assets["mask"], add_if_missing=True).classes = class_table(tags, mask)
     if probabilities_path(mask).exists():
         probabilities = pystac.Asset(
-            str(probabilities_path(href)), title="class probabilities (probability = value / 255, a band per class)",
-            media_type=pystac.MediaType.COG, roles=["data"],
-        )  # fmt: skip
+            str(probabilities_path(href)),
+            title="class probabilities (probability = value / 255, a band per class)",
+            media_type=pystac.MediaType.COG,
+            roles=["data"],
+        )
         item.add_asset("probabilities", probabilities)
         band = RasterBand.create(data_type=DataType.UINT8, spatial_resolution=resolution, scale=1 / 255)
         raster_bands(probabilities, [band] * len(class_counts(tags, mask).classes))
     if quicklook:
-        overview = pystac.Asset(str(href.with_suffix(".png")), title="false-colour scene beside the mask",
-                                media_type=pystac.MediaType.PNG, roles=["overview"])  # fmt: skip
+        overview = pystac.Asset(
+            str(href.with_suffix(".png")),
+            title="false-colour scene beside the mask",
+            media_type=pystac.MediaType.PNG,
+            roles=["overview"],
+        )
         item.add_asset("overview", overview)
     item.set_self_href(str(href.with_suffix(".json")))
     return item
@@ -126,9 +149,12 @@ def mask_collection(
     if not items:
         raise ValueError(f"no mask to catalogue in {folder}")
     collection = pystac.Collection(
-        id=collection_id, description=description, extent=pystac.Extent.from_items(items), license="other",
+        id=collection_id,
+        description=description,
+        extent=pystac.Extent.from_items(items),
+        license="other",
         catalog_type=pystac.CatalogType.SELF_CONTAINED,
-    )  # fmt: skip
+    )
     collection.add_items(items)
     collection.set_self_href(str(Path(folder).resolve() / COLLECTION_FILE))
     for item in items:  # add_items moved them under the collection's layout: back beside their assets
@@ -140,8 +166,9 @@ def mask_collection(
 def save_collection(collection: pystac.Collection, dest: str | Path | None = None) -> None:
     """Write the items, then collection.json, each file atomically (into `dest` instead of the collection's own
     folder when given)."""
-    collection.save(pystac.CatalogType.SELF_CONTAINED, dest_href=None if dest is None else str(dest),
-                    stac_io=AtomicStacIO())  # fmt: skip
+    collection.save(
+        pystac.CatalogType.SELF_CONTAINED, dest_href=None if dest is None else str(dest), stac_io=AtomicStacIO()
+    )
 
 
 def link_or_copy(source: Path, target: Path) -> None:

@@ -30,12 +30,14 @@ WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 # Thesis parameter name (after the prefixes) -> snowcloud's; levels 1..4 there are 0..3 here.
 RENAMES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
     (re.compile(r"^inc\.double_conv\.(\d+)\.(\w+)$"), lambda m: f"inc.{m[1]}.{m[2]}"),
-    (re.compile(r"^down([1-4])\.maxpool_conv\.1\.double_conv\.(\d+)\.(\w+)$"),
-     lambda m: f"downs.{int(m[1]) - 1}.1.{m[2]}.{m[3]}"),
+    (
+        re.compile(r"^down([1-4])\.maxpool_conv\.1\.double_conv\.(\d+)\.(\w+)$"),
+        lambda m: f"downs.{int(m[1]) - 1}.1.{m[2]}.{m[3]}",
+    ),
     (re.compile(r"^up([1-4])\.up\.(\w+)$"), lambda m: f"ups.{int(m[1]) - 1}.up.{m[2]}"),
     (re.compile(r"^up([1-4])\.conv\.double_conv\.(\d+)\.(\w+)$"), lambda m: f"ups.{int(m[1]) - 1}.conv.{m[2]}.{m[3]}"),
     (re.compile(r"^outc\.conv\.(\w+)$"), lambda m: f"outc.{m[1]}"),
-)  # fmt: skip
+)
 
 
 class ThesisImportError(ValueError):

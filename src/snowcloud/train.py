@@ -62,10 +62,15 @@ def train_experiment(
     in this process, as one rank of a torchrun launch, or by launching one rank per GPU."""
     options = validated(options, "experiment")
     arguments = {
-        "stats_path": stats_path, "model_path": model_path, "history_path": history_path,
-        "curves_path": curves_path, "state_dir": state_dir, "experiment": experiment, "options": options,
+        "stats_path": stats_path,
+        "model_path": model_path,
+        "history_path": history_path,
+        "curves_path": curves_path,
+        "state_dir": state_dir,
+        "experiment": experiment,
+        "options": options,
         "threads": threads,
-    }  # fmt: skip
+    }
     training = options["training"]
     device = resolve_device(str(training["device"]), "training.device")
     world = World.from_environment()
@@ -111,11 +116,16 @@ def _train(
         "package_version": __version__,
     }
     log.info(
-        "experiment %s: %d training and %d validation patches from %d shards; %d bands, %s, patch %d; "
-        "class weights %s",
-        experiment, len(train_set), len(validation_set), len(shards), len(stats["bands"]),
-        stats["normalisation"].get("name"), stats["patch_size"], class_weights,
-    )  # fmt: skip
+        "experiment %s: %d training and %d validation patches from %d shards; %d bands, %s, patch %d; class weights %s",
+        experiment,
+        len(train_set),
+        len(validation_set),
+        len(shards),
+        len(stats["bands"]),
+        stats["normalisation"].get("name"),
+        stats["patch_size"],
+        class_weights,
+    )
     trainer = Trainer(
         train_set,
         validation_set,
@@ -159,6 +169,12 @@ def _train(
     save_model(model_path, result.model, metadata)
     write_history(result.history, history_path)
     plot_curves(result.history, curves_path, stats["classes"], result.best_epoch)
-    log.info("best epoch %d of %d (validation loss %.6f, macro IoU %s); wrote %s",
-             result.best_epoch, result.epochs_trained, best["val_loss"], best.get("macro_iou"), model_path)  # fmt: skip
+    log.info(
+        "best epoch %d of %d (validation loss %.6f, macro IoU %s); wrote %s",
+        result.best_epoch,
+        result.epochs_trained,
+        best["val_loss"],
+        best.get("macro_iou"),
+        model_path,
+    )
     trainer.discard_state()  # it has served its purpose: a later run of the rule trains afresh (docs/training.md)

@@ -101,10 +101,14 @@ def window_count(height: int, width: int, patch_size: int, options: dict) -> int
 def axis_plans(height: int, width: int, patch_size: int, options: dict) -> tuple[AxisPlan, AxisPlan]:
     """Row and column windows of the scheme in `options` (`scheme`: margin or blend)."""
     if options["scheme"] == "margin":
-        return (margin_axis(height, options["window"], options["margin"]),
-                margin_axis(width, options["window"], options["margin"]))  # fmt: skip
-    return (blend_axis(height, patch_size, options["overlap"], options["blending"]),
-            blend_axis(width, patch_size, options["overlap"], options["blending"]))  # fmt: skip
+        return (
+            margin_axis(height, options["window"], options["margin"]),
+            margin_axis(width, options["window"], options["margin"]),
+        )
+    return (
+        blend_axis(height, patch_size, options["overlap"], options["blending"]),
+        blend_axis(width, patch_size, options["overlap"], options["blending"]),
+    )
 
 
 def scheme_description(options: dict) -> dict:

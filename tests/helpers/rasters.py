@@ -21,10 +21,19 @@ def write_scene(path: Path, values: np.ndarray, transform: Affine = TRANSFORM, c
     path.parent.mkdir(parents=True, exist_ok=True)
     count, height, width = values.shape
     profile = {
-        "driver": "GTiff", "dtype": "int16", "count": count, "height": height, "width": width, "crs": crs,
-        "transform": transform, "nodata": NODATA, "tiled": True, "blockxsize": 64, "blockysize": 64,
+        "driver": "GTiff",
+        "dtype": "int16",
+        "count": count,
+        "height": height,
+        "width": width,
+        "crs": crs,
+        "transform": transform,
+        "nodata": NODATA,
+        "tiled": True,
+        "blockxsize": 64,
+        "blockysize": 64,
         "compress": "deflate",
-    }  # fmt: skip
+    }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(values.astype(np.int16))
         dst.descriptions = channel_names(elevation=True)[:count]
@@ -45,24 +54,41 @@ def synthetic_scene(rng: np.random.Generator, height: int, width: int, elevation
 
 
 def write_label(
-    path: Path, values: np.ndarray, resolution: float = 10.0, origin=ORIGIN, crs: str = CRS, driver: str = "GTiff",
+    path: Path,
+    values: np.ndarray,
+    resolution: float = 10.0,
+    origin=ORIGIN,
+    crs: str = CRS,
+    driver: str = "GTiff",
     **options,
-) -> Path:  # fmt: skip
+) -> Path:
     """A uint8 label raster (the thesis wrote nodata=0 into its masks; kept here to check it is ignored)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     profile = {
-        "driver": driver, "dtype": values.dtype.name, "count": 1, "height": values.shape[0], "width": values.shape[1],
-        "crs": crs, "transform": Affine(resolution, 0, origin[0], 0, -resolution, origin[1]), "nodata": 0, **options,
-    }  # fmt: skip
+        "driver": driver,
+        "dtype": values.dtype.name,
+        "count": 1,
+        "height": values.shape[0],
+        "width": values.shape[1],
+        "crs": crs,
+        "transform": Affine(resolution, 0, origin[0], 0, -resolution, origin[1]),
+        "nodata": 0,
+        **options,
+    }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(values, 1)
     return path
 
 
 def write_mask(
-    path: Path, classes: np.ndarray, class_names: list[str], tags: dict | None = None, probabilities: bool = False,
-    transform: Affine = TRANSFORM, crs: str = CRS,
-) -> Path:  # fmt: skip
+    path: Path,
+    classes: np.ndarray,
+    class_names: list[str],
+    tags: dict | None = None,
+    probabilities: bool = False,
+    transform: Affine = TRANSFORM,
+    crs: str = CRS,
+) -> Path:
     """A prediction mask written by the inference's own writer from a (H, W) class map (IGNORE_INDEX: no data),
     fed as one-hot probabilities in two row blocks."""
     from snowcloud.labels import IGNORE_INDEX

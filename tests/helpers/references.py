@@ -43,6 +43,7 @@ def assert_valid_cog(path: Path) -> None:
                             first_tiles.append(offset)
         assert first_tiles[-1] > ifds[-1] and first_tiles == sorted(first_tiles, reverse=True)
 
+
 def reference_upsample(native: np.ndarray, k: int, method: str, a: float = -0.5) -> np.ndarray:
     """Pixel by pixel, straight from the definition: output j samples the native band at (j + 0.5) / k - 0.5,
     with the border pixel replicated beyond the edges."""
@@ -61,5 +62,7 @@ def reference_upsample(native: np.ndarray, k: int, method: str, a: float = -0.5)
     out = np.zeros((n * k, n * k))
     for r in range(n * k):
         for c in range(n * k):
-            out[r, c] = sum(wr * wc * native[clamp(i), clamp(j)] for i, wr in weights(r).items() for j, wc in weights(c).items())
+            out[r, c] = sum(
+                wr * wc * native[clamp(i), clamp(j)] for i, wr in weights(r).items() for j, wc in weights(c).items()
+            )
     return np.rint(out)

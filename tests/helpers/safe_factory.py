@@ -37,11 +37,24 @@ def make_product(
     sensing = datetime.strptime(date, "%Y%m%dT%H%M%S")
     name = product_name("S2B", date, baseline, "065", tile, date[:9] + "235959")
     info = ProductInfo(
-        name=name, mission="S2B", tile=tile, sensing=sensing, generated=sensing.replace(hour=23, minute=59, second=59),
-        baseline=f"{baseline[:2]}.{baseline[2:]}", orbit=65, absolute_orbit=25632,
-        radio_add_offset=-1000 if baseline >= "0400" else None, epsg=grid.epsg, x0=grid.x0, y0=grid.y0, size=size,
-        sun_zenith=65.0, sun_azimuth=158.0, cloudy_percentage=0.0, nodata_percentage=0.0,
-    )  # fmt: skip
+        name=name,
+        mission="S2B",
+        tile=tile,
+        sensing=sensing,
+        generated=sensing.replace(hour=23, minute=59, second=59),
+        baseline=f"{baseline[:2]}.{baseline[2:]}",
+        orbit=65,
+        absolute_orbit=25632,
+        radio_add_offset=-1000 if baseline >= "0400" else None,
+        epsg=grid.epsg,
+        x0=grid.x0,
+        y0=grid.y0,
+        size=size,
+        sun_zenith=65.0,
+        sun_azimuth=158.0,
+        cloudy_percentage=0.0,
+        nodata_percentage=0.0,
+    )
     sources = folder / f".bands-{name}"
     sources.mkdir(parents=True)
     files = {}
@@ -50,9 +63,16 @@ def make_product(
         files[band] = sources / f"{band}.tif"
         resolution = RESOLUTION_M[band]
         with rasterio.open(
-            files[band], "w", driver="GTiff", width=values.shape[1], height=values.shape[0], count=1, dtype="uint16",
-            crs=(crs_of or {}).get(band, grid.crs), transform=grid.transform(resolution),
-        ) as out:  # fmt: skip
+            files[band],
+            "w",
+            driver="GTiff",
+            width=values.shape[1],
+            height=values.shape[0],
+            count=1,
+            dtype="uint16",
+            crs=(crs_of or {}).get(band, grid.crs),
+            transform=grid.transform(resolution),
+        ) as out:
             out.write(values, 1)
     return write_safe(folder / f"{name}.zip", info, files, zipped=zipped)
 

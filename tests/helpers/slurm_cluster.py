@@ -229,8 +229,7 @@ class SlurmCluster:
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise SlurmUnavailable(
-                f"{command[0]} did not start (exit {done.returncode}): {done.stderr.strip()}\n"
-                f"{self.log_tail(log_name)}"
+                f"{command[0]} did not start (exit {done.returncode}): {done.stderr.strip()}\n{self.log_tail(log_name)}"
             )
 
     def _wait_for_idle_node(self, timeout: float) -> None:
@@ -289,8 +288,15 @@ class SlurmJob:
     @classmethod
     def from_squeue(cls, line: str) -> SlurmJob:
         job_id, task, state, started, ended, name, comment = line.split("|", 6)
-        return cls(int(job_id), None if task == "N/A" else int(task), state, _squeue_time(started),
-                   _squeue_time(ended), name, comment.strip())  # fmt: skip
+        return cls(
+            int(job_id),
+            None if task == "N/A" else int(task),
+            state,
+            _squeue_time(started),
+            _squeue_time(ended),
+            name,
+            comment.strip(),
+        )
 
     @property
     def key(self) -> str:

@@ -83,9 +83,14 @@ def real_dataset(
 
 def shard_options(**overrides) -> dict:
     sampler = {
-        "method": "random", "patches_per_date": 30, "seed": 3, "stride": None, "min_labelled_fraction": 1.0,
-        "rare_classes": [3], "rare_fraction": 0.5,
-    }  # fmt: skip
+        "method": "random",
+        "patches_per_date": 30,
+        "seed": 3,
+        "stride": None,
+        "min_labelled_fraction": 1.0,
+        "rare_classes": [3],
+        "rare_fraction": 0.5,
+    }
     base = {"normalisation": "snowcloud-v1", "elevation": True, "patch_size": 16, "sampler": sampler}
     return base | overrides
 
@@ -134,8 +139,9 @@ def read_history(path: Path) -> list[dict[str, str]]:
 def sigterm_once_marked(command: list[str], marker: Path, wait_s: float, what: str) -> tuple[int, str]:
     """Start a training run in its own process group, wait until it writes `marker`, then SIGTERM the whole group
     (as Slurm does to a job); its exit status and standard error."""
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)  # fmt: skip
+    child = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.monotonic() + wait_s
     while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

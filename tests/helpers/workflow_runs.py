@@ -72,9 +72,20 @@ class Run:
 def snakemake(workdir: Path, *arguments: str, timeout: int = 600, check: bool = True) -> Run:
     """Run the repository's Snakefile in `workdir`; `check` fails the calling test with the output's tail."""
     command = [
-        "timeout", "-s", "INT", "--kill-after=30", str(timeout),
-        sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), *arguments,
-    ]  # fmt: skip
+        "timeout",
+        "-s",
+        "INT",
+        "--kill-after=30",
+        str(timeout),
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(SNAKEFILE),
+        "--directory",
+        str(workdir),
+        *arguments,
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     run = Run(done.returncode, done.stdout + done.stderr)
     if check and not run.ok:

@@ -54,7 +54,9 @@ def planned_products(demo: dict, raw_data: str | Path, tiles=(), dates=()) -> di
         for date in sorted(demo["dates"]):
             if (tiles and tile not in tiles) or (dates and date not in dates):
                 continue
-            name = product_name(mission(date), date, processing_baseline(date), RELATIVE_ORBIT, tile, generation_time(date))
+            name = product_name(
+                mission(date), date, processing_baseline(date), RELATIVE_ORBIT, tile, generation_time(date)
+            )
             products[(tile, date)] = parse_product_name(Path(raw_data) / f"T{tile}" / f"{name}.zip")
     return products
 
@@ -95,4 +97,3 @@ def _make(demo: dict, task: tuple, gdal_threads: int) -> None:
     else:
         scene = make_scene(subject, tile_grid(subject.tile, demo["size"]), demo["seed"], landscape)
         write_scene(scene, landscape, path, gdal_threads=gdal_threads, thin_clouds=demo.get("thin_clouds", False))
-

@@ -152,10 +152,14 @@ class CumulusField:
         y = (j + rng.uniform(size=n)) * CUMULUS_CELL_M
         kept = rng.uniform(size=n) * peak < density * self.street(x, y)  # thinning: the streets' density
         diameter = power_law_sizes(rng, n)
-        core = np.clip(CUMULUS_CORE_TAU[1] * (diameter / 1000) ** 0.4 * np.exp(rng.normal(0, 0.3, n)), *CUMULUS_CORE_TAU)
+        core = np.clip(
+            CUMULUS_CORE_TAU[1] * (diameter / 1000) ** 0.4 * np.exp(rng.normal(0, 0.3, n)), *CUMULUS_CORE_TAU
+        )
         stretch = 1 + 0.6 * self.street_strength * rng.uniform(size=n)
         angle = self.wind_angle + rng.normal(0, 0.3, n)
-        harmonics = np.stack([rng.uniform(0.05, 0.3, (n, 3)) / np.sqrt(HARMONIC_ORDERS), rng.uniform(0, 2 * math.pi, (n, 3))], axis=2)
+        harmonics = np.stack(
+            [rng.uniform(0.05, 0.3, (n, 3)) / np.sqrt(HARMONIC_ORDERS), rng.uniform(0, 2 * math.pi, (n, 3))], axis=2
+        )
         return Cumuli(x[kept], y[kept], diameter[kept] / 2, stretch[kept], angle[kept], core[kept], harmonics[kept])
 
     def depth(self, x: np.ndarray, y: np.ndarray, roughness: np.ndarray) -> np.ndarray:
@@ -165,20 +169,31 @@ class CumulusField:
         density = self.density()
         # The largest half extent: stretch (at most 1.6) and harmonics (bulge at most 1.61) within a factor 2.5.
         reach = CUMULUS_DIAMETER_M[1] / 2 * 2.5 * (outer_radius(CUMULUS_CORE_TAU[0]) + 4 * EDGE_ROUGHNESS)
-        cells_x = range(math.floor((x.min() - reach) / CUMULUS_CELL_M), math.floor((x.max() + reach) / CUMULUS_CELL_M) + 1)
-        cells_y = range(math.floor((y.min() - reach) / CUMULUS_CELL_M), math.floor((y.max() + reach) / CUMULUS_CELL_M) + 1)
+        cells_x = range(
+            math.floor((x.min() - reach) / CUMULUS_CELL_M), math.floor((x.max() + reach) / CUMULUS_CELL_M) + 1
+        )
+        cells_y = range(
+            math.floor((y.min() - reach) / CUMULUS_CELL_M), math.floor((y.max() + reach) / CUMULUS_CELL_M) + 1
+        )
         near = [self.cell(i, j, density) for i in cells_x for j in cells_y]
-        clouds = Cumuli(*(np.concatenate([getattr(cell, name) for cell in near]) for name in Cumuli.__dataclass_fields__))
+        clouds = Cumuli(
+            *(np.concatenate([getattr(cell, name) for cell in near]) for name in Cumuli.__dataclass_fields__)
+        )
         half = clouds.half_extent()
         overlapping = np.nonzero(
-            (clouds.x + half > x.min()) & (clouds.x - half < x.max()) & (clouds.y + half > y.min()) & (clouds.y - half < y.max())
+            (clouds.x + half > x.min())
+            & (clouds.x - half < x.max())
+            & (clouds.y + half > y.min())
+            & (clouds.y - half < y.max())
         )[0]
         for k in overlapping:
             _add_cumulus(tau, x, -y, roughness, clouds, int(k), float(half[k]))
         return tau
 
 
-def _add_cumulus(tau: np.ndarray, x: np.ndarray, neg_y: np.ndarray, roughness: np.ndarray, clouds: Cumuli, k: int, half: float) -> None:
+def _add_cumulus(
+    tau: np.ndarray, x: np.ndarray, neg_y: np.ndarray, roughness: np.ndarray, clouds: Cumuli, k: int, half: float
+) -> None:
     """Add cloud k's optical depth within `half` metres of its centre (neg_y: the row coordinates negated,
     ascending): a parabolic profile from core_tau at the centre to LABEL_TAU at the nominal (irregular, fractally
     roughened) outline and zero a little beyond it: the thin margin."""

@@ -29,8 +29,9 @@ def equivalent_diameters(areas: np.ndarray, pixel_m: float = 10.0) -> np.ndarray
     return 2 * np.sqrt(np.asarray(areas, dtype=float) / math.pi) * pixel_m
 
 
-def size_slope(diameters: np.ndarray, smallest_m: float, largest_m: float, bins_per_decade: int = 5,
-               least_count: int = 5) -> float:
+def size_slope(
+    diameters: np.ndarray, smallest_m: float, largest_m: float, bins_per_decade: int = 5, least_count: int = 5
+) -> float:
     """Exponent b of the number density n(D) ~ D^-b between `smallest_m` and `largest_m`: least squares on
     the log of a histogram in logarithmic bins (counts per metre of diameter); bins with fewer than
     `least_count` objects are left out (DeWitt and Garrett 2024: sparse bins bias the fit)."""

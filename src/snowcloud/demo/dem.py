@@ -36,9 +36,20 @@ def write_dem(landscape: Landscape, grid: TileGrid, path: str | Path) -> None:
     """Write the elevation (float32 metres) of the tile's surroundings as a geographic GeoTIFF."""
     affine, width, height = dem_grid(grid)
     profile = dict(
-        driver="GTiff", width=width, height=height, count=1, dtype="float32", crs=DEM_CRS, transform=affine,
-        nodata=DEM_NODATA, tiled=True, blockxsize=256, blockysize=256, compress="deflate", predictor=3,
-    )  # fmt: skip
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=1,
+        dtype="float32",
+        crs=DEM_CRS,
+        transform=affine,
+        nodata=DEM_NODATA,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+        predictor=3,
+    )
     lon = affine.c + (np.arange(width) + 0.5) * affine.a
     with atomic_output(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.set_band_description(1, "elevation")

@@ -182,7 +182,8 @@ class Landscape:
                 angles = np.linspace(0, 2 * np.pi, 32, endpoint=False)
                 ring = self.raw_elevation_points(x + 1.6 * radius * np.cos(angles), y + 1.6 * radius * np.sin(angles))
                 harmonics = tuple(
-                    (order, float(rng.uniform(0.05, 0.25) / order), float(rng.uniform(0, 2 * np.pi))) for order in (2, 3, 5)
+                    (order, float(rng.uniform(0.05, 0.25) / order), float(rng.uniform(0, 2 * np.pi)))
+                    for order in (2, 3, 5)
                 )
                 turbidity = float(rng.uniform() ** 3)  # most lakes clear, a few milky
                 level = float(ring.min()) - 2.0
@@ -194,8 +195,12 @@ class Landscape:
     def lakes_near(self, left: float, bottom: float, right: float, top: float) -> list[Lake]:
         """Lakes whose surroundings (1.6 radii) reach into the box."""
         reach = 0.09 * self.extent  # >= 1.6 x the largest radius x the largest shoreline bulge
-        cells_x = range(math.floor((left - reach) / self.lake_spacing), math.floor((right + reach) / self.lake_spacing) + 1)
-        cells_y = range(math.floor((bottom - reach) / self.lake_spacing), math.floor((top + reach) / self.lake_spacing) + 1)
+        cells_x = range(
+            math.floor((left - reach) / self.lake_spacing), math.floor((right + reach) / self.lake_spacing) + 1
+        )
+        cells_y = range(
+            math.floor((bottom - reach) / self.lake_spacing), math.floor((top + reach) / self.lake_spacing) + 1
+        )
         lakes = [self.lake_in_cell(i, j) for i in cells_x for j in cells_y]
         return [lake for lake in lakes if lake is not None]
 

@@ -16,7 +16,21 @@ NODATA, SATURATED = 0, 65535
 # Per band (BANDS order = ESA band_id 0..12): central wavelength (nm), bandwidth (nm), solar irradiance (W/m2/um).
 WAVELENGTH_NM = (442.7, 492.4, 559.8, 664.6, 704.1, 740.5, 782.8, 832.8, 864.7, 945.1, 1373.5, 1613.7, 2202.4)
 BANDWIDTH_NM = (21, 66, 36, 31, 15, 15, 20, 106, 21, 20, 31, 91, 175)
-SOLAR_IRRADIANCE = (1884.69, 1959.66, 1823.24, 1512.06, 1424.64, 1287.61, 1162.08, 1041.63, 955.32, 812.92, 367.15, 245.59, 85.25)
+SOLAR_IRRADIANCE = (
+    1884.69,
+    1959.66,
+    1823.24,
+    1512.06,
+    1424.64,
+    1287.61,
+    1162.08,
+    1041.63,
+    955.32,
+    812.92,
+    367.15,
+    245.59,
+    85.25,
+)
 
 
 def physical_band(band: str) -> str:
@@ -93,7 +107,9 @@ def product_metadata(info: ProductInfo) -> bytes:
     _element(product, "PROCESSING_BASELINE", info.baseline)
     _element(product, "GENERATION_TIME", _iso(info.generated))
     datatake = _element(
-        product, "Datatake", datatakeIdentifier=f"G{info.mission}_{_compact(info.sensing)}_{info.absolute_orbit:06d}_N{info.baseline}"
+        product,
+        "Datatake",
+        datatakeIdentifier=f"G{info.mission}_{_compact(info.sensing)}_{info.absolute_orbit:06d}_N{info.baseline}",
     )
     _element(datatake, "SPACECRAFT_NAME", f"Sentinel-{info.mission[1:]}")
     _element(datatake, "DATATAKE_TYPE", "INS-NOBS")
@@ -152,7 +168,12 @@ def tile_metadata(info: ProductInfo) -> bytes:
     ET.register_namespace("n1", TILE_NAMESPACE)
     root = ET.Element(f"{{{TILE_NAMESPACE}}}Level-1C_Tile_ID")
     general = _element(root, f"{{{TILE_NAMESPACE}}}General_Info")
-    _element(general, "TILE_ID", f"{info.mission}_OPER_MSI_L1C_TL_{info.mission[1:]}PS_{_compact(info.generated)}_A{info.absolute_orbit:06d}_T{info.tile}_N{info.baseline}", metadataLevel="Brief")
+    _element(
+        general,
+        "TILE_ID",
+        f"{info.mission}_OPER_MSI_L1C_TL_{info.mission[1:]}PS_{_compact(info.generated)}_A{info.absolute_orbit:06d}_T{info.tile}_N{info.baseline}",
+        metadataLevel="Brief",
+    )
     _element(general, "DATASTRIP_ID", info.datastrip_id, metadataLevel="Standard")
     _element(general, "SENSING_TIME", _iso(info.sensing), metadataLevel="Standard")
     geometric = _element(root, f"{{{TILE_NAMESPACE}}}Geometric_Info")
@@ -173,7 +194,9 @@ def tile_metadata(info: ProductInfo) -> bytes:
     angles = _element(_element(geometric, "Tile_Angles", metadataLevel="Standard"), "Mean_Sun_Angle")
     _element(angles, "ZENITH_ANGLE", f"{info.sun_zenith:.6f}", unit="deg")
     _element(angles, "AZIMUTH_ANGLE", f"{info.sun_azimuth:.6f}", unit="deg")
-    quality = _element(_element(root, f"{{{TILE_NAMESPACE}}}Quality_Indicators_Info", metadataLevel="Standard"), "Image_Content_QI")
+    quality = _element(
+        _element(root, f"{{{TILE_NAMESPACE}}}Quality_Indicators_Info", metadataLevel="Standard"), "Image_Content_QI"
+    )
     _element(quality, "NODATA_PIXEL_PERCENTAGE", f"{info.nodata_percentage:.6f}")
     _element(quality, "CLOUDY_PIXEL_PERCENTAGE", f"{info.cloudy_percentage:.4f}")
     return _serialise(root)
@@ -181,14 +204,20 @@ def tile_metadata(info: ProductInfo) -> bytes:
 
 def manifest(info: ProductInfo, files: dict[str, tuple[int, str]]) -> bytes:
     """manifest.safe: the data objects of the product with their size and MD5 checksum."""
-    root = ET.Element("xfdu:XFDU", {"xmlns:xfdu": "urn:ccsds:schema:xfdu:1", "version": "esa/safe/sentinel/sentinel-2/msi/level-1c"})
+    root = ET.Element(
+        "xfdu:XFDU", {"xmlns:xfdu": "urn:ccsds:schema:xfdu:1", "version": "esa/safe/sentinel/sentinel-2/msi/level-1c"}
+    )
     package = _element(root, "informationPackageMap")
-    unit = _element(package, "xfdu:contentUnit", unitType="Product_Level-1C", textInfo="SENTINEL-2 MSI Level-1C User Product")
+    unit = _element(
+        package, "xfdu:contentUnit", unitType="Product_Level-1C", textInfo="SENTINEL-2 MSI Level-1C User Product"
+    )
     section = _element(root, "dataObjectSection")
     for index, (path, (size, md5)) in enumerate(sorted(files.items())):
         identifier = f"object_{index:03d}"
         _element(unit, "dataObjectPointer", dataObjectID=identifier)
-        stream = _element(_element(section, "dataObject", ID=identifier), "byteStream", mimeType="application/octet-stream", size=size)
+        stream = _element(
+            _element(section, "dataObject", ID=identifier), "byteStream", mimeType="application/octet-stream", size=size
+        )
         _element(stream, "fileLocation", locatorType="URL", href=f"./{path}")
         _element(stream, "checksum", md5, checksumName="MD5")
     return _serialise(root)

@@ -68,9 +68,13 @@ def make_scene(product: Product, grid: TileGrid, seed: int, landscape: Landscape
 
 
 def write_scene(
-    scene: Scene, landscape: Landscape, label_path: str | Path | None, zipped: bool = True, gdal_threads: int = 1,
+    scene: Scene,
+    landscape: Landscape,
+    label_path: str | Path | None,
+    zipped: bool = True,
+    gdal_threads: int = 1,
     thin_clouds: bool = False,
-) -> None:  # fmt: skip
+) -> None:
     """Write the product at scene.product.path (a .SAFE.zip, or the .SAFE folder with zipped=False) and,
     when given, the label mask (semi-transparent clouds as 4 with `thin_clouds`); both appear whole or not at
     all."""
@@ -82,7 +86,9 @@ def write_scene(
         write_safe(scene.product.path, _product_info(scene, counts), band_files, zipped, gdal_threads)
 
 
-def write_safe(path: Path, info: ProductInfo, band_files: dict[str, Path], zipped: bool = True, gdal_threads: int = 1) -> Path:
+def write_safe(
+    path: Path, info: ProductInfo, band_files: dict[str, Path], zipped: bool = True, gdal_threads: int = 1
+) -> Path:
     """Assemble a SAFE product from one raster per band (any GDAL format; encoded to lossless JP2), its
     metadata XML and manifest: at `path` (.SAFE.zip) or, with zipped=False, the .SAFE folder beside it.
     Returns the path written."""
@@ -96,7 +102,14 @@ def write_safe(path: Path, info: ProductInfo, band_files: dict[str, Path], zippe
                 rasterio.shutil.copy(source, jp2, driver="JP2OpenJPEG", **JP2_OPTIONS)
         (safe / "MTD_MSIL1C.xml").write_bytes(metadata.product_metadata(info))
         (safe / "GRANULE" / info.granule / "MTD_TL.xml").write_bytes(metadata.tile_metadata(info))
-        for folder in ("DATASTRIP", "AUX_DATA", "HTML", "rep_info", f"GRANULE/{info.granule}/QI_DATA", f"GRANULE/{info.granule}/AUX_DATA"):
+        for folder in (
+            "DATASTRIP",
+            "AUX_DATA",
+            "HTML",
+            "rep_info",
+            f"GRANULE/{info.granule}/QI_DATA",
+            f"GRANULE/{info.granule}/AUX_DATA",
+        ):
             (safe / folder).mkdir(parents=True, exist_ok=True)
         (safe / "manifest.safe").write_bytes(metadata.manifest(info, _checksums(safe)))
         if zipped:
@@ -120,13 +133,34 @@ def _render_bands(
     for band in BANDS:
         rows, cols = grid.shape(RESOLUTION_M[band])
         datasets[band] = rasterio.open(
-            files[band], "w", driver="GTiff", width=cols, height=rows, count=1, dtype="uint16", crs=grid.crs,
-            transform=grid.transform(RESOLUTION_M[band]), tiled=True, blockxsize=512, blockysize=512,
-        )  # fmt: skip
+            files[band],
+            "w",
+            driver="GTiff",
+            width=cols,
+            height=rows,
+            count=1,
+            dtype="uint16",
+            crs=grid.crs,
+            transform=grid.transform(RESOLUTION_M[band]),
+            tiled=True,
+            blockxsize=512,
+            blockysize=512,
+        )
     datasets["TCI"] = rasterio.open(
-        files["TCI"], "w", driver="GTiff", width=grid.size, height=grid.size, count=3, dtype="uint8", crs=grid.crs,
-        transform=grid.transform(), tiled=True, blockxsize=512, blockysize=512, photometric="RGB",
-    )  # fmt: skip
+        files["TCI"],
+        "w",
+        driver="GTiff",
+        width=grid.size,
+        height=grid.size,
+        count=3,
+        dtype="uint8",
+        crs=grid.crs,
+        transform=grid.transform(),
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        photometric="RGB",
+    )
     counts = {"pixels": grid.size * grid.size, "nodata": 0, "cloud": 0}
     x = grid.x0 + 10 * (np.arange(grid.size) + 0.5)
     with _label_writer(label_path, grid, thin_clouds) as labels_out:
@@ -134,7 +168,9 @@ def _render_bands(
             for strip, row in enumerate(range(0, grid.size, GENERATION_ROWS)):
                 rows = min(GENERATION_ROWS, grid.size - row)
                 y = grid.y0 - 10 * (row + np.arange(rows) + 0.5)
-                texture = 1 + 0.06 * rng_for(scene.seed, "texture", grid.tile, strip).standard_normal((rows, grid.size), dtype=np.float32)
+                texture = 1 + 0.06 * rng_for(scene.seed, "texture", grid.tile, strip).standard_normal(
+                    (rows, grid.size), dtype=np.float32
+                )
                 surface = render_surface(landscape, scene.conditions, x, y, np.clip(texture, 0.75, 1.25))
                 toa = surface.toa()
                 valid = np.ones((rows, grid.size), dtype=bool)
@@ -175,9 +211,19 @@ def _label_writer(path: Path | None, grid: TileGrid, thin_clouds: bool) -> Itera
         yield None
         return
     profile = dict(
-        driver="GTiff", width=grid.size, height=grid.size, count=1, dtype="uint8", crs=grid.crs,
-        transform=grid.transform(), nodata=IGNORE_INDEX, tiled=True, blockxsize=256, blockysize=256, compress="deflate",
-    )  # fmt: skip
+        driver="GTiff",
+        width=grid.size,
+        height=grid.size,
+        count=1,
+        dtype="uint8",
+        crs=grid.crs,
+        transform=grid.transform(),
+        nodata=IGNORE_INDEX,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+    )
     with rasterio.open(path, "w", **profile) as dataset:
         names = (*CLASSES, "thin_cloud") if thin_clouds else CLASSES
         dataset.write_colormap(1, {value: (*rgb, 255) for value, rgb in class_colours(names).items()})

@@ -63,7 +63,9 @@ class Conditions:
     swath_edge: tuple[float, float, float] | None  # unit normal (nx, ny) and offset c: valid where n.(x, y) < c
 
     @classmethod
-    def for_scene(cls, seed: int, tile: str, date: str, landscape: Landscape, bounds: tuple[float, float, float, float]) -> Conditions:
+    def for_scene(
+        cls, seed: int, tile: str, date: str, landscape: Landscape, bounds: tuple[float, float, float, float]
+    ) -> Conditions:
         """Conditions of one scene, from the seed, the date (season, clouds, haze: shared by the tiles of one pass)
         and the tile (swath edge)."""
         when = datetime.strptime(date, "%Y%m%dT%H%M%S")
@@ -117,7 +119,9 @@ def cumulus_shadow_shift(conditions: Conditions) -> tuple[float, float]:
     return along * math.sin(azimuth), along * math.cos(azimuth)
 
 
-def swath_edge(seed: int, tile: str, date: str, bounds: tuple[float, float, float, float]) -> tuple[float, float, float] | None:
+def swath_edge(
+    seed: int, tile: str, date: str, bounds: tuple[float, float, float, float]
+) -> tuple[float, float, float] | None:
     """A swath edge through about 35 % of the scenes: a line ~10 degrees off north cutting off 15-45 % of the
     tile on its east or west side."""
     rng = rng_for(seed, "swath", tile, date)
@@ -167,14 +171,22 @@ class Surface:
         unbuilt = ground * (1 - self.built)
         rock = unbuilt * (1 - self.vegetation)
         surface_weights = (  # in spectra.SURFACES order
-            self.water * (1 - self.turbidity), self.water * self.turbidity, self.snow, self.ice,
-            unbuilt * self.vegetation, rock * (1 - self.limestone), rock * self.limestone, ground * self.built,
-        )  # fmt: skip
+            self.water * (1 - self.turbidity),
+            self.water * self.turbidity,
+            self.snow,
+            self.ice,
+            unbuilt * self.vegetation,
+            rock * (1 - self.limestone),
+            rock * self.limestone,
+            ground * self.built,
+        )
         thick = (1 - self.cirrus) * self.cloud * self.cloud_brightness
         cloud_weights = (  # in spectra.CLOUDS order
-            thick * (1 - self.ice_phase), thick * self.ice_phase * (1 - self.crystals),
-            thick * self.ice_phase * self.crystals, self.cirrus,
-        )  # fmt: skip
+            thick * (1 - self.ice_phase),
+            thick * self.ice_phase * (1 - self.crystals),
+            thick * self.ice_phase * self.crystals,
+            self.cirrus,
+        )
         toa = mix(spectra.SURFACE_SPECTRA, surface_weights)
         clear = (1 - self.cirrus) * (1 - self.cloud)
         # B10 (1375 nm): water vapour hides the ground except high up, where snow and rock show faintly.
@@ -271,7 +283,9 @@ def lattice(coords: np.ndarray, spacing: float) -> tuple[np.ndarray, np.ndarray,
     return np.arange(first, last + 1) * spacing, index, weight
 
 
-def render_surface(landscape: Landscape, conditions: Conditions, x: np.ndarray, y: np.ndarray, texture: np.ndarray) -> Surface:
+def render_surface(
+    landscape: Landscape, conditions: Conditions, x: np.ndarray, y: np.ndarray, texture: np.ndarray
+) -> Surface:
     """The surface state on the grid of pixel-centre coordinates x (columns) and y (rows)."""
     step = float(x[1] - x[0]) if len(x) > 1 else 10.0
     xe = np.concatenate([[x[0] - step], x, [x[-1] + step]])
@@ -324,7 +338,9 @@ def render_surface(landscape: Landscape, conditions: Conditions, x: np.ndarray, 
     crystals = smoothstep(conditions.crystal_field.grid(x, y) / 1.2 + 0.5)
     haze = conditions.haze_field.grid(x, y)
     valley = np.exp(-(elevation - VALLEY_FLOOR_M) / 500)
-    aerosol = np.maximum(conditions.aerosol_depth * (1 + 0.4 * haze) + conditions.valley_haze * valley * (0.6 + 0.4 * haze), 0)
+    aerosol = np.maximum(
+        conditions.aerosol_depth * (1 + 0.4 * haze) + conditions.valley_haze * valley * (0.6 + 0.4 * haze), 0
+    )
 
     # Snow above the snow line, which is higher on sunny (south-facing) slopes; none on steep faces.
     southness = np.cos(aspect - math.pi) * np.sin(slope)

@@ -34,9 +34,15 @@ LAUNCH_FILE = "launch.json"
 def launch_command(processes: int, launch_file: Path) -> list[str]:
     """torchrun on this node only (`--standalone`: a free port, no rendezvous server)."""
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-        "-m", __name__, str(launch_file),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "-m",
+        __name__,
+        str(launch_file),
+    ]
 
 
 def log_files_for_ranks() -> list[str]:

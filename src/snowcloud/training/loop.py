@@ -372,9 +372,12 @@ class Trainer:
         self.network = self.runtime.compiled(self._parallel(self.model))
         log.info(
             "%d epochs of %d training steps and %d validation steps, batch %d%s",
-            self.epochs, self.train_steps, self.validation_steps, self.batch_size,
+            self.epochs,
+            self.train_steps,
+            self.validation_steps,
+            self.batch_size,
             f" over {self.world.size} processes" if self.world.parallel else "",
-        )  # fmt: skip
+        )
         self.loaders = {
             phase: make_loader(self.datasets[phase], self._samplers[phase], self.batch_size, self.runtime, self.world)
             for phase in ("train", "validation")
@@ -431,10 +434,16 @@ class Trainer:
 
     def _bar(self, total: int, initial: int, phase: str) -> tqdm:
         return tqdm(
-            total=total, initial=initial, desc=f"epoch {self.progress.epoch}/{self.epochs} {phase}",
-            unit="batch", file=sys.stderr, dynamic_ncols=True, leave=False, mininterval=1.0,
+            total=total,
+            initial=initial,
+            desc=f"epoch {self.progress.epoch}/{self.epochs} {phase}",
+            unit="batch",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            leave=False,
+            mininterval=1.0,
             disable=not self.world.main,
-        )  # fmt: skip
+        )
 
     def _checked(self, loss: torch.Tensor, phase: str, step: int) -> float:
         """The loss as a number; a NaN or infinite loss stops the run, keeping the last saved state."""
@@ -474,9 +483,17 @@ class Trainer:
         for image, label in self.runtime.on_device(self.loaders["train"]):
             sizes = self._part_sizes("train", p.train_step)
             loss = train_step(
-                self.runtime, self.network, self.loss_fn, self.optimizer, self.scaler, image, label,
-                self.training["gradient_clip"], self.world, sizes,
-            )  # fmt: skip
+                self.runtime,
+                self.network,
+                self.loss_fn,
+                self.optimizer,
+                self.scaler,
+                image,
+                label,
+                self.training["gradient_clip"],
+                self.world,
+                sizes,
+            )
             if pending is not None:
                 record(*pending)
             p.train_step += 1
@@ -526,10 +543,15 @@ class Trainer:
             self.best_weights = {name: t.detach().cpu().clone() for name, t in self.model.state_dict().items()}
             self.best_metrics = metrics
         row = history_row(
-            p.epoch, lr, train_loss, val_loss, metrics, self.stopper.counter,
+            p.epoch,
+            lr,
+            train_loss,
+            val_loss,
+            metrics,
+            self.stopper.counter,
             seconds=p.train_seconds + p.validation_seconds,
             patches_per_s=p.train_patches / max(p.train_seconds, 1e-9),
-        )  # fmt: skip
+        )
         self.history.append(row)
         for line in epoch_log_lines(row, metrics, self.stopper.patience):
             log.info(line)
@@ -537,7 +559,10 @@ class Trainer:
         if self.stopper.should_stop:
             log.info(
                 "early stopping after epoch %d: no improvement for %d epochs; best epoch %d (validation loss %.6f)",
-                p.epoch, self.stopper.counter, self.stopper.best_epoch, self.stopper.best_loss,
-            )  # fmt: skip
+                p.epoch,
+                self.stopper.counter,
+                self.stopper.best_epoch,
+                self.stopper.best_loss,
+            )
         self._use(p.next_epoch(finished))
         self.save()
