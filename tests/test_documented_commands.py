@@ -80,13 +80,17 @@ def user_venv(root: Path) -> Path:
 
 
 def copy_of_the_repository(target: Path) -> Path:
-    """The tracked files of the repository (what a clone holds), without anything the workflow made."""
+    """The tracked files of the repository (what a clone holds, links as links: config/presets), without
+    anything the workflow made."""
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.splitlines()
     for name in listed:
         source = REPO / name
-        if source.is_file():
+        if source.is_symlink():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            (target / name).symlink_to(os.readlink(source))
+        elif source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
     return target

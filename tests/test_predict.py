@@ -224,7 +224,7 @@ def test_a_predict_killed_mid_run_leaves_scratch_that_the_next_run_removes(tmp_p
     status, _, _ = predict(model, product, "--out", out, capsys=capsys)
     assert status == 0
     assert hidden_entries(out) == [], f"the rerun removed what the killed one left: {left}"
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [TILE, f"{TILE}/{DATE}.tif"]
+    assert sorted(p.name for p in (out / TILE).iterdir()) == [f"{DATE}.tif"]
 
 
 def hidden_entries(folder: Path) -> list[Path]:
