@@ -1,5 +1,7 @@
+import hashlib
 import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,3 +223,68 @@ def test_a_product_saved_under_another_products_name_is_refused_naming_both(tmp_
 def test_metadata_values_that_cannot_be_used_are_named(old, new, message):
     with pytest.raises(SafeError, match=message):
         parse_metadata(ESA_LIKE.replace(old, new), "x.xml")
+
+
+def unpacked(product: Path, folder: Path) -> Path:
+    with zipfile.ZipFile(product) as archive:
+        archive.extractall(folder)
+    (safe,) = folder.glob("*.SAFE")
+    return safe
+
+
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+def test_an_unpacked_band_that_is_a_link_to_another_bands_file_is_refused_naming_it(tmp_path, tiny_demo, link):
+    """Read as it is, B05 would be B06 (a probe's product: B05 a symlink to the B06 file; exit 0)."""
+    safe = unpacked(tiny_demo["products"][("32TNS", "20220201T102209")].path, tmp_path)
+    b05, b06 = (next(safe.rglob(f"*_{band}.jp2")) for band in ("B05", "B06"))
+    b05.unlink()
+    if link == "symbolic":
+        b05.symlink_to(b06.name)
+    else:
+        b05.hardlink_to(b06)
+    said = (
+        r"band B05 \(GRANULE/.*_B05.jp2\) is a link to the file of band B06 \(GRANULE/.*_B06.jp2\): it would "
+        r"be read as B06"
+        if link == "symbolic"
+        else r"bands B05 \(.*_B05.jp2\) and B06 \(.*_B06.jp2\) are one file"
+    )
+    with pytest.raises(SafeError, match=rf"{safe}: {said}"):
+        open_safe(safe)
+
+
+def test_a_band_file_unlike_the_one_the_manifest_declares_is_refused_naming_it(tmp_path, tiny_demo):
+    """manifest.safe declares each file's size and checksum: a band replaced by another band's bytes (a copy,
+    not a link), in a folder or re-zipped, is named."""
+    original = tiny_demo["products"][("32TNS", "20220201T102209")].path
+    safe = unpacked(original, tmp_path / "unpacked")
+    b05, b06 = (next(safe.rglob(f"*_{band}.jp2")) for band in ("B05", "B06"))
+    b05.write_bytes(b06.read_bytes())
+    with pytest.raises(
+        SafeError,
+        match=rf"{safe}: band B05 \(GRANULE/.*_B05.jp2\) is \d+ bytes, the product's "
+        r"manifest.safe declares \d+: a damaged or replaced file",
+    ):
+        open_safe(safe)
+
+    rezipped = rezip(original, tmp_path / original.name, replace={"_B05.jp2": b06.read_bytes()})
+    with pytest.raises(
+        SafeError,
+        match=rf"{rezipped}: band B05 \(.*_B05.jp2\) does not match the product's "
+        r"manifest.safe \(MD5 [0-9a-f]{32}, declared [0-9a-f]{32}\)",
+    ):
+        open_safe(rezipped)
+
+
+def test_a_manifest_with_sha3_checksums_is_checked_too(tmp_path, tiny_demo):
+    """Products declare MD5 or SHA3-256 checksums; the demo writes MD5 (and checks out: every test reads it)."""
+    safe = unpacked(tiny_demo["products"][("32TNS", "20220201T102209")].path, tmp_path)
+    manifest = (safe / "manifest.safe").read_text()
+    b05 = next(safe.rglob("*_B05.jp2"))
+    md5, sha3 = hashlib.md5(b05.read_bytes()).hexdigest(), hashlib.sha3_256(b05.read_bytes()).hexdigest()
+    assert f'checksumName="MD5">{md5}<' in manifest
+    sha3_manifest = manifest.replace(f'checksumName="MD5">{md5}<', f'checksumName="SHA3-256">{sha3}<')
+    (safe / "manifest.safe").write_text(sha3_manifest)
+    assert open_safe(safe).tile == "32TNS"
+    (safe / "manifest.safe").write_text(sha3_manifest.replace(sha3, "0" * 64))
+    with pytest.raises(SafeError, match=r"band B05 .* does not match the product's manifest.safe \(SHA3-256 "):
+        open_safe(safe)

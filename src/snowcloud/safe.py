@@ -2,19 +2,24 @@
 
 `open_safe` finds MTD_MSIL1C.xml and the 13 band files GRANULE/*/IMG_DATA/T{tile}_{date}_{band}.jp2,
 parses the processing baseline, quantification value and per-band RADIO_ADD_OFFSET (by local tag names, so
-both ESA's namespaced XML and plain XML work), and checks every band's grid against B02's. Problems are
-raised as SafeError naming the file and what is wrong.
+both ESA's namespaced XML and plain XML work), checks every band's grid against B02's, that no band file is
+another band's (a link), and that the band files and the metadata are those the product's manifest.safe
+declares (size and MD5 or SHA3-256 checksum, read in the zip's CRC pass). Problems are raised as SafeError
+naming the file and what is wrong.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
 import xml.etree.ElementTree as ET
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import rasterio
 from affine import Affine
@@ -27,6 +32,9 @@ from snowcloud.inventory import parse_product_name
 log = logging.getLogger(__name__)
 
 METADATA_NAME = "MTD_MSIL1C.xml"
+MANIFEST_NAME = "manifest.safe"
+# The checksums a manifest may declare (checksumName) and the hashlib algorithm of each.
+CHECKSUMS = {"MD5": "md5", "SHA3-256": "sha3_256"}
 BAND_FILE = re.compile(
     r"(?:^|/)GRANULE/(?P<granule>[^/]+)/IMG_DATA/T(?P<tile>\d{2}[A-Z]{3})_(?P<date>\d{8}T\d{6})_(?P<band>B\d[\dA])\.jp2$"
 )
@@ -67,9 +75,11 @@ def open_safe(path: str | Path) -> SafeProduct:
     path = Path(path)
     if path.is_dir():
         members = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+        declared = _declared_files(path, members)
+        digests = None  # read below, for the files the manifest declares
         root = str(path)
     elif path.is_file():
-        members = _zip_members(path)
+        members, declared, digests = _zip_members(path)
         root = f"/vsizip/{path.resolve()}"
     else:
         raise SafeError(f"{path}: no such product (neither a .SAFE folder nor a zip file)")
@@ -81,7 +91,11 @@ def open_safe(path: str | Path) -> SafeProduct:
     _check_name(path, tile, date)
     band_members = {band: member for band, (member, _, _) in bands.items()}
     band_paths = {band: f"{root}/{member}" for band, member in band_members.items()}
+    if path.is_dir():
+        _check_band_files_distinct(path, band_members)
     crs, transform, width, height = _check_grids(path, band_paths)
+    read = {**band_members, "metadata": metadata_member}
+    _check_declared(path, read, declared, digests)
     folder = metadata_member.split("/")[0] if "/" in metadata_member else path.name.removesuffix(".zip")
     return SafeProduct(
         path=path,
@@ -111,9 +125,10 @@ def _check_name(path: Path, tile: str, date: str) -> None:
         )
 
 
-def _zip_members(path: Path) -> list[str]:
+def _zip_members(path: Path) -> tuple[list[str], dict[str, Declared], dict[str, str]]:
     """Names in a zip, after checking it is whole and undamaged (CRC of the band and XML files) and that
-    GDAL can read its members in place."""
+    GDAL can read its members in place; the files its manifest declares, and the checksum of each of them
+    that is a band or XML file (computed in the same read as the CRC)."""
     if not zipfile.is_zipfile(path):
         raise SafeError(f"{path}: not a zip file, or a truncated one (no zip directory at its end); download it again")
     try:
@@ -122,6 +137,9 @@ def _zip_members(path: Path) -> list[str]:
         raise SafeError(f"{path}: corrupt zip file ({error})") from error
     with archive:
         infos = archive.infolist()
+        members = [info.filename for info in infos if not info.is_dir()]
+        declared = _declared_files(path, members, archive)
+        digests = {}
         size = path.stat().st_size
         for info in infos:
             if not info.filename.endswith((".jp2", ".xml")):
@@ -132,19 +150,116 @@ def _zip_members(path: Path) -> list[str]:
                 raise SafeError(
                     f"{path}: {info.filename} is compressed with zip method {info.compress_type}, which GDAL cannot read; re-zip with deflate"
                 )
+            expected = declared.get(info.filename)
             try:
-                _check_crc(archive, info)
+                digest = _read_through(archive.open(info), expected.algorithm if expected else None)
             except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as error:
                 raise SafeError(f"{path}: corrupt zip file ({info.filename}: {error}); download it again") from error
-    return [info.filename for info in infos if not info.is_dir()]
+            if digest is not None:
+                digests[info.filename] = digest
+    return members, declared, digests
 
 
-def _check_crc(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
-    """Read a member through: zipfile checks its local header and, at the end, its CRC-32. A damaged JP2
-    otherwise decodes without an error into wrong pixels; this costs a few % of decoding it."""
-    with archive.open(info) as member:
-        while member.read(CRC_CHUNK):
-            pass
+def _read_through(handle: BinaryIO, algorithm: str | None) -> str | None:
+    """Read a file through, its checksum by `algorithm` (a hashlib name) if one is given. Reading a zip member
+    through makes zipfile check its local header and CRC-32: a damaged JP2 otherwise decodes without an error
+    into wrong pixels; this costs a few % of decoding it, the checksum (MD5) about as much again."""
+    digest = hashlib.new(algorithm) if algorithm else None
+    with handle:
+        while chunk := handle.read(CRC_CHUNK):
+            if digest is not None:
+                digest.update(chunk)
+    return None if digest is None else digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Declared:
+    """A file as the product's manifest.safe declares it."""
+
+    size: int | None
+    algorithm: str | None  # hashlib's name of its checksum; None where the manifest gives none snowcloud knows
+    checksum: str | None
+
+
+def _declared_files(path: Path, members: list[str], archive: zipfile.ZipFile | None = None) -> dict[str, Declared]:
+    """The files manifest.safe declares, by member name, with their size and checksum; {} without a manifest."""
+    manifests = [m for m in members if m.rsplit("/", 1)[-1] == MANIFEST_NAME and m.count("/") <= 1]
+    if len(manifests) != 1:
+        return {}
+    manifest = manifests[0]
+    text = archive.read(manifest) if archive is not None else (path / manifest).read_bytes()
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as error:
+        raise SafeError(f"{path}: {manifest} is not valid XML ({error}); download the product again") from error
+    prefix = manifest[: -len(MANIFEST_NAME)]
+    declared = {}
+    for stream in (element for element in root.iter() if _local(element.tag) == "byteStream"):
+        children = {_local(child.tag): child for child in stream}
+        location = children.get("fileLocation")
+        if location is None or not location.get("href"):
+            continue
+        member = prefix + os.path.normpath(location.get("href")).replace(os.sep, "/")
+        checksum = children.get("checksum")
+        name = checksum.get("checksumName", "").upper() if checksum is not None else ""
+        size = stream.get("size")
+        declared[member] = Declared(
+            int(size) if size and size.isdigit() else None,
+            CHECKSUMS.get(name),
+            (checksum.text or "").strip().lower() if checksum is not None and name in CHECKSUMS else None,
+        )
+    return declared
+
+
+def _check_declared(
+    path: Path, read: dict[str, str], declared: dict[str, Declared], digests: dict[str, str] | None
+) -> None:
+    """The files snowcloud reads (bands by name, and the metadata) have the size and checksum the manifest
+    declares; `digests`: those computed already (a zip's CRC pass), else they are read now (a folder)."""
+    for what, member in read.items():
+        expected = declared.get(member)
+        if expected is None:
+            continue
+        name = f"band {what} ({member})" if what != "metadata" else member
+        size = path.joinpath(member).stat().st_size if digests is None else None
+        if expected.size is not None and size is not None and size != expected.size:
+            raise SafeError(
+                f"{path}: {name} is {size} bytes, the product's {MANIFEST_NAME} declares {expected.size}: a damaged "
+                "or replaced file; download or unpack the product again"
+            )
+        if expected.algorithm is None:
+            continue
+        found = (
+            digests.get(member) if digests is not None else _read_through(open(path / member, "rb"), expected.algorithm)
+        )
+        if found != expected.checksum:
+            algorithm = next(key for key, value in CHECKSUMS.items() if value == expected.algorithm)
+            raise SafeError(
+                f"{path}: {name} does not match the product's {MANIFEST_NAME} ({algorithm} {found}, declared "
+                f"{expected.checksum}): a damaged or replaced file; download or unpack the product again"
+            )
+
+
+def _check_band_files_distinct(path: Path, band_members: dict[str, str]) -> None:
+    """Each band of an unpacked product is a file of its own: a band that is a link (symbolic or hard) to
+    another band's file would be read as that band."""
+    owner: dict[tuple[int, int], str] = {}
+    for band, member in band_members.items():
+        status = (path / member).stat()
+        other = owner.setdefault((status.st_dev, status.st_ino), band)
+        if other == band:
+            continue
+        links = [b for b in (other, band) if (path / band_members[b]).is_symlink()]
+        if len(links) == 1:
+            linked, target = links[0], band if links[0] == other else other
+            raise SafeError(
+                f"{path}: band {linked} ({band_members[linked]}) is a link to the file of band {target} "
+                f"({band_members[target]}): it would be read as {target}; unpack the product again"
+            )
+        raise SafeError(
+            f"{path}: bands {other} ({band_members[other]}) and {band} ({band_members[band]}) are one file (links to "
+            "it): one would be read as the other; unpack the product again"
+        )
 
 
 def _metadata_member(path: Path, members: list[str]) -> str:
