@@ -67,14 +67,16 @@ def season_rows(
     roles come from the dataset statistics `stats_path` (a trained experiment) or are `unknown` (none)."""
     roles = dataset_stats.split_roles(stats_path) if stats_path else None
     labelled_keys = {tuple(entry.split("/")) for entry in labelled or ()}
-    rows = []
+    rows: list[SeasonRow] = []
+    first_of: dict[tuple[str, ...], str | Path] = {}  # the first mask of each class list
     for mask in masks:
         key = mask_identity(mask)
         rows.append(SeasonRow(*key, split_role(key, roles, labelled_keys), read_class_counts(mask)))
+        first_of.setdefault(tuple(rows[-1].counts.classes), mask)
+    if len(first_of) > 1:
+        found = "; ".join(f"{mask} has {list(classes)}" for classes, mask in first_of.items())
+        raise SeasonError(f"masks of models with other classes cannot share a season table: {found}")
     rows.sort(key=lambda row: (row.tile, row.date))
-    classes = {tuple(row.counts.classes) for row in rows}
-    if len(classes) > 1:
-        raise SeasonError(f"the masks {', '.join(map(str, masks))} do not share their classes ({sorted(classes)})")
     return rows
 
 
