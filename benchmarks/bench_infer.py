@@ -2,6 +2,7 @@
 
     python benchmarks/bench_infer.py [--rows 10980] [--width 10980] [--model results/models/demo/model.pt]
                                      [--base-channels 8] [--patch-size 256] [--tta] [--threads 2] [--device cpu]
+                                     [--free-model] [--schemes margin]
     python benchmarks/bench_infer.py --device cuda --base-channels 64 --tta   # the thesis model on a GPU
 
 It writes a synthetic 14-band scene raster of --width x --rows (int16, nodata -32768, the last 5 % of the columns
@@ -115,6 +116,17 @@ def run_prediction(model: str, scene: str, output: str, options: dict, threads: 
     results.put((seconds, peak_rss(), cuda_peak))
 
 
+def run_free_prediction(model: str, scene: str, output: str, options: dict, threads: int, results) -> None:
+    """Child process: predict_with the checkpoint's bands, normalisation and settings but a 1 x 1 convolution as
+    the network (it costs next to nothing): what the rest of the prediction costs; wall time and peak RSS."""
+    loaded = infer.load_for_inference(model, options, threads)
+    free = torch.nn.Conv2d(len(loaded.metadata["bands"]), len(loaded.class_names), 1).to(loaded.settings.device)
+    start = time.perf_counter()
+    infer.predict_with(infer.LoadedModel(loaded.path, free.eval(), loaded.metadata, loaded.settings), scene, output,
+                       options)  # fmt: skip
+    results.put((time.perf_counter() - start, peak_rss(), 0))
+
+
 def run_s2cloudless(scene: str, threads: int, results) -> None:
     """Child process: s2cloudless over the scene with the evaluation defaults, then its wall time and peak RSS."""
     settings = validated({}, "evaluation")["s2cloudless"]
@@ -211,6 +223,8 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--s2cloudless", action="store_true", help="also time s2cloudless over the scene")
     parser.add_argument("--stages", action="store_true", help="also time reading alone and the network alone")
+    parser.add_argument("--free-model", action="store_true",
+                        help="a 1 x 1 convolution instead of the network: the time of everything but the network")  # fmt: skip
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
     context = multiprocessing.get_context("spawn")
@@ -220,6 +234,8 @@ def main() -> None:
         scene = root / "32TNS" / "20220201T102209.tif"
         scene.parent.mkdir()
         write_scene(scene, args.rows, args.width)
+        if args.free_model:
+            print("network: a 1 x 1 convolution (--free-model): the figures are everything but the network")
         print(
             f"scene {args.width} x {args.rows}; model {args.model or 'random weights'}: U-Net "
             f"({count_parameters(network):,} parameters); TTA {args.tta}; {args.device}, {args.threads} threads"
@@ -247,8 +263,9 @@ def main() -> None:
             windows = len(rows.starts) * len(cols.starts)
             output = root / f"{name}.tif"
             with gpu_utilisation() as utilisation:
+                run = run_free_prediction if args.free_model else run_prediction
                 seconds[name], peak, cuda_peak = in_child(
-                    context, run_prediction, str(root / "model.pt"), str(scene), str(output), options, args.threads
+                    context, run, str(root / "model.pt"), str(scene), str(output), options, args.threads
                 )
             same = agreement(root / f"{args.schemes[0]}.tif", output)
             print(
