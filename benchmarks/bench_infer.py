@@ -118,13 +118,20 @@ def run_prediction(model: str, scene: str, output: str, options: dict, threads: 
 
 def run_free_prediction(model: str, scene: str, output: str, options: dict, threads: int, results) -> None:
     """Child process: predict_with the checkpoint's bands, normalisation and settings but a 1 x 1 convolution as
-    the network (it costs next to nothing): what the rest of the prediction costs; wall time and peak RSS."""
+    the network (it costs next to nothing): what the rest of the prediction costs; wall time, peak RSS, 0 (no
+    CUDA peak) and the CPU seconds of all its threads."""
     loaded = infer.load_for_inference(model, options, threads)
     free = torch.nn.Conv2d(len(loaded.metadata["bands"]), len(loaded.class_names), 1).to(loaded.settings.device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     infer.predict_with(infer.LoadedModel(loaded.path, free.eval(), loaded.metadata, loaded.settings), scene, output,
                        options)  # fmt: skip
-    results.put((time.perf_counter() - start, peak_rss(), 0))
+    results.put((time.perf_counter() - start, peak_rss(), 0, cpu_seconds() - cpu))
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process so far, all its threads: what a shared machine's other users do not change."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_s2cloudless(scene: str, threads: int, results) -> None:
@@ -264,7 +271,7 @@ def main() -> None:
             output = root / f"{name}.tif"
             with gpu_utilisation() as utilisation:
                 run = run_free_prediction if args.free_model else run_prediction
-                seconds[name], peak, cuda_peak = in_child(
+                seconds[name], peak, cuda_peak, *cpu = in_child(
                     context, run, str(root / "model.pt"), str(scene), str(output), options, args.threads
                 )
             same = agreement(root / f"{args.schemes[0]}.tif", output)
@@ -274,6 +281,8 @@ def main() -> None:
                 f"{windows / seconds[name]:>10.2f} {peak / 2**20:>12.0f} {100 * same:>9.2f}%"
                 f"{f' {cuda_peak / 2**20:>12.0f} {mean(utilisation):>10.0f}' if gpu else ''}"
             )
+            if cpu:
+                print(f"{'':>7} CPU time of the prediction (all threads): {cpu[0]:.1f} s")
         if "margin" in seconds:
             for name in seconds.keys() - {"margin"}:
                 print(f"margin scheme {seconds[name] / seconds['margin']:.2f}x faster than {name}")
