@@ -26,6 +26,7 @@ from helpers.slurm_cluster import (
     slurm_cluster,  # noqa: F401 - the session fixture
     wait_until,
 )
+from helpers.slurm_season import RESTART, missing_shards, run_season, scene_dates, season_config, season_dates
 from helpers.workflow_runs import DATES, SNAKEFILE, TILE, partial_files, planned_jobs, tiny_config, write_config
 
 from snowcloud.checkpoint import load_model
@@ -33,6 +34,9 @@ from snowcloud.checkpoint import load_model
 GPU_RULES = {"train", "infer", "reproduction"}
 # Enough epochs that the training is still running when it is cancelled after epoch 1 (an epoch takes seconds).
 EPOCHS = 4
+# A season: more dates than the profile's `jobs` (50) lets Snakemake hand to Slurm at once, in tiny scenes.
+SEASON_DATES = 100
+SEASON_SIZE = 72
 
 
 def planned_resources(workdir: Path, profile: Path) -> dict[str, dict[str, str]]:
@@ -186,12 +190,8 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster: SlurmCluste
     assert by_rule["train"] == ["CANCELLED", "COMPLETED"]
     assert all(job.state == "COMPLETED" for job in jobs if job.key != cancelled.key)
     assert len({job.name for job in jobs}) == 1, "one Snakemake run submitted them all"
-    # The per-date jobs went as job arrays: the dates of preprocess (ready together after demo_data) and of infer
-    # (ready together after train) were one sbatch each, and there were fewer submissions than jobs.
-    for rule in ("preprocess", "infer"):
-        assert len({job.id for job in jobs if job.rule == rule}) == 1, rule
-        assert all(job.task is not None for job in jobs if job.rule == rule), rule
-    assert len({job.id for job in jobs}) <= len(jobs) - 2 * (n - 1)
+    # One sbatch per Snakemake job, no job arrays (docs/slurm.md, "Many dates").
+    assert all(job.task is None for job in jobs) and len({job.id for job in jobs}) == len(jobs)
 
     # The profile's resources reached Slurm: wall time, memory (doubled on the resubmission), CPUs.
     first, second = (job for job in jobs if job.rule == "train")
@@ -200,8 +200,7 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster: SlurmCluste
     assert megabytes(job_details(second)["MinMemoryNode"]) == 64000
     preprocess = job_details(next(job for job in jobs if job.rule == "preprocess"))
     assert (preprocess["TimeLimit"], preprocess["NumCPUs"]) == ("01:00:00", "2")
-    # An array task asks for its job's memory plus a little for the array's packed job list (the plugin's fudge).
-    assert 12000 <= megabytes(preprocess["MinMemoryNode"]) < 12100
+    assert megabytes(preprocess["MinMemoryNode"]) == 12000
     assert all(job_details(job)["Partition"] == "debug" for job in jobs)
 
     # Job logs: the cancelled job's says the state was saved, the rule log of the rerun that it resumed.
@@ -225,3 +224,28 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster: SlurmCluste
     assert partial_files(workdir / "results") == []
     assert planned_jobs(workdir) == []
     assert not run_slurm("squeue", "--noheader").strip(), "no job is left queued or running"
+
+
+@pytest.mark.slurm
+@pytest.mark.workflow
+def test_a_season_of_dates_runs_through_the_slurm_profile(slurm_cluster: SlurmCluster, tmp_path):  # noqa: F811
+    """100 dates through preprocess and shard with the profile as shipped (its `jobs` limit included): every date's
+    jobs run once, each with its own date, and nothing waits for a job that was never submitted."""
+    dates = season_dates(SEASON_DATES)
+    workdir = tmp_path / "work"
+    write_config(workdir, season_config(SEASON_DATES, SEASON_SIZE))
+    run = run_season(slurm_cluster, workdir, site_profile(tmp_path / "profile"), ["scenes", "shards"], [],
+                     tmp_path / "snakemake.log", timeout=1800, stall_seconds=150)  # fmt: skip
+    assert not run.stalled, f"Slurm's queue stayed empty while Snakemake waited:\n{run.log[-4000:]}"
+    assert run.returncode == 0, run.log[-6000:]
+    print(f"{SEASON_DATES} dates: {run.wall:.0f} s, {len(run.jobs)} Slurm jobs from {run.submissions} submissions")
+
+    assert scene_dates(workdir, dates) == {day: day for day in dates}, "each scene holds its own SENSING_TIME"
+    assert missing_shards(workdir, dates) == []
+    assert RESTART not in run.log
+    by_rule = {rule: [job for job in run.jobs if job.rule == rule] for rule in ("demo_data", "preprocess", "shard")}
+    assert {rule: len(jobs) for rule, jobs in by_rule.items()} == {"demo_data": 1, "preprocess": 100, "shard": 100}
+    assert len(run.jobs) == run.submissions == 1 + 2 * SEASON_DATES, "one submission per job, each run once"
+    assert all(job.state == "COMPLETED" for job in run.jobs)
+    assert not run_slurm("squeue", "--noheader").strip(), "no job is left queued or running"
+    assert partial_files(workdir / "results") == []
