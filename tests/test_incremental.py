@@ -21,7 +21,17 @@ import pystac
 import pytest
 import rasterio
 import torch
-from helpers.workflow_runs import DATES, TILE, jobs_by_rule, planned_jobs, snakemake, tiny_config, write_config
+from helpers.workflow_runs import (
+    DATES,
+    TILE,
+    jobs_by_rule,
+    old_empty_file,
+    planned_jobs,
+    product_name,
+    snakemake,
+    tiny_config,
+    write_config,
+)
 
 from snowcloud import checkpoint
 from snowcloud.demo import make_demo_data, planned_products
@@ -380,3 +390,38 @@ def test_new_date_of_an_inference_only_experiment_runs_that_dates_jobs_and_its_s
     season.write_config()
     download(season, LATE_DATE)
     assert season.plan() == {"preprocess": [scene(LATE_DATE)], **predicted(REUSE, [LATE_DATE], [LATE_DATE])}
+
+
+SEASON_DATES = 100
+
+
+def season_of_empty_files(root: Path, dates: list[str]) -> None:
+    """A finished season without computing it: empty products, labels and DEM with real names, the default
+    configuration pointed at them, every planned output an empty file, and `--touch` recording them as made."""
+    for date in dates:
+        old_empty_file(root / "raw" / product_name(TILE, date))
+        old_empty_file(root / "labels" / f"T{TILE}" / f"{date}.tif")
+    old_empty_file(root / "dem" / f"T{TILE}.tif")
+    write_config(root, tiny_config(INPUTS, {"datasets": {"demo": {"split": {"validation_dates": [dates[1]]}}}}))
+    for job in planned_jobs(root):
+        for output in job.outputs:
+            (root / output).parent.mkdir(parents=True, exist_ok=True)
+            (root / output).touch()
+    snakemake(root, "--touch", "--cores", "1")
+
+
+def test_a_date_added_to_a_season_of_100_reruns_what_the_table_says(tmp_path):
+    """docs/slurm.md: a new product (and label) runs preprocess and shard of that date, then dataset_stats,
+    train, and infer and evaluate of every date, and the summary; nothing else of the 100 dates."""
+    dates = [f"2021{month:02d}{day:02d}T102421" for month in range(3, 10) for day in range(1, 29)][:SEASON_DATES]
+    new = "20211015T102421"
+    season_of_empty_files(tmp_path, dates)
+    assert jobs_by_rule(planned_jobs(tmp_path)) == {}
+
+    product = old_empty_file(tmp_path / "raw" / product_name(TILE, new))
+    label = old_empty_file(tmp_path / "labels" / f"T{TILE}" / f"{new}.tif")
+    for path in (product, label):
+        os.utime(path)  # downloaded now
+    every = sorted([*dates, new])
+    assert jobs_by_rule(planned_jobs(tmp_path)) == {"preprocess": [scene(new)], "shard": [shard(new)],
+                                                    **after_stats(every)}  # fmt: skip
