@@ -41,17 +41,29 @@ def measure(cluster: SlurmCluster, root: Path, scheme: str, args: argparse.Names
     write_config(workdir, season_config(args.dates, args.size))
     profile = site_profile(root / "profile")
     options = scheme_options(scheme, args)
-    run = run_season(cluster, workdir, profile, args.targets, options, root / f"{scheme}.log",
-                     timeout=args.timeout, stall_seconds=args.stall)  # fmt: skip
+    run = run_season(
+        cluster,
+        workdir,
+        profile,
+        args.targets,
+        options,
+        root / f"{scheme}.log",
+        timeout=args.timeout,
+        stall_seconds=args.stall,
+    )
     tags = scene_dates(workdir, dates)
     missing = sum(tag is None for tag in tags.values())
     wrong = sum(tag is not None and tag != day for day, tag in tags.items())
     print(f"{scheme:7s} {' '.join(options)}")
-    print(f"  exit {run.returncode} ({'stalled: queue empty for ' + str(args.stall) + ' s' if run.stalled else 'ran to the end'}), "
-          f"{run.wall:.0f} s; {len(run.jobs)} Slurm jobs from {run.submissions} sbatch submissions")  # fmt: skip
-    print(f"  scenes: {missing} missing, {wrong} holding another date; shards missing: "
-          f"{len(missing_shards(workdir, dates)) if 'shards' in args.targets else '-'}; "
-          f"restarts: {run.restarts}; argument-length fallbacks: {run.log.count(E2BIG_FALLBACK)}")  # fmt: skip
+    print(
+        f"  exit {run.returncode} ({'stalled: queue empty for ' + str(args.stall) + ' s' if run.stalled else 'ran to the end'}), "
+        f"{run.wall:.0f} s; {len(run.jobs)} Slurm jobs from {run.submissions} sbatch submissions"
+    )
+    print(
+        f"  scenes: {missing} missing, {wrong} holding another date; shards missing: "
+        f"{len(missing_shards(workdir, dates)) if 'shards' in args.targets else '-'}; "
+        f"restarts: {run.restarts}; argument-length fallbacks: {run.log.count(E2BIG_FALLBACK)}"
+    )
 
 
 def main() -> None:

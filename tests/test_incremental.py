@@ -423,5 +423,8 @@ def test_a_date_added_to_a_season_of_100_reruns_what_the_table_says(tmp_path):
     for path in (product, label):
         os.utime(path)  # downloaded now
     every = sorted([*dates, new])
-    assert jobs_by_rule(planned_jobs(tmp_path)) == {"preprocess": [scene(new)], "shard": [shard(new)],
-                                                    **after_stats(every)}  # fmt: skip
+    assert jobs_by_rule(planned_jobs(tmp_path)) == {
+        "preprocess": [scene(new)],
+        "shard": [shard(new)],
+        **after_stats(every),
+    }

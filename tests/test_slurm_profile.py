@@ -234,8 +234,16 @@ def test_a_season_of_dates_runs_through_the_slurm_profile(slurm_cluster: SlurmCl
     dates = season_dates(SEASON_DATES)
     workdir = tmp_path / "work"
     write_config(workdir, season_config(SEASON_DATES, SEASON_SIZE))
-    run = run_season(slurm_cluster, workdir, site_profile(tmp_path / "profile"), ["scenes", "shards"], [],
-                     tmp_path / "snakemake.log", timeout=1800, stall_seconds=150)  # fmt: skip
+    run = run_season(
+        slurm_cluster,
+        workdir,
+        site_profile(tmp_path / "profile"),
+        ["scenes", "shards"],
+        [],
+        tmp_path / "snakemake.log",
+        timeout=1800,
+        stall_seconds=150,
+    )
     assert not run.stalled, f"Slurm's queue stayed empty while Snakemake waited:\n{run.log[-4000:]}"
     assert run.returncode == 0, run.log[-6000:]
     print(f"{SEASON_DATES} dates: {run.wall:.0f} s, {len(run.jobs)} Slurm jobs from {run.submissions} submissions")

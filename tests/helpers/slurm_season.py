@@ -31,8 +31,9 @@ def season_dates(count: int) -> list[str]:
 def season_config(count: int, size: int) -> dict:
     """The tests' tiny demo with `count` dates of `size` px (shards only need a labelled patch per date)."""
     dates = season_dates(count)
-    return tiny_config({"demo": {"dates": dates, "size": size},
-                        "datasets": {"demo": {"split": {"validation_dates": [dates[1]]}}}})  # fmt: skip
+    return tiny_config(
+        {"demo": {"dates": dates, "size": size}, "datasets": {"demo": {"split": {"validation_dates": [dates[1]]}}}}
+    )
 
 
 @dataclass
@@ -53,16 +54,38 @@ class SeasonRun:
         return self.log.count(RESTART)
 
 
-def run_season(cluster: SlurmCluster, workdir: Path, profile: Path, targets: list[str], extra: list[str],
-               log_path: Path, timeout: float, stall_seconds: float) -> SeasonRun:  # fmt: skip
+def run_season(
+    cluster: SlurmCluster,
+    workdir: Path,
+    profile: Path,
+    targets: list[str],
+    extra: list[str],
+    log_path: Path,
+    timeout: float,
+    stall_seconds: float,
+) -> SeasonRun:
     """Snakemake over `targets` through `profile`; stopped with SIGINT as stalled once Slurm's queue has been
     empty for `stall_seconds` while Snakemake still runs (a dropped job that nobody submits)."""
     first_job = cluster.max_job_id()
     command = [
-        "timeout", "-s", "INT", "--kill-after=30", str(int(timeout)),
-        sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir),
-        "--profile", str(profile), *LOCAL_OPTIONS, *extra, *targets,
-    ]  # fmt: skip
+        "timeout",
+        "-s",
+        "INT",
+        "--kill-after=30",
+        str(int(timeout)),
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(SNAKEFILE),
+        "--directory",
+        str(workdir),
+        "--profile",
+        str(profile),
+        *LOCAL_OPTIONS,
+        *extra,
+        *targets,
+    ]
     began = time.monotonic()
     stalled = False
     with open(log_path, "w") as log:
@@ -77,8 +100,9 @@ def run_season(cluster: SlurmCluster, workdir: Path, profile: Path, targets: lis
                 process.send_signal(2)  # SIGINT: Snakemake cancels its jobs and exits
                 process.wait(timeout=120)
     wall = time.monotonic() - began
-    return SeasonRun(None if stalled else process.returncode, wall, log_path.read_text(),
-                     cluster.jobs(first_job), stalled)  # fmt: skip
+    return SeasonRun(
+        None if stalled else process.returncode, wall, log_path.read_text(), cluster.jobs(first_job), stalled
+    )
 
 
 def scene_dates(workdir: Path, dates: list[str]) -> dict[str, str | None]:
