@@ -98,7 +98,7 @@ def drop_from_page_cache(paths: list[Path]) -> None:
 def write_shard(path: Path, n: int, channels: int, size: int, compression: str | None) -> float:
     start = time.perf_counter()
     with h5py.File(path, "w") as shard:
-        image, label = shards.create_patch_datasets(shard, n, channels, size, compression=compression)
+        image, label = shards.create_patch_datasets(shard, n, channels, size, compression or "none")
         shard.attrs["format"] = shards.FORMAT
         offset = 0
         for images, labels in patch_batches(n, channels, size):

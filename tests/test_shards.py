@@ -13,11 +13,13 @@ import h5py
 import numpy as np
 import pytest
 import rasterio
+import torch
 from helpers.rasters import synthetic_scene, write_label, write_scene
 from helpers.training_shards import shard_options
 
 from snowcloud import normalisation, shards
 from snowcloud.labels import LabelError
+from snowcloud.loader import ShardDataset
 from snowcloud.provenance import file_identity
 from snowcloud.scene import NODATA, SceneError
 from snowcloud.shards import ShardError, build_shard, patch_batches, read_attributes
@@ -121,6 +123,23 @@ def test_the_same_inputs_and_options_give_byte_identical_datasets(tmp_path):
     for name in ("image", "label", "origin", "class_counts"):
         assert digest(first, name) == digest(second, name)
     assert digest(first, "origin") != digest(reseeded, "origin")
+
+
+@pytest.mark.parametrize("compression", ["gzip", "lzf"])
+def test_a_compressed_shard_holds_the_raw_shards_patches_and_the_loader_reads_them(tmp_path, compression):
+    scene, label = make_inputs(tmp_path)
+    raw, packed = (tmp_path / name / TILE / f"{DATE}.h5" for name in ("raw", compression))
+    build_shard(scene, label, raw, "demo", shard_options())
+    build_shard(scene, label, packed, "demo", shard_options(compression=compression))
+    with h5py.File(raw, "r") as plain, h5py.File(packed, "r") as filtered:
+        for name in ("image", "label"):
+            assert plain[name].compression is None and filtered[name].compression == compression
+            assert filtered[name].shuffle and filtered[name].chunks == plain[name].chunks
+            np.testing.assert_array_equal(filtered[name][:], plain[name][:])
+    keys = list(range(30))
+    images, labels = ShardDataset([(packed, None)]).read_batch(keys)
+    expected_images, expected_labels = ShardDataset([(raw, None)]).read_batch(keys)
+    assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
 
 
 def test_row_blocks_and_batches_do_not_change_the_patches(tmp_path):

@@ -1,6 +1,7 @@
 """HDF5 patch shards: one per (dataset, tile, date), normalised patches ready to train, with class counts.
 
-Layout (docs/architecture.md): ``image`` (N, C, P, P) float16 chunked one patch per chunk, ``label`` (N, P, P)
+Layout (docs/architecture.md): ``image`` (N, C, P, P) float16 chunked one patch per chunk (raw, or through the
+lossless filter `compression` names), ``label`` (N, P, P)
 uint8 (trained classes 0..K-1 of the dataset's class set, 255 = ignore), ``origin`` (N, 2) int32 row/col in the
 scene, ``class_counts`` (N, K + J + 1) int32 pixels of the K trained classes, the J ignored classes and 255 per
 patch, ``class_fraction`` (N, K) float32 (trained classes over the patch's pixels of trained classes); attributes
@@ -37,7 +38,13 @@ BLOCK_ROWS = 256  # patch corner rows per buffer extension (buffer: C x (BLOCK_R
 STRIP_ROWS = 32  # scene rows read and normalised at once (float32 temporaries: a few x channels x 32 x width x 4 B)
 WRITE_BATCH = 64  # patches per HDF5 write
 GDAL_CACHE_MB = 256  # GDAL block cache: holds a row of 512 x 512 tiles of a 14-band 10980-wide scene (161 MB)
-IMAGE_COMPRESSION = None  # benchmarks/bench_shards.py: lzf saves little on normalised float16, costs read speed
+# HDF5 filters of `image` and `label` per datasets.<d>.compression (docs/slurm.md, "The shard footprint"): raw
+# chunks are read with one direct chunk read each; gzip after HDF5's byte shuffle about halves a shard.
+COMPRESSION_FILTERS = {
+    "none": {},
+    "gzip": {"compression": "gzip", "compression_opts": 4, "shuffle": True},
+    "lzf": {"compression": "lzf", "shuffle": True},
+}
 JSON_ATTRIBUTES = (
     "bands",
     "normalisation",
@@ -99,7 +106,9 @@ def _build_shard(scene: str | Path, label: str | Path, output: Path, dataset: st
     }
     needs_bytes = len(origins) * size * size * (2 * len(bands) + 1)  # float16 images and uint8 labels, uncompressed
     with atomic_output(output, needs_bytes) as tmp, h5py.File(tmp, "w") as shard:
-        counts = _write_patches(shard, scene, spec, statistics, len(bands), origins, label_array, size, class_set)
+        counts = _write_patches(
+            shard, scene, spec, statistics, len(bands), origins, label_array, size, class_set, options["compression"]
+        )
         _write_class_statistics(shard, counts, class_set)
         for key, value in attributes.items():
             shard.attrs[key] = json.dumps(value) if key in JSON_ATTRIBUTES else value
@@ -115,10 +124,11 @@ def _write_patches(
     label: np.ndarray,
     size: int,
     class_set: ClassSet,
+    compression: str,
 ) -> np.ndarray:
     """Write image, label (trained classes of the encoded `label`) and origin; return the per-patch class counts."""
     n = len(origins)
-    image, labels_out = create_patch_datasets(shard, n, channels, size)
+    image, labels_out = create_patch_datasets(shard, n, channels, size, compression)
     shard.create_dataset("origin", data=origins, dtype=np.int32, track_times=False)
     counts = np.zeros((n, len(class_columns(class_set))), dtype=np.int32)
     with rasterio.open(scene) as src, tqdm(total=n, desc=f"patches {Path(scene).name}", unit="patch") as progress:
@@ -134,24 +144,26 @@ def _write_patches(
 
 
 def create_patch_datasets(
-    shard: h5py.File, n: int, channels: int, size: int, compression: str | None = IMAGE_COMPRESSION
+    shard: h5py.File, n: int, channels: int, size: int, compression: str = "none"
 ) -> tuple[h5py.Dataset, h5py.Dataset]:
-    """The empty ``image`` (n, C, P, P) float16 and ``label`` (n, P, P) uint8 datasets, one patch per chunk."""
+    """The empty ``image`` (n, C, P, P) float16 and ``label`` (n, P, P) uint8 datasets, one patch per chunk,
+    filtered as COMPRESSION_FILTERS[compression] says."""
+    filters = COMPRESSION_FILTERS[compression]
     image = shard.create_dataset(
         "image",
         shape=(n, channels, size, size),
         dtype=np.float16,
         chunks=(1, channels, size, size),
-        compression=compression,
         track_times=False,
+        **filters,
     )
     label = shard.create_dataset(
         "label",
         shape=(n, size, size),
         dtype=np.uint8,
         chunks=(1, size, size),
-        compression=compression,
         track_times=False,
+        **filters,
     )
     return image, label
 

@@ -248,3 +248,12 @@ def labelled_scenes(wildcards):
         SCENES if trained and auto_labelled(experiment_dataset(wildcards)) else LABELLED
     )
     return [f"{tile}/{date}" for tile, date in scenes]
+
+
+def shard_options(dataset: dict) -> dict:
+    """The dataset options a shard is made with (its params): `compression` only when set, so that the raw
+    shards made before the key existed are not remade."""
+    options = {key: dataset[key] for key in SHARD_KEYS}  # SHARD_KEYS: rules/shards.smk
+    if dataset["compression"] != "none":
+        options["compression"] = dataset["compression"]
+    return options

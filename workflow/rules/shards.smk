@@ -21,8 +21,6 @@ rule shard:
     conda:
         "../../envs/snowcloud.yaml"
     params:
-        options=lambda wildcards: {
-            key: config["datasets"][wildcards.dataset][key] for key in SHARD_KEYS
-        },
+        options=lambda wildcards: shard_options(config["datasets"][wildcards.dataset]),
     script:
         "../scripts/shard.py"
