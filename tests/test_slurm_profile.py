@@ -199,8 +199,8 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster: SlurmCluste
     assert megabytes(job_details(first)["MinMemoryNode"]) == 32000
     assert megabytes(job_details(second)["MinMemoryNode"]) == 64000
     preprocess = job_details(next(job for job in jobs if job.rule == "preprocess"))
-    assert (preprocess["TimeLimit"], preprocess["NumCPUs"]) == ("01:00:00", "2")
-    assert megabytes(preprocess["MinMemoryNode"]) == 12000
+    assert (preprocess["TimeLimit"], preprocess["NumCPUs"]) == ("00:30:00", "2")
+    assert megabytes(preprocess["MinMemoryNode"]) == 4000
     assert all(job_details(job)["Partition"] == "debug" for job in jobs)
 
     # Job logs: the cancelled job's says the state was saved, the rule log of the rerun that it resumed.
