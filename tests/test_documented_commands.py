@@ -39,6 +39,8 @@ NOT_RUN = {
     r"^python benchmarks/bench_infer\.py": "full-width scenes under three window schemes (many minutes)",
     r"^python benchmarks/bench_workflow\.py": "runs the demo locally and through Slurm (tests/test_slurm_profile.py)",
     r"^python benchmarks/bench_slurm_season\.py": "100 dates through a test Slurm (tests/test_slurm_profile.py)",
+    r"^python benchmarks/bench_dag\.py .*--against": "a second checkout of the dry runs that the plain command runs",
+    r"^python benchmarks/bench_shard_compression\.py --shard FILE": "FILE stands for a full-size shard of the user's",
     r"^(nice -n 10 )?python benchmarks/bench_season\.py": "full-size tiles through the workflow (an hour, tens of GB)",
     r"^snakemake --forcerun preprocess": "reruns the whole demo; what reruns is tested in tests/test_incremental.py",
 }
