@@ -22,11 +22,11 @@ from helpers.slurm_cluster import wait_until
 from helpers.workflow_runs import (
     DATES,
     REPO,
-    SNAKEFILE,
     TILE,
     partial_files,
     planned_jobs,
     snakemake,
+    snakemake_command,
     tiny_config,
     write_config,
 )
@@ -80,18 +80,7 @@ def test_a_snakemake_killed_during_preprocess_is_finished_by_a_plain_rerun(tmp_p
     workdir = tmp_path / "work"
     write_config(workdir, tiny_config())
     log_path = tmp_path / "killed-run.log"
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(SNAKEFILE),
-        "--directory",
-        str(workdir),
-        "--cores",
-        "2",
-        "scenes",
-    ]
+    command = snakemake_command(workdir, "--cores", "2", "scenes")
     with open(log_path, "w") as log:
         run = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     try:
@@ -116,22 +105,7 @@ def test_training_stopped_mid_run_resumes_on_the_next_run(tmp_path):
     write_config(workdir, tiny_config({"experiments": {"demo": {"training": {"epochs": EPOCHS}}}}))
     snakemake(workdir, "--cores", "2", "datasets")  # everything the training reads
 
-    command = [
-        "timeout",
-        "-s",
-        "INT",
-        "--kill-after=30",
-        "600",
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(SNAKEFILE),
-        "--directory",
-        str(workdir),
-        "--cores",
-        "2",
-    ]
+    command = snakemake_command(workdir, "--cores", "2", timeout=600)
     first_log = tmp_path / "first-run.log"
     with open(first_log, "w") as log:
         run = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,15 @@ from helpers.slurm_cluster import (
     wait_until,
 )
 from helpers.slurm_season import RESTART, missing_shards, run_season, scene_dates, season_config, season_dates
-from helpers.workflow_runs import DATES, SNAKEFILE, TILE, partial_files, planned_jobs, tiny_config, write_config
+from helpers.workflow_runs import (
+    DATES,
+    TILE,
+    partial_files,
+    planned_jobs,
+    snakemake_command,
+    tiny_config,
+    write_config,
+)
 
 from snowcloud.checkpoint import load_model
 
@@ -45,18 +52,7 @@ def planned_resources(workdir: Path, profile: Path) -> dict[str, dict[str, str]]
     resources: dict[str, dict[str, str]] = {}
     rule = None
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-s",
-            str(SNAKEFILE),
-            "--directory",
-            str(workdir),
-            "--dry-run",
-            "--profile",
-            str(profile),
-        ],
+        snakemake_command(workdir, "--dry-run", "--profile", str(profile)),
         capture_output=True,
         text=True,
         timeout=300,
@@ -135,24 +131,9 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster: SlurmCluste
     write_config(workdir, tiny_config({"experiments": {"demo": {"training": {"epochs": EPOCHS}}}}))
     profile = site_profile(tmp_path / "profile")
     first_job = slurm_cluster.max_job_id()
-    command = [
-        "timeout",
-        "-s",
-        "INT",
-        "--kill-after=30",
-        "900",
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(SNAKEFILE),
-        "--directory",
-        str(workdir),
-        "--profile",
-        str(profile),
-        *LOCAL_OPTIONS,
-        "--slurm-keep-successful-logs",
-    ]
+    command = snakemake_command(
+        workdir, "--profile", str(profile), *LOCAL_OPTIONS, "--slurm-keep-successful-logs", timeout=900
+    )
     snakemake_log = tmp_path / "snakemake.log"
     with open(snakemake_log, "w") as log:
         run = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)

@@ -6,7 +6,6 @@ benchmarks/bench_slurm_season.py (which compares submission schemes).
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -15,7 +14,7 @@ from pathlib import Path
 import rasterio
 
 from helpers.slurm_cluster import LOCAL_OPTIONS, SlurmCluster, SlurmJob, run_slurm
-from helpers.workflow_runs import SNAKEFILE, TILE, tiny_config
+from helpers.workflow_runs import TILE, snakemake_command, tiny_config
 
 # The plugin logs this when it gives a job up for lost (its output missing after `latency-wait`) and submits it
 # again: in a correct run it never appears.
@@ -67,25 +66,7 @@ def run_season(
     """Snakemake over `targets` through `profile`; stopped with SIGINT as stalled once Slurm's queue has been
     empty for `stall_seconds` while Snakemake still runs (a dropped job that nobody submits)."""
     first_job = cluster.max_job_id()
-    command = [
-        "timeout",
-        "-s",
-        "INT",
-        "--kill-after=30",
-        str(int(timeout)),
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(SNAKEFILE),
-        "--directory",
-        str(workdir),
-        "--profile",
-        str(profile),
-        *LOCAL_OPTIONS,
-        *extra,
-        *targets,
-    ]
+    command = snakemake_command(workdir, "--profile", str(profile), *LOCAL_OPTIONS, *extra, *targets, timeout=timeout)
     began = time.monotonic()
     stalled = False
     with open(log_path, "w") as log:

@@ -69,24 +69,16 @@ class Run:
         return self.returncode == 0
 
 
+def snakemake_command(workdir: Path, *arguments: str, timeout: float | None = None) -> list[str]:
+    """The command that runs the repository's Snakefile in `workdir`; with `timeout`, under `timeout`, which
+    sends SIGINT (Snakemake's clean stop) and kills 30 s later."""
+    limit = ["timeout", "-s", "INT", "--kill-after=30", str(int(timeout))] if timeout else []
+    return [*limit, sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), *arguments]
+
+
 def snakemake(workdir: Path, *arguments: str, timeout: int = 600, check: bool = True) -> Run:
     """Run the repository's Snakefile in `workdir`; `check` fails the calling test with the output's tail."""
-    command = [
-        "timeout",
-        "-s",
-        "INT",
-        "--kill-after=30",
-        str(timeout),
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(SNAKEFILE),
-        "--directory",
-        str(workdir),
-        *arguments,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(snakemake_command(workdir, *arguments, timeout=timeout), capture_output=True, text=True)
     run = Run(done.returncode, done.stdout + done.stderr)
     if check and not run.ok:
         raise AssertionError(f"snakemake {' '.join(arguments)} exited {run.returncode}:\n{run.output[-6000:]}")
