@@ -57,7 +57,7 @@ else
 fi
 for name in $STEPS; do
     case $name in
-    tests) step tests 150 python3 -m pytest -q -p no:cacheprovider -rs -s tests/test_resume.py tests/test_infer.py tests/test_loader.py "${tests[@]}" ;;
+    tests) step tests 300 python3 -m pytest -q -p no:cacheprovider -rs -s tests/test_resume.py tests/test_infer.py tests/test_loader.py "${tests[@]}" ;;
     train) for workers in $WORKERS; do
         step "train-$workers" 180 python3 benchmarks/bench_train.py --device "$DEVICE" --compile --workers "$workers" "${train[@]}"
     done ;;

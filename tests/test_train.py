@@ -268,6 +268,30 @@ def test_cpu_runtime_is_float32_and_workers_follow_the_threads(caplog):
         resolve_runtime({"device": "cuda"})
 
 
+class RecordsDeterminism(torch.nn.Module):
+    """Wraps the loss: records whether PyTorch's deterministic algorithms were on at each call."""
+
+    def __init__(self, loss_fn):
+        super().__init__()
+        self.loss_fn, self.seen = loss_fn, set()
+
+    def forward(self, logits, label):
+        self.seen.add(torch.are_deterministic_algorithms_enabled())
+        return self.loss_fn(logits, label)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_deterministic_algorithms_are_on_while_training_only_when_asked(tmp_path, shards, deterministic):
+    trainer = make_trainer(
+        tmp_path, shards["train"], shards["validation"], epochs=1, steps_per_epoch=2, deterministic=deterministic
+    )
+    trainer.loss_fn = RecordsDeterminism(trainer.loss_fn)
+    trainer.run()
+    assert trainer.loss_fn.seen == {deterministic}
+    assert not torch.are_deterministic_algorithms_enabled()  # the process's setting is back
+    assert ("deterministic algorithms" in trainer.runtime.describe()) == deterministic
+
+
 def test_history_csv_and_curves_png(tmp_path):
     rows = [
         {

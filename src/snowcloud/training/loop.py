@@ -383,7 +383,7 @@ class Trainer:
             for phase in ("train", "validation")
         }
         try:
-            with stop_signals() as stop:
+            with stop_signals() as stop, self.runtime.algorithms():
                 while not self.progress.finished:
                     self._train_pass(stop)
                     self._validation_pass(stop)

@@ -7,7 +7,7 @@ import os
 import signal
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +31,7 @@ class Runtime:
     channels_last: bool
     compile: bool
     workers: int
+    deterministic: bool = False
 
     @property
     def cuda(self) -> bool:
@@ -45,6 +46,18 @@ class Runtime:
         if self.amp_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    @contextmanager
+    def algorithms(self) -> Iterator[None]:
+        """While training: PyTorch's deterministic algorithms if `deterministic` is set (an operation without one
+        warns and runs as usual), restoring the process's previous setting afterwards."""
+        before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+        if self.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Move the network to the device (channels-last if asked); weights must be loaded before `compiled`."""
@@ -98,6 +111,7 @@ class Runtime:
         return (
             f"device {self.device}, {precision[self.amp_dtype]}, {memory}, "
             f"{'compiled' if self.compile else 'eager'}, {self.workers} loader workers"
+            + (", deterministic algorithms" if self.deterministic else "")
         )
 
 
@@ -117,12 +131,15 @@ def resolve_runtime(training: Mapping[str, object], threads: int = 1) -> Runtime
     """The runtime for the validated `training` options, with the process-wide switches set (threads, cuDNN)."""
     device = resolve_device(str(training.get("device", "auto")), "training.device")
     workers = loader_workers(training.get("workers"), threads)  # type: ignore[arg-type]
+    deterministic = bool(training.get("deterministic"))
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not deterministic  # autotuning picks algorithms by their speed in this run
+        torch.backends.cudnn.deterministic = deterministic
+        if deterministic:  # cuBLAS reduces in a fixed order only with a fixed workspace (read when it starts)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         amp_dtype = autocast_dtype(training.get("amp", True), device)  # type: ignore[arg-type]
-        runtime = Runtime(
-            device, amp_dtype, bool(training.get("channels_last", True)), bool(training.get("compile")), workers
-        )
+        channels_last, compile_model = bool(training.get("channels_last", True)), bool(training.get("compile"))
+        runtime = Runtime(device, amp_dtype, channels_last, compile_model, workers, deterministic)
     else:
         torch.set_num_threads(max(1, threads))
         ignored = [key for key in ("amp", "channels_last", "compile") if training.get(key)]
@@ -130,7 +147,7 @@ def resolve_runtime(training: Mapping[str, object], threads: int = 1) -> Runtime
             log.info(
                 "on the CPU the network runs in float32, contiguous, eager (%s apply on a GPU)", ", ".join(ignored)
             )
-        runtime = Runtime(device, None, False, False, workers)
+        runtime = Runtime(device, None, False, False, workers, deterministic)
     log.info("training runtime: %s", runtime.describe())
     return runtime
 
