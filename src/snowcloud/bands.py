@@ -22,3 +22,20 @@ RESOLUTION_M: dict[str, int] = {
     "B11": 20,
     "B12": 20,
 }
+
+# Central wavelength of each band in nm (Sentinel-2A MSI spectral response, ESA; S2B's differ by at most a few nm).
+WAVELENGTH_NM: dict[str, float] = {
+    "B01": 442.7,
+    "B02": 492.4,
+    "B03": 559.8,
+    "B04": 664.6,
+    "B05": 704.1,
+    "B06": 740.5,
+    "B07": 782.8,
+    "B08": 832.8,
+    "B8A": 864.7,
+    "B09": 945.1,
+    "B10": 1373.5,
+    "B11": 1613.7,
+    "B12": 2202.4,
+}

@@ -13,13 +13,10 @@ from rasterio.windows import Window
 
 from snowcloud import cloudprob
 from snowcloud.labels import CLASSES, IGNORE_INDEX
-from snowcloud.scene import block_strips, read_bands
+from snowcloud.scene import REFLECTANCE_SCALE, block_strips, read_bands
 
 BASELINE_CLASSES = CLASSES  # what every baseline predicts: the thesis's classes, matched by name in evaluation
 BACKGROUND, SNOW, CLOUD, WATER = (CLASSES.index(name) for name in ("background", "snow", "cloud", "water"))
-
-# Scene rasters hold offset-corrected DN: reflectance = value / 10000.
-REFLECTANCE_SCALE = 10000.0
 
 
 def reflectance(values: np.ndarray) -> np.ndarray:

@@ -52,7 +52,6 @@ from snowcloud import scene as scene_raster
 from snowcloud.bands import BANDS
 from snowcloud.gdal import gdal_env
 
-REFLECTANCE_SCALE = 10000.0  # scene value / 10000 = top-of-atmosphere reflectance
 # The 10 bands the s2cloudless model reads when `all_bands` is False (B01, B02, B04, B05, B08, B8A, B09, B10, B11, B12).
 MODEL_BANDS = ("B01", "B02", "B04", "B05", "B08", "B8A", "B09", "B10", "B11", "B12")
 # GDAL block cache while reading (GDAL's default is 5 % of the RAM): two rows of 512 x 512 tiles of a 14-band
@@ -112,7 +111,7 @@ def scene_reflectance(values: np.ndarray, nodata: float | None) -> tuple[np.ndar
     the valid mask (H, W): where every band holds data."""
     valid = scene_raster.valid_pixels(values, nodata)
     reflectance = np.moveaxis(values, 0, -1).astype(np.float32, order="C")  # in place from here, no temporaries
-    reflectance /= REFLECTANCE_SCALE
+    reflectance /= scene_raster.REFLECTANCE_SCALE
     np.maximum(reflectance, 0.0, out=reflectance)
     reflectance[~valid] = 0.0
     return reflectance, valid

@@ -23,6 +23,7 @@ from snowcloud.bands import BANDS, ELEVATION
 DTYPE = "int16"
 NODATA = -32768
 VALUE_RANGE = (-32767, 32767)  # valid values saturate here; NODATA is reserved for no data
+REFLECTANCE_SCALE = 10000.0  # band values are offset-corrected DN: top-of-atmosphere reflectance = value / 10000
 N_BANDS = len(BANDS)
 PATH_PATTERN = re.compile(r"(?P<tile>\d{2}[A-Z]{3})/(?P<date>\d{8}T\d{6})\.tif$")
 PREPROCESS_TAG = "PREPROCESS_OPTIONS"  # JSON of the preprocess options the scene was made with
