@@ -173,3 +173,19 @@ def test_each_thesis_era_normalises_a_known_pixel_as_thesis_md_computes_it():
     # dccb618 .. a82e3cd: P30 maps to sigmoid(-1.7346) = 0.15, minus the band's offset; DEM (e - 1862.78) / 3913
     dw = normalisation.apply(normalisation.spec("dynamic-world-percentile"), pixel, valid, {})[:, 0, 0]
     np.testing.assert_allclose(dw, [*(0.15 - np.array(offsets)), 1.0], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["snowcloud-v1", "legacy-dn10000", "dynamic-world-percentile"])
+def test_band_values_turn_normalised_bands_back_into_scene_values(name):
+    values = np.random.default_rng(0).uniform(2, 12000, (normalisation.N_BANDS, 8, 8)).astype(np.float32)
+    stored = normalisation.spec(name)
+    normalised = normalisation.apply(stored, values, np.ones((8, 8), bool), {})
+    np.testing.assert_allclose(normalisation.band_values(stored, normalised), values, rtol=2e-4, atol=0.05)
+    through_float16 = normalisation.band_values(stored, normalised.astype(np.float16))  # as a shard stores them
+    np.testing.assert_allclose(through_float16, values, rtol=0.02, atol=20)  # float16: 0.002 reflectance
+
+
+def test_band_values_refuse_a_normalisation_made_of_per_scene_statistics():
+    assert not normalisation.invertible(normalisation.spec("sigma-clip"))
+    with pytest.raises(normalisation.NormalisationError, match="sigma-clip cannot be inverted"):
+        normalisation.band_values(normalisation.spec("sigma-clip"), np.zeros((normalisation.N_BANDS, 2, 2)))

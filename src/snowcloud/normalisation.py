@@ -166,6 +166,57 @@ METHODS: dict[tuple[str, int], Callable[[dict, np.ndarray, dict], np.ndarray]] =
 NEEDS_STATISTICS = {"sigma-clip"}
 
 
+# --- the inverses of the methods with fixed constants: normalised bands (13, H, W) -> scene values ---------------
+
+
+def _legacy_invert(spec: dict, bands: np.ndarray) -> np.ndarray:
+    return bands * np.float32(spec["band_scale"])
+
+
+def _dynamic_world_invert(spec: dict, bands: np.ndarray) -> np.ndarray:
+    """The logistic's argument from the value plus the offset, then log10 back (values under the floor map to it)."""
+    low, high = spec["sigmoid_low"], spec["sigmoid_high"]
+    c = np.log10(np.asarray(spec["p30"], dtype=np.float64))[:, None, None]
+    d = np.log10(np.asarray(spec["p70"], dtype=np.float64))[:, None, None]
+    gain = (high - low) / (d - c)
+    tiny = np.finfo(np.float32).eps
+    sigmoid = np.clip(bands + dynamic_world_offsets(spec)[:, None, None], tiny, 1 - tiny)
+    z = np.log(sigmoid / (1 - sigmoid))
+    return (10 ** ((z - low) / gain + c)).astype(np.float32)
+
+
+def _snowcloud_v1_invert(spec: dict, bands: np.ndarray) -> np.ndarray:
+    asinh = bands * _per_band(spec["scale"]) + _per_band(spec["centre"])
+    return np.sinh(asinh) * np.float32(spec["asinh_scale"] * spec["band_scale"])
+
+
+INVERSES: dict[tuple[str, int], Callable[[dict, np.ndarray], np.ndarray]] = {
+    ("legacy-dn10000", 1): _legacy_invert,
+    ("dynamic-world-percentile", 1): _dynamic_world_invert,
+    ("snowcloud-v1", 1): _snowcloud_v1_invert,
+}
+
+
+def invertible(spec: dict) -> bool:
+    """Whether :func:`band_values` can turn the spec's normalised bands back into scene values (fixed constants;
+    sigma-clip's depend on each scene's statistics, which a shard's patches do not carry)."""
+    return (spec.get("name"), spec.get("version")) in INVERSES
+
+
+def band_values(spec: dict, bands: np.ndarray) -> np.ndarray:
+    """The scene values (offset-corrected DN) of normalised bands (13, H, W): `apply`'s inverse for the bands, up
+    to its clipping (snowcloud-v1 clips far beyond any reflectance) and to the float16 rounding of a shard."""
+    _method(spec)
+    if not invertible(spec):
+        raise NormalisationError(
+            f"normalisation {spec['name']} cannot be inverted (it depends on per-scene statistics); use one with "
+            f"fixed constants ({', '.join(name for name, _ in INVERSES)})"
+        )
+    if len(bands) != N_BANDS:
+        raise NormalisationError(f"expected the {N_BANDS} normalised bands, got {len(bands)} channels")
+    return INVERSES[(spec["name"], spec["version"])](spec, np.asarray(bands, dtype=np.float32)).astype(np.float32)
+
+
 def _method(spec: dict) -> Callable[[dict, np.ndarray, dict], np.ndarray]:
     key = (spec.get("name"), spec.get("version"))
     if key not in METHODS:
