@@ -27,6 +27,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "windows",
         "workflow",
         "sampling",
+        "spectral",
         "model",
     ),
     "formats": ("safe", "scene", "labels", "config", "normalisation", "shards", "dataset_stats", "checkpoint", "mask"),
