@@ -1,7 +1,20 @@
+import json
+
 import numpy as np
 import pytest
+from helpers.rasters import synthetic_scene, write_label, write_scene
+from helpers.training_shards import shard_options
 
 from snowcloud.augment import Augmentation
+from snowcloud.bands import BANDS, ELEVATION
+from snowcloud.labels import IGNORE_INDEX
+from snowcloud.loader import ShardDataset
+from snowcloud.normalisation import band_values, spec
+from snowcloud.scene import NODATA, REFLECTANCE_SCALE
+from snowcloud.shards import build_shard, open_shard
+from snowcloud.spectral import haze_profile
+
+BANDS_AND_ELEVATION = [*BANDS, ELEVATION]
 
 
 def _rng(*keys):
@@ -106,3 +119,163 @@ def test_options_are_read_and_checked():
     options = {"flip_p": 0.25, "channel_dropout_p": 0.0, "erase_p": 0.0, "erase_size": [8, 128]}
     assert Augmentation.from_options(options) == Augmentation(flip_p=0.25)
     assert not Augmentation.from_options({"flip_p": 0, "erase_size": [8, 128]}).active
+
+
+# --- the spectral augmentation, on real shards ------------------------------------------------------------------
+
+NO_SPECTRAL_EFFECT = {
+    "gain": [1.0, 1.0],
+    "band_gain": [1.0, 1.0],
+    "offset": [0.0, 0.0],
+    "haze": [0.0, 0.0],
+    "haze_exponent": [1.0, 1.0],
+    "blur_sigma": [0.0, 0.0],
+    "noise_std": [0.0, 0.0],
+}
+
+
+def _shard_with_no_data(root, normalisation="snowcloud-v1", seed=0):
+    """A real shard (scene raster + label through build_shard) whose patches hold no-data pixels (the scene's
+    right 8 columns) and unlabelled valid pixels."""
+    rng = np.random.default_rng(seed)
+    values = synthetic_scene(rng, 48, 48)
+    values[:, :, 40:] = NODATA
+    scene = write_scene(root / "scenes" / "32TNS" / "20210710T101559.tif", values)
+    classes = rng.choice(np.array([0, 1, 2, 3, 255], np.uint8), size=(48, 48))
+    label = write_label(root / "labels" / "32TNS" / "20210710T101559.tif", classes)
+    options = shard_options(normalisation=normalisation, patch_size=16)
+    options["sampler"] |= {"method": "grid", "stride": 16, "min_labelled_fraction": 0.3}
+    output = root / "shards" / "32TNS" / "20210710T101559.h5"
+    build_shard(scene, label, output, "demo", options)
+    return output
+
+
+def _spectral(p=1.0, **ranges):
+    return {"flip_p": 0.0, "erase_size": [8, 128], "spectral": {"p": p, **NO_SPECTRAL_EFFECT, **ranges}}
+
+
+def _augmented(shard, options, seed=5, epoch=0):
+    """(stored images, augmented images, labels) of every patch of a shard, float32, through the loader."""
+    with open_shard(shard) as opened:
+        bands, spec = json.loads(opened.attrs["bands"]), json.loads(opened.attrs["normalisation"])
+    plain = ShardDataset([(shard, None)])
+    augmented = ShardDataset([(shard, None)], Augmentation.from_options(options, bands, spec), seed=seed)
+    augmented.set_epoch(epoch)
+    stored = [plain[i] for i in range(len(plain))]
+    changed = [augmented[i] for i in range(len(augmented))]
+    return (
+        np.stack([image.numpy() for image, _ in stored]),
+        np.stack([image.numpy() for image, _ in changed]),
+        np.stack([label.numpy() for _, label in stored]),
+        spec,
+    )
+
+
+def _reflectance(spec, images):
+    """Reflectance of the 13 L1C bands of normalised patches (N, C, P, P)."""
+    return np.stack([band_values(spec, image[: len(BANDS)]) for image in images]) / REFLECTANCE_SCALE
+
+
+def _no_data(images, labels):
+    return (labels == IGNORE_INDEX) & (images == 0).all(axis=1)
+
+
+@pytest.mark.parametrize("normalisation", ["snowcloud-v1", "dynamic-world-percentile", "legacy-dn10000"])
+def test_a_spectral_gain_multiplies_the_reflectance_of_every_band_and_leaves_elevation_and_no_data(
+    tmp_path, normalisation
+):
+    shard = _shard_with_no_data(tmp_path, normalisation)
+    stored, out, labels, spec = _augmented(shard, _spectral(gain=[1.1, 1.1]))
+    no_data = _no_data(stored, labels)
+    assert no_data.any() and (~no_data).any()
+    np.testing.assert_array_equal(out[:, len(BANDS)], stored[:, len(BANDS)])  # elevation: bit for bit
+    assert (out.transpose(1, 0, 2, 3)[:, no_data] == 0).all()
+    before, after = _reflectance(spec, stored), _reflectance(spec, out)
+    bright = (before > 0.05).transpose(1, 0, 2, 3) & ~no_data  # (C, N, P, P): away from float16's coarse dark end
+    ratio = after.transpose(1, 0, 2, 3)[bright] / before.transpose(1, 0, 2, 3)[bright]
+    assert np.median(ratio) == pytest.approx(1.1, abs=0.002)
+    assert np.percentile(np.abs(ratio - 1.1), 99) < 0.01  # float16 storage of the normalised values
+
+
+def test_haze_brightens_the_blue_most_leaves_b10_and_follows_its_wavelength_law(tmp_path):
+    shard = _shard_with_no_data(tmp_path)
+    stored, out, labels, spec = _augmented(shard, _spectral(haze=[0.03, 0.03], haze_exponent=[2.0, 2.0]))
+    valid = ~_no_data(stored, labels)
+    before, after = _reflectance(spec, stored), _reflectance(spec, out)
+    dark = (before < 0.2).transpose(1, 0, 2, 3) & valid  # where float16 keeps the added path reflectance exact
+    added = {
+        band: float(np.median((after - before * (1 - h)).transpose(1, 0, 2, 3)[c][dark[c]]))
+        for c, (band, h) in enumerate(zip(BANDS, haze_profile(BANDS, 0.03, 2.0)))
+    }
+    for band, h in zip(BANDS, haze_profile(BANDS, 0.03, 2.0)):
+        assert added[band] == pytest.approx(h, abs=3e-4), band
+    assert added["B02"] == pytest.approx(0.03 * (492.4 / 490) ** -2, abs=3e-4)
+    assert added["B01"] > added["B02"] > added["B04"] > added["B08"] > added["B12"] > 0
+    assert added["B10"] == pytest.approx(0, abs=1e-4)
+
+
+def test_spectral_ranges_bound_the_drawn_effects_on_real_patches(tmp_path):
+    shard = _shard_with_no_data(tmp_path)
+    options = _spectral(p=1.0, gain=[0.9, 1.1], band_gain=[0.95, 1.05], offset=[-0.01, 0.01])
+    stored, out, labels, spec = _augmented(shard, options)
+    valid = ~_no_data(stored, labels)
+    before, after = _reflectance(spec, stored), _reflectance(spec, out)
+    seen = []
+    for n in range(len(stored)):
+        for c in range(len(BANDS)):
+            x, y = before[n, c][valid[n]], after[n, c][valid[n]]
+            gain, offset = np.polyfit(x, y, 1)  # y = gain x + offset, exactly up to float16
+            assert 0.9 * 0.95 - 0.005 <= gain <= 1.1 * 1.05 + 0.005
+            assert -0.01 - 0.002 <= offset <= 0.01 + 0.002
+            seen.append(gain)
+    assert np.ptp(seen) > 0.1  # the gains vary between patches and bands
+
+
+def test_blur_and_noise_change_only_valid_pixels_and_keep_the_mean(tmp_path):
+    shard = _shard_with_no_data(tmp_path)
+    stored, out, labels, spec = _augmented(shard, _spectral(blur_sigma=[1.0, 1.0], noise_std=[0.004, 0.004]))
+    no_data = _no_data(stored, labels)
+    assert (out.transpose(1, 0, 2, 3)[:, no_data] == 0).all()
+    np.testing.assert_array_equal(out[:, len(BANDS)], stored[:, len(BANDS)])
+    before, after = _reflectance(spec, stored), _reflectance(spec, out)
+    valid = ~no_data
+    difference = (after - before).transpose(1, 0, 2, 3)[:, valid]
+    assert abs(float(difference.mean())) < 0.002
+    assert float(difference.std()) > 0.004  # blur of a textured scene, plus the noise
+
+
+def test_the_spectral_augmentation_is_determined_by_seed_epoch_and_index(tmp_path):
+    shard = _shard_with_no_data(tmp_path)
+    options = _spectral(p=0.7) | {"spectral": {"p": 0.7}}  # the documented default ranges
+    first = _augmented(shard, options, seed=3, epoch=2)[1]
+    second = _augmented(shard, options, seed=3, epoch=2)[1]
+    np.testing.assert_array_equal(first, second)
+    other_epoch = _augmented(shard, options, seed=3, epoch=3)[1]
+    assert not np.array_equal(first, other_epoch)
+
+
+def test_with_spectral_p_0_the_augmentation_is_bit_identical_to_the_one_without_it(tmp_path):
+    """p 0 is today's augmentation; p 1 moves no flip or erased square (its draws come after theirs)."""
+    shard = _shard_with_no_data(tmp_path)
+    thesis = {"flip_p": 0.5, "channel_dropout_p": 0.2, "erase_p": 0.5, "erase_size": [2, 8]}
+    today = _augmented(shard, thesis, seed=9, epoch=1)[1]
+    with_key = _augmented(shard, thesis | {"spectral": {"p": 0.0}}, seed=9, epoch=1)[1]
+    np.testing.assert_array_equal(today, with_key)
+    assert not Augmentation.from_options({"flip_p": 0, "spectral": {"p": 0.0}}).active
+    plain = ShardDataset([(shard, None)], Augmentation.from_options(thesis), seed=9)
+    spectral = ShardDataset(
+        [(shard, None)],
+        Augmentation.from_options(thesis | {"spectral": {"p": 1.0}}, BANDS_AND_ELEVATION, spec("snowcloud-v1")),
+        seed=9,
+    )
+    for index in range(len(plain)):
+        np.testing.assert_array_equal(plain[(index, 1)][1], spectral[(index, 1)][1])  # same erased squares, flips
+
+
+def test_the_spectral_augmentation_needs_an_invertible_normalisation_and_the_bands():
+    with pytest.raises(ValueError, match="sigma-clip"):
+        Augmentation.from_options({"spectral": {"p": 0.5}}, BANDS_AND_ELEVATION, spec("sigma-clip"))
+    with pytest.raises(ValueError, match="13 L1C bands"):
+        Augmentation.from_options({"spectral": {"p": 0.5}}, ["B02", "B03"], spec("snowcloud-v1"))
+    with pytest.raises(ValueError, match="spectral.gain"):
+        Augmentation.from_options({"spectral": {"p": 0.5, "gain": [1.2, 0.8]}}, BANDS_AND_ELEVATION, spec())

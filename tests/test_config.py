@@ -89,6 +89,18 @@ def test_merge_is_deep_like_snakemake_configfile():
             r"experiments.demo.training.augmentation.erase_size: \[64, 8\] must be \[smallest, largest\]",
         ),
         (
+            {"experiments": {"demo": {"training": {"augmentation": {"spectral": {"haze": [0.04, 0.0]}}}}}},
+            r"experiments.demo.training.augmentation.spectral.haze: \[0.04, 0.0\] must be \[low, high\]",
+        ),
+        (
+            {"experiments": {"demo": {"training": {"augmentation": {"spectral": {"blur_sigma": [0.5]}}}}}},
+            r"experiments.demo.training.augmentation.spectral.blur_sigma: \[0.5\] is too short",
+        ),
+        (
+            {"datasets": {"demo": {"normalisation": "sigma-clip"}}},
+            r"experiments.demo.training.augmentation.spectral.p: .* sigma-clip normalisation",
+        ),
+        (
             {"experiments": {"demo": {"training": {"optimizer": {"betas": [0.9, 1.0]}}}}},
             "experiments.demo.training.optimizer.betas.1: 1.0 is greater than or equal to the maximum of 1",
         ),

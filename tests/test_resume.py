@@ -70,7 +70,13 @@ def test_sigterm_in_epoch_3_then_rerun_equals_an_uninterrupted_run(tmp_path, dev
     weights and losses must agree closely, and an fp16 run's state must carry its grad scaler."""
     device, amp, deterministic = device_amp
     stats_path = real_dataset(tmp_path / "data", dates=3, patches=12)
-    augmentation = {"flip_p": 0.5, "channel_dropout_p": 0.2, "erase_p": 0.5, "erase_size": [2, 8]}
+    augmentation = {
+        "flip_p": 0.5,
+        "channel_dropout_p": 0.2,
+        "erase_p": 0.5,
+        "erase_size": [2, 8],
+        "spectral": {"p": 0.5},
+    }
     options = experiment_options(epochs=4, batch_size=4, augmentation=augmentation, device=device, amp=amp)
     options["training"]["deterministic"] = deterministic
     common = {"stats_path": str(stats_path), "experiment": "toy", "threads": 1}

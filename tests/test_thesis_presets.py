@@ -88,6 +88,7 @@ def test_every_documented_run_has_a_preset_that_validates_alone_and_under_the_sm
     assert small["model"]["base_channels"] == 4 and small["training"]["epochs"] == 1
     assert small_dataset["normalisation"] == dataset["normalisation"]
     assert small["training"]["optimizer"] == run["training"]["optimizer"]
+    assert run["training"]["augmentation"]["spectral"]["p"] == 0  # the thesis had no spectral augmentation
 
 
 @pytest.mark.parametrize("name", PRESETS)

@@ -242,6 +242,7 @@ def _range_errors(config: dict) -> list[str]:
             errors.append(
                 f"experiments.{name}.training.augmentation.erase_size: {erase_size} must be [smallest, largest]"
             )
+        errors += _spectral_errors(name, training, datasets.get(experiment.get("dataset"), {}))
         patch_size = datasets.get(experiment.get("dataset"), {}).get("patch_size")
         if training.get("batch_size") == 1 and patch_size is not None and patch_size < UNET_MIN_PATCH_FOR_ONE:
             errors.append(
@@ -249,6 +250,23 @@ def _range_errors(config: dict) -> list[str]:
                 f"{experiment['dataset']}.patch_size) leaves one value per channel at the U-Net's deepest level, "
                 f"where batch normalisation needs two: use batch_size >= 2 or patch_size >= {UNET_MIN_PATCH_FOR_ONE}"
             )
+    return errors
+
+
+def _spectral_errors(name: str, training: dict, dataset: dict) -> list[str]:
+    """Unordered spectral augmentation ranges, and a spectral augmentation a dataset's normalisation cannot invert."""
+    spectral = training.get("augmentation", {}).get("spectral", {})
+    key = f"experiments.{name}.training.augmentation.spectral"
+    errors = [
+        f"{key}.{option}: {value} must be [low, high] with low <= high"
+        for option, value in spectral.items()
+        if isinstance(value, list) and not value[0] <= value[1]
+    ]
+    if spectral.get("p") and dataset.get("normalisation") == "sigma-clip":
+        errors.append(
+            f"{key}.p: the spectral augmentation turns patches back into reflectance, which the dataset's "
+            f"sigma-clip normalisation (per-scene statistics) does not allow: use another normalisation or p 0"
+        )
     return errors
 
 

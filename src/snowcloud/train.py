@@ -102,7 +102,7 @@ def _train(
         raise ValueError(f"{stats_path}: the split needs training and validation patches (see datasets.*.split)")
     shards = sorted({str(path) for part in split.values() for path, _ in part})
     class_weights = [float(weight) for weight in stats["class_weights"]["values"]]
-    augmentation = Augmentation.from_options(training["augmentation"])
+    augmentation = Augmentation.from_options(training["augmentation"], stats["bands"], stats["normalisation"])
     train_set = ShardDataset(
         split["train"], augment=augmentation if augmentation.active else None, seed=training["seed"]
     )
