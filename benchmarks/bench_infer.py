@@ -2,7 +2,7 @@
 
     python benchmarks/bench_infer.py [--rows 10980] [--width 10980] [--model results/models/demo/model.pt]
                                      [--base-channels 8] [--patch-size 256] [--tta] [--threads 2] [--device cpu]
-                                     [--free-model] [--schemes margin]
+                                     [--free-model [copy|conv1x1]] [--against REV] [--repeat 1] [--schemes margin]
     python benchmarks/bench_infer.py --device cuda --base-channels 64 --tta   # the thesis model on a GPU
 
 It writes a synthetic 14-band scene raster of --width x --rows (int16, nodata -32768, the last 5 % of the columns
@@ -22,7 +22,15 @@ every 100 ms). `--stages` also times, for the first scheme, reading and normalis
 and --threads threads) and the network alone (windows/s on the device), so that the end-to-end time can be
 read against its parts. The model is --model (a trained checkpoint, e.g. the demo's; its patch size is set to
 --patch-size for the blend schemes, the weights are untouched) or a U-Net of --base-channels with random weights.
-It also prints the model's receptive field (radius around an output pixel holding 99 / 99.9 / 99.99 % of the
+With --free-model the network is a stand-in that costs next to nothing (`copy`, the default: the first K
+input channels copied, a network's output written and nothing computed; `conv1x1`: a 1 x 1 convolution, the
+stand-in of the first figures, which costs more than the rest on a CPU), so the figures are everything but the
+network: reading, normalising, the flips of TTA, softmax, blending, the argmax and class counts, writing. Each
+such run is a fresh Python process that prints its wall time, its CPU time (all threads; what the load of a
+shared machine barely moves) and the stand-in's own CPU time, so that "everything but the network" is the CPU
+time less that. `--against REV` runs the same in a temporary worktree of a git revision (its package first on
+PYTHONPATH, the same stand-in and scene), alternating with this tree `--repeat` times, and prints the ratios: the
+before and after of a change from one run. It also prints the model's receptive field (radius around an output pixel holding 99 / 99.9 / 99.99 % of the
 input gradient, and where it ends) and, with --s2cloudless, s2cloudless over the same scene with the
 `evaluation.s2cloudless` defaults: seconds and peak RSS.
 """
@@ -30,10 +38,13 @@ input gradient, and where it ends) and, with --s2cloudless, s2cloudless over the
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
+import os
 import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -52,6 +63,7 @@ from snowcloud.model import build_model, count_parameters
 from snowcloud.scene import band_indexes, row_strips
 from snowcloud.windows import axis_plans
 
+REPO = Path(__file__).resolve().parents[1]
 FULL_TILE = 10980
 SCHEMES = {
     "today": {"scheme": "blend", "overlap": 0.5, "blending": "sine", "batch_size": 16},
@@ -116,16 +128,44 @@ def run_prediction(model: str, scene: str, output: str, options: dict, threads: 
     results.put((seconds, peak_rss(), cuda_peak))
 
 
-def run_free_prediction(model: str, scene: str, output: str, options: dict, threads: int, results) -> None:
-    """Child process: predict_with the checkpoint's bands, normalisation and settings but a 1 x 1 convolution as
-    the network (it costs next to nothing): what the rest of the prediction costs; wall time, peak RSS, 0 (no
-    CUDA peak) and the CPU seconds of all its threads."""
+class FreeNetwork(torch.nn.Module):
+    """A stand-in for the network that costs next to nothing: the first `classes` input channels, copied (as a
+    network writes its output), or a 1 x 1 convolution (`conv1x1`). It sums the CPU time of its own calls."""
+
+    def __init__(self, kind: str, channels: int, classes: int):
+        super().__init__()
+        self.classes, self.cpu = classes, 0.0
+        self.conv = torch.nn.Conv2d(channels, classes, 1) if kind == "conv1x1" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        start = time.thread_time()
+        out = self.conv(x) if self.conv is not None else x[:, : self.classes].clone()
+        self.cpu += time.thread_time() - start
+        return out
+
+
+def free_prediction(kind: str, model: str, scene: str, output: str, options: dict, threads: int) -> dict:
+    """predict_with the checkpoint's bands, normalisation and settings but a FreeNetwork: wall and CPU seconds
+    (all threads), the stand-in's CPU seconds and the peak RSS, of whichever snowcloud package is imported."""
     loaded = infer.load_for_inference(model, options, threads)
-    free = torch.nn.Conv2d(len(loaded.metadata["bands"]), len(loaded.class_names), 1).to(loaded.settings.device)
+    free = FreeNetwork(kind, len(loaded.metadata["bands"]), len(loaded.class_names)).to(loaded.settings.device)
     start, cpu = time.perf_counter(), cpu_seconds()
     infer.predict_with(infer.LoadedModel(loaded.path, free.eval(), loaded.metadata, loaded.settings), scene, output,
                        options)  # fmt: skip
-    results.put((time.perf_counter() - start, peak_rss(), 0, cpu_seconds() - cpu))
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    return {"seconds": seconds, "cpu": cpu, "network_cpu": free.cpu, "peak": peak_rss()}
+
+
+def run_free_in_checkout(checkout: Path, kind: str, model: str, scene: str, output: str, options: dict,
+                         threads: int) -> dict:  # fmt: skip
+    """free_prediction in a fresh process with the package of `checkout` (its src first on PYTHONPATH)."""
+    job = json.dumps([kind, model, scene, output, options, threads])
+    environment = {**os.environ, "PYTHONPATH": str(checkout / "src")}
+    done = subprocess.run([sys.executable, __file__, "--free-child", job], capture_output=True, text=True,
+                          env=environment)  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"the free-model prediction with {checkout / 'src'} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def cpu_seconds() -> float:
@@ -217,6 +257,70 @@ def agreement(a: Path, b: Path) -> float:
     return same / valid
 
 
+def load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def same_pixels(a: Path, b: Path) -> bool:
+    """Whether two rasters hold the same pixels in every band and overview level (and the same profile, tags)."""
+    with rasterio.open(a) as first, rasterio.open(b) as second:
+        if (first.profile, first.tags(), first.overviews(1)) != (second.profile, second.tags(), second.overviews(1)):
+            return False
+        for factor in [1, *first.overviews(1)]:
+            shape = (first.count, -(-first.height // factor), -(-first.width // factor))
+            if not np.array_equal(first.read(out_shape=shape), second.read(out_shape=shape)):
+                return False
+        return True
+
+
+@contextmanager
+def checkout_of(revision: str | None, root: Path):
+    """A temporary detached worktree of `revision` under `root` (None: nothing), removed afterwards."""
+    if revision is None:
+        yield None
+        return
+    folder = root / "against"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(folder), revision], check=True,
+                   capture_output=True)  # fmt: skip
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(folder)], check=False)
+
+
+def free_model_runs(args: argparse.Namespace, name: str, root: Path, scene: Path) -> None:
+    """The --free-model figures of one scheme: this tree's package (and --against REV's, alternating), each run a
+    fresh process; wall, CPU, the stand-in's CPU, the rest, peak RSS; the fastest of --repeat and the ratios."""
+    options = validated({**SCHEMES[name], "tta": args.tta, "device": args.device}, "inference")
+    rows, cols = axis_plans(args.rows, args.width, args.patch_size, options)
+    print(f"{name} scheme: {len(rows.starts) * len(cols.starts)} windows of {rows.size} x {cols.size}")
+    with checkout_of(args.against, root) as other:
+        trees = {"this tree": REPO} | ({args.against: other} if other else {})
+        best: dict[str, dict] = {}
+        for attempt in range(args.repeat if other else 1):
+            for label, checkout in trees.items():
+                output = root / f"{name}-{list(trees).index(label)}.tif"
+                run = run_free_in_checkout(checkout, args.free_model, str(root / "model.pt"), str(scene),
+                                           str(output), options, args.threads)  # fmt: skip
+                run["rest"] = run["cpu"] - run["network_cpu"]
+                print(
+                    f"  {label:>12} run {attempt + 1}: wall {run['seconds']:6.1f} s, CPU {run['cpu']:6.1f} s "
+                    f"(stand-in network {run['network_cpu']:5.1f} s, everything else {run['rest']:6.1f} s), "
+                    f"peak RSS {run['peak'] / 2**20:5.0f} MB; load {load()}",
+                    flush=True,
+                )
+                if label not in best or run["rest"] < best[label]["rest"]:
+                    best[label] = run
+        if other:
+            now, then = best["this tree"], best[args.against]
+            same = same_pixels(root / f"{name}-0.tif", root / f"{name}-1.tif")
+            print(
+                f"  this tree / {args.against}: x{now['rest'] / then['rest']:.2f} CPU of everything but the "
+                f"network, x{now['cpu'] / then['cpu']:.2f} CPU in all, x{now['seconds'] / then['seconds']:.2f} "
+                f"wall; masks {'identical' if same else 'DIFFERENT'} (pixels and overviews)"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=FULL_TILE, help="scene height (a full tile: 10980)")
@@ -230,10 +334,19 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--s2cloudless", action="store_true", help="also time s2cloudless over the scene")
     parser.add_argument("--stages", action="store_true", help="also time reading alone and the network alone")
-    parser.add_argument("--free-model", action="store_true",
-                        help="a 1 x 1 convolution instead of the network: the time of everything but the network")  # fmt: skip
+    parser.add_argument("--free-model", nargs="?", const="copy", choices=["copy", "conv1x1"],
+                        help="a stand-in for the network that costs next to nothing: the time of everything else")  # fmt: skip
+    parser.add_argument("--against", metavar="REV", help="with --free-model: also run a git revision's package")
+    parser.add_argument("--repeat", type=int, default=1, help="with --against: runs of each, alternating")
+    parser.add_argument("--free-child", help=argparse.SUPPRESS)  # one free_prediction, JSON in and out
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
+    if args.free_child:
+        print(json.dumps(free_prediction(*json.loads(args.free_child))))
+        return
+    if args.against and not args.free_model:
+        parser.error("--against needs --free-model")
+    print(f"load (1, 5, 15 min): {load()} on {os.cpu_count()} CPUs")
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(dir=args.dir) as scratch:
         root = Path(scratch)
@@ -242,7 +355,7 @@ def main() -> None:
         scene.parent.mkdir()
         write_scene(scene, args.rows, args.width)
         if args.free_model:
-            print("network: a 1 x 1 convolution (--free-model): the figures are everything but the network")
+            print(f"network: the stand-in {args.free_model} (--free-model): the figures are everything but the network")
         print(
             f"scene {args.width} x {args.rows}; model {args.model or 'random weights'}: U-Net "
             f"({count_parameters(network):,} parameters); TTA {args.tta}; {args.device}, {args.threads} threads"
@@ -259,6 +372,11 @@ def main() -> None:
                 f"{read[1]:.1f} s on 1 thread, {read[args.threads]:.1f} s on {args.threads}; network "
                 f"{network:.1f} s ({windows / network:.1f} windows/s, TTA {args.tta}, {args.device})"
             )
+        if args.free_model:
+            for name in args.schemes:
+                free_model_runs(args, name, root, scene)
+            print(f"load (1, 5, 15 min): {load()}")
+            return
         print(
             f"{'scheme':>7} {'windows':>8} {'window px':>10} {'passes/px':>9} {'seconds':>8} {'windows/s':>10} "
             f"{'peak RSS MB':>12} {'agreement':>10}{' CUDA peak MB  GPU util %' if gpu else ''}"
@@ -270,9 +388,8 @@ def main() -> None:
             windows = len(rows.starts) * len(cols.starts)
             output = root / f"{name}.tif"
             with gpu_utilisation() as utilisation:
-                run = run_free_prediction if args.free_model else run_prediction
-                seconds[name], peak, cuda_peak, *cpu = in_child(
-                    context, run, str(root / "model.pt"), str(scene), str(output), options, args.threads
+                seconds[name], peak, cuda_peak = in_child(
+                    context, run_prediction, str(root / "model.pt"), str(scene), str(output), options, args.threads
                 )
             same = agreement(root / f"{args.schemes[0]}.tif", output)
             print(
@@ -281,8 +398,6 @@ def main() -> None:
                 f"{windows / seconds[name]:>10.2f} {peak / 2**20:>12.0f} {100 * same:>9.2f}%"
                 f"{f' {cuda_peak / 2**20:>12.0f} {mean(utilisation):>10.0f}' if gpu else ''}"
             )
-            if cpu:
-                print(f"{'':>7} CPU time of the prediction (all threads): {cpu[0]:.1f} s")
         if "margin" in seconds:
             for name in seconds.keys() - {"margin"}:
                 print(f"margin scheme {seconds[name] / seconds['margin']:.2f}x faster than {name}")
