@@ -105,6 +105,27 @@ def test_invalid_pixels_become_zero_and_the_input_is_untouched(name, rng):
     np.testing.assert_array_equal(window, before)
 
 
+@pytest.mark.parametrize("name", normalisation.names())
+@pytest.mark.parametrize("channels", [13, 14])
+def test_a_large_int16_window_looked_up_equals_the_method_computed_on_float32_bit_for_bit(name, channels, rng):
+    """Every int16 value of every channel, in a window large enough for the value table, scene-like values and
+    no-data pixels among them: the same float32 numbers as the method computed on the values as float32."""
+    every_value = np.arange(-(2**15), 2**15, dtype=np.int16)
+    window = np.stack([np.append(rng.permutation(every_value), every_value[:1024]).reshape(260, 256)
+                       for _ in range(channels)])  # fmt: skip
+    window[:, :40] = synthetic_scene(rng, 40, 256)[:channels]
+    window[:, 50:60, 70:90] = NODATA
+    assert window[0].size > normalisation.INT16_VALUES  # large enough for the value table
+    valid = np.all(window != NODATA, axis=0)
+    statistics = {"low": [120.0] * 13, "high": [8500.0] * 13, "elevation_max": 3900.0} if name == "sigma-clip" else {}
+    spec, before = normalisation.spec(name), window.copy()
+    computed = normalisation.apply(spec, window.astype(np.float32), valid, statistics)
+    looked_up = normalisation.apply(spec, window, valid, statistics)
+    assert looked_up.dtype == np.float32 and looked_up.shape == window.shape
+    np.testing.assert_array_equal(looked_up.view(np.uint32), computed.view(np.uint32))
+    np.testing.assert_array_equal(window, before)
+
+
 def test_nan_input_is_an_error_naming_the_source():
     window = np.full((13, 2, 2), 500, np.float32)
     window[4, 1, 0] = np.nan

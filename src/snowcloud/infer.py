@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 # Flip TTA: identity, flip W, flip H, flip H and W (dims of a (B, C, H, W) tensor); each is its own inverse.
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 
-# A normaliser maps a (C, H, W) float32 window of scene values, its (H, W) valid mask and a name for error
-# messages to the model input (C, H, W) float32, 0 at invalid pixels.
+# A normaliser maps a (C, H, W) window of scene values (int16 as a scene raster stores them, or float32), its
+# (H, W) valid mask and a name for error messages to the model input (C, H, W) float32, 0 at invalid pixels.
 Normaliser = Callable[[np.ndarray, np.ndarray, str], np.ndarray]
 
 # GDAL block cache while predicting (GDAL's default is 5 % of the RAM): about three rows of 512 x 512 tiles of a
@@ -139,7 +139,7 @@ def read_window(
     raw = dataset.read(indexes, window=window)
     valid = valid_pixels(raw, dataset.nodata)
     source = f"{dataset.name} rows {window.row_off}..{window.row_off + window.height} columns {window.col_off}.."
-    return normalise(raw.astype(np.float32), valid, source + f"{window.col_off + window.width}"), valid
+    return normalise(raw, valid, source + f"{window.col_off + window.width}"), valid
 
 
 def read_ahead(

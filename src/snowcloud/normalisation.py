@@ -249,11 +249,33 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
 
 
+INT16_VALUES = 1 << 16
+
+
+def _value_table(
+    method: Callable[[dict, np.ndarray, dict], np.ndarray], spec: dict, statistics: dict, channels: int
+) -> np.ndarray:
+    """(C, 65536) float32: what `method` gives for each int16 value v of each channel, at v + 32768."""
+    values = np.arange(-(INT16_VALUES // 2), INT16_VALUES // 2, dtype=np.float32)
+    return method(spec, np.ascontiguousarray(np.broadcast_to(values, (channels, 1, INT16_VALUES))), statistics)[:, 0]
+
+
+def _looked_up(table: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """An int16 (C, H, W) window's values looked up in a `_value_table`: float32 (C, H, W)."""
+    out = np.empty(window.shape, np.float32)
+    for channel, values in enumerate(window):
+        np.take(table[channel], values.view(np.uint16) ^ np.uint16(0x8000), out=out[channel])  # v + 32768
+    return out
+
+
 def apply(spec: dict, window: np.ndarray, valid: np.ndarray, statistics: dict, source: str = "window") -> np.ndarray:
     """Normalise scene values (C, H, W) (13 bands, then elevation if C == 14) -> float32 (C, H, W).
 
     Pure: `window` is not modified. Invalid pixels (``valid`` False) become 0. Raises NormalisationError naming
-    `source` if the result holds NaN, inf or a value beyond the float16 range.
+    `source` if the result holds NaN, inf or a value beyond the float16 range. An int16 window (a scene raster's
+    values as stored) larger than 65536 pixels is normalised by looking its values up in a table of the method
+    applied to every int16 value: the same numbers (every method maps each channel's values one by one), in a
+    fraction of the time (snowcloud-v1: half the CPU time).
     """
     method = _method(spec)
     if window.ndim != 3 or len(window) not in (N_BANDS, N_BANDS + 1):
@@ -264,7 +286,10 @@ def apply(spec: dict, window: np.ndarray, valid: np.ndarray, statistics: dict, s
         raise NormalisationError(f"{source}: normalisation {spec['name']} needs the scene statistics")
     if spec["name"] == "sigma-clip" and len(window) > N_BANDS and statistics.get("elevation_max") is None:
         raise NormalisationError(f"{source}: sigma-clip statistics lack the elevation maximum")
-    out = method(spec, np.asarray(window, dtype=np.float32), statistics)
+    if window.dtype == np.int16 and window[0].size > INT16_VALUES:
+        out = _looked_up(_value_table(method, spec, statistics, len(window)), window)
+    else:
+        out = method(spec, np.asarray(window, dtype=np.float32), statistics)
     out[:, ~valid] = 0
     bad = ~(np.abs(out) <= FLOAT16_MAX)  # also true for NaN
     if bad.any():
