@@ -16,8 +16,10 @@ from helpers.rasters import CRS, TRANSFORM, write_scene
 from torch import nn
 
 from snowcloud import checkpoint, infer, normalisation, windows
+from snowcloud import mask as mask_format
 from snowcloud import model as model_registry
 from snowcloud.bands import BANDS, ELEVATION
+from snowcloud.config import validated
 from snowcloud.infer import InferenceError, predict_scene
 from snowcloud.labels import CLASS_COLOURS, IGNORE_INDEX
 from snowcloud.mask import RowBlock, classes_from_block
@@ -251,6 +253,106 @@ def test_per_pixel_model_gives_the_known_mask_everywhere(tmp_path, pixel_rule, s
     assert proba.shape == (4, 150, 203) and proba_info["layout"] == "COG"
     assert np.abs(proba[:, valid].astype(float) - 255 * probabilities[:, valid]).max() <= (1.0 if amp is False else 4.0)
     np.testing.assert_array_equal(proba_info["mask"] > 0, valid)
+
+
+def reference_prediction(
+    network: nn.Module, values: np.ndarray, spec: dict, plans: tuple, tta: bool, threshold: float | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The blended probabilities (K, H, W), classes (H, W) and probability bytes (K, H, W) of a scene, computed the plain way in numpy, window by
+    window, as inference has always defined them: each window normalised as float32, through the network with
+    its flips (torch's softmax of each, flipped back), the flips' softmaxes summed in order and divided by their
+    number, times the separable weights, summed over windows and divided by the summed weights (0 where no
+    window ran); argmax (or the first class above `threshold`), 255 where the scene has no data; bytes
+    rint(255 x clip(p, 0, 1))."""
+    rows, cols = plans
+    _, height, width = values.shape
+    h, w = min(rows.size, height), min(cols.size, width)
+    valid = np.all(values != NODATA, axis=0)
+    accumulator = np.zeros((4, height, width), np.float32)
+    weight_sum = np.zeros((height, width), np.float32)
+    for row, row_weights in zip(rows.starts, rows.weights):
+        for col, col_weights in zip(cols.starts, cols.weights):
+            window_valid = valid[row : row + h, col : col + w]
+            if not window_valid.any():
+                continue
+            window = normalisation.apply(
+                spec, values[:, row : row + h, col : col + w].astype(np.float32), window_valid, {}
+            )
+            window = np.pad(window, ((0, 0), (0, rows.size - h), (0, cols.size - w)))
+            softmaxes = []
+            for axes in [(), (2,), (1,), (1, 2)] if tta else [()]:
+                flipped = torch.from_numpy(np.ascontiguousarray(np.flip(window, axes) if axes else window))[None]
+                with torch.inference_mode():
+                    softmax = torch.softmax(network(flipped), dim=1)[0].numpy()
+                softmaxes.append(np.flip(softmax, axes) if axes else softmax)
+            mean = softmaxes[0]
+            for softmax in softmaxes[1:]:
+                mean = mean + softmax
+            mean = mean / len(softmaxes)
+            weights = np.outer(row_weights[:h], col_weights[:w])
+            accumulator[:, row : row + h, col : col + w] += mean[:, :h, :w] * weights
+            weight_sum[row : row + h, col : col + w] += weights
+    blended = np.zeros_like(accumulator)
+    np.divide(accumulator, weight_sum, out=blended, where=weight_sum > 0)
+    classes = (blended if threshold is None else blended > threshold).argmax(axis=0).astype(np.uint8)
+    classes[~valid] = IGNORE_INDEX
+    scaled = np.rint(np.clip(blended, 0.0, 1.0) * 255).astype(np.uint8)
+    scaled[:, ~valid] = 0
+    return blended, classes, scaled
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "scheme", "tta", "threshold"),
+    [
+        (150, 203, {"scheme": "blend", "blending": "sine"}, True, None),
+        (150, 203, {"scheme": "blend", "blending": "tent"}, False, 0.3),
+        (150, 203, {"scheme": "margin", "window": 96, "margin": 16}, True, None),
+        (320, 288, {"scheme": "margin", "window": 1280, "margin": 64}, True, 0.3),  # one window, > 65536 px
+    ],
+)
+def test_a_unet_prediction_equals_the_plain_numpy_reference_bit_for_bit(
+    tmp_path, monkeypatch, height, width, scheme, tta, threshold
+):
+    """A U-Net with random weights (probabilities that are anything but round), windows with and without data:
+    the mask's classes, its class counts and the probability bytes are exactly those of reference_prediction,
+    whatever inference does on the device to get them (blending, argmax, counts and bytes in torch, flips into
+    reused buffers, the normalisation looked up in a table); so are the blended float32 probabilities that the
+    mask writer is handed, bit for bit."""
+    bands = [*BANDS, ELEVATION]
+    values = invalidate(synthetic_values(height, width, seed=3), slice(10, 20), slice(30, 45))
+    values = invalidate(values, slice(70, height), slice(0, 70))  # whole windows without data are skipped
+    scene = write_scene(tmp_path / "32TNS" / "20210116T102351.tif", values)
+    args = {"in_channels": len(bands), "n_classes": 4, "base_channels": 4}
+    torch.manual_seed(1)
+    network = model_registry.build_model("unet", **args).eval()
+    with torch.no_grad():  # logits of several units: probabilities all over 0..1, several classes
+        network.outc.weight.mul_(400)
+    spec = normalisation.spec("snowcloud-v1")
+    model_path = save_checkpoint(tmp_path / "model.pt", network, "unet", args, bands, spec, patch_size=64)
+    output = tmp_path / "out" / "32TNS" / "20210116T102351.tif"
+    options = {**OPTIONS, **scheme, "batch_size": 1, "tta": tta, "threshold": threshold, "amp": False}
+
+    handed = []
+    mask_rows = mask_format.mask_rows
+    monkeypatch.setattr(
+        mask_format,
+        "mask_rows",
+        lambda block, *args: handed.append(block.probabilities.clone()) or mask_rows(block, *args),
+    )
+
+    predict_scene(str(model_path), str(scene), str(output), options)
+
+    plans = windows.axis_plans(height, width, 64, validated(options, "inference"))
+    blended, classes, scaled = reference_prediction(network, values, spec, plans, tta, threshold)
+    np.testing.assert_array_equal(torch.cat(handed, dim=1).numpy().view(np.uint32), blended.view(np.uint32))
+    mask, info = read(output)
+    np.testing.assert_array_equal(mask[0], classes)
+    counts = np.bincount(classes.ravel(), minlength=256)
+    assert json.loads(info["tags"]["class_pixel_counts"]) == counts[:4].tolist()
+    assert int(info["tags"]["nodata_pixel_count"]) == counts[IGNORE_INDEX]
+    proba, _ = read(output.with_name("20210116T102351_proba.tif"))
+    np.testing.assert_array_equal(proba, scaled)
+    assert len(np.unique(scaled)) > 200 and len(np.unique(classes)) >= 3  # no data and at least two classes
 
 
 def test_scene_smaller_than_a_patch_is_padded(tmp_path, pixel_rule):

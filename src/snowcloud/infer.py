@@ -1,6 +1,7 @@
 """Full-scene prediction: the windows of snowcloud.windows (large windows whose margins are discarded, the
 default, or patch-size windows blended with weights normalised by their sum) through the network, flip TTA,
-reading and writing overlapped with the network, bounded memory; the mask written by snowcloud.mask."""
+blending on the inference device, reading and writing overlapped with the network, bounded memory; the mask
+written by snowcloud.mask."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from snowcloud.gdal import gdal_env
 from snowcloud.labels import recorded_classes
 from snowcloud.mask import RowBlock, probabilities_path, write_prediction
 from snowcloud.provenance import file_sha256
+from snowcloud.resample import Scratch, thread_scratch
 from snowcloud.scene import band_indexes, identity_tags, valid_pixels
 from snowcloud.windows import AxisPlan, axis_plans, scheme_description
 
@@ -96,25 +98,54 @@ def prepare_model(model: torch.nn.Module, settings: RunSettings) -> torch.nn.Mod
     return model
 
 
-def window_probabilities(model: torch.nn.Module, windows: torch.Tensor, settings: RunSettings) -> torch.Tensor:
+class TensorScratch:
+    """Named float32 work tensors reused from call to call on the CPU, where every fresh tensor of tens of MB
+    pays its page faults again (torch hands large blocks back to the system); on a GPU `tensor` gives None
+    (torch then allocates, from CUDA's caching allocator, which reuses its blocks anyway)."""
+
+    def __init__(self, device: torch.device):
+        self.arrays = Scratch() if device.type == "cpu" else None
+
+    def tensor(self, name: str, shape: torch.Size) -> torch.Tensor | None:
+        return None if self.arrays is None else torch.from_numpy(self.arrays.array(name, tuple(shape)))
+
+
+def flipped(tensor: torch.Tensor, dims: tuple[int, ...], out: torch.Tensor | None) -> torch.Tensor:
+    """`tensor` flipped along `dims`, written into `out` where one is given (torch.flip always allocates)."""
+    if out is None:
+        return tensor.flip(dims)
+    index = [slice(None)] * tensor.ndim
+    for dim in dims:
+        index[dim] = slice(None, None, -1)
+    np.copyto(out.numpy(), tensor.numpy()[tuple(index)])
+    return out
+
+
+def window_probabilities(
+    model: torch.nn.Module, windows: torch.Tensor, settings: RunSettings, scratch: TensorScratch | None = None
+) -> torch.Tensor:
     """Softmax (B, K, h, w) float32 of a batch of (B, C, h, w) windows, averaged over the flips when TTA is on
-    (each flipped output is flipped back before averaging)."""
+    (each flipped output is flipped back and added in place, in the order of FLIPS, then divided by their
+    number). With `scratch` the result lives in its tensors until the next call."""
+    scratch = scratch or TensorScratch(settings.device)
     batch = windows.to(settings.device, non_blocking=True)
     if settings.device.type == "cuda":
         batch = batch.contiguous(memory_format=torch.channels_last)
     flips = FLIPS if settings.tta else FLIPS[:1]
     total = None
     with torch.inference_mode():
-        for dims in flips:
-            flipped = batch.flip(dims) if dims else batch
+        for dims in flips:  # the first is the identity
+            inputs = flipped(batch, dims, scratch.tensor("input", batch.shape)) if dims else batch
             with torch.autocast(
                 settings.device.type, dtype=settings.amp_dtype or torch.float32, enabled=settings.amp_dtype is not None
             ):
-                logits = model(flipped)
-            probabilities = torch.softmax(logits.float(), dim=1)
-            probabilities = probabilities.flip(dims) if dims else probabilities
-            total = probabilities if total is None else total + probabilities
-    return total / len(flips)
+                logits = model(inputs).float()
+            if total is None:
+                total = torch.softmax(logits, dim=1, out=scratch.tensor("total", logits.shape))
+            else:
+                probabilities = torch.softmax(logits, dim=1, out=scratch.tensor("softmax", logits.shape))
+                total.add_(flipped(probabilities, dims, scratch.tensor("flipped", logits.shape)))
+        return total.div_(len(flips))
 
 
 # ----------------------------------------------------------------------------------------------- scene reading
@@ -135,8 +166,10 @@ class Batch:
 def read_window(
     dataset: rasterio.DatasetReader, indexes: list[int], window: Window, normalise: Normaliser
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The given bands in a window, normalised, and where all of them hold data."""
-    raw = dataset.read(indexes, window=window)
+    """The given bands in a window, normalised, and where all of them hold data (the raw values are read into
+    the calling thread's scratch array: the normalised window is a new one)."""
+    shape = (len(indexes), int(window.height), int(window.width))
+    raw = dataset.read(indexes, window=window, out=thread_scratch().array("window", shape, np.dtype(dataset.dtypes[0])))
     valid = valid_pixels(raw, dataset.nodata)
     source = f"{dataset.name} rows {window.row_off}..{window.row_off + window.height} columns {window.col_off}.."
     return normalise(raw, valid, source + f"{window.col_off + window.width}"), valid
@@ -196,7 +229,7 @@ def window_batches(
     read = read_ahead(dataset.name, indexes, normalise, plan_windows(plans, dataset.height, dataset.width), readers)
 
     def batch(i: int, chosen: list[int], images: list[np.ndarray], valid: np.ndarray | None = None) -> Batch:
-        windows = torch.from_numpy(np.stack(images)) if images else None
+        windows = torch.from_numpy(np.stack(images) if len(images) > 1 else images[0][None]) if images else None
         return Batch(i, chosen, windows.pin_memory() if pin and windows is not None else windows, valid)
 
     with contextlib.closing(read):
@@ -275,13 +308,17 @@ def predict_blocks(
     settings: RunSettings,
     progress: tqdm | None = None,
 ) -> Iterator[RowBlock]:
-    """Run the windows of `plans` row by row and yield each band of rows as soon as no later window touches it.
-    Memory holds a few batches of input (read ahead on the settings' threads) and a (K, window height, W) accumulator, never
-    the whole scene. Windows are counted on `progress` (a bar of its own when None)."""
+    """Run the windows of `plans` row by row and yield each band of rows as soon as no later window touches it,
+    its probabilities blended on the inference device (a view of the accumulator there: use it before asking
+    for the next block). Memory holds a few batches of input (read ahead on the settings' threads) and a
+    (K, window height, W) accumulator, never the whole scene. Windows are counted on `progress` (a bar of its
+    own when None)."""
     rows, cols = plans
     height, width = min(rows.size, dataset.height), min(cols.size, dataset.width)
-    accumulator = np.zeros((n_classes, height, dataset.width), np.float32)
-    weight_sum = np.zeros((height, dataset.width), np.float32)
+    with torch.inference_mode():
+        accumulator = torch.zeros((n_classes, height, dataset.width), device=settings.device)
+        weight_sum = torch.zeros((height, dataset.width), device=settings.device)
+    scratch = TensorScratch(settings.device)
     batches = window_batches(
         dataset, indexes, normalise, plans, per_batch, pin=settings.device.type == "cuda", readers=settings.threads
     )
@@ -295,23 +332,26 @@ def predict_blocks(
         first = progress.n
         for batch in prefetched(batches, PREFETCH_BATCHES):
             if batch.windows is not None:
-                row_weights = rows.weights[batch.row_index][:height]
-                weights = np.stack([np.outer(row_weights, cols.weights[j][:width]) for j in batch.col_indexes])
-                probabilities = window_probabilities(model, batch.windows, settings)[:, :, :height, :width]
-                weighted = (probabilities * torch.from_numpy(weights)[:, None].to(settings.device)).cpu().numpy()
-                for j, window_probs, window_weights in zip(batch.col_indexes, weighted, weights):
-                    col = cols.starts[j]
-                    accumulator[:, :, col : col + width] += window_probs
-                    weight_sum[:, col : col + width] += window_weights
+                probabilities = window_probabilities(model, batch.windows, settings, scratch)
+                with torch.inference_mode():
+                    for j, window in zip(batch.col_indexes, probabilities[:, :, :height, :width]):
+                        weights = np.outer(rows.weights[batch.row_index][:height], cols.weights[j][:width])
+                        weights = torch.from_numpy(weights).to(settings.device)
+                        col = cols.starts[j]
+                        accumulator[:, :, col : col + width] += window.mul_(weights)
+                        weight_sum[:, col : col + width] += weights
                 progress.update(len(batch.col_indexes))
             if batch.valid is not None:  # the last batch of its window row
                 i = batch.row_index
                 row = rows.starts[i]
                 done = (rows.starts[i + 1] if i + 1 < len(rows.starts) else dataset.height) - row
                 progress.update(first + (i + 1) * len(cols.starts) - progress.n)  # the skipped windows
-                yield RowBlock(row, normalised_blend(accumulator[:, :done], weight_sum[:done]), batch.valid[:done])
-                shift_up(accumulator, done)
-                shift_up(weight_sum, done)
+                with torch.inference_mode():
+                    blended = normalised_blend(accumulator[:, :done], weight_sum[:done])
+                yield RowBlock(row, blended, batch.valid[:done])
+                with torch.inference_mode():
+                    shift_up(accumulator, done)
+                    shift_up(weight_sum, done)
 
 
 def pad_to_window(window: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -322,17 +362,17 @@ def pad_to_window(window: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.pad(window, ((0, 0), (0, height - h), (0, width - w)))
 
 
-def normalised_blend(accumulator: np.ndarray, weight_sum: np.ndarray) -> np.ndarray:
-    """Weighted sum of window softmaxes divided by the summed weights (0 where no window ran)."""
-    out = np.zeros_like(accumulator)
-    np.divide(accumulator, weight_sum, out=out, where=weight_sum > 0)
-    return out
+def normalised_blend(accumulator: torch.Tensor, weight_sum: torch.Tensor) -> torch.Tensor:
+    """Weighted sums of window softmaxes (K, h, W) divided in place by the summed weights (h, W); 0 where no
+    window ran (there the sums are 0 as well)."""
+    return accumulator.div_(weight_sum).masked_fill_(weight_sum == 0, 0.0)
 
 
-def shift_up(array: np.ndarray, rows: int) -> None:
+def shift_up(tensor: torch.Tensor, rows: int) -> None:
     """Move the rows of the last axis but one up by `rows` in place and zero the freed rows at the bottom."""
-    array[..., : array.shape[-2] - rows, :] = array[..., rows:, :].copy()
-    array[..., array.shape[-2] - rows :, :] = 0
+    kept = tensor.shape[-2] - rows
+    tensor[..., :kept, :] = tensor[..., rows:, :].clone()
+    tensor[..., kept:, :] = 0
 
 
 # ----------------------------------------------------------------------------------------------- the rule

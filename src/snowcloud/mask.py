@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import rasterio.shutil
+import torch
 from rasterio.windows import Window
 
 from snowcloud.atomic import atomic_output, scratch_folder
@@ -38,10 +39,24 @@ class MaskError(ValueError):
 
 @dataclass
 class RowBlock:
-    """Finished rows of a scene: blended class probabilities (K, rows, W) and the valid mask (rows, W)."""
+    """Finished rows of a scene: blended class probabilities (K, rows, W) float32 (a tensor on the device that
+    computed them, or an array) and the valid mask (rows, W)."""
 
     row: int
-    probabilities: np.ndarray
+    probabilities: torch.Tensor | np.ndarray
+    valid: np.ndarray
+
+
+@dataclass
+class MaskRows:
+    """Finished rows in the mask's format, on the device that computed them: the classes (rows, W) uint8, the
+    bincount (256,) of their values, the probabilities as bytes (K, rows, W) (None unless they are written),
+    and the valid mask (rows, W) on the host."""
+
+    row: int
+    classes: torch.Tensor
+    counts: torch.Tensor
+    probability_bytes: torch.Tensor | None
     valid: np.ndarray
 
 
@@ -110,21 +125,42 @@ def probabilities_path(output: str | Path) -> Path:
     return output.with_name(f"{output.stem}_proba{output.suffix}")
 
 
-def classes_from_block(block: RowBlock, threshold: float | None = None) -> np.ndarray:
-    """Argmax class per pixel as uint8, IGNORE_INDEX where the scene is invalid. With a `threshold` (the
-    thesis's thresholded prediction) the argmax is over `probability > threshold`: the first class above it,
-    background (0) where none is."""
-    probabilities = block.probabilities if threshold is None else block.probabilities > threshold
-    classes = probabilities.argmax(axis=0).astype(np.uint8)
-    classes[~block.valid] = IGNORE_INDEX
-    return classes
+def first_argmax(values: torch.Tensor) -> torch.Tensor:
+    """uint8 index of the largest of (K, ...) values along the first axis, the first one where several are (as
+    numpy's argmax; torch's own over the first axis is several times slower on a CPU)."""
+    best = values[0].clone()
+    index = torch.zeros(values.shape[1:], dtype=torch.uint8, device=values.device)
+    for k in range(1, len(values)):
+        index.masked_fill_(values[k] > best, k)
+        torch.maximum(best, values[k], out=best)
+    return index
 
 
-def probabilities_as_bytes(block: RowBlock) -> np.ndarray:
-    """Probabilities scaled to 0..255 uint8 (0 where invalid; the file's mask marks those pixels)."""
-    scaled = np.rint(np.clip(block.probabilities, 0.0, 1.0) * 255).astype(np.uint8)
-    scaled[:, ~block.valid] = 0
-    return scaled
+def classes_from_block(block: RowBlock, threshold: float | None = None) -> torch.Tensor:
+    """Argmax class per pixel as uint8 on the block's device, IGNORE_INDEX where the scene is invalid. With a
+    `threshold` (the thesis's thresholded prediction) the argmax is over `probability > threshold`: the first
+    class above it, background (0) where none is."""
+    probabilities = torch.as_tensor(block.probabilities)
+    if threshold is not None:
+        probabilities = (probabilities > threshold).to(torch.uint8)
+    classes = first_argmax(probabilities)
+    return classes.masked_fill_(~torch.as_tensor(block.valid, device=classes.device), IGNORE_INDEX)
+
+
+def probabilities_as_bytes(block: RowBlock) -> torch.Tensor:
+    """Probabilities scaled to 0..255 uint8 on the block's device (0 where invalid; the file's mask marks those
+    pixels): round(255 x probability clipped to 0..1), halves to even."""
+    probabilities = torch.as_tensor(block.probabilities)
+    scaled = probabilities.clamp(0.0, 1.0).mul_(255).round_().to(torch.uint8)
+    return scaled.masked_fill_(~torch.as_tensor(block.valid, device=scaled.device), 0)
+
+
+def mask_rows(block: RowBlock, threshold: float | None, probabilities: bool) -> MaskRows:
+    """A block of blended rows in the mask's format (on its device: only bytes go to the host)."""
+    classes = classes_from_block(block, threshold)
+    counts = torch.bincount(classes.flatten(), minlength=256)
+    scaled = probabilities_as_bytes(block) if probabilities else None
+    return MaskRows(block.row, classes, counts, scaled, np.asarray(block.valid))
 
 
 def write_cog(source: Path, output: str | Path, resampling: str) -> None:
@@ -158,7 +194,9 @@ def write_prediction(
 ) -> None:
     """Stream row blocks into plain GeoTIFFs in a scratch folder beside `output`, counting the pixels of each
     class into the mask's tags (`count_tags`), then copy them to COGs (probabilities first, so the mask, the
-    Snakemake output, appears last)."""
+    Snakemake output, appears last). Each block is turned into classes, counts and bytes here, on its device,
+    before the next is asked for; a writer thread moves them to the host and writes them while the network
+    runs on."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     base = {
@@ -190,21 +228,21 @@ def write_prediction(
                     proba.set_band_description(i, f"p_{name}")
                 proba.update_tags(**tags, **names, scale="probability = value / 255")
 
-            def write(block: RowBlock) -> None:
-                window = Window(0, block.row, profile["width"], block.valid.shape[0])
-                classes = classes_from_block(block, threshold)
-                mask.write(classes, 1, window=window)
-                counts[:] += np.bincount(classes.ravel(), minlength=counts.size)
+            def write(rows: MaskRows) -> None:
+                window = Window(0, rows.row, profile["width"], rows.valid.shape[0])
+                mask.write(rows.classes.cpu().numpy(), 1, window=window)
+                counts[:] += rows.counts.cpu().numpy()
                 if proba is not None:
-                    proba.write(probabilities_as_bytes(block), window=window)
-                    proba.write_mask(np.where(block.valid, 255, 0).astype(np.uint8), window=window)
+                    proba.write(rows.probability_bytes.cpu().numpy(), window=window)
+                    proba.write_mask(np.where(rows.valid, 255, 0).astype(np.uint8), window=window)
 
             with ThreadPoolExecutor(max_workers=1) as writer:  # writes while the network runs the next rows
                 pending = None
                 for block in blocks:
+                    rows = mask_rows(block, threshold, probabilities)
                     if pending is not None:
                         pending.result()
-                    pending = writer.submit(write, block)
+                    pending = writer.submit(write, rows)
                 if pending is not None:
                     pending.result()
             mask.update_tags(**count_tags(counts, class_names))
