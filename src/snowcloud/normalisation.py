@@ -268,6 +268,11 @@ def _looked_up(table: np.ndarray, window: np.ndarray) -> np.ndarray:
     return out
 
 
+def _within_float16(values: np.ndarray) -> np.ndarray:
+    """Where values are finite and within the float16 range (False for NaN)."""
+    return np.abs(values) <= FLOAT16_MAX
+
+
 def apply(spec: dict, window: np.ndarray, valid: np.ndarray, statistics: dict, source: str = "window") -> np.ndarray:
     """Normalise scene values (C, H, W) (13 bands, then elevation if C == 14) -> float32 (C, H, W).
 
@@ -286,12 +291,16 @@ def apply(spec: dict, window: np.ndarray, valid: np.ndarray, statistics: dict, s
         raise NormalisationError(f"{source}: normalisation {spec['name']} needs the scene statistics")
     if spec["name"] == "sigma-clip" and len(window) > N_BANDS and statistics.get("elevation_max") is None:
         raise NormalisationError(f"{source}: sigma-clip statistics lack the elevation maximum")
+    table = None
     if window.dtype == np.int16 and window[0].size > INT16_VALUES:
-        out = _looked_up(_value_table(method, spec, statistics, len(window)), window)
+        table = _value_table(method, spec, statistics, len(window))
+        out = _looked_up(table, window)
     else:
         out = method(spec, np.asarray(window, dtype=np.float32), statistics)
     out[:, ~valid] = 0
-    bad = ~(np.abs(out) <= FLOAT16_MAX)  # also true for NaN
+    if table is not None and _within_float16(table).all():  # then so is every value looked up, and the zeros
+        return out
+    bad = ~_within_float16(out)
     if bad.any():
         channel, row, col = (int(i[0]) for i in np.nonzero(bad))
         raise NormalisationError(
