@@ -196,6 +196,22 @@ def test_margin_windows_take_every_pixel_from_one_core_away_from_inner_edges(len
     np.testing.assert_array_equal(taken, 1)  # every pixel, the last one included, exactly once
 
 
+@pytest.mark.parametrize(("length", "window", "margin"), [(10980, 1280, 64), (203, 96, 16), (100, 1024, 64)])
+def test_margin_plans_name_their_cores_and_blending_plans_none(length, window, margin):
+    plan = windows.margin_axis(length, window, margin)
+    cores = plan.cores()
+    assert len(cores) == len(plan.starts)
+    taken = np.zeros(length)
+    for start, weights, (first, last) in zip(plan.starts, plan.weights, cores):
+        assert np.all(weights[first:last] == 1) and weights[:first].sum() == weights[last:].sum() == 0
+        taken[start + first : start + last] += 1
+    np.testing.assert_array_equal(taken, 1)
+    assert windows.blend_axis(length, 64, 0.5, "sine").cores() is None
+    assert windows.blend_axis(length, 64, 0.0, "tent").cores() is None  # no overlap, but weights below 1
+    overlapping = windows.AxisPlan([0, 8], 16, [np.ones(16, np.float32)] * 2)
+    assert overlapping.cores() is None  # pixels 8..15 would be summed from two windows
+
+
 def test_margin_scheme_computes_a_full_tile_at_most_1_3_times_and_blend_about_4_times():
     margin = windows.margin_axis(10980, 1280, 64).work(10980) ** 2  # the defaults
     blend = windows.blend_axis(10980, 256, 0.5, "sine").work(10980) ** 2

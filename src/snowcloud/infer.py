@@ -110,15 +110,28 @@ class TensorScratch:
         return None if self.arrays is None else torch.from_numpy(self.arrays.array(name, tuple(shape)))
 
 
+def reversed_view(array: np.ndarray, dims: tuple[int, ...]) -> np.ndarray:
+    """A view of `array` reversed along `dims` (numpy's negative strides; torch has none)."""
+    index = [slice(None)] * array.ndim
+    for dim in dims:
+        index[dim] = slice(None, None, -1)
+    return array[tuple(index)]
+
+
 def flipped(tensor: torch.Tensor, dims: tuple[int, ...], out: torch.Tensor | None) -> torch.Tensor:
     """`tensor` flipped along `dims`, written into `out` where one is given (torch.flip always allocates)."""
     if out is None:
         return tensor.flip(dims)
-    index = [slice(None)] * tensor.ndim
-    for dim in dims:
-        index[dim] = slice(None, None, -1)
-    np.copyto(out.numpy(), tensor.numpy()[tuple(index)])
+    np.copyto(out.numpy(), reversed_view(tensor.numpy(), dims))
     return out
+
+
+def add_flipped(total: torch.Tensor, tensor: torch.Tensor, dims: tuple[int, ...]) -> None:
+    """total += `tensor` flipped along `dims`; on the CPU in one pass over a reversed view, without a copy."""
+    if total.device.type != "cpu":
+        total.add_(tensor.flip(dims))
+    else:
+        np.add(total.numpy(), reversed_view(tensor.numpy(), dims), out=total.numpy())
 
 
 def window_probabilities(
@@ -143,8 +156,7 @@ def window_probabilities(
             if total is None:
                 total = torch.softmax(logits, dim=1, out=scratch.tensor("total", logits.shape))
             else:
-                probabilities = torch.softmax(logits, dim=1, out=scratch.tensor("softmax", logits.shape))
-                total.add_(flipped(probabilities, dims, scratch.tensor("flipped", logits.shape)))
+                add_flipped(total, torch.softmax(logits, dim=1, out=scratch.tensor("softmax", logits.shape)), dims)
         return total.div_(len(flips))
 
 
@@ -310,7 +322,8 @@ def predict_blocks(
 ) -> Iterator[RowBlock]:
     """Run the windows of `plans` row by row and yield each band of rows as soon as no later window touches it,
     its probabilities blended on the inference device (a view of the accumulator there: use it before asking
-    for the next block). Memory holds a few batches of input (read ahead on the settings' threads) and a
+    for the next block). Where every pixel is one window's core (the margin scheme), the blend is that window's
+    value, copied (exactly what weights 1 and 0 summed and divided by 1 give). Memory holds a few batches of input (read ahead on the settings' threads) and a
     (K, window height, W) accumulator, never the whole scene. Windows are counted on `progress` (a bar of its
     own when None)."""
     rows, cols = plans
@@ -319,6 +332,7 @@ def predict_blocks(
         accumulator = torch.zeros((n_classes, height, dataset.width), device=settings.device)
         weight_sum = torch.zeros((height, dataset.width), device=settings.device)
     scratch = TensorScratch(settings.device)
+    cores = (rows.cores(), cols.cores()) if rows.cores() and cols.cores() else None
     batches = window_batches(
         dataset, indexes, normalise, plans, per_batch, pin=settings.device.type == "cuda", readers=settings.threads
     )
@@ -335,9 +349,13 @@ def predict_blocks(
                 probabilities = window_probabilities(model, batch.windows, settings, scratch)
                 with torch.inference_mode():
                     for j, window in zip(batch.col_indexes, probabilities[:, :, :height, :width]):
+                        col = cols.starts[j]
+                        if cores is not None:  # the window's core is the blend there: copied, nothing to weigh
+                            (top, bottom), (left, right) = cores[0][batch.row_index], cores[1][j]
+                            accumulator[:, top:bottom, col + left : col + right] = window[:, top:bottom, left:right]
+                            continue
                         weights = np.outer(rows.weights[batch.row_index][:height], cols.weights[j][:width])
                         weights = torch.from_numpy(weights).to(settings.device)
-                        col = cols.starts[j]
                         accumulator[:, :, col : col + width] += window.mul_(weights)
                         weight_sum[:, col : col + width] += weights
                 progress.update(len(batch.col_indexes))
@@ -347,7 +365,9 @@ def predict_blocks(
                 done = (rows.starts[i + 1] if i + 1 < len(rows.starts) else dataset.height) - row
                 progress.update(first + (i + 1) * len(cols.starts) - progress.n)  # the skipped windows
                 with torch.inference_mode():
-                    blended = normalised_blend(accumulator[:, :done], weight_sum[:done])
+                    blended = accumulator[:, :done]
+                    if cores is None:
+                        blended = normalised_blend(blended, weight_sum[:done])
                 yield RowBlock(row, blended, batch.valid[:done])
                 with torch.inference_mode():
                     shift_up(accumulator, done)

@@ -58,6 +58,19 @@ class AxisPlan:
         """Pixels the network computes along this axis per pixel of the axis."""
         return len(self.starts) * self.size / length
 
+    def cores(self) -> list[tuple[int, int]] | None:
+        """Each window's core, the (first, last) offsets of its one run of weights 1 among weights 0, where every
+        window has one and the cores follow each other without overlap (the margin scheme: a pixel's blended value
+        is its core's window's own); None for weights that blend."""
+        cores = []
+        for weights in self.weights:
+            ones = np.flatnonzero(weights)
+            if len(ones) == 0 or ones[-1] - ones[0] + 1 != len(ones) or not np.all(weights[ones] == 1):
+                return None
+            cores.append((int(ones[0]), int(ones[-1]) + 1))
+        spans = [(start + first, start + last) for start, (first, last) in zip(self.starts, cores)]
+        return cores if all(end == begin for (_, end), (begin, _) in zip(spans, spans[1:])) else None
+
 
 def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
