@@ -250,21 +250,26 @@ def _is_number(value: object) -> bool:
 
 
 INT16_VALUES = 1 << 16
+LOOKUP_CHUNK_PIXELS = 1 << 16  # pixels looked up at once: numpy's take makes a 512 kB intp index of them
 
 
 def _value_table(
     method: Callable[[dict, np.ndarray, dict], np.ndarray], spec: dict, statistics: dict, channels: int
 ) -> np.ndarray:
-    """(C, 65536) float32: what `method` gives for each int16 value v of each channel, at v + 32768."""
-    values = np.arange(-(INT16_VALUES // 2), INT16_VALUES // 2, dtype=np.float32)
+    """(C, 65536) float32: what `method` gives for each int16 value of each channel, at the value's bits read as
+    uint16 (0..32767 the non-negative values, 32768..65535 the negative ones)."""
+    values = np.arange(INT16_VALUES, dtype=np.uint16).view(np.int16).astype(np.float32)
     return method(spec, np.ascontiguousarray(np.broadcast_to(values, (channels, 1, INT16_VALUES))), statistics)[:, 0]
 
 
 def _looked_up(table: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """An int16 (C, H, W) window's values looked up in a `_value_table`: float32 (C, H, W)."""
+    """An int16 (C, H, W) window's values looked up in a `_value_table`: float32 (C, H, W), a few rows at a time
+    (the index numpy makes of them stays in the CPU's cache: twice as fast as whole channels)."""
     out = np.empty(window.shape, np.float32)
-    for channel, values in enumerate(window):
-        np.take(table[channel], values.view(np.uint16) ^ np.uint16(0x8000), out=out[channel])  # v + 32768
+    step = max(1, LOOKUP_CHUNK_PIXELS // window.shape[2])
+    for channel, values in enumerate(window.view(np.uint16)):
+        for first in range(0, values.shape[0], step):
+            np.take(table[channel], values[first : first + step], out=out[channel, first : first + step])
     return out
 
 
