@@ -176,13 +176,20 @@ class Batch:
 
 
 def read_window(
-    dataset: rasterio.DatasetReader, indexes: list[int], window: Window, normalise: Normaliser
+    dataset: rasterio.DatasetReader,
+    indexes: list[int],
+    window: Window,
+    normalise: Normaliser,
+    lock: contextlib.AbstractContextManager | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The given bands in a window, normalised, and where all of them hold data (the raw values are read into
-    the calling thread's scratch array: the normalised window is a new one)."""
+    """The given bands in a window, normalised, and where all of them hold data. The raw values are read (under
+    `lock`, where threads share the dataset) into the calling thread's scratch array; the normalised window is
+    a new one."""
     shape = (len(indexes), int(window.height), int(window.width))
-    raw = dataset.read(indexes, window=window, out=thread_scratch().array("window", shape, np.dtype(dataset.dtypes[0])))
-    valid = valid_pixels(raw, dataset.nodata)
+    with lock or contextlib.nullcontext():
+        scratch = thread_scratch().array("window", shape, np.dtype(dataset.dtypes[0]))
+        raw, nodata = dataset.read(indexes, window=window, out=scratch), dataset.nodata
+    valid = valid_pixels(raw, nodata)
     source = f"{dataset.name} rows {window.row_off}..{window.row_off + window.height} columns {window.col_off}.."
     return normalise(raw, valid, source + f"{window.col_off + window.width}"), valid
 
@@ -190,31 +197,25 @@ def read_window(
 def read_ahead(
     path: str, indexes: list[int], normalise: Normaliser, windows: list[Window], readers: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """read_window over `windows`, in their order, on `readers` threads (GDAL's decoding and numpy's arithmetic
-    run outside the GIL), at most 2 x `readers` windows ahead. Each thread reads through its own handle on the
-    raster: a rasterio dataset must not be shared between threads."""
-    local, handles, opening = threading.local(), [], threading.Lock()
-
-    def read(window: Window) -> tuple[np.ndarray, np.ndarray]:
-        if not hasattr(local, "dataset"):
-            local.dataset = rasterio.open(path)
-            with opening:
-                handles.append(local.dataset)
-        return read_window(local.dataset, indexes, window, normalise)
-
+    """read_window over `windows`, in their order, on `readers` threads, at most 2 x `readers` windows ahead.
+    The threads read one at a time through one handle on the raster, whose GDAL decodes each window's tiles on
+    `readers` threads and keeps them in its block cache for the neighbouring windows (a handle per thread
+    decoded the tiles that neighbours share once per handle: twice the decoding); they normalise in parallel
+    (numpy's arithmetic runs outside the GIL)."""
+    dataset = rasterio.open(path, num_threads=readers)
+    lock = threading.Lock()
     pending: deque = deque()
     pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="snowcloud-read")
     try:
         for window in windows:
-            pending.append(pool.submit(read, window))
+            pending.append(pool.submit(read_window, dataset, indexes, window, normalise, lock))
             if len(pending) >= 2 * readers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
     finally:  # closed early (an error downstream): drop the reads not started, wait for the running ones
         pool.shutdown(cancel_futures=True)
-        for handle in handles:
-            handle.close()
+        dataset.close()
 
 
 def plan_windows(plans: tuple[AxisPlan, AxisPlan], height: int, width: int) -> list[Window]:
