@@ -371,6 +371,28 @@ def test_a_unet_prediction_equals_the_plain_numpy_reference_bit_for_bit(
     assert len(np.unique(scaled)) > 200 and len(np.unique(classes)) >= 3  # no data and at least two classes
 
 
+def test_windows_read_ahead_by_several_threads_through_one_handle_equal_those_read_one_by_one(tmp_path):
+    """Four threads taking turns on one handle (GDAL decoding on four threads) give every window in its order,
+    exactly as a plain read of each window on its own handle does, no-data pixels included."""
+    values = invalidate(synthetic_values(300, 280), slice(0, 120), slice(200, 280))
+    scene = write_scene(tmp_path / "32TNS" / "20210116T102351.tif", values)
+    spec = normalisation.spec("snowcloud-v1")
+    normalise = infer.checkpoint_normaliser(spec, scene)
+    plans = windows.axis_plans(
+        300, 280, 64, validated({**OPTIONS, "scheme": "margin", "window": 96, "margin": 8}, "inference")
+    )
+    plan = infer.plan_windows(plans, 300, 280)
+    indexes = list(range(1, len(BANDS) + 2))
+    read = list(infer.read_ahead(str(scene), indexes, normalise, plan, readers=4))
+    assert len(read) == len(plan) > 8
+    with rasterio.open(scene) as dataset:
+        for (image, valid), window in zip(read, plan):
+            expected_image, expected_valid = infer.read_window(dataset, indexes, window, normalise)
+            np.testing.assert_array_equal(valid, expected_valid)
+            np.testing.assert_array_equal(image, expected_image)
+    assert not all(valid.all() for _, valid in read) and any(valid.any() for _, valid in read)
+
+
 def test_scene_smaller_than_a_patch_is_padded(tmp_path, pixel_rule):
     bands = list(BANDS)
     values = synthetic_values(40, 50, elevation=False)
