@@ -74,8 +74,11 @@ def _convolve_axis(values: np.ndarray, kernel: np.ndarray, axis: int) -> np.ndar
     padded = np.pad(values, pad)
     length = values.shape[axis]
     out = np.zeros_like(values)
+    term = np.empty_like(values)
     for tap, weight in enumerate(kernel):
-        out += weight * padded.take(range(tap, tap + length), axis=axis)
+        window = [slice(None)] * values.ndim
+        window[axis] = slice(tap, tap + length)
+        out += np.multiply(padded[tuple(window)], weight, out=term)
     return out
 
 
