@@ -334,6 +334,7 @@ def predict_blocks(
         weight_sum = torch.zeros((height, dataset.width), device=settings.device)
     scratch = TensorScratch(settings.device)
     cores = (rows.cores(), cols.cores()) if rows.cores() and cols.cores() else None
+    made: dict[tuple[int, int], torch.Tensor] = {}  # window_weights on the device
     batches = window_batches(
         dataset, indexes, normalise, plans, per_batch, pin=settings.device.type == "cuda", readers=settings.threads
     )
@@ -355,8 +356,7 @@ def predict_blocks(
                             (top, bottom), (left, right) = cores[0][batch.row_index], cores[1][j]
                             accumulator[:, top:bottom, col + left : col + right] = window[:, top:bottom, left:right]
                             continue
-                        weights = np.outer(rows.weights[batch.row_index][:height], cols.weights[j][:width])
-                        weights = torch.from_numpy(weights).to(settings.device)
+                        weights = window_weights(plans, batch.row_index, j, (height, width), settings.device, made)
                         accumulator[:, :, col : col + width] += window.mul_(weights)
                         weight_sum[:, col : col + width] += weights
                 progress.update(len(batch.col_indexes))
@@ -373,6 +373,24 @@ def predict_blocks(
                 with torch.inference_mode():
                     shift_up(accumulator, done)
                     shift_up(weight_sum, done)
+
+
+def window_weights(
+    plans: tuple[AxisPlan, AxisPlan],
+    i: int,
+    j: int,
+    shape: tuple[int, int],
+    device: torch.device,
+    made: dict[tuple[int, int], torch.Tensor],
+) -> torch.Tensor:
+    """The blending weights of window (i, j) cut to `shape`, on the device: the outer product of its axes'
+    weights, made once per pair of weight arrays in `made` (the blend scheme's windows share one pair, so a GPU
+    gets no copy from pageable memory, which waits for its queue, per window)."""
+    rows, cols = plans
+    key = (id(rows.weights[i]), id(cols.weights[j]))
+    if key not in made:
+        made[key] = torch.from_numpy(np.outer(rows.weights[i][: shape[0]], cols.weights[j][: shape[1]])).to(device)
+    return made[key]
 
 
 def pad_to_window(window: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -136,6 +136,15 @@ def first_argmax(values: torch.Tensor) -> torch.Tensor:
     return index
 
 
+def valid_on(device: torch.device, valid: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A valid mask on `device`; to a GPU through pinned memory, so that the copy does not wait for the work
+    queued there (a copy from pageable memory does)."""
+    valid = torch.as_tensor(valid)
+    if device.type == "cuda" and valid.device.type == "cpu":
+        return valid.pin_memory().to(device, non_blocking=True)
+    return valid.to(device)
+
+
 def classes_from_block(block: RowBlock, threshold: float | None = None) -> torch.Tensor:
     """Argmax class per pixel as uint8 on the block's device, IGNORE_INDEX where the scene is invalid. With a
     `threshold` (the thesis's thresholded prediction) the argmax is over `probability > threshold`: the first
@@ -144,7 +153,7 @@ def classes_from_block(block: RowBlock, threshold: float | None = None) -> torch
     if threshold is not None:
         probabilities = (probabilities > threshold).to(torch.uint8)
     classes = first_argmax(probabilities)
-    return classes.masked_fill_(~torch.as_tensor(block.valid, device=classes.device), IGNORE_INDEX)
+    return classes.masked_fill_(~valid_on(classes.device, block.valid), IGNORE_INDEX)
 
 
 def probabilities_as_bytes(block: RowBlock) -> torch.Tensor:
@@ -152,7 +161,7 @@ def probabilities_as_bytes(block: RowBlock) -> torch.Tensor:
     pixels): round(255 x probability clipped to 0..1), halves to even."""
     probabilities = torch.as_tensor(block.probabilities)
     scaled = probabilities.clamp(0.0, 1.0).mul_(255).round_().to(torch.uint8)
-    return scaled.masked_fill_(~torch.as_tensor(block.valid, device=scaled.device), 0)
+    return scaled.masked_fill_(~valid_on(scaled.device, block.valid), 0)
 
 
 def mask_rows(block: RowBlock, threshold: float | None, probabilities: bool) -> MaskRows:
