@@ -324,9 +324,9 @@ def predict_blocks(
     """Run the windows of `plans` row by row and yield each band of rows as soon as no later window touches it,
     its probabilities blended on the inference device (a view of the accumulator there: use it before asking
     for the next block). Where every pixel is one window's core (the margin scheme), the blend is that window's
-    value, copied (exactly what weights 1 and 0 summed and divided by 1 give). Memory holds a few batches of input (read ahead on the settings' threads) and a
-    (K, window height, W) accumulator, never the whole scene. Windows are counted on `progress` (a bar of its
-    own when None)."""
+    value, copied (exactly what weights 1 and 0 summed and divided by 1 give). Memory holds a few batches of
+    input (read ahead on the settings' threads) and a (K, window height, W) accumulator, never the whole scene.
+    Windows are counted on `progress` (a bar of its own when None)."""
     rows, cols = plans
     height, width = min(rows.size, dataset.height), min(cols.size, dataset.width)
     with torch.inference_mode():

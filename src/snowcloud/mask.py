@@ -176,10 +176,9 @@ def write_cog(source: Path, output: str | Path, resampling: str) -> None:
     """Copy a finished GeoTIFF to `output` as a tiled, compressed COG with overviews, atomically.
 
     GDAL's COG driver, not the streaming `cog.CogWriter` of the scene rasters: a mask's overviews are the most
-    frequent class (MODE), which CogWriter's 2 x 2 means cannot give, and a mask is 1 byte a pixel against a
-    scene's 28, so the driver's extra pass is small: 5.5 to 18 s for a full tile's mask and 9 to 17 s for its
-    probabilities (`benchmarks/bench_mask_cog.py`, load 15 to 19 on 2 cores), against about 870 s for the
-    prediction itself at that load (docs/inference.md)."""
+    frequent class (MODE), which CogWriter's 2 x 2 means cannot give, and the driver only copies a complete
+    dataset, so this is an extra pass: 2.5 s of CPU for a full tile's mask, 1.7 s of it the MODE overviews, and
+    4.4 s for its probabilities (`benchmarks/bench_mask_cog.py`, load 6 on 2 cores; docs/inference.md)."""
     with atomic_output(output) as tmp:
         rasterio.shutil.copy(
             source,
