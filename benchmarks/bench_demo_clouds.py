@@ -32,13 +32,12 @@ from helpers.workflow_runs import REPO, snakemake, write_config  # noqa: E402
 
 from snowcloud.baselines import BASELINES  # noqa: E402
 from snowcloud.config import validate_config  # noqa: E402
-from snowcloud.demo import planned_products  # noqa: E402
+from snowcloud.demo import demo_landscape, planned_products  # noqa: E402
 from snowcloud.demo.clouds import THIN_BELOW  # noqa: E402
 from snowcloud.demo.cloudstats import cloud_objects  # noqa: E402
-from snowcloud.demo.landscape import Landscape  # noqa: E402
 from snowcloud.demo.product import GENERATION_ROWS, make_scene  # noqa: E402
 from snowcloud.demo.surface import render_surface  # noqa: E402
-from snowcloud.demo.tiles import tile_grid  # noqa: E402
+from snowcloud.demo.windows import scene_grid  # noqa: E402
 from snowcloud.evaluate import inside_margin  # noqa: E402
 from snowcloud.labels import CLASSES, IGNORE_INDEX  # noqa: E402
 from snowcloud.metrics import confusion_matrix, metrics_from_confusion  # noqa: E402
@@ -62,8 +61,8 @@ def run_default(root: Path) -> tuple[Path, float, float]:
 
 def opacity_map(demo: dict, tile: str, date: str) -> np.ndarray:
     """Cloud opacity (thick cloud or cirrus, whichever is more opaque) of a demo scene, from the generator."""
-    landscape = Landscape(demo["seed"], demo["size"])
-    grid = tile_grid(tile, demo["size"])
+    landscape = demo_landscape(demo)
+    grid = scene_grid(demo, tile, landscape)
     product = planned_products(demo, "unused", tiles=[tile], dates=[date])[(tile, date)]
     conditions = make_scene(product, grid, demo["seed"], landscape).conditions
     x = grid.x0 + 10 * (np.arange(grid.size) + 0.5)

@@ -18,7 +18,7 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> dict:
     """A tiny embedded demo, made once per session: 2 tiles x 2 dates (one per processing baseline: N0301 without,
-    N0400 with the -1000 offset), 120 x 120 pixels, seed 2023. Returns {"demo": the config section, "raw_data",
+    N0400 with the -1000 offset), 120 x 120 pixels of the scale model, seed 2023. Returns {"demo": the config section, "raw_data",
     "dem", "labels": path patterns as in the config, "products": {(tile, date): inventory.Product}}.
     Shared by many tests: copy files before changing them."""
     from snowcloud.demo import make_demo_data, planned_products
@@ -30,6 +30,7 @@ def tiny_demo(tmp_path_factory) -> dict:
         "dates": ["20211208T102421", "20220201T102209"],
         "size": 120,
         "seed": 2023,
+        "scale": "model",  # the whole tile: every class in 120 pixels
     }
     paths = {
         "raw_data": str(root / "raw"),

@@ -14,12 +14,13 @@ from rasterio.warp import transform
 from snowcloud.bands import BANDS, RESOLUTION_M
 from snowcloud.baselines import ndsi_rule
 from snowcloud.config import load_schema
-from snowcloud.demo import clouds, make_demo_data, planned_products, surface, tiles
+from snowcloud.demo import clouds, demo_landscape, make_demo_data, planned_products, surface, tiles
 from snowcloud.demo import product as demo_product
 from snowcloud.demo.cloudstats import cloud_objects, equivalent_diameters, size_slope, thin_share
 from snowcloud.demo.landscape import Landscape
 from snowcloud.demo.product import make_scene, write_scene
 from snowcloud.demo.surface import Conditions, Surface, cast_shadow, render_surface
+from snowcloud.demo.windows import scene_grid
 from snowcloud.inventory import find_products
 
 DEMO = {
@@ -28,7 +29,9 @@ DEMO = {
     "dates": ["20211208T102421", "20220201T102209"],
     "size": 120,
     "seed": 2023,
+    "scale": "model",  # tiny_demo's: the whole tile, every class in 120 pixels
 }
+REAL = {**DEMO, "tiles": ["32TMS"], "dates": ["20220303T101829"], "size": 192, "scale": "real"}
 
 
 def band_members(zip_path: Path) -> dict[str, str]:
@@ -478,22 +481,95 @@ def test_cumulus_shadows_fall_away_from_the_sun_by_the_cloud_height():
     assert (state.direct[shaded] / lit[shaded]).max() < 0.6 and (state.direct[clear] == lit[clear]).all()
 
 
-def test_the_default_validation_date_holds_broken_cumulus_with_small_clouds_over_snow():
+def test_the_default_validation_scenes_hold_every_class_under_a_dense_cumulus_field():
+    """The shipped demo: real-size windows whose validation date has a dense field of cumulus cells, and snow,
+    open water and snow-free ground beside them (what the workflow's per-class comparison needs)."""
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
     demo = config["demo"]
+    assert demo["scale"] == "real" and demo["size"] * 10 < 5000  # windows a few km wide, not the tile shrunk
     (date,) = config["datasets"]["demo"]["split"]["validation_dates"]
-    landscape = Landscape(demo["seed"], demo["size"])
-    grid = tiles.tile_grid(demo["tiles"][0], demo["size"])
-    conditions = Conditions.for_scene(demo["seed"], grid.tile, date, landscape, grid.bounds)
-    assert conditions.cumulus is not None
-    x = grid.x0 + 10 * (np.arange(grid.size) + 0.5)
-    y = grid.y0 - 10 * (np.arange(grid.size) + 0.5)
-    state = render_surface(landscape, conditions, x, y, np.ones((grid.size, grid.size), np.float32))
-    ids, areas = cloud_objects(state.labels() == CLOUD)
-    small = (areas < 1000) & (np.arange(len(areas)) > 0)
-    assert small.sum() >= 20
-    under_small = small[ids]
-    assert (state.snow[under_small] >= 0.5).sum() > 100  # small clouds over snow
+    landscape = demo_landscape(demo)
+    counts = np.zeros(4, int)
+    for tile in demo["tiles"]:
+        grid = scene_grid(demo, tile, landscape)
+        conditions = Conditions.for_scene(demo["seed"], tile, date, landscape, grid.bounds)
+        assert conditions.cumulus.diameter_m == clouds.DENSE_DIAMETER_M
+        assert clouds.DENSE_COVER[0] <= conditions.cumulus.cover <= clouds.DENSE_COVER[1]
+        x = grid.x0 + 10 * (np.arange(grid.size) + 0.5)
+        y = grid.y0 - 10 * (np.arange(grid.size) + 0.5)
+        label = render_surface(landscape, conditions, x, y, np.ones((grid.size, grid.size), np.float32)).labels()
+        counts += np.bincount(label[label < 4], minlength=4)
+        assert (label == SNOW).mean() > 0.1 and (label == CLOUD).mean() > 0.3
+    assert counts[BACKGROUND] > 5000 and counts[WATER] > 500
+
+
+def test_real_scale_scenes_are_windows_of_the_tile_at_their_real_place_and_the_dem_agrees(tmp_path):
+    paths = (tmp_path / "raw", str(tmp_path / "T{tile}.tif"), str(tmp_path / "{tile}_{date}.tif"))
+    make_demo_data(REAL, *paths)
+    landscape = demo_landscape(REAL)
+    whole, grid = tiles.tile_grid("32TMS", 10980), scene_grid(REAL, "32TMS", landscape)
+    left, bottom, right, top = grid.bounds
+    assert whole.bounds[0] <= left < right <= whole.bounds[2] and whole.bounds[1] <= bottom < top <= whole.bounds[3]
+    assert (left - whole.x0) % 60 == 0 and (whole.y0 - top) % 60 == 0 and (left, top) != (whole.x0, whole.y0)
+    product = planned_products(REAL, paths[0])[("32TMS", "20220303T101829")]
+    for band in ("B02", "B11", "B10"):
+        with rasterio.open(band_members(product.path)[band]) as source:
+            assert source.transform == grid.transform(RESOLUTION_M[band]) and source.shape == grid.shape(
+                RESOLUTION_M[band]
+            )
+    positions = [
+        (int(e.find("ULX").text), int(e.find("ULY").text))
+        for e in local(read_metadata(product.path, "MTD_TL.xml"), "Geoposition")
+    ]
+    assert positions == [(int(left), int(top))] * 3
+    with rasterio.open(str(tmp_path / "T32TMS.tif")) as dem:
+        corners_x, corners_y = transform(grid.crs, dem.crs, [left, right], [bottom, top])
+        assert dem.bounds.left < min(corners_x) and dem.bounds.right > max(corners_x)
+        assert dem.bounds.bottom < min(corners_y) and dem.bounds.top > max(corners_y)
+        assert dem.width < 400  # the window's surroundings, not the tile
+        rows, cols = np.array([10, 30, 50, 70]), np.array([12, 35, 60, 95])
+        lon, lat = rasterio.transform.xy(dem.transform, rows, cols)
+        values = dem.read(1)[rows, cols]
+    x, y = transform("EPSG:4326", grid.crs, lon, lat)
+    np.testing.assert_allclose(values, landscape.elevation_at(np.array(x), np.array(y)), atol=0.01)
+    # The scene's lake is the landscape's at the same real coordinates: flat water at its level.
+    with rasterio.open(str(tmp_path / "32TMS_20220303T101829.tif")) as source:
+        assert source.transform == grid.transform()
+        water = source.read(1) == WATER
+    rows, cols = np.nonzero(water)
+    assert len(rows) > 200
+    elevation = landscape.elevation_at(grid.x0 + 10 * (cols + 0.5), grid.y0 - 10 * (rows + 0.5))
+    levels = {round(lake.level, 3) for lake in landscape.lakes_near(*grid.bounds)}
+    assert round(float(elevation[0]), 3) in levels and np.ptp(elevation) < 0.01
+
+
+def test_the_scale_is_named_and_a_wrong_one_is_refused():
+    real, model = Landscape(2023, 384, "real"), Landscape(2023, 384, "model")
+    assert (real.extent, real.slope_scale, model.extent) == (109_800.0, 1.0, 3840.0)
+    assert [lattice.name for lattice in real.lattices] == ["lake", "tarn"] and model.fine_relief is None
+    with pytest.raises(ValueError, match="demo.scale"):
+        Landscape(2023, 384, "toy")
+
+
+def test_dense_cumulus_cells_have_real_widths_in_pixels_thick_cores_and_thin_edges():
+    """Cells of 100-800 m are 10-80 pixels across at 10 m: measured on a field thinned to 10 % cover, where they
+    stand apart; the field itself covers what it was drawn with."""
+    size = 512
+    x = 10 * (np.arange(size) + 0.5)
+    y = 5_000_000 - 10 * (np.arange(size) + 0.5)
+    for field in range(3):
+        rng = np.random.default_rng(field)
+        dense = clouds.CumulusField.random(DEMO["seed"], f"dense{field}", rng).dense(rng)
+        roughness = clouds.roughness_field(rng).grid(x, y)
+        opacity = clouds.opacity(dense.depth(x, y, roughness))
+        cloud = opacity >= surface.LABEL_CLOUD[1]
+        assert abs(cloud.mean() - dense.cover) <= 0.08
+        assert (opacity[cloud] >= clouds.THIN_BELOW).mean() > 0.6  # thick cores
+        assert 0.05 < thin_share(opacity, surface.LABEL_CLOUD[0], clouds.THIN_BELOW) < 0.35  # and thin edges
+        sparse = replace(dense, cover=0.1)
+        _, areas = cloud_objects(clouds.opacity(sparse.depth(x, y, roughness)) >= surface.LABEL_CLOUD[1])
+        widths = equivalent_diameters(areas[1:], pixel_m=10.0) / 10  # pixels
+        assert 10 <= np.median(widths) <= 40 and np.percentile(widths, 90) <= 90 and widths.max() < 120
 
 
 def test_cumulus_in_streets_lie_in_rows_along_the_wind_with_clear_lanes_between():

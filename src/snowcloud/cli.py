@@ -80,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--tiles", nargs="+", default=demo_defaults["tiles"]["default"], help="tile ids, e.g. 32TNS")
     demo.add_argument("--dates", nargs="+", default=demo_defaults["dates"]["default"], help="sensing times")
     demo.add_argument("--seed", type=int, default=demo_defaults["seed"]["default"])
+    demo.add_argument(
+        "--scale",
+        choices=demo_defaults["scale"]["enum"],
+        default=demo_defaults["scale"]["default"],
+        help="real: windows of a real-size tile at 10 m; model: the whole tile drawn at --size (docs/demo.md)",
+    )
     demo.add_argument("--threads", type=int, default=1, help="scenes made in parallel")
     demo.set_defaults(run=_demo)
 
@@ -156,6 +162,7 @@ def _demo(args: argparse.Namespace) -> int:
     from snowcloud.demo import make_demo_data
 
     demo = {"enabled": True, "tiles": args.tiles, "dates": args.dates, "size": args.size, "seed": args.seed}
+    demo["scale"] = args.scale
     validate_config({"demo": demo})
     make_demo_data(
         demo,

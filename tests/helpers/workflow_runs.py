@@ -26,7 +26,7 @@ DATES = ["20211208T102421", "20220201T102209", "20220303T101829"]
 VALIDATION_DATE = DATES[1]
 OLD = 1_500_000_000  # 2017: an mtime older than every output
 TINY = {
-    "demo": {"enabled": True, "tiles": [TILE], "dates": DATES, "size": 96},
+    "demo": {"enabled": True, "tiles": [TILE], "dates": DATES, "size": 96, "scale": "model"},  # every class in 96 px
     "datasets": {
         "demo": {
             "patch_size": 32,

@@ -1,7 +1,8 @@
 """The embedded demo: synthetic but structurally real Sentinel-2 L1C products, DEMs and label masks.
 
 `planned_products` names what the demo makes (pure, used when the workflow is parsed); `make_demo_data`
-makes it. Products are `{raw_data}/T{tile}/{name}.SAFE.zip`; mission, relative orbit, processing baseline
+makes it: at real scale (`demo.scale`, the default) each tile's scenes are a window of the real-size tile
+(`snowcloud.demo.windows`), in the scale model the whole tile drawn at `demo.size`. Products are `{raw_data}/T{tile}/{name}.SAFE.zip`; mission, relative orbit, processing baseline
 (N0301 before 2022-01-25, N0400 with its -1000 radiometric offset from then) and generation time follow
 from the sensing date as they would for real products. The same settings and seed give byte-identical files.
 """
@@ -19,7 +20,7 @@ from tqdm import tqdm
 from snowcloud.demo.dem import write_dem
 from snowcloud.demo.landscape import Landscape
 from snowcloud.demo.product import make_scene, write_scene
-from snowcloud.demo.tiles import tile_grid
+from snowcloud.demo.windows import scene_grid
 from snowcloud.inventory import Product, parse_product_name, product_name, scene_path
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,13 @@ def planned_products(demo: dict, raw_data: str | Path, tiles=(), dates=()) -> di
 
 
 def make_demo_data(demo: dict, raw_data: str | Path, dem_pattern: str, labels_pattern: str, threads: int = 1) -> None:
-    """Make every demo product (zipped), one DEM per tile at dem_pattern and one label mask per scene at
-    labels_pattern; with threads > 1, scenes are made in parallel (forked) processes."""
-    for tile in demo["tiles"]:
-        tile_grid(tile, demo["size"])  # fail on a bad tile id or size before any work
-    tasks = [("dem", tile, str(scene_path(dem_pattern, tile))) for tile in sorted(demo["tiles"])]
+    """Make every demo product (zipped), one DEM per tile at dem_pattern (covering the tile's scenes) and one
+    label mask per scene at labels_pattern; with threads > 1, scenes are made in parallel (forked) processes."""
+    landscape = demo_landscape(demo)
+    grids = {tile: scene_grid(demo, tile, landscape) for tile in sorted(demo["tiles"])}  # fails on a bad tile
+    tasks = [("dem", grids[tile], str(scene_path(dem_pattern, tile))) for tile in sorted(demo["tiles"])]
     tasks += [
-        ("scene", product, str(scene_path(labels_pattern, *scene)))
+        ("scene", (product, grids[product.tile]), str(scene_path(labels_pattern, *scene)))
         for scene, product in planned_products(demo, raw_data).items()
     ]
     # Forked workers: "spawn" would re-run the calling script (a Snakemake script has no __main__ guard).
@@ -87,13 +88,19 @@ def make_demo_data(demo: dict, raw_data: str | Path, dem_pattern: str, labels_pa
             future.result()
 
 
+def demo_landscape(demo: dict) -> Landscape:
+    """The landscape of the demo section of a configuration (seed, size, scale)."""
+    return Landscape(demo["seed"], demo["size"], demo["scale"])
+
+
 def _make(demo: dict, task: tuple, gdal_threads: int) -> None:
     """One unit of demo work: a tile's DEM or a scene's product and label mask."""
     kind, subject, path = task
-    landscape = Landscape(demo["seed"], demo["size"])
+    landscape = demo_landscape(demo)
     if kind == "dem":
-        write_dem(landscape, tile_grid(subject, demo["size"]), path)
+        write_dem(landscape, subject, path)
         log.info("wrote %s", path)
     else:
-        scene = make_scene(subject, tile_grid(subject.tile, demo["size"]), demo["seed"], landscape)
+        product, grid = subject
+        scene = make_scene(product, grid, demo["seed"], landscape)
         write_scene(scene, landscape, path, gdal_threads=gdal_threads, thin_clouds=demo.get("thin_clouds", False))

@@ -12,7 +12,7 @@ sources are in docs/demo.md; `snowcloud.demo.cloudstats` measures them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -23,6 +23,9 @@ OPAQUE_TAU = 40.0  # optical depth of the opaque layer whose reflectance the clo
 THIN_BELOW = 0.7  # opacity under which a cloud is semi-transparent: the surface shows through (tau ~ 12)
 LABEL_TAU = 3.0  # optical depth at a cumulus's nominal edge: opacity 0.3, where the annotator's line runs
 CUMULUS_DIAMETER_M = (20.0, 1000.0)  # smallest and largest cumulus (nominal diameter, real metres)
+CUMULUS_COVER = (0.1, 0.3)  # labelled share of a fair-weather field (Wielicki and Welch 1986: 10-40 %)
+DENSE_DIAMETER_M = (100.0, 800.0)  # cells of a dense field (spring and summer afternoons: cumulus congestus)
+DENSE_COVER = (0.3, 0.7)
 CUMULUS_SIZE_SLOPE = 1.8  # number density n(D) ~ D^-b of cumulus diameters (Sengupta et al. 1990: 1.4-2.3 below 1 km)
 CUMULUS_CORE_TAU = (4.0, 60.0)  # optical depth at the centre: thin for small clouds, rising with size
 CUMULUS_CELL_M = 1000.0  # cumulus are drawn per cell of a map lattice: strips and tiles of one date agree
@@ -65,16 +68,18 @@ def deck_depth(field: np.ndarray, roughness: np.ndarray, threshold: float) -> np
     return (DECK_TAU * np.clip(excess, 0, 1) ** 2).astype(np.float32)
 
 
-def power_law_sizes(rng: np.random.Generator, n: int) -> np.ndarray:
-    """n diameters from the truncated power law n(D) ~ D^-b over CUMULUS_DIAMETER_M (inverse CDF)."""
-    low, high = (d ** (1 - CUMULUS_SIZE_SLOPE) for d in CUMULUS_DIAMETER_M)
+def power_law_sizes(
+    rng: np.random.Generator, n: int, diameters_m: tuple[float, float] = CUMULUS_DIAMETER_M
+) -> np.ndarray:
+    """n diameters from the truncated power law n(D) ~ D^-b over `diameters_m` (inverse CDF)."""
+    low, high = (d ** (1 - CUMULUS_SIZE_SLOPE) for d in diameters_m)
     return (low + rng.uniform(size=n) * (high - low)) ** (1 / (1 - CUMULUS_SIZE_SLOPE))
 
 
-def mean_area() -> float:
+def mean_area(diameters_m: tuple[float, float] = CUMULUS_DIAMETER_M) -> float:
     """Mean nominal area (m2) of a cumulus drawn by power_law_sizes."""
     b = CUMULUS_SIZE_SLOPE
-    low, high = CUMULUS_DIAMETER_M
+    low, high = diameters_m
     second_moment = ((high ** (3 - b) - low ** (3 - b)) / (3 - b)) / ((low ** (1 - b) - high ** (1 - b)) / (b - 1))
     return math.pi / 4 * second_moment
 
@@ -101,7 +106,9 @@ class Cumuli:
 @dataclass(frozen=True)
 class CumulusField:
     """A field of broken cumulus on one date (shared by the tiles of one pass): its cover (the labelled share
-    of the area, street troughs included), cloud streets along the wind, and where the field lies."""
+    of the area, street troughs included), the range of its cloud sizes, cloud streets along the wind, and
+    where the field lies. Fair-weather fields have clouds of 20 m to 1 km covering 10-30 %; dense fields cells
+    of 100-800 m covering 30-70 %."""
 
     seed: int
     date: str
@@ -111,19 +118,25 @@ class CumulusField:
     street_strength: float  # 0: randomly placed clouds .. 1: all in the street rows
     street_phase: float
     height_m: float  # of the cloud layer above the ground (its shadows fall height x tan(zenith) away)
+    diameter_m: tuple[float, float] = CUMULUS_DIAMETER_M  # smallest and largest cloud
 
     @classmethod
     def random(cls, seed: int, date: str, rng: np.random.Generator) -> CumulusField:
+        """A fair-weather field."""
         return cls(
             seed=seed,
             date=date,
-            cover=float(rng.uniform(0.1, 0.3)),
+            cover=float(rng.uniform(*CUMULUS_COVER)),
             wind_angle=float(rng.uniform(0, math.pi)),
             street_spacing_m=float(rng.uniform(1500, 4000)),
             street_strength=float(rng.uniform(0, 0.9)),
             street_phase=float(rng.uniform(0, 2 * math.pi)),
             height_m=float(rng.uniform(800, 1800)),
         )
+
+    def dense(self, rng: np.random.Generator) -> CumulusField:
+        """The field grown dense: cells of DENSE_DIAMETER_M covering a cover drawn from DENSE_COVER."""
+        return replace(self, cover=float(rng.uniform(*DENSE_COVER)), diameter_m=DENSE_DIAMETER_M)
 
     def street(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Relative density of cloud centres: rows along the wind with clear lanes between them."""
@@ -136,10 +149,11 @@ class CumulusField:
         cover `cover` of the area on average over the streets."""
         phases = np.linspace(0, 2 * math.pi, 64, endpoint=False)
         relative = (1 - self.street_strength) + self.street_strength * ((1 + np.cos(phases)) / 2) ** 2 / 0.375
-        low, high = 0.0, 50 * -math.log(1 - self.cover) / mean_area()
+        area = mean_area(self.diameter_m)
+        low, high = 0.0, 50 * -math.log(1 - self.cover) / area
         for _ in range(60):  # bisection: the mean cover rises with the density
             middle = (low + high) / 2
-            covered = float(np.mean(1 - np.exp(-middle * mean_area() * relative)))
+            covered = float(np.mean(1 - np.exp(-middle * area * relative)))
             low, high = (middle, high) if covered < self.cover else (low, middle)
         return (low + high) / 2
 
@@ -151,7 +165,7 @@ class CumulusField:
         x = (i + rng.uniform(size=n)) * CUMULUS_CELL_M
         y = (j + rng.uniform(size=n)) * CUMULUS_CELL_M
         kept = rng.uniform(size=n) * peak < density * self.street(x, y)  # thinning: the streets' density
-        diameter = power_law_sizes(rng, n)
+        diameter = power_law_sizes(rng, n, self.diameter_m)
         core = np.clip(
             CUMULUS_CORE_TAU[1] * (diameter / 1000) ** 0.4 * np.exp(rng.normal(0, 0.3, n)), *CUMULUS_CORE_TAU
         )
@@ -168,7 +182,7 @@ class CumulusField:
         tau = np.zeros((len(y), len(x)), dtype=np.float32)
         density = self.density()
         # The largest half extent: stretch (at most 1.6) and harmonics (bulge at most 1.61) within a factor 2.5.
-        reach = CUMULUS_DIAMETER_M[1] / 2 * 2.5 * (outer_radius(CUMULUS_CORE_TAU[0]) + 4 * EDGE_ROUGHNESS)
+        reach = self.diameter_m[1] / 2 * 2.5 * (outer_radius(CUMULUS_CORE_TAU[0]) + 4 * EDGE_ROUGHNESS)
         cells_x = range(
             math.floor((x.min() - reach) / CUMULUS_CELL_M), math.floor((x.max() + reach) / CUMULUS_CELL_M) + 1
         )

@@ -1,4 +1,5 @@
-"""The demo elevation model: the analytic terrain sampled on a geographic (EPSG:4326) 1 arcsecond grid."""
+"""The demo elevation model: the analytic terrain sampled on a geographic (EPSG:4326) 1 arcsecond grid covering the
+scenes of a tile (the whole tile, or its window at real scale)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ ROWS_PER_STRIP = 256
 
 
 def dem_grid(grid: TileGrid) -> tuple[Affine, int, int]:
-    """Transform, width and height of a 1 arcsecond grid, aligned to whole arcseconds, covering the tile."""
+    """Transform, width and height of a 1 arcsecond grid, aligned to whole arcseconds, covering the grid."""
     west, south, east, north = transform_bounds(grid.crs, DEM_CRS, *grid.bounds, densify_pts=51)
     west = math.floor(west * 3600 - MARGIN_ARCSECONDS)
     east = math.ceil(east * 3600 + MARGIN_ARCSECONDS)
@@ -33,7 +34,7 @@ def dem_grid(grid: TileGrid) -> tuple[Affine, int, int]:
 
 
 def write_dem(landscape: Landscape, grid: TileGrid, path: str | Path) -> None:
-    """Write the elevation (float32 metres) of the tile's surroundings as a geographic GeoTIFF."""
+    """Write the elevation (float32 metres) of the grid's surroundings as a geographic GeoTIFF."""
     affine, width, height = dem_grid(grid)
     profile = dict(
         driver="GTiff",

@@ -1,12 +1,15 @@
 """The synthetic landscape of the demo: analytic terrain with lakes and the ground that covers it (forest,
 bright limestone, built-up valley floors), the same on every date.
 
-Everything horizontal is a scale model of a full 109.8 km tile: lengths are fractions of the demo's extent
-(size x 10 m), so a 384-pixel demo holds the same mountains, lakes and towns as a 10980-pixel one, only
-smaller. Slopes (for shading, cast shadows and snow on steep faces) are those of the full-size landscape.
-Elevations are real metres, and per-pixel effects (sensor noise, ground texture, mixed pixels at shorelines)
-are per pixel. The terrain is an analytic function of map coordinates: the DEM samples it in geographic
-coordinates, the scene on its UTM grid, and tests can ask for the elevation at any point.
+Two scales (`demo.scale`). "real": the landscape of a whole 109.8 km tile at its real size, with what only
+10 m pixels show on top (small lakes, fine relief, sharp and ragged forest edges, snow patches); the demo's
+scenes are windows of it (`snowcloud.demo.windows`). "model": a scale model of a full tile drawn at the demo's
+size: lengths are fractions of the extent (size x 10 m), so a 384-pixel demo holds the same mountains, lakes
+and towns as a 10980-pixel one, only smaller; slopes (for shading, cast shadows and snow on steep faces) are
+those of the full-size landscape. Elevations are real metres, and per-pixel effects (sensor noise, ground
+texture, mixed pixels at shorelines) are per pixel. The terrain is an analytic function of map coordinates: the
+DEM samples it in geographic coordinates, the scene on its UTM grid, and tests can ask for the elevation at any
+point.
 What changes from date to date (snow, clouds, haze, light) is in `snowcloud.demo.surface`.
 """
 
@@ -20,6 +23,15 @@ import numpy as np
 FULL_EXTENT_M = 109_800.0
 SHORE_WIDTH_M = 10.0  # one pixel of mixed land and water along the shore
 VALLEY_FLOOR_M = 450.0  # the terrain flattens towards this elevation
+SCALES = ("real", "model")  # demo.scale: windows of a real-size tile, or a scale model of the whole tile
+# Real scale only: what 10 m pixels show and a scale model smooths away.
+SKY_EXTENT_M = 30_000.0  # decks, cirrus streaks and haze are drawn with the sizes they have in a tile this wide
+FINE_RELIEF_M = 40.0  # standard deviation of the relief from 100 m to 3 km wavelength (knolls, gullies, benches)
+TARN_SPACING_M = 2000.0  # lattice of the small lakes (tarns, ponds): about one in two cells holds one
+TARN_RADIUS_M = (60.0, 400.0)
+FOREST_EDGE_M = 30.0  # elevation over which the forest ends at the tree line (a scale model: 250 m)
+FOREST_RAGGEDNESS_M = 80.0  # how far stands and clearings move the tree line up and down (100 m - 1.5 km)
+SNOW_PATCHES_M = 40.0  # how far drifts and wind-blown patches move the snow line (50 m - 1 km)
 
 
 def seed_sequence(seed: int, *parts: str | int) -> np.random.SeedSequence:
@@ -101,6 +113,21 @@ class WaveField:
 
 
 @dataclass(frozen=True)
+class LakeLattice:
+    """Where lakes of one kind may lie: one random stream, a lattice of cells, each holding one lake or none."""
+
+    name: str  # of the random stream
+    spacing: float  # metres between cells
+    radius: tuple[float, float]  # smallest and largest mean radius (m)
+    basin_depth: float  # a lake's centre lies at most this far above its level (m): it lies in a depression
+
+    @property
+    def reach(self) -> float:
+        """Metres from a cell's lakes beyond which they change nothing: 1.6 radii x the largest shore bulge."""
+        return 2.0 * self.radius[1]
+
+
+@dataclass(frozen=True)
 class Lake:
     """A lake in a depression: flat water at `level` inside an irregular shoreline around (x, y)."""
 
@@ -137,10 +164,16 @@ class Landscape:
     """Terrain, lakes and ground cover of a demo: one continuous landscape for every tile of the same seed and
     size."""
 
-    def __init__(self, seed: int, size: int) -> None:
+    def __init__(self, seed: int, size: int, scale: str = "model") -> None:
+        """The landscape of demo.seed, demo.size and demo.scale: at "real" scale the size does not change it."""
+        if scale not in SCALES:
+            raise ValueError(f"demo.scale: '{scale}' is none of {', '.join(SCALES)}")
         self.seed = seed
-        self.extent = size * 10.0
+        self.scale = scale
+        self.extent = FULL_EXTENT_M if scale == "real" else size * 10.0
         self.slope_scale = self.extent / FULL_EXTENT_M  # converts demo gradients into full-size slopes
+        # A window a few km wide of a tile-wide deck or cirrus streak would be all cloud or none.
+        self.sky_extent = SKY_EXTENT_M if scale == "real" else self.extent
         rng = rng_for(seed, "terrain")
         length = self.extent
         self.massifs = WaveField.random(rng, 24, (length / 3, 2 * length), 1.0)
@@ -151,57 +184,73 @@ class Landscape:
         self.treeline = WaveField.random(ground, 16, (length / 40, length / 3), 1.0)
         self.lithology = WaveField.random(ground, 16, (length / 30, length / 4), 1.0)
         self.towns = WaveField.random(ground, 24, (length / 80, length / 10), 1.0)
-        self.lake_spacing = 0.3 * length
-        self._lakes: dict[tuple[int, int], Lake | None] = {}
+        self.lattices = [LakeLattice("lake", 0.3 * length, (0.015 * length, 0.045 * length), 150.0)]
+        self._lakes: dict[tuple[str, int, int], Lake | None] = {}
+        self.fine_relief = self.stands = self.snow_patches = None
+        if scale == "real":
+            fine = rng_for(seed, "fine")
+            self.fine_relief = WaveField.random(fine, 32, (100.0, 3000.0), 1.0)
+            self.stands = WaveField.random(fine, 24, (100.0, 1500.0), 0.7)
+            self.snow_patches = WaveField.random(fine, 24, (50.0, 1000.0), 0.7)
+            self.lattices.append(LakeLattice("tarn", TARN_SPACING_M, TARN_RADIUS_M, 40.0))
 
-    def raw_elevation(self, massifs: np.ndarray, ridges: np.ndarray, detail: np.ndarray) -> np.ndarray:
-        """Elevation (m) from the unit fields: massifs, sharp ridges, detail; valley floors flattened near 450 m.
-        Slopes of the full-size landscape: median ~12 degrees, 10 % steeper than 25, 1 % steeper than 35."""
-        elevation = 1350 + 650 * massifs + 1000 * (0.5 - np.abs(ridges)) + 200 * detail
+    def raw_elevation(
+        self, massifs: np.ndarray, ridges: np.ndarray, detail: np.ndarray, fine: np.ndarray | float = 0.0
+    ) -> np.ndarray:
+        """Elevation (m) from the unit fields: massifs, sharp ridges, detail (and the fine relief at real scale);
+        valley floors flattened near 450 m. Slopes of the full-size landscape: median ~12 degrees, 10 % steeper
+        than 25, 1 % steeper than 35."""
+        elevation = 1350 + 650 * massifs + 1000 * (0.5 - np.abs(ridges)) + 200 * detail + FINE_RELIEF_M * fine
         softness = 80.0
         return VALLEY_FLOOR_M + softness * np.logaddexp(0.0, (elevation - VALLEY_FLOOR_M) / softness)
 
+    def _relief_fields(self) -> list[WaveField]:
+        fields = [self.massifs, self.ridges, self.detail]
+        return fields if self.fine_relief is None else [*fields, self.fine_relief]
+
     def raw_elevation_points(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return self.raw_elevation(self.massifs.points(x, y), self.ridges.points(x, y), self.detail.points(x, y))
+        return self.raw_elevation(*(field.points(x, y) for field in self._relief_fields()))
 
     def raw_elevation_grid(self, x: np.ndarray, y: np.ndarray, shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
         """The raw elevation on a grid, seen from points displaced by `shift` (dx, dy) metres."""
-        fields = [field.shifted(*shift) for field in (self.massifs, self.ridges, self.detail)]
-        return self.raw_elevation(*(field.grid(x, y) for field in fields))
+        return self.raw_elevation(*(field.shifted(*shift).grid(x, y) for field in self._relief_fields()))
 
-    def lake_in_cell(self, i: int, j: int) -> Lake | None:
-        """The lake (if any) of lattice cell (i, j): about half the cells hold one, in their lowest part."""
-        if (i, j) not in self._lakes:
-            rng = rng_for(self.seed, "lake", i % 2**32, j % 2**32)
+    def lake_in_cell(self, i: int, j: int, lattice: LakeLattice | None = None) -> Lake | None:
+        """The lake (if any) of cell (i, j) of a lattice (the large lakes by default): about half the cells
+        hold one, in their lowest part."""
+        lattice = lattice or self.lattices[0]
+        key = (lattice.name, i, j)
+        if key not in self._lakes:
+            rng = rng_for(self.seed, lattice.name, i % 2**32, j % 2**32)
             exists, u, v, size = rng.uniform(size=4)
             lake = None
             if exists < 0.55:
-                x = (i + 0.25 + 0.5 * u) * self.lake_spacing
-                y = (j + 0.25 + 0.5 * v) * self.lake_spacing
-                radius = (0.015 + 0.03 * size) * self.extent
+                x = (i + 0.25 + 0.5 * u) * lattice.spacing
+                y = (j + 0.25 + 0.5 * v) * lattice.spacing
+                radius = lattice.radius[0] + (lattice.radius[1] - lattice.radius[0]) * size
                 angles = np.linspace(0, 2 * np.pi, 32, endpoint=False)
-                ring = self.raw_elevation_points(x + 1.6 * radius * np.cos(angles), y + 1.6 * radius * np.sin(angles))
+                ring_x = np.append(x + 1.6 * radius * np.cos(angles), x)  # the ring around the lake, and its centre
+                ring_y = np.append(y + 1.6 * radius * np.sin(angles), y)
+                *ring, centre = self.raw_elevation_points(ring_x, ring_y)
                 harmonics = tuple(
                     (order, float(rng.uniform(0.05, 0.25) / order), float(rng.uniform(0, 2 * np.pi)))
                     for order in (2, 3, 5)
                 )
                 turbidity = float(rng.uniform() ** 3)  # most lakes clear, a few milky
-                level = float(ring.min()) - 2.0
-                in_basin = float(self.raw_elevation_points(np.array(x), np.array(y))) < level + 150
+                level = float(min(ring)) - 2.0
+                in_basin = float(centre) < level + lattice.basin_depth
                 lake = Lake(x, y, radius, level, harmonics, turbidity) if in_basin and level < 2600 else None
-            self._lakes[(i, j)] = lake
-        return self._lakes[(i, j)]
+            self._lakes[key] = lake
+        return self._lakes[key]
 
     def lakes_near(self, left: float, bottom: float, right: float, top: float) -> list[Lake]:
         """Lakes whose surroundings (1.6 radii) reach into the box."""
-        reach = 0.09 * self.extent  # >= 1.6 x the largest radius x the largest shoreline bulge
-        cells_x = range(
-            math.floor((left - reach) / self.lake_spacing), math.floor((right + reach) / self.lake_spacing) + 1
-        )
-        cells_y = range(
-            math.floor((bottom - reach) / self.lake_spacing), math.floor((top + reach) / self.lake_spacing) + 1
-        )
-        lakes = [self.lake_in_cell(i, j) for i in cells_x for j in cells_y]
+        lakes = []
+        for lattice in self.lattices:
+            reach, spacing = lattice.reach, lattice.spacing
+            cells_x = range(math.floor((left - reach) / spacing), math.floor((right + reach) / spacing) + 1)
+            cells_y = range(math.floor((bottom - reach) / spacing), math.floor((top + reach) / spacing) + 1)
+            lakes += [self.lake_in_cell(i, j, lattice) for i in cells_x for j in cells_y]
         return [lake for lake in lakes if lake is not None]
 
     def with_lakes(self, elevation: np.ndarray, x: np.ndarray, y: np.ndarray, lakes: list[Lake]) -> LakeMaps:
@@ -263,10 +312,21 @@ class Landscape:
         low = np.clip((VALLEY_FLOOR_M + 300 - elevation) / 150, 0, 1)
         built = smoothstep((self.towns.grid(x, y) - 1.0) / 0.6) * flat * low
         treeline = 1800 + 200 * self.treeline.grid(x, y)
-        vegetation = np.clip((treeline - elevation) / 250, 0, 1)
+        edge = 250.0
+        if self.stands is not None:  # real scale: stands and clearings make a sharp, ragged forest edge
+            treeline += FOREST_RAGGEDNESS_M * self.stands.grid(x, y)
+            edge = FOREST_EDGE_M
+        vegetation = np.clip((treeline - elevation) / edge, 0, 1)
         vegetation *= np.clip((math.radians(40) - slope) / math.radians(15), 0, 1)  # rock shows on steep slopes
         limestone = smoothstep(self.lithology.grid(x, y) / 0.8 + 0.5)
         return built, vegetation, limestone
+
+    def snow_drift_m(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """How far wind, avalanches (and at real scale drifts and wind-blown patches) move the snow line (m)."""
+        drift = 120 * self.snow_drift.grid(x, y)
+        if self.snow_patches is not None:
+            drift += SNOW_PATCHES_M * self.snow_patches.grid(x, y)
+        return drift
 
 
 def smoothstep(t: np.ndarray) -> np.ndarray:

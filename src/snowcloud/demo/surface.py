@@ -34,6 +34,7 @@ LABEL_CLOUD = (0.12, 0.3)  # cloud opacity from which a pixel is unlabelled (bel
 LABEL_THIN = 0.7  # with thin clouds labelled: cloud opacity below which a cloud pixel is thin (semi-transparent)
 LABEL_THIN_CLOUD = 4  # the thesis's class 4, semi-transparent clouds
 CUMULUS_DATES = 0.7  # share of the dates with a field of broken cumulus
+DENSE_CUMULUS_DATES = 0.75  # share of the cumulus dates whose field is dense (convection: cumulus congestus)
 CUMULUS_DECK_SHARE = 0.5  # on those dates the sky has broken up: decks cover half as much
 CIRRUS_SHEET_DATES = 0.4  # share of the dates with a thin cirrus sheet
 
@@ -70,9 +71,9 @@ class Conditions:
         and the tile (swath edge)."""
         when = datetime.strptime(date, "%Y%m%dT%H%M%S")
         day = when.timetuple().tm_yday
-        extent = landscape.extent
+        extent = landscape.sky_extent  # cloud systems, haze: scaled like the landscape, or real
         season = rng_for(seed, "season", date)
-        snowline = 1700 - 800 * math.cos(2 * math.pi * (day - 20) / 365) + season.normal(0, 60)
+        snowline = seasonal_snowline_m(date) + season.normal(0, 60)
         declination = -23.44 * math.cos(2 * math.pi * (day + 10) / 365)
         latitude = 46.5
         zenith = abs(latitude - declination) + 6.0
@@ -88,6 +89,10 @@ class Conditions:
         sky = rng_for(seed, "cumulus", date)  # apart from `season`: the decks stay those of earlier versions
         has_cumulus, has_sheet = sky.uniform(size=2) < (CUMULUS_DATES, CIRRUS_SHEET_DATES)
         cumulus = clouds.CumulusField.random(seed, date, sky)
+        # Dense fields at real scale only (the scale model keeps its skies); apart from `sky`: the other clouds stay.
+        convection = rng_for(seed, "convection", date)
+        if landscape.scale == "real" and convection.uniform() < DENSE_CUMULUS_DATES:
+            cumulus = cumulus.dense(convection)
         sheet = float(sky.uniform(0.04, 0.11))
         return cls(
             snowline_m=snowline,
@@ -110,6 +115,13 @@ class Conditions:
             haze_field=WaveField.random(season, 16, (extent / 10, extent), 1.0),
             swath_edge=swath_edge(seed, tile, date, bounds),
         )
+
+
+def seasonal_snowline_m(date: str) -> float:
+    """The snow line of the season (m): about 900 m in late January, 2500 m in late July; a date varies by
+    +-60 m around it."""
+    day = datetime.strptime(date, "%Y%m%dT%H%M%S").timetuple().tm_yday
+    return 1700 - 800 * math.cos(2 * math.pi * (day - 20) / 365)
 
 
 def cumulus_shadow_shift(conditions: Conditions) -> tuple[float, float]:
@@ -344,7 +356,7 @@ def render_surface(
 
     # Snow above the snow line, which is higher on sunny (south-facing) slopes; none on steep faces.
     southness = np.cos(aspect - math.pi) * np.sin(slope)
-    snowline = conditions.snowline_m + 120 * landscape.snow_drift.grid(x, y) + 300 * southness
+    snowline = conditions.snowline_m + landscape.snow_drift_m(x, y) + 300 * southness
     snow = np.clip((elevation - snowline) / SNOW_TRANSITION_M + 0.5, 0, 1)
     low_face, high_face = (math.radians(angle) for angle in STEEP_FACE_DEG)
     snow *= np.clip((high_face - slope) / (high_face - low_face), 0, 1)
