@@ -15,7 +15,8 @@ from snowcloud.demo.tiles import TileGrid, tile_grid
 
 WINDOW_ALIGN_M = 60  # windows start on the tile's 60 m grid: every band's pixels are those of the whole tile
 LAKE_BELOW_SNOWLINE_M = (100.0, 400.0)  # the window's lake lies this far below the dates' mean snow line
-LAKE_RADIUS = (0.05, 0.1)  # and has a radius of this share of the window's width (1-3 % of its area)
+LAKE_RADIUS = (0.05, 0.1)  # and has a radius of this share of the window's width (1-3 % of its area),
+LAKE_RADIUS_M = (60.0, 90.0)  # or of these if larger (small windows)
 SNOW_SHARE = (0.15, 0.65)  # share of the window more than SNOW_MARGIN_M above that snow line
 GROUND_SHARE = 0.2  # least share of the window more than SNOW_MARGIN_M below it
 SNOW_MARGIN = (100.0, 0.05)  # metres, or this share of the window's width in metres if less (small windows)
@@ -32,10 +33,10 @@ def scene_grid(demo: dict, tile: str, landscape: Landscape) -> TileGrid:
 
 
 def window_grid(landscape: Landscape, tile: str, size: int, snowline_m: float) -> TileGrid:
-    """A window of `size` pixels of the real-size tile holding a small lake (LAKE_RADIUS) LAKE_BELOW_SNOWLINE_M
+    """A window of `size` pixels of the real-size tile holding a small lake (LAKE_RADIUS_*) LAKE_BELOW_SNOWLINE_M
     below the snow line at its downhill side, with SNOW_SHARE of its area above the snow line and GROUND_SHARE
     below (SNOW_MARGIN away from it): the lakes of the tile are tried in an order drawn from the seed and the
-    tile, and the first that fits is taken."""
+    tile, and the first that fits is taken (or, if none does, the one that comes closest: small windows)."""
     whole = tile_grid(tile, int(FULL_EXTENT_M) // 10)
     tarns = next(lattice for lattice in landscape.lattices if lattice.name == "tarn")
     extent = size * 10.0
@@ -45,12 +46,14 @@ def window_grid(landscape: Landscape, tile: str, size: int, snowline_m: float) -
         for i in range(math.floor(left / tarns.spacing), math.ceil(right / tarns.spacing))
         for j in range(math.floor(bottom / tarns.spacing), math.ceil(top / tarns.spacing))
     ]
+    best = None  # (fit, grid) of the window that comes closest, taken if none fits
     for index in rng_for(landscape.seed, "window", tile).permutation(len(cells)):
         lake = landscape.lake_in_cell(*cells[index], tarns)
         if (
             lake is None
             or not LAKE_BELOW_SNOWLINE_M[0] <= snowline_m - lake.level <= LAKE_BELOW_SNOWLINE_M[1]
-            or not LAKE_RADIUS[0] * extent <= lake.radius <= LAKE_RADIUS[1] * extent
+            or not max(LAKE_RADIUS[0] * extent, LAKE_RADIUS_M[0]) <= lake.radius
+            or lake.radius > max(LAKE_RADIUS[1] * extent, LAKE_RADIUS_M[1])
         ):
             continue
         # The lake at the window's downhill side, whole inside; the rest of the window climbs the valley side.
@@ -62,12 +65,17 @@ def window_grid(landscape: Landscape, tile: str, size: int, snowline_m: float) -
             y0=whole.y0 - _aligned(whole.y0 - centre[1] - extent / 2, FULL_EXTENT_M - extent),
             size=size,
         )
-        if _holds_snow_and_ground(landscape, grid, snowline_m):
+        fit = _fit(landscape, grid, snowline_m)
+        if fit >= 0:
             return grid
-    raise ValueError(
-        f"demo: no window of {size} pixels in tile {tile} holds a lake under the snow line ({snowline_m:.0f} m) "
-        "and snow above it: choose another demo.seed, demo.size or demo.dates"
-    )
+        if best is None or fit > best[0]:
+            best = (fit, grid)
+    if best is None:
+        raise ValueError(
+            f"demo: no lake of tile {tile} lies under the snow line ({snowline_m:.0f} m) and fits a window of {size} "
+            "pixels: choose another demo.seed, demo.size or demo.dates"
+        )
+    return best[1]
 
 
 def _aligned(offset: float, largest: float) -> float:
@@ -84,11 +92,13 @@ def _uphill(landscape: Landscape, lake: Lake, step: float) -> np.ndarray:
     return gradient / max(float(np.hypot(*gradient)), 1e-9)
 
 
-def _holds_snow_and_ground(landscape: Landscape, grid: TileGrid, snowline_m: float) -> bool:
+def _fit(landscape: Landscape, grid: TileGrid, snowline_m: float) -> float:
+    """How well the window's shares of snow and snow-free ground meet SNOW_SHARE and GROUND_SHARE: >= 0 if they
+    do, the (negative) shortfall if not."""
     left, bottom, right, top = grid.bounds
     x, y = np.meshgrid(np.linspace(left, right, PROBE_POINTS), np.linspace(top, bottom, PROBE_POINTS))
     elevation = landscape.elevation_at(x, y)
     margin = min(SNOW_MARGIN[0], SNOW_MARGIN[1] * grid.size * 10)
     snow = float(np.mean(elevation > snowline_m + margin))
     ground = float(np.mean(elevation < snowline_m - margin))
-    return SNOW_SHARE[0] <= snow <= SNOW_SHARE[1] and ground >= GROUND_SHARE
+    return min(snow - SNOW_SHARE[0], SNOW_SHARE[1] - snow, ground - GROUND_SHARE)
