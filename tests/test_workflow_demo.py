@@ -1,7 +1,7 @@
 """End to end: the default demo workflow trains a model that clearly beats the NDSI rule on the validation dates.
 
-The one test that trains a real model: config/config.yaml exactly as shipped (2 tiles x 4 dates at 384 px, the
-demo dataset and experiment), run as a user runs it, `snakemake -s Snakefile --directory <tmp> --cores 2`.
+The one test that trains a real model: config/config.yaml exactly as shipped (2 tiles x 4 dates, windows of
+384 px of the real-size tiles at 10 m, the demo dataset and experiment), run as a user runs it, `snakemake -s Snakefile --directory <tmp> --cores 2`.
 About 2-3 minutes on 2 cores. The demo data puts in the confusers that make per-pixel rules fail on real winter
 scenes (docs/demo.md), so beating the rule takes a model that has learnt them.
 """
@@ -65,8 +65,10 @@ def test_the_model_beats_the_ndsi_rule_on_the_validation_dates(demo_run):
     assert model["macro_iou"] >= LEAST_MACRO_IOU
     for name in CLASSES:
         assert model[f"iou_{name}"] > rule[f"iou_{name}"], name
-    # The rule is not a straw man: it gets most clear, sunlit pixels right.
-    assert rule["iou_background"] > 0.8
+    # The rule is not a straw man: it finds most snow and cloud (the validation date's dense cumulus are water
+    # clouds, bright in the visible and the SWIR). Its background suffers from the cumulus shadows, where shaded
+    # forest passes for water, as on real scenes.
+    assert rule["iou_snow"] > 0.8 and rule["iou_cloud"] > 0.8
 
 
 def test_every_scene_has_a_prediction_a_quicklook_and_an_evaluation(demo_run):
