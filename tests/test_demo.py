@@ -508,6 +508,7 @@ def test_real_scale_scenes_are_windows_of_the_tile_at_their_real_place_and_the_d
     make_demo_data(REAL, *paths)
     landscape = demo_landscape(REAL)
     whole, grid = tiles.tile_grid("32TMS", 10980), scene_grid(REAL, "32TMS", landscape)
+    assert scene_grid({**REAL, "dates": ["20211208T102421", *REAL["dates"]]}, "32TMS", landscape) == grid  # a new date
     left, bottom, right, top = grid.bounds
     assert whole.bounds[0] <= left < right <= whole.bounds[2] and whole.bounds[1] <= bottom < top <= whole.bounds[3]
     assert (left - whole.x0) % 60 == 0 and (whole.y0 - top) % 60 == 0 and (left, top) != (whole.x0, whole.y0)

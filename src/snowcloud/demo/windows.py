@@ -1,6 +1,7 @@
 """Where the demo's scenes lie in their tiles. At real scale (demo.scale: real) each tile's scenes are one window
 of demo.size pixels of the real-size tile, the same on every date: over a valley side with a small lake a little
-below the season's snow line, so that each scene holds snow, open water and snow-free ground at their real sizes.
+below the winter snow line, so that each scene holds snow, open water and snow-free ground at their real sizes.
+The window does not depend on the dates: adding a date leaves the other scenes as they were.
 The scale model's scenes are the whole tile."""
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ import math
 import numpy as np
 
 from snowcloud.demo.landscape import FULL_EXTENT_M, Lake, Landscape, rng_for
-from snowcloud.demo.surface import seasonal_snowline_m
 from snowcloud.demo.tiles import TileGrid, tile_grid
 
 WINDOW_ALIGN_M = 60  # windows start on the tile's 60 m grid: every band's pixels are those of the whole tile
-LAKE_BELOW_SNOWLINE_M = (100.0, 400.0)  # the window's lake lies this far below the dates' mean snow line
+WINTER_SNOWLINE_M = 1020.0  # the snow line windows are chosen for: the default dates' mean seasonal snow line
+LAKE_BELOW_SNOWLINE_M = (100.0, 400.0)  # the window's lake lies this far below it
 LAKE_RADIUS = (0.05, 0.1)  # and has a radius of this share of the window's width (1-3 % of its area),
 LAKE_RADIUS_M = (60.0, 90.0)  # or of these if larger (small windows)
 SNOW_SHARE = (0.15, 0.65)  # share of the window more than SNOW_MARGIN_M above that snow line
@@ -28,8 +29,7 @@ def scene_grid(demo: dict, tile: str, landscape: Landscape) -> TileGrid:
     whole = tile_grid(tile, demo["size"])
     if landscape.scale == "model" or demo["size"] * 10 >= FULL_EXTENT_M:
         return whole
-    snowline = float(np.mean([seasonal_snowline_m(date) for date in demo["dates"]]))
-    return window_grid(landscape, tile, demo["size"], snowline)
+    return window_grid(landscape, tile, demo["size"], WINTER_SNOWLINE_M)
 
 
 def window_grid(landscape: Landscape, tile: str, size: int, snowline_m: float) -> TileGrid:
