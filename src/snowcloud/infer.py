@@ -329,11 +329,12 @@ def predict_blocks(
     Windows are counted on `progress` (a bar of its own when None)."""
     rows, cols = plans
     height, width = min(rows.size, dataset.height), min(cols.size, dataset.width)
+    cores = (rows.cores(), cols.cores()) if rows.cores() and cols.cores() else None
     with torch.inference_mode():
         accumulator = torch.zeros((n_classes, height, dataset.width), device=settings.device)
-        weight_sum = torch.zeros((height, dataset.width), device=settings.device)
+        # summed blending weights, not needed where every pixel is one window's core
+        weight_sum = torch.zeros((height, dataset.width), device=settings.device) if cores is None else None
     scratch = TensorScratch(settings.device)
-    cores = (rows.cores(), cols.cores()) if rows.cores() and cols.cores() else None
     made: dict[tuple[int, int], torch.Tensor] = {}  # window_weights on the device
     batches = window_batches(
         dataset, indexes, normalise, plans, per_batch, pin=settings.device.type == "cuda", readers=settings.threads
@@ -367,12 +368,13 @@ def predict_blocks(
                 progress.update(first + (i + 1) * len(cols.starts) - progress.n)  # the skipped windows
                 with torch.inference_mode():
                     blended = accumulator[:, :done]
-                    if cores is None:
+                    if weight_sum is not None:
                         blended = normalised_blend(blended, weight_sum[:done])
                 yield RowBlock(row, blended, batch.valid[:done])
                 with torch.inference_mode():
                     shift_up(accumulator, done)
-                    shift_up(weight_sum, done)
+                    if weight_sum is not None:
+                        shift_up(weight_sum, done)
 
 
 def window_weights(
