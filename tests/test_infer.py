@@ -22,7 +22,7 @@ from snowcloud.bands import BANDS, ELEVATION
 from snowcloud.config import validated
 from snowcloud.infer import InferenceError, predict_scene
 from snowcloud.labels import CLASS_COLOURS, IGNORE_INDEX
-from snowcloud.mask import RowBlock, classes_from_block
+from snowcloud.mask import RowBlock, mask_rows
 from snowcloud.quicklook import quicklook
 from snowcloud.scene import NODATA, SceneError
 
@@ -518,9 +518,9 @@ def test_quicklook_shows_scene_and_mask_and_checks_the_grid(tmp_path, pixel_rule
 def test_thresholded_prediction_is_background_where_no_class_passes_the_threshold():
     probabilities = np.array([[0.1, 0.2, 0.05], [0.8, 0.3, 0.05], [0.05, 0.45, 0.1], [0.05, 0.05, 0.8]], np.float32)
     block = RowBlock(row=0, probabilities=probabilities[:, None, :], valid=np.array([[True, True, False]]))
-    assert classes_from_block(block).tolist() == [[1, 2, IGNORE_INDEX]]
+    assert mask_rows(block, None, False).classes.tolist() == [[1, 2, IGNORE_INDEX]]
     # e40b271: class map > 0.75, then argmax: the 0.45 cloud is below the threshold -> background
-    assert classes_from_block(block, threshold=0.75).tolist() == [[1, 0, IGNORE_INDEX]]
+    assert mask_rows(block, 0.75, False).classes.tolist() == [[1, 0, IGNORE_INDEX]]
 
 
 # ----------------------------------------------------------------------------------------------- window schemes

@@ -145,30 +145,31 @@ def valid_on(device: torch.device, valid: np.ndarray | torch.Tensor) -> torch.Te
     return valid.to(device)
 
 
-def classes_from_block(block: RowBlock, threshold: float | None = None) -> torch.Tensor:
-    """Argmax class per pixel as uint8 on the block's device, IGNORE_INDEX where the scene is invalid. With a
-    `threshold` (the thesis's thresholded prediction) the argmax is over `probability > threshold`: the first
-    class above it, background (0) where none is."""
-    probabilities = torch.as_tensor(block.probabilities)
+def classes_from_probabilities(
+    probabilities: torch.Tensor, valid: torch.Tensor, threshold: float | None
+) -> torch.Tensor:
+    """Argmax class per pixel of (K, rows, W) probabilities as uint8 on their device, IGNORE_INDEX where `valid`
+    (on the same device) is False. With a `threshold` (the thesis's thresholded prediction) the argmax is over
+    `probability > threshold`: the first class above it, background (0) where none is."""
     if threshold is not None:
         probabilities = (probabilities > threshold).to(torch.uint8)
-    classes = first_argmax(probabilities)
-    return classes.masked_fill_(~valid_on(classes.device, block.valid), IGNORE_INDEX)
+    return first_argmax(probabilities).masked_fill_(~valid, IGNORE_INDEX)
 
 
-def probabilities_as_bytes(block: RowBlock) -> torch.Tensor:
-    """Probabilities scaled to 0..255 uint8 on the block's device (0 where invalid; the file's mask marks those
+def probabilities_as_bytes(probabilities: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Probabilities scaled to 0..255 uint8 on their device (0 where `valid` is False; the file's mask marks those
     pixels): round(255 x probability clipped to 0..1), halves to even."""
-    probabilities = torch.as_tensor(block.probabilities)
     scaled = probabilities.clamp(0.0, 1.0).mul_(255).round_().to(torch.uint8)
-    return scaled.masked_fill_(~valid_on(scaled.device, block.valid), 0)
+    return scaled.masked_fill_(~valid, 0)
 
 
 def mask_rows(block: RowBlock, threshold: float | None, probabilities: bool) -> MaskRows:
     """A block of blended rows in the mask's format (on its device: only bytes go to the host)."""
-    classes = classes_from_block(block, threshold)
+    values = torch.as_tensor(block.probabilities)
+    valid = valid_on(values.device, block.valid)  # once, for the classes and the bytes
+    classes = classes_from_probabilities(values, valid, threshold)
     counts = torch.bincount(classes.flatten(), minlength=256)
-    scaled = probabilities_as_bytes(block) if probabilities else None
+    scaled = probabilities_as_bytes(values, valid) if probabilities else None
     return MaskRows(block.row, classes, counts, scaled, np.asarray(block.valid))
 
 
