@@ -16,6 +16,15 @@ def repo() -> Path:
 
 
 @pytest.fixture(scope="session")
+def user_demo(tmp_path_factory):
+    """The README's first command run once per session: a plain install, the repository copied, the default demo
+    run there (helpers.user_install). Tests that write into its work directory work on a copy."""
+    from helpers.user_install import run_user_demo
+
+    return run_user_demo(tmp_path_factory.mktemp("user"))
+
+
+@pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> dict:
     """A tiny embedded demo, made once per session: 2 tiles x 2 dates (one per processing baseline: N0301 without,
     N0400 with the -1000 offset), 120 x 120 pixels of the scale model, seed 2023. Returns {"demo": the config section, "raw_data",

@@ -4,28 +4,26 @@ install would lack).
 
 The commands are read from the documents themselves (fenced shell blocks, the README's fenced Python blocks,
 each run as one script, and inline code that starts with `snakemake`, `snowcloud` or `python`), so a newly
-documented command runs here unless NOT_RUN says why it cannot. They run in a copy of the repository, after the README's demo command (`snakemake --cores all`), in
-the order the documents give them. A fresh virtual environment is made for them (about a minute) unless
-SNOWCLOUD_USER_VENV names one that was installed the README's way.
+documented command runs here unless NOT_RUN says why it cannot. They run in the order the documents give them,
+in a copy of the repository where the README's demo command (`snakemake --cores all`) has run (the session's
+`user_demo`: helpers/user_install.py, which makes a fresh virtual environment, about a minute, unless
+SNOWCLOUD_USER_VENV names one that was installed the README's way).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers.user_install import DEMO_COMMAND, UserDemo, run
 
 pytestmark = pytest.mark.workflow
 
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-DEMO_COMMAND = "snakemake --cores all"
 # Commands that are not run here, each with the reason (a regular expression matched against the command).
 NOT_RUN = {
     r"^python3 -m venv": "the install commands themselves: this test makes the same install",
@@ -43,6 +41,7 @@ NOT_RUN = {
     r"^python benchmarks/bench_shard_compression\.py --shard FILE": "FILE stands for a full-size shard of the user's",
     r"^(nice -n 10 )?python benchmarks/bench_season\.py": "full-size tiles through the workflow (an hour, tens of GB)",
     r"^snakemake --forcerun preprocess": "reruns the whole demo; what reruns is tested in tests/test_incremental.py",
+    r"^python benchmarks/bench_demo_clouds\.py --run": "reruns the demo in a new directory: `--workdir .` measures this one",
 }
 FENCED = re.compile(r"```(?:bash|sh|shell|console)\n(.*?)```", re.S)
 PYTHON = re.compile(r"```python\n(.*?)```", re.S)  # run from README.md only: the docs' Python blocks are signatures
@@ -70,54 +69,15 @@ def reason_not_run(command: str) -> str | None:
     return next((reason for pattern, reason in NOT_RUN.items() if re.search(pattern, command)), None)
 
 
-def user_venv(root: Path) -> Path:
-    """A virtual environment installed as the README says: torch's CPU build, then `pip install -e .`."""
-    given = os.environ.get("SNOWCLOUD_USER_VENV")
-    if given:
-        return Path(given)
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-    subprocess.run([*pip, "torch==2.13.0"], check=True, timeout=900)
-    subprocess.run([*pip, "-e", str(REPO)], check=True, timeout=900)
-    return venv
-
-
-def copy_of_the_repository(target: Path) -> Path:
-    """The tracked files of the repository (what a clone holds, links as links: config/presets), without
-    anything the workflow made."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.splitlines()
-    for name in listed:
-        source = REPO / name
-        if source.is_symlink():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            (target / name).symlink_to(os.readlink(source))
-        elif source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    return target
-
-
-def run(command: str, cwd: Path, venv: Path, timeout: int) -> subprocess.CompletedProcess:
-    environment = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    environment |= {"PATH": f"{venv / 'bin'}:{environment['PATH']}", "VIRTUAL_ENV": str(venv)}
-    arguments = ["timeout", "-s", "INT", "--kill-after=30", str(timeout), "bash", "-c", command]
-    return subprocess.run(arguments, cwd=cwd, env=environment, capture_output=True, text=True)
-
-
 def test_the_readme_states_the_demo_command_first():
     document, command = documented_commands()[0]
     assert document == "README.md" and command.endswith(f"pip install -e . && {DEMO_COMMAND}")
 
 
-def test_every_documented_command_runs_from_a_plain_install(tmp_path_factory):
-    root = tmp_path_factory.mktemp("user")
-    venv = user_venv(root)
-    workdir = copy_of_the_repository(root / "snowcloud")
-    demo = run(DEMO_COMMAND, workdir, venv, timeout=2400)
-    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-6000:]
+def test_every_documented_command_runs_from_a_plain_install(user_demo: UserDemo, tmp_path):
+    workdir = tmp_path / "snowcloud"
+    shutil.copytree(user_demo.workdir, workdir, symlinks=True)  # the commands write into it; others read the original
+    venv = user_demo.venv
     failures, ran = [], []
     for document, command in documented_commands():
         if reason_not_run(command) or command == DEMO_COMMAND:
