@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -314,3 +316,14 @@ def test_another_class_set_is_compared_by_name_and_what_one_side_lacks_is_not_sc
     assert ndsi["confusion"] == [[5, 0, 0, 0, 0], [0, 0, 0, 0, 3], [0, 0, 0, 0, 1], [0] * 5, [0] * 5]
     assert ndsi["compared"] == ["snow", "cloud", "water"] and ndsi["metrics"]["iou"]["thin_cloud"] is None
     assert ndsi["metrics"]["macro_iou"] == pytest.approx(np.mean([1.0, 0.0, 0.0]))
+
+
+def test_the_jobs_that_read_masks_do_not_import_torch_or_matplotlib_for_it():
+    """Evaluation, the season table and the STAC catalogue read masks' tags and pixels: importing them must not
+    pull in torch (1.8 s of CPU per workflow job) or, for evaluation, matplotlib (the summary imports it itself)."""
+    code = (
+        "import sys, snowcloud.evaluate, snowcloud.season, snowcloud.stac; "
+        "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))"
+    )
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert imported.strip() == "[]"

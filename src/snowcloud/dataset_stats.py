@@ -16,7 +16,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from snowcloud.atomic import atomic_output
 from snowcloud.config import validated
@@ -288,6 +287,8 @@ def split_roles(stats_path: str | Path) -> dict[tuple[str, str], str]:
 def plot_class_distribution(stats: dict, plot_path: str | Path) -> None:
     """Horizontal stacked bars of the patch-mean class fractions: the total, then one bar per tile and date,
     with the patch count and the share of the last class (water by default) written beside each bar."""
+    from matplotlib.figure import Figure  # here, not with the module: evaluation and season read splits only
+
     rows = [("total", stats["total"])] + [(f"{e['tile']} {e['date']}", e) for e in stats["dates"]]
     fractions = np.array([entry["class_fraction"]["patch-mean"] for _, entry in rows])
     figure = Figure(figsize=(9, 1.3 + 0.25 * len(rows)), layout="constrained")
