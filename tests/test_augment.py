@@ -9,10 +9,10 @@ from snowcloud.augment import Augmentation
 from snowcloud.bands import BANDS, ELEVATION
 from snowcloud.labels import IGNORE_INDEX
 from snowcloud.loader import ShardDataset
-from snowcloud.normalisation import band_values, spec
-from snowcloud.scene import NODATA, REFLECTANCE_SCALE
+from snowcloud.normalisation import apply, band_values, spec
+from snowcloud.scene import NODATA, REFLECTANCE_SCALE, store_values
 from snowcloud.shards import build_shard, open_shard
-from snowcloud.spectral import haze_profile
+from snowcloud.spectral import SpectralRanges, haze_profile, perturb
 
 BANDS_AND_ELEVATION = [*BANDS, ELEVATION]
 
@@ -279,3 +279,43 @@ def test_the_spectral_augmentation_needs_an_invertible_normalisation_and_the_ban
         Augmentation.from_options({"spectral": {"p": 0.5}}, ["B02", "B03"], spec("snowcloud-v1"))
     with pytest.raises(ValueError, match="spectral.gain"):
         Augmentation.from_options({"spectral": {"p": 0.5, "gain": [1.2, 0.8]}}, BANDS_AND_ELEVATION, spec())
+
+
+@pytest.mark.parametrize(
+    "ranges",
+    [
+        {"haze": [0.04, 0.04], "haze_exponent": [1.3, 1.3]},
+        {"offset": [0.02, 0.02]},
+        {"offset": [-0.02, -0.02]},
+        {"gain": [0.8, 0.8], "haze": [0.08, 0.08], "haze_exponent": [0.5, 0.5]},
+    ],
+)
+def test_a_perturbed_patch_is_the_perturbed_scene_normalised_as_the_robustness_benchmark_makes_it(ranges):
+    """The augmentation (normalised float16 patch -> reflectance -> perturbed -> normalised) gives what
+    bench_robustness gives for the same numbers (scene values -> reflectance -> perturbed -> int16 scene values
+    -> normalised), band by band in the L1C order, elevation and no data untouched, up to float16 and the scene's
+    integer rounding."""
+    values = synthetic_scene(np.random.default_rng(4), 32, 32)
+    values[:, :, 28:] = NODATA
+    valid = values[0] != NODATA
+    normalisation = spec("snowcloud-v1")
+    patch = apply(normalisation, values, valid, {}).astype(np.float16)
+    label = np.where(valid, 0, IGNORE_INDEX).astype(np.uint8)
+    options = _spectral(p=1.0, **ranges)["spectral"]
+    augmented = Augmentation.from_options({"spectral": options}, BANDS_AND_ELEVATION, normalisation)
+    out = augmented.perturbed(patch, label, np.random.default_rng(0)).astype(np.float32)
+
+    perturbation = SpectralRanges.from_options(options).draw(np.random.default_rng(0), len(BANDS))
+    reflectance = values[: len(BANDS)].astype(np.float32) / np.float32(REFLECTANCE_SCALE)
+    perturbed = values.copy()
+    store_values(
+        perturb(reflectance, BANDS, perturbation, np.random.default_rng(0), valid) * REFLECTANCE_SCALE,
+        perturbed[: len(BANDS)],
+    )
+    perturbed[:, ~valid] = NODATA
+    expected = apply(normalisation, perturbed, valid, {}).astype(np.float16).astype(np.float32)
+
+    assert np.abs(out - patch.astype(np.float32))[: len(BANDS) - 3, valid].mean() > 0.005  # it did change them
+    np.testing.assert_allclose(out, expected, atol=0.01)  # float16 steps of values up to 8 are 0.004-0.008
+    np.testing.assert_array_equal(out[len(BANDS)], patch[len(BANDS)].astype(np.float32))
+    assert (out[:, ~valid] == 0).all()
