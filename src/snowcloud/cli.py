@@ -205,12 +205,11 @@ def _check_given_model(config: dict, name: str) -> str:
 def _predict(args: argparse.Namespace) -> int:
     import logging
 
-    from snowcloud.checkpoint import runnable_metadata
     from snowcloud.predict import predict_inputs, report
     from snowcloud.training.runtime import available_cpus
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    jobs = predict_inputs(
+    jobs, class_names = predict_inputs(
         args.model,
         args.inputs,
         args.out,
@@ -224,8 +223,7 @@ def _predict(args: argparse.Namespace) -> int:
         keep_scenes=args.keep_scenes,
         stac=args.stac,
     )
-    class_names = recorded_classes(runnable_metadata(args.model), str(args.model))
-    for line in report(jobs, list(class_names)):
+    for line in report(jobs, class_names):
         print(line)
     for job in jobs:
         if job.error is not None:

@@ -220,9 +220,9 @@ def predict_inputs(
     threads: int = 1,
     keep_scenes: bool = False,
     stac: bool = False,
-) -> list[Job]:
-    """Predict every input; return the jobs with their outcome (an `error` for each input that failed). The
-    masks' season table goes to OUT/season.csv and, with `stac`, their STAC items beside them and
+) -> tuple[list[Job], list[str]]:
+    """Predict every input; return the jobs with their outcome (an `error` for each input that failed) and the
+    model's class names, in the order of its outputs. The masks' season table goes to OUT/season.csv and, with `stac`, their STAC items beside them and
     OUT/collection.json."""
     options = inference_options(tta=tta, device=device, batch_size=batch_size, probabilities=probabilities)
     model = infer.load_for_inference(model_path, options, threads)
@@ -254,7 +254,7 @@ def predict_inputs(
                 progress.total -= job.windows - (progress.n - counted)
                 progress.refresh()
     write_summaries([job.output for job in jobs if job.output is not None], out, model, stac, quicklook)
-    return jobs
+    return jobs, model.class_names
 
 
 def write_summaries(masks: list[Path], out: Path, model: infer.LoadedModel, stac: bool, quicklooks: bool) -> None:
