@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers.workflow_runs import DATES, REPO, SNAKEFILE, TILE, write_config  # noqa: E402
+from helpers.workflow_runs import DATES, REPO, TILE, snakemake_command, write_config  # noqa: E402
 
 from snowcloud.config import merge_into  # noqa: E402
 
@@ -108,21 +108,7 @@ def per_date_target(rule: str, date: str) -> str | None:
 
 def timed_snakemake(workdir: Path, cores: int, *targets: str) -> Stage:
     """One Snakemake run under /usr/bin/time: wall, CPU and the peak RSS of its largest process."""
-    command = [
-        "/usr/bin/time",
-        "-f",
-        "TIME %e %U %S %M",
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(SNAKEFILE),
-        "--directory",
-        str(workdir),
-        "--cores",
-        str(cores),
-        *targets,
-    ]
+    command = ["/usr/bin/time", "-f", "TIME %e %U %S %M", *snakemake_command(workdir, "--cores", str(cores), *targets)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"{' '.join(targets)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
