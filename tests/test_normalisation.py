@@ -126,6 +126,23 @@ def test_a_large_int16_window_looked_up_equals_the_method_computed_on_float32_bi
     np.testing.assert_array_equal(window, before)
 
 
+def test_a_normaliser_makes_the_value_table_once_for_all_windows_of_a_scene(rng, monkeypatch):
+    """Windows of one scene through a Normaliser: the value table is made once per channel count, and each window
+    gets what `apply` gives it alone (which makes the table for every window)."""
+    made = []
+    value_table = normalisation._value_table
+    monkeypatch.setattr(normalisation, "_value_table", lambda *args: made.append(args[-1]) or value_table(*args))
+    spec = normalisation.spec("snowcloud-v1")
+    normalise = normalisation.Normaliser(spec, {})
+    windows = [synthetic_scene(rng, 300, 256) for _ in range(3)]
+    for window in windows:
+        valid = np.all(window != NODATA, axis=0)
+        assert window.dtype == np.int16 and window[0].size > normalisation.INT16_VALUES
+        np.testing.assert_array_equal(normalise(window, valid, "w"), normalisation.apply(spec, window, valid, {}))
+        np.testing.assert_array_equal(normalise(window[:13], valid), normalisation.apply(spec, window[:13], valid, {}))
+    assert made == [14, 14, 13, 13, 14, 13, 14, 13], "once per channel count for the Normaliser, every time for apply"
+
+
 def test_nan_input_is_an_error_naming_the_source():
     window = np.full((13, 2, 2), 500, np.float32)
     window[4, 1, 0] = np.nan

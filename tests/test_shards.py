@@ -153,8 +153,10 @@ def test_row_blocks_and_batches_do_not_change_the_patches(tmp_path):
     origins = np.array([[0, 0], [3, 50], [3, 51], [40, 7], [41, 30], [90, 2], [104, 56]], dtype=np.int32)
     spec = normalisation.spec("dynamic-world-percentile")
     with rasterio.open(scene) as src:
-        small = list(patch_batches(src, spec, {}, 14, origins, 16, block_rows=5, batch=2))
-        whole = list(patch_batches(src, spec, {}, 14, origins, 16, block_rows=1000, batch=100))
+        small = list(patch_batches(src, normalisation.Normaliser(spec, {}), 14, origins, 16, block_rows=5, batch=2))
+        whole = list(
+            patch_batches(src, normalisation.Normaliser(spec, {}), 14, origins, 16, block_rows=1000, batch=100)
+        )
     assert [start for start, _ in small] == [0, 2, 3, 5, 6] and len(whole) == 1
     np.testing.assert_array_equal(np.concatenate([images for _, images in small]), whole[0][1])
 
@@ -169,8 +171,8 @@ def test_a_failing_build_leaves_nothing_behind(tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         return original(*args, **kwargs)
 
-    original = normalisation.apply
-    monkeypatch.setattr(shards.normalisation, "apply", fail_on_second_block)
+    original = normalisation.Normaliser.__call__
+    monkeypatch.setattr(normalisation.Normaliser, "__call__", fail_on_second_block)
     monkeypatch.setattr(shards, "BLOCK_ROWS", 8)
     with pytest.raises(RuntimeError, match="disk full"):
         build_shard(scene, label, shard_path(tmp_path), "demo", shard_options())
@@ -180,7 +182,7 @@ def test_a_failing_build_leaves_nothing_behind(tmp_path, monkeypatch):
 KILLED_BUILD = """
 import sys, time
 from snowcloud import normalisation, shards
-original = normalisation.apply
+original = normalisation.Normaliser.__call__
 calls = []
 def slow(*args, **kwargs):
     calls.append(1)
@@ -188,7 +190,7 @@ def slow(*args, **kwargs):
         print("writing", flush=True)
         time.sleep(60)
     return original(*args, **kwargs)
-normalisation.apply = slow
+normalisation.Normaliser.__call__ = slow
 shards.BLOCK_ROWS = 8
 shards.build_shard(sys.argv[1], sys.argv[2], sys.argv[3], "demo", eval(sys.argv[4]))
 """

@@ -423,7 +423,7 @@ def checkpoint_normaliser(spec: dict, scene: str | Path) -> Normaliser:
     """The normalisation a checkpoint was trained with, bound to this scene's statistics (if the spec has any)."""
     statistics = normalisation.scene_statistics(spec, scene)
     log.info("normalisation from the checkpoint: %s", normalisation.describe(spec))
-    return lambda window, valid, source: normalisation.apply(spec, window, valid, statistics, source=source)
+    return normalisation.Normaliser(spec, statistics)
 
 
 def provenance_tags(

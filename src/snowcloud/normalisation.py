@@ -278,6 +278,54 @@ def _within_float16(values: np.ndarray) -> np.ndarray:
     return np.abs(values) <= FLOAT16_MAX
 
 
+class Normaliser:
+    """`apply` bound to one spec and one scene's statistics, for the many windows of a scene: the int16 value
+    table (see `apply`) is made once per channel count, not once per window."""
+
+    def __init__(self, spec: dict, statistics: dict) -> None:
+        self.spec, self.statistics = spec, statistics
+        self.method = _method(spec)
+        self._tables: dict[int, tuple[np.ndarray, bool]] = {}  # channels -> (table, all within float16)
+
+    def _table(self, channels: int) -> tuple[np.ndarray, bool]:
+        if channels not in self._tables:  # threads may both make it: the same numbers, either one is kept
+            table = _value_table(self.method, self.spec, self.statistics, channels)
+            self._tables[channels] = table, bool(_within_float16(table).all())
+        return self._tables[channels]
+
+    def __call__(self, window: np.ndarray, valid: np.ndarray, source: str = "window") -> np.ndarray:
+        """The window normalised, as `apply` says."""
+        spec, statistics = self.spec, self.statistics
+        if window.ndim != 3 or len(window) not in (N_BANDS, N_BANDS + 1):
+            raise NormalisationError(
+                f"{source}: expected ({N_BANDS} or {N_BANDS + 1}, H, W) values, got {window.shape}"
+            )
+        if valid.shape != window.shape[1:]:
+            raise NormalisationError(f"{source}: valid mask {valid.shape} does not match the window {window.shape}")
+        if spec["name"] in NEEDS_STATISTICS and not statistics:
+            raise NormalisationError(f"{source}: normalisation {spec['name']} needs the scene statistics")
+        if spec["name"] == "sigma-clip" and len(window) > N_BANDS and statistics.get("elevation_max") is None:
+            raise NormalisationError(f"{source}: sigma-clip statistics lack the elevation maximum")
+        looked_up = window.dtype == np.int16 and window[0].size > INT16_VALUES
+        if looked_up:
+            table, table_within_float16 = self._table(len(window))
+            out = _looked_up(table, window)
+        else:
+            out = self.method(spec, np.asarray(window, dtype=np.float32), statistics)
+        out[:, ~valid] = 0
+        if looked_up and table_within_float16:  # then so is every value looked up, and the zeros
+            return out
+        bad = ~_within_float16(out)
+        if bad.any():
+            channel, row, col = (int(i[0]) for i in np.nonzero(bad))
+            raise NormalisationError(
+                f"{source}: normalisation {spec['name']} gave {out[channel, row, col]} (NaN, inf or beyond float16) "
+                f"at channel {channel}, row {row}, col {col} of the window ({int(bad.sum())} values); input value "
+                f"{window[channel, row, col]}"
+            )
+        return out
+
+
 def apply(spec: dict, window: np.ndarray, valid: np.ndarray, statistics: dict, source: str = "window") -> np.ndarray:
     """Normalise scene values (C, H, W) (13 bands, then elevation if C == 14) -> float32 (C, H, W).
 
@@ -285,35 +333,10 @@ def apply(spec: dict, window: np.ndarray, valid: np.ndarray, statistics: dict, s
     `source` if the result holds NaN, inf or a value beyond the float16 range. An int16 window (a scene raster's
     values as stored) larger than 65536 pixels is normalised by looking its values up in a table of the method
     applied to every int16 value: the same numbers (every method maps each channel's values one by one), in a
-    fraction of the time (snowcloud-v1: half the CPU time).
+    fraction of the time (snowcloud-v1: half the CPU time). Many windows of one scene: use a `Normaliser`,
+    which makes that table once.
     """
-    method = _method(spec)
-    if window.ndim != 3 or len(window) not in (N_BANDS, N_BANDS + 1):
-        raise NormalisationError(f"{source}: expected ({N_BANDS} or {N_BANDS + 1}, H, W) values, got {window.shape}")
-    if valid.shape != window.shape[1:]:
-        raise NormalisationError(f"{source}: valid mask {valid.shape} does not match the window {window.shape}")
-    if spec["name"] in NEEDS_STATISTICS and not statistics:
-        raise NormalisationError(f"{source}: normalisation {spec['name']} needs the scene statistics")
-    if spec["name"] == "sigma-clip" and len(window) > N_BANDS and statistics.get("elevation_max") is None:
-        raise NormalisationError(f"{source}: sigma-clip statistics lack the elevation maximum")
-    table = None
-    if window.dtype == np.int16 and window[0].size > INT16_VALUES:
-        table = _value_table(method, spec, statistics, len(window))
-        out = _looked_up(table, window)
-    else:
-        out = method(spec, np.asarray(window, dtype=np.float32), statistics)
-    out[:, ~valid] = 0
-    if table is not None and _within_float16(table).all():  # then so is every value looked up, and the zeros
-        return out
-    bad = ~_within_float16(out)
-    if bad.any():
-        channel, row, col = (int(i[0]) for i in np.nonzero(bad))
-        raise NormalisationError(
-            f"{source}: normalisation {spec['name']} gave {out[channel, row, col]} (NaN, inf or beyond float16) "
-            f"at channel {channel}, row {row}, col {col} of the window ({int(bad.sum())} values); input value "
-            f"{window[channel, row, col]}"
-        )
-    return out
+    return Normaliser(spec, statistics)(window, valid, source)
 
 
 # --- scene rasters: normalised windows and streamed statistics -----------------------------------------------

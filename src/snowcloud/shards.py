@@ -109,8 +109,9 @@ def _build_shard(scene: str | Path, label: str | Path, output: Path, dataset: st
     }
     needs_bytes = len(origins) * size * size * (2 * len(bands) + 1)  # float16 images and uint8 labels, uncompressed
     with atomic_output(output, needs_bytes) as tmp, h5py.File(tmp, "w") as shard:
+        normalise = normalisation.Normaliser(spec, statistics)
         counts = _write_patches(
-            shard, scene, spec, statistics, len(bands), origins, label_array, size, class_set, options["compression"]
+            shard, scene, normalise, len(bands), origins, label_array, size, class_set, options["compression"]
         )
         _write_class_statistics(shard, counts, class_set)
         for key, value in attributes.items():
@@ -120,8 +121,7 @@ def _build_shard(scene: str | Path, label: str | Path, output: Path, dataset: st
 def _write_patches(
     shard: h5py.File,
     scene: str | Path,
-    spec: dict,
-    statistics: dict,
+    normalise: normalisation.Normaliser,
     channels: int,
     origins: np.ndarray,
     label: np.ndarray,
@@ -135,7 +135,7 @@ def _write_patches(
     shard.create_dataset("origin", data=origins, dtype=np.int32, track_times=False)
     counts = np.zeros((n, len(class_columns(class_set))), dtype=np.int32)
     with rasterio.open(scene) as src, tqdm(total=n, desc=f"patches {Path(scene).name}", unit="patch") as progress:
-        batches = patch_batches(src, spec, statistics, channels, origins, size, BLOCK_ROWS, WRITE_BATCH)
+        batches = patch_batches(src, normalise, channels, origins, size, BLOCK_ROWS, WRITE_BATCH)
         for start, images in batches:
             stop = start + len(images)
             patch_labels = np.stack([label[r : r + size, c : c + size] for r, c in origins[start:stop]])
@@ -173,8 +173,7 @@ def create_patch_datasets(
 
 def patch_batches(
     src: rasterio.DatasetReader,
-    spec: dict,
-    statistics: dict,
+    normalise: normalisation.Normaliser,
     channels: int,
     origins: np.ndarray,
     size: int,
@@ -200,7 +199,7 @@ def patch_batches(
         top, filled = first_row, keep
         if needed_end > top + filled:
             read_end = min(-(-needed_end // block_height) * block_height, src.height)
-            normalise_rows(src, spec, statistics, top + filled, buffer[:, filled : read_end - top])
+            normalise_rows(src, normalise, top + filled, buffer[:, filled : read_end - top])
             filled = read_end - top
         yield start, np.stack([buffer[:, r - top : r - top + size, c : c + size] for r, c in origins[start:stop]])
         start = stop
@@ -215,7 +214,7 @@ def _move_rows_up(buffer: np.ndarray, shift: int, keep: int) -> None:
         buffer[:, row : row + n] = buffer[:, row + shift : row + shift + n]
 
 
-def normalise_rows(src: rasterio.DatasetReader, spec: dict, statistics: dict, top: int, out: np.ndarray) -> None:
+def normalise_rows(src: rasterio.DatasetReader, normalise: normalisation.Normaliser, top: int, out: np.ndarray) -> None:
     """Scene rows top..top + out.shape[1] normalised into `out` (C, rows, W), read block row by block row and
     normalised STRIP_ROWS rows at a time (bounded float32 temporaries)."""
     channels = out.shape[0]
@@ -225,9 +224,7 @@ def normalise_rows(src: rasterio.DatasetReader, spec: dict, statistics: dict, to
             first = window.row_off + rows.start
             source = f"{src.name} rows {first}..{first + rows.stop - rows.start}"
             values, valid = values_and_valid(raw[:, rows])
-            out[:, first - top : first - top + values.shape[1]] = normalisation.apply(
-                spec, values, valid, statistics, source=source
-            )
+            out[:, first - top : first - top + values.shape[1]] = normalise(values, valid, source)
 
 
 def class_columns(class_set: ClassSet) -> tuple[int, ...]:
