@@ -130,9 +130,9 @@ def perturb(
 class SpectralRanges:
     """Uniform ranges [low, high] that `draw` takes a Perturbation from (`training.augmentation.spectral`)."""
 
-    gain: tuple[float, float] = (0.9, 1.1)  # one factor for all bands (illumination, view angle)
+    gain: tuple[float, float] = (0.8, 1.2)  # one factor for all bands (illumination, view angle)
     band_gain: tuple[float, float] = (0.95, 1.05)  # and one per band (calibration, S2A/S2B)
-    offset: tuple[float, float] = (-0.01, 0.01)  # per band, reflectance
+    offset: tuple[float, float] = (-0.02, 0.02)  # per band, reflectance
     haze: tuple[float, float] = (0.0, 0.04)  # path reflectance at 490 nm
     haze_exponent: tuple[float, float] = (1.0, 4.0)  # aerosol (about 1) to Rayleigh (4)
     blur_sigma: tuple[float, float] = (0.0, 1.0)  # pixels
