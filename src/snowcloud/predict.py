@@ -222,8 +222,8 @@ def predict_inputs(
     stac: bool = False,
 ) -> tuple[list[Job], list[str]]:
     """Predict every input; return the jobs with their outcome (an `error` for each input that failed) and the
-    model's class names, in the order of its outputs. The masks' season table goes to OUT/season.csv and, with `stac`, their STAC items beside them and
-    OUT/collection.json."""
+    model's class names, in the order of its outputs. The masks' season table goes to OUT/season.csv and, with
+    `stac`, their STAC items beside them and OUT/collection.json."""
     options = inference_options(tta=tta, device=device, batch_size=batch_size, probabilities=probabilities)
     model = infer.load_for_inference(model_path, options, threads)
     jobs = collect_jobs(inputs)
